@@ -1,0 +1,86 @@
+//! Parsing of the attribute arguments into untyped `key = value` pairs.
+//!
+//! Parsing only checks the shape (`key = "str"`, `key = 4`, `key = [A, B]`);
+//! what the keys and values mean is checked in `config`, so that several
+//! mistakes are reported together.
+
+use proc_macro2::Span;
+use syn::parse::{Parse, ParseStream};
+use syn::punctuated::Punctuated;
+use syn::{bracketed, Ident, LitInt, LitStr, Token};
+
+/// One `key = value` pair as written by the user.
+pub(crate) struct RawArg {
+    pub(crate) key: Ident,
+    pub(crate) value: RawValue,
+}
+
+/// The value of one argument, by its syntactic kind.
+pub(crate) enum RawValue {
+    /// `"20s"`
+    Str(LitStr),
+    /// `4`
+    Int(LitInt),
+    /// `[SIGHUP, SIGUSR1]`; the span covers the brackets.
+    List(Vec<Ident>, Span),
+}
+
+impl RawValue {
+    pub(crate) fn span(&self) -> Span {
+        match self {
+            RawValue::Str(s) => s.span(),
+            RawValue::Int(i) => i.span(),
+            RawValue::List(_, span) => *span,
+        }
+    }
+
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            RawValue::Str(_) => "a string",
+            RawValue::Int(_) => "an integer",
+            RawValue::List(..) => "a list",
+        }
+    }
+}
+
+/// All arguments of `#[graceful::main(...)]`.
+pub(crate) struct RawArgs(pub(crate) Vec<RawArg>);
+
+impl Parse for RawArgs {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let args = Punctuated::<RawArg, Token![,]>::parse_terminated(input)?;
+        Ok(RawArgs(args.into_iter().collect()))
+    }
+}
+
+impl Parse for RawArg {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let key: Ident = input.call(syn::ext::IdentExt::parse_any).map_err(|e| {
+            syn::Error::new(
+                e.span(),
+                "expected an option such as `stop_timeout = \"20s\"` or `reload = [SIGHUP]`",
+            )
+        })?;
+        if !input.peek(Token![=]) {
+            return Err(syn::Error::new(
+                key.span(),
+                format!("`{key}` needs a value: write `{key} = ...`"),
+            ));
+        }
+        input.parse::<Token![=]>()?;
+        let lookahead = input.lookahead1();
+        let value = if lookahead.peek(LitStr) {
+            RawValue::Str(input.parse()?)
+        } else if lookahead.peek(LitInt) {
+            RawValue::Int(input.parse()?)
+        } else if lookahead.peek(syn::token::Bracket) {
+            let content;
+            let brackets = bracketed!(content in input);
+            let items = Punctuated::<Ident, Token![,]>::parse_terminated(&content)?;
+            RawValue::List(items.into_iter().collect(), brackets.span.join())
+        } else {
+            return Err(lookahead.error());
+        };
+        Ok(RawArg { key, value })
+    }
+}

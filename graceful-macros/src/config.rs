@@ -1,0 +1,275 @@
+//! Validation of the parsed arguments into a typed configuration.
+//!
+//! Every mistake becomes a `syn::Error` on the smallest offending token, and
+//! all mistakes are combined into one error so the user sees them together.
+
+use std::collections::HashMap;
+
+use proc_macro2::Span;
+use syn::Ident;
+
+use crate::args::{RawArg, RawArgs, RawValue};
+
+/// Signals a handler can be installed for, in the order the docs list them.
+const SIGNALS: &[&str] = &[
+    "SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGWINCH",
+];
+
+/// Options `#[graceful::main]` understands.
+const KEYS: &[&str] = &[
+    "stop_timeout",
+    "ready_timeout",
+    "idle_grace",
+    "reload",
+    "stop",
+    "worker_threads",
+];
+
+/// A signal named in the attribute, with the token that named it.
+pub(crate) struct SignalArg {
+    pub(crate) name: String,
+    pub(crate) span: Span,
+}
+
+/// The validated arguments. `None` means "use the runtime's default".
+#[derive(Default)]
+pub(crate) struct Config {
+    pub(crate) stop_timeout: Option<u64>,
+    pub(crate) ready_timeout: Option<u64>,
+    pub(crate) idle_grace: Option<u64>,
+    pub(crate) reload: Option<Vec<SignalArg>>,
+    pub(crate) stop: Option<Vec<SignalArg>>,
+    pub(crate) worker_threads: Option<usize>,
+}
+
+/// Collects errors so that every mistake is reported, not just the first.
+#[derive(Default)]
+struct Errors(Option<syn::Error>);
+
+impl Errors {
+    fn push(&mut self, span: Span, message: impl std::fmt::Display) {
+        let error = syn::Error::new(span, message);
+        match &mut self.0 {
+            Some(all) => all.combine(error),
+            None => self.0 = Some(error),
+        }
+    }
+}
+
+impl Config {
+    pub(crate) fn from_args(args: RawArgs) -> syn::Result<Config> {
+        let mut config = Config::default();
+        let mut errors = Errors::default();
+        let mut seen: HashMap<String, Span> = HashMap::new();
+
+        for RawArg { key, value } in args.0 {
+            let name = key.to_string();
+            if !KEYS.contains(&name.as_str()) {
+                errors.push(
+                    key.span(),
+                    format!(
+                        "unknown option `{name}`; expected one of {}",
+                        KEYS.iter()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+                continue;
+            }
+            if seen.insert(name.clone(), key.span()).is_some() {
+                errors.push(
+                    key.span(),
+                    format!("`{name}` is set twice; remove one of them"),
+                );
+                continue;
+            }
+            match name.as_str() {
+                "stop_timeout" => config.stop_timeout = duration(&key, &value, true, &mut errors),
+                "ready_timeout" => config.ready_timeout = duration(&key, &value, false, &mut errors),
+                "idle_grace" => config.idle_grace = duration(&key, &value, true, &mut errors),
+                "reload" => config.reload = signals(&key, &value, true, &mut errors),
+                "stop" => config.stop = signals(&key, &value, false, &mut errors),
+                "worker_threads" => config.worker_threads = threads(&key, &value, &mut errors),
+                _ => unreachable!("every key in KEYS is handled"),
+            }
+        }
+
+        // A signal cannot both reload and stop the service.
+        if let (Some(reload), Some(stop)) = (&config.reload, &config.stop) {
+            for s in stop {
+                if reload.iter().any(|r| r.name == s.name) {
+                    errors.push(
+                        s.span,
+                        format!(
+                            "`{}` is in both `reload` and `stop`; a signal can do only one of them",
+                            s.name
+                        ),
+                    );
+                }
+            }
+        } else if let Some(list) = config.reload.as_ref().or(config.stop.as_ref()) {
+            // One list is given and the other is the default: check against the default.
+            let (other, other_default): (&str, &[&str]) = if config.reload.is_some() {
+                ("stop", &["SIGTERM", "SIGINT"])
+            } else {
+                ("reload", &["SIGHUP", "SIGUSR1"])
+            };
+            for s in list {
+                if other_default.contains(&s.name.as_str()) {
+                    errors.push(
+                        s.span,
+                        format!(
+                            "`{}` is also a default `{other}` signal; set `{other} = [...]` without it",
+                            s.name
+                        ),
+                    );
+                }
+            }
+        }
+
+        match errors.0 {
+            Some(e) => Err(e),
+            None => Ok(config),
+        }
+    }
+}
+
+fn duration(key: &Ident, value: &RawValue, zero_ok: bool, errors: &mut Errors) -> Option<u64> {
+    let help = format!("`{key}` takes a duration like \"20s\", \"500ms\" or \"1m30s\"");
+    let RawValue::Str(lit) = value else {
+        errors.push(value.span(), format!("{help}, not {}", value.kind()));
+        return None;
+    };
+    match parse_duration_ms(&lit.value()) {
+        Ok(0) if !zero_ok => {
+            errors.push(lit.span(), format!("`{key}` must be longer than zero"));
+            None
+        }
+        Ok(ms) => Some(ms),
+        Err(why) => {
+            errors.push(lit.span(), format!("{help}: {why}"));
+            None
+        }
+    }
+}
+
+fn signals(key: &Ident, value: &RawValue, empty_ok: bool, errors: &mut Errors) -> Option<Vec<SignalArg>> {
+    let RawValue::List(items, span) = value else {
+        errors.push(
+            value.span(),
+            format!("`{key}` takes a list of signals like `[SIGHUP, SIGUSR1]`, not {}", value.kind()),
+        );
+        return None;
+    };
+    if items.is_empty() && !empty_ok {
+        errors.push(*span, format!("`{key}` needs at least one signal, or the service cannot be stopped"));
+        return None;
+    }
+    let mut out: Vec<SignalArg> = Vec::new();
+    let mut ok = true;
+    for ident in items {
+        let name = ident.to_string();
+        if let Some(message) = signal_error(&name) {
+            errors.push(ident.span(), message);
+            ok = false;
+        } else if out.iter().any(|s| s.name == name) {
+            errors.push(ident.span(), format!("`{name}` is listed twice in `{key}`"));
+            ok = false;
+        } else {
+            out.push(SignalArg { name, span: ident.span() });
+        }
+    }
+    ok.then_some(out)
+}
+
+fn signal_error(name: &str) -> Option<String> {
+    if SIGNALS.contains(&name) {
+        return None;
+    }
+    if name == "SIGKILL" || name == "SIGSTOP" {
+        return Some(format!(
+            "`{name}` cannot be caught or handled by any process, so it cannot be used here; \
+             use one of {}",
+            SIGNALS.join(", ")
+        ));
+    }
+    let upper = name.to_ascii_uppercase();
+    let with_prefix = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    if SIGNALS.contains(&with_prefix.as_str()) {
+        return Some(format!("unknown signal `{name}`; write `{with_prefix}`"));
+    }
+    Some(format!(
+        "unknown signal `{name}`; expected one of {}",
+        SIGNALS.join(", ")
+    ))
+}
+
+fn threads(key: &Ident, value: &RawValue, errors: &mut Errors) -> Option<usize> {
+    let RawValue::Int(lit) = value else {
+        errors.push(value.span(), format!("`{key}` takes a number of threads like `4`, not {}", value.kind()));
+        return None;
+    };
+    match lit.base10_parse::<usize>() {
+        Ok(0) | Err(_) => {
+            errors.push(lit.span(), format!("`{key}` must be a whole number of threads, at least 1"));
+            None
+        }
+        Ok(n) => Some(n),
+    }
+}
+
+/// Parses `"20s"`, `"500ms"`, `"1m30s"`, `"4h"` into milliseconds.
+fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    if text.is_empty() {
+        return Err("the string is empty".into());
+    }
+    let mut total: u64 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(format!("expected a number at `{rest}`"));
+        }
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("`{}` is too large", &rest[..digits]))?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let scale = match unit {
+            "h" => 3_600_000,
+            "m" => 60_000,
+            "s" => 1_000,
+            "ms" => 1,
+            "" => return Err(format!("`{number}` has no unit; add h, m, s or ms")),
+            other => return Err(format!("unknown unit `{other}`; use h, m, s or ms")),
+        };
+        total = number
+            .checked_mul(scale)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| "the duration is too long".to_string())?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration_ms;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("20s"), Ok(20_000));
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("1m30s"), Ok(90_000));
+        assert_eq!(parse_duration_ms("4h"), Ok(14_400_000));
+        assert_eq!(parse_duration_ms("0s"), Ok(0));
+        assert!(parse_duration_ms("").is_err());
+        assert!(parse_duration_ms("20").unwrap_err().contains("no unit"));
+        assert!(parse_duration_ms("20x").unwrap_err().contains("unknown unit `x`"));
+        assert!(parse_duration_ms("s").is_err());
+        assert!(parse_duration_ms("99999999999999999999s").is_err());
+        assert!(parse_duration_ms("9999999999999999s").is_err());
+    }
+}

@@ -1,0 +1,130 @@
+//! Expansion of `#[graceful::main]` from a validated [`Config`].
+//!
+//! The expansion only calls the public API of the runtime crate (plus
+//! `::graceful::__private::start`), so that everything the attribute does can be
+//! written by hand.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned, ToTokens};
+use syn::spanned::Spanned;
+use syn::ItemFn;
+
+use crate::args::RawArgs;
+use crate::config::Config;
+
+pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
+    let func: ItemFn = match syn::parse2(item.clone()) {
+        Ok(func) => func,
+        Err(e) => {
+            let error = e.to_compile_error();
+            return quote! { #item #error };
+        }
+    };
+
+    let mut errors: Option<syn::Error> = None;
+    let mut push = |e: syn::Error| match &mut errors {
+        Some(all) => all.combine(e),
+        None => errors = Some(e),
+    };
+
+    let config = match syn::parse2::<RawArgs>(args).and_then(Config::from_args) {
+        Ok(config) => Some(config),
+        Err(e) => {
+            push(e);
+            None
+        }
+    };
+    let sig = &func.sig;
+    if sig.asyncness.is_none() {
+        push(syn::Error::new(
+            sig.fn_token.span(),
+            "`#[graceful::main]` needs an `async fn`; write `async fn main()`",
+        ));
+    }
+    if !sig.inputs.is_empty() {
+        push(syn::Error::new(
+            sig.inputs.span(),
+            "`#[graceful::main]` takes a `main` without parameters; read arguments with `std::env::args()`",
+        ));
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        push(syn::Error::new(
+            sig.generics.span(),
+            "`#[graceful::main]` cannot be used on a generic function",
+        ));
+    }
+
+    match (config, errors) {
+        (Some(config), None) => bootstrap(&func, &config),
+        (_, Some(errors)) => with_error(&func, errors),
+        (None, None) => unreachable!("a failed parse always carries an error"),
+    }
+}
+
+/// On error, still emit the user's code so that the IDE keeps working and the
+/// user sees our error rather than a cascade of unrelated ones.
+fn with_error(func: &ItemFn, error: syn::Error) -> TokenStream {
+    let error = error.to_compile_error();
+    if func.sig.asyncness.is_none() || !func.sig.inputs.is_empty() {
+        return quote! { #func #error };
+    }
+    let ItemFn { attrs, vis, sig, block } = func;
+    let ident = &sig.ident;
+    let output = &sig.output;
+    quote! {
+        #(#attrs)*
+        #vis fn #ident() {
+            #[allow(dead_code)]
+            async fn __graceful_main() #output #block
+        }
+        #error
+    }
+}
+
+fn bootstrap(func: &ItemFn, config: &Config) -> TokenStream {
+    let ItemFn { attrs, vis, sig, block } = func;
+    let ident = &sig.ident;
+    let output = &sig.output;
+
+    let mut builder = quote! { ::graceful::Server::new() };
+    let millis = |ms: u64| quote! { ::core::time::Duration::from_millis(#ms) };
+    if let Some(ms) = config.stop_timeout {
+        let d = millis(ms);
+        builder.extend(quote! { .stop_timeout(#d) });
+    }
+    if let Some(ms) = config.ready_timeout {
+        let d = millis(ms);
+        builder.extend(quote! { .ready_timeout(#d) });
+    }
+    if let Some(ms) = config.idle_grace {
+        let d = millis(ms);
+        builder.extend(quote! { .idle_grace(#d) });
+    }
+    let signal_list = |list: &[crate::config::SignalArg]| {
+        let items = list.iter().map(|s| {
+            let name = syn::Ident::new(&s.name, s.span);
+            quote_spanned! {s.span=> ::graceful::Signal::#name }
+        });
+        quote! { [#(#items),*] }
+    };
+    if let Some(list) = &config.reload {
+        let list = signal_list(list);
+        builder.extend(quote! { .reload_signals(#list) });
+    }
+    if let Some(list) = &config.stop {
+        let list = signal_list(list);
+        builder.extend(quote! { .stop_signals(#list) });
+    }
+    if let Some(n) = config.worker_threads {
+        builder.extend(quote! { .worker_threads(#n) });
+    }
+
+    let body = block.to_token_stream();
+    quote! {
+        #(#attrs)*
+        #vis fn #ident() {
+            async fn __graceful_main() #output #body
+            ::graceful::__private::start(#builder, __graceful_main)
+        }
+    }
+}

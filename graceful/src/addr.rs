@@ -1,0 +1,267 @@
+//! Listener addresses: parsing what the user writes, and binding (master only).
+//!
+//! Accepted forms: `"127.0.0.1:8080"`, `"[::1]:8080"`, `":8080"` (every
+//! interface, IPv4 and IPv6, as in Go), `"localhost:8080"`, port `0`, and
+//! `"unix:/path/to.sock"`.
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use crate::Error;
+
+/// Longest path a Unix socket address can hold (`sun_path` less the NUL).
+#[cfg(target_os = "linux")]
+const UNIX_PATH_MAX: usize = 107;
+#[cfg(not(target_os = "linux"))]
+const UNIX_PATH_MAX: usize = 103;
+
+/// Backlog of every listening socket: connections made while no worker
+/// accepts (during a restart) wait here instead of being refused.
+const BACKLOG: i32 = 1024;
+
+/// A parsed listener address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum ListenAddr {
+    /// TCP; `host == None` means every interface.
+    Tcp { host: Option<String>, port: u16 },
+    /// A Unix domain stream socket at a path.
+    Unix(PathBuf),
+}
+
+impl ListenAddr {
+    pub(crate) fn parse(addr: &str) -> Result<ListenAddr, Error> {
+        let invalid = |reason: String| Error::InvalidAddress { addr: addr.to_string(), reason };
+        if addr.is_empty() {
+            return Err(invalid("the address is empty; write \"host:port\", \":port\" or \"unix:/path\"".into()));
+        }
+        if let Some(path) = addr.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(invalid("`unix:` needs a path, as in \"unix:/run/app.sock\"".into()));
+            }
+            if path.len() > UNIX_PATH_MAX {
+                return Err(invalid(format!(
+                    "the socket path is {} bytes long; the limit is {UNIX_PATH_MAX}",
+                    path.len()
+                )));
+            }
+            if path.contains('\0') {
+                return Err(invalid("the socket path contains a NUL byte".into()));
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            return Err(invalid("missing port; write \"host:port\" or \":port\"".into()));
+        };
+        let port: u16 = match port.parse::<u64>() {
+            Ok(p) if p <= u64::from(u16::MAX) => p as u16,
+            Ok(p) => return Err(invalid(format!("port {p} is out of range; ports go from 0 to 65535"))),
+            Err(_) if port.is_empty() => {
+                return Err(invalid("missing port; write \"host:port\" or \":port\"".into()))
+            }
+            Err(_) => return Err(invalid(format!("port `{port}` is not a number"))),
+        };
+        let host = if host.is_empty() {
+            None
+        } else if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            v6.parse::<Ipv6Addr>()
+                .map_err(|_| invalid(format!("`{v6}` is not an IPv6 address")))?;
+            Some(v6.to_string())
+        } else if host.contains(':') || host.contains('[') || host.contains(']') {
+            return Err(invalid("IPv6 addresses need brackets, as in \"[::1]:8080\"".into()));
+        } else if host.contains(char::is_whitespace) || host.contains('/') {
+            return Err(invalid(format!("`{host}` is not a host name or IP address")));
+        } else {
+            Some(host.to_string())
+        };
+        Ok(ListenAddr::Tcp { host, port })
+    }
+
+    /// Binds a new listening socket (CLOEXEC, never SO_REUSEPORT) and returns
+    /// it with the address it is bound to. Run by the master only.
+    pub(crate) fn bind(&self) -> Result<(OwnedFd, String), String> {
+        match self {
+            ListenAddr::Tcp { host, port } => bind_tcp(host.as_deref(), *port),
+            ListenAddr::Unix(path) => bind_unix(path),
+        }
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp { host: None, port } => write!(f, ":{port}"),
+            ListenAddr::Tcp { host: Some(h), port } if h.contains(':') => write!(f, "[{h}]:{port}"),
+            ListenAddr::Tcp { host: Some(h), port } => write!(f, "{h}:{port}"),
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+fn listen_on(domain: Domain, addr: &SockAddr, v6_only: Option<bool>) -> io::Result<Socket> {
+    let socket = Socket::new(domain, Type::STREAM.cloexec(), None)?;
+    if let Some(only) = v6_only {
+        socket.set_only_v6(only)?;
+    }
+    if domain != Domain::UNIX {
+        // Lets a restarted service bind while old connections sit in TIME_WAIT.
+        socket.set_reuse_address(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)?;
+    Ok(socket)
+}
+
+fn bind_tcp(host: Option<&str>, port: u16) -> Result<(OwnedFd, String), String> {
+    let socket = match host {
+        None => {
+            // Every interface: one dual-stack socket, or IPv4 only where the
+            // machine has no IPv6.
+            let any6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+            match listen_on(Domain::IPV6, &any6.into(), Some(false)) {
+                Ok(s) => s,
+                Err(e) if e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) => {
+                    let any4 = SocketAddr::from(([0, 0, 0, 0], port));
+                    listen_on(Domain::IPV4, &any4.into(), None).map_err(|e| describe(&any4.to_string(), e))?
+                }
+                Err(e) => return Err(describe(&any6.to_string(), e)),
+            }
+        }
+        Some(host) => {
+            let addr = match host.parse::<IpAddr>() {
+                Ok(ip) => SocketAddr::new(ip, port),
+                Err(_) => {
+                    let mut found: Vec<SocketAddr> = (host, port)
+                        .to_socket_addrs()
+                        .map_err(|e| format!("cannot resolve host `{host}`: {e}"))?
+                        .collect();
+                    // Like Go, prefer IPv4 when a name has both.
+                    found.sort_by_key(|a| a.is_ipv6());
+                    *found
+                        .first()
+                        .ok_or_else(|| format!("host `{host}` has no address"))?
+                }
+            };
+            let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+            let v6_only = addr.is_ipv6().then_some(true);
+            listen_on(domain, &addr.into(), v6_only).map_err(|e| describe(&addr.to_string(), e))?
+        }
+    };
+    let local = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "?".into());
+    Ok((socket.into(), local))
+}
+
+fn describe(addr: &str, e: io::Error) -> String {
+    match e.raw_os_error() {
+        Some(nix::libc::EADDRINUSE) => format!("bind {addr}: address already in use (another process listens there)"),
+        Some(nix::libc::EACCES) => format!("bind {addr}: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"),
+        Some(nix::libc::EADDRNOTAVAIL) => format!("bind {addr}: the address is not on this machine"),
+        _ => format!("bind {addr}: {e}"),
+    }
+}
+
+fn bind_unix(path: &Path) -> Result<(OwnedFd, String), String> {
+    let shown = path.display();
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                return Err(format!("{shown} exists and is not a socket; refusing to remove it"));
+            }
+            // A socket file is stale if nothing accepts on it any more.
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => return Err(format!("{shown} is in use by a running listener")),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(path)
+                        .map_err(|e| format!("cannot remove the stale socket {shown}: {e}"))?;
+                }
+                Err(e) => return Err(format!("cannot check whether {shown} is in use: {e}")),
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot inspect {shown}: {e}")),
+    }
+    let addr = SockAddr::unix(path).map_err(|e| format!("{shown}: {e}"))?;
+    let socket = listen_on(Domain::UNIX, &addr, None).map_err(|e| format!("bind {shown}: {e}"))?;
+    Ok((socket.into(), format!("unix:{shown}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(host: Option<&str>, port: u16) -> ListenAddr {
+        ListenAddr::Tcp { host: host.map(str::to_string), port }
+    }
+
+    #[test]
+    fn parses_the_accepted_forms() {
+        assert_eq!(ListenAddr::parse("127.0.0.1:8080").unwrap(), tcp(Some("127.0.0.1"), 8080));
+        assert_eq!(ListenAddr::parse("[::1]:8080").unwrap(), tcp(Some("::1"), 8080));
+        assert_eq!(ListenAddr::parse(":9222").unwrap(), tcp(None, 9222));
+        assert_eq!(ListenAddr::parse("localhost:0").unwrap(), tcp(Some("localhost"), 0));
+        assert_eq!(
+            ListenAddr::parse("unix:/tmp/a.sock").unwrap(),
+            ListenAddr::Unix("/tmp/a.sock".into())
+        );
+        assert_eq!(ListenAddr::parse("[::1]:80").unwrap().to_string(), "[::1]:80");
+    }
+
+    #[test]
+    fn rejects_bad_addresses_with_reasons() {
+        let reason = |a: &str| match ListenAddr::parse(a) {
+            Err(Error::InvalidAddress { addr, reason }) => {
+                assert_eq!(addr, a);
+                reason
+            }
+            other => panic!("{a}: expected an error, got {other:?}"),
+        };
+        assert!(reason("").contains("empty"));
+        assert!(reason("localhost").contains("missing port"));
+        assert!(reason("localhost:").contains("missing port"));
+        assert!(reason(":65536").contains("out of range"));
+        assert!(reason(":http").contains("not a number"));
+        assert!(reason("::1:80").contains("brackets"));
+        assert!(reason("[zz]:80").contains("not an IPv6"));
+        assert!(reason("unix:").contains("needs a path"));
+        assert!(reason(&format!("unix:/{}", "a".repeat(200))).contains("limit"));
+    }
+
+    #[test]
+    fn binds_port_zero_and_reports_the_port() {
+        let (_fd, local) = ListenAddr::parse("127.0.0.1:0").unwrap().bind().unwrap();
+        assert!(local.starts_with("127.0.0.1:"));
+        assert_ne!(local, "127.0.0.1:0");
+    }
+
+    #[test]
+    fn unix_socket_rules() {
+        let dir = std::env::temp_dir().join(format!("graceful-addr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("s.sock");
+        let addr = ListenAddr::Unix(sock.clone());
+        let (fd, local) = addr.bind().unwrap();
+        assert_eq!(local, format!("unix:{}", sock.display()));
+        // Live listener: never removed.
+        assert!(addr.bind().unwrap_err().contains("in use"));
+        drop(fd);
+        // Stale file: replaced.
+        let (_fd, _) = addr.bind().unwrap();
+        // A regular file is never removed.
+        let file = dir.join("plain");
+        std::fs::write(&file, b"x").unwrap();
+        let err = ListenAddr::Unix(file.clone()).bind().unwrap_err();
+        assert!(err.contains("not a socket"), "{err}");
+        assert!(file.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,204 @@
+//! Drain: the shutdown signal, connection tracking, and how one connection
+//! winds down.
+//!
+//! When the worker is told to stop, every connection is told at once.
+//! HTTP/2 connections get GOAWAY right away (it is race-free). HTTP/1
+//! connections are not closed at once: a client may be sending its next
+//! request on an idle keep-alive connection at that very moment (hyper issue
+//! #3792). Instead every response from then on carries `Connection: close`, so
+//! busy connections close themselves after their current response, and only
+//! connections that stay idle for the whole `idle_grace` are closed.
+//!
+//! A connection counts as in flight for as long as its socket is open, which
+//! includes upgraded connections (WebSocket) that a handler still holds.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{HeaderValue, CONNECTION};
+use http::{Request, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{watch, Notify};
+
+use crate::handler::Handler;
+
+/// Process-wide drain state. One per process: a worker drains once.
+#[derive(Debug)]
+pub(crate) struct Drain {
+    started: watch::Sender<bool>,
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+pub(crate) fn global() -> &'static Drain {
+    static DRAIN: OnceLock<Drain> = OnceLock::new();
+    DRAIN.get_or_init(|| Drain {
+        started: watch::Sender::new(false),
+        active: AtomicUsize::new(0),
+        idle: Notify::new(),
+    })
+}
+
+/// Completes when this process starts to drain: a graceful worker that was
+/// told to stop (by the master, a stop signal, or the master's exit).
+///
+/// Long-lived handlers (server-sent events, WebSocket) await this to end
+/// their streams cleanly instead of being cut at `stop_timeout`.
+///
+/// ```no_run
+/// # async fn stream() {
+/// tokio::select! {
+///     _ = graceful::shutdown_signal() => { /* send a close frame, then return */ }
+///     _ = std::future::pending::<()>() => {}
+/// }
+/// # }
+/// ```
+pub async fn shutdown_signal() {
+    let mut rx = global().started.subscribe();
+    // The sender lives in a static, so the channel never closes.
+    let _ = rx.wait_for(|started| *started).await;
+}
+
+/// Whether this process has started to drain.
+pub fn is_shutting_down() -> bool {
+    *global().started.borrow()
+}
+
+impl Drain {
+    /// Starts the drain; returns false if it had already started.
+    pub(crate) fn start(&self) -> bool {
+        !self.started.send_replace(true)
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<bool> {
+        self.started.subscribe()
+    }
+
+    pub(crate) fn active(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    fn track(&'static self) -> Guard {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        Guard(self)
+    }
+
+    /// Waits until no connection is open.
+    pub(crate) async fn idle(&self) {
+        loop {
+            if self.active() == 0 {
+                return;
+            }
+            // `notify_one` stores a permit when nobody waits, so a guard
+            // dropped between the check and this await is not missed.
+            self.idle.notified().await;
+        }
+    }
+}
+
+struct Guard(&'static Drain);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_one();
+        }
+    }
+}
+
+/// A socket that counts as one open connection until it is dropped.
+pub(crate) struct Tracked<T> {
+    io: T,
+    _guard: Guard,
+}
+
+impl<T> Tracked<T> {
+    pub(crate) fn new(io: T) -> Tracked<T> {
+        Tracked { io, _guard: global().track() }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Serves one accepted connection until it closes or the drain ends it.
+pub(crate) async fn serve_connection<T>(
+    io: Tracked<T>,
+    handler: Handler,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    idle_grace: Duration,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let drain = global();
+    let h2 = Arc::new(AtomicBool::new(false));
+    let service = {
+        let h2 = h2.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let handler = handler.clone();
+            let h2 = h2.clone();
+            async move {
+                let http1 = req.version() < Version::HTTP_2;
+                if !http1 {
+                    h2.store(true, Ordering::Relaxed);
+                }
+                let mut response = handler.serve(req).await;
+                if http1 && is_shutting_down() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut started = drain.subscribe();
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = started.wait_for(|s| *s) => {}
+    }
+    if !h2.load(Ordering::Relaxed) {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = tokio::time::sleep(idle_grace) => {}
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}

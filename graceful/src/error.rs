@@ -1,0 +1,101 @@
+//! The error type of the crate.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::Signal;
+
+/// Everything that can go wrong when starting, running or reloading a
+/// graceful service. Each message names the address, signal, path or process
+/// involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An address given to `register!` or `Server::register` cannot be parsed.
+    #[error("invalid address {addr:?}: {reason}")]
+    InvalidAddress {
+        /// The address as the user wrote it.
+        addr: String,
+        /// Why it is invalid, and how to write it instead.
+        reason: String,
+    },
+    /// The master could not bind or hand over the listener for an address.
+    #[error("cannot listen on {addr:?}: {reason}")]
+    Listen {
+        /// The address as the user wrote it.
+        addr: String,
+        /// The operating system's error, with what was attempted.
+        reason: String,
+    },
+    /// The same signal is configured to reload and to stop.
+    #[error("signal {signal} is configured both to reload and to stop; a signal can do only one")]
+    SignalConflict {
+        /// The signal in both lists.
+        signal: Signal,
+    },
+    /// The stop signal list is empty.
+    #[error("no stop signal is configured, so the service could not be stopped; keep at least one")]
+    NoStopSignal,
+    /// The executable recorded at start could not be started as a worker.
+    #[error("cannot start a worker from {path}: {source}")]
+    Spawn {
+        /// The executable path recorded when the master started.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The first worker did not become ready, so there is nothing to serve.
+    #[error("the first worker failed to start: {reason}")]
+    StartFailed {
+        /// What the worker reported, or how it exited.
+        reason: String,
+    },
+    /// This process is a worker and its start failed (main returned an error,
+    /// panicked, or a listener could not be had).
+    #[error("{reason}")]
+    WorkerStart {
+        /// The reason, also reported to the master.
+        reason: String,
+    },
+    /// The environment that marks a worker is present but malformed.
+    #[error("invalid worker environment {var}={value:?}: {reason}; this variable is set by the graceful master and must not be set by hand")]
+    WorkerEnv {
+        /// The environment variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An operating-system call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// `graceful::reload()` was called in a process that no graceful master runs.
+    #[error("graceful::reload() was called outside a worker started by a graceful master")]
+    NotManaged,
+    /// The worker registered no listener.
+    #[error("no listener was registered; call `graceful::register!(addr, handler)` in main")]
+    NoListeners,
+}
+
+impl Error {
+    pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Error {
+        Error::Io { what: what.into(), source }
+    }
+
+    /// The process exit status that fits this error: 2 for a misuse of the
+    /// worker environment, 1 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::WorkerEnv { .. } => 2,
+            _ => 1,
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! What `register!` accepts as a handler, turned into one boxed form.
+//!
+//! Three shapes are accepted: an async fn or closure
+//! `Fn(Request<Incoming>) -> Future<Output = Result<Response<B>, E>>`, any
+//! `hyper::service::Service`, and any `tower::Service` (such as
+//! `axum::Router`). A marker type parameter keeps the three impls apart, as
+//! axum does for its handlers.
+//!
+//! Errors returned by a handler and panics inside one become a 500 response
+//! and a log line; they never take the worker down.
+
+use std::any::Any;
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+
+use crate::log::log;
+
+/// A boxed error, as handlers and bodies may return any error type.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The response body every handler's body is converted to.
+pub(crate) type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send>>;
+
+/// A handler in the boxed form the worker serves. Made by [`IntoHandler`].
+#[derive(Clone)]
+pub struct Handler {
+    call: Arc<dyn Fn(Request<Incoming>) -> BoxFuture + Send + Sync>,
+}
+
+impl fmt::Debug for Handler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handler").finish_non_exhaustive()
+    }
+}
+
+/// Marker types that tell the [`IntoHandler`] impls apart.
+pub mod marker {
+    /// An async fn or closure.
+    #[derive(Debug)]
+    pub enum AsyncFn {}
+    /// A `hyper::service::Service`.
+    #[derive(Debug)]
+    pub enum HyperService {}
+    /// A `tower::Service`.
+    #[derive(Debug)]
+    pub enum TowerService {}
+}
+
+/// Anything `register!` can serve. `M` is a marker chosen by inference; you
+/// never name it.
+pub trait IntoHandler<M>: Send + 'static {
+    /// Boxes the handler.
+    fn into_handler(self) -> Handler;
+}
+
+impl IntoHandler<()> for Handler {
+    fn into_handler(self) -> Handler {
+        self
+    }
+}
+
+fn box_body<B>(response: Response<B>) -> Response<ResponseBody>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    response.map(|body| {
+        body.map_frame(|frame| frame.map_data(|mut data| data.copy_to_bytes(data.remaining())))
+            .map_err(Into::into)
+            .boxed_unsync()
+    })
+}
+
+impl<F, Fut, B, E> IntoHandler<marker::AsyncFn> for F
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    E: Into<BoxError>,
+{
+    fn into_handler(self) -> Handler {
+        Handler {
+            call: Arc::new(move |req| {
+                let fut = self(req);
+                Box::pin(async move { fut.await.map(box_body).map_err(Into::into) })
+            }),
+        }
+    }
+}
+
+impl<S, B> IntoHandler<marker::HyperService> for S
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    fn into_handler(self) -> Handler {
+        Handler {
+            call: Arc::new(move |req| {
+                let fut = self.call(req);
+                Box::pin(async move { fut.await.map(box_body).map_err(Into::into) })
+            }),
+        }
+    }
+}
+
+impl<S, B> IntoHandler<marker::TowerService> for S
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    fn into_handler(self) -> Handler {
+        Handler {
+            call: Arc::new(move |req| {
+                let mut svc = self.clone();
+                Box::pin(async move {
+                    std::future::poll_fn(|cx| svc.poll_ready(cx)).await.map_err(Into::into)?;
+                    svc.call(req).await.map(box_body).map_err(Into::into)
+                })
+            }),
+        }
+    }
+}
+
+/// A future that turns a panic of the inner future into `Err(message)`.
+struct CatchUnwind(BoxFuture);
+
+impl Future for CatchUnwind {
+    type Output = Result<Result<Response<ResponseBody>, BoxError>, String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
+            Err(panic) => Poll::Ready(Err(panic_message(&*panic))),
+        }
+    }
+}
+
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
+
+fn internal_error() -> Response<ResponseBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from_static(b"Internal Server Error\n"))
+            .map_err(|never: Infallible| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
+}
+
+impl Handler {
+    /// Calls the handler; errors and panics become a logged 500.
+    pub(crate) async fn serve(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        match CatchUnwind((self.call)(req)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                log!("handler error on {method} {path}: {error}; answered 500");
+                internal_error()
+            }
+            Err(message) => {
+                log!("handler panicked on {method} {path}: {message}; answered 500");
+                internal_error()
+            }
+        }
+    }
+}

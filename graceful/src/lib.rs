@@ -1,0 +1,209 @@
+//! Zero-downtime reloads for hyper servers.
+//!
+//! A service annotated with `#[graceful::main]` runs as two kinds of process.
+//! The **master** is the process you start: it keeps the PID that systemd or
+//! supervisor watches, holds every listening socket, and runs no code of
+//! yours. **Workers** run your `main`, serve HTTP/1.1 and HTTP/2 on the
+//! sockets the master hands them, and are replaced on reload: replace the
+//! binary, send `SIGHUP`, and a new worker starts from the new file. Only when
+//! it is ready is the old one told to drain. If it fails to start, the old one
+//! keeps serving.
+//!
+//! ```no_run
+//! use std::convert::Infallible;
+//! use http::{Request, Response};
+//! use hyper::body::Incoming;
+//!
+//! async fn hello(req: Request<Incoming>) -> Result<Response<String>, Infallible> {
+//!     Ok(Response::new(format!("Hello, {}\n", req.uri().path())))
+//! }
+//!
+//! #[graceful::main]
+//! async fn main() {
+//!     graceful::register!(":9222", hello);
+//! }
+//! ```
+//!
+//! Then `kill -HUP <pid>` reloads with zero failed requests, and `kill -TERM
+//! <pid>` (or Ctrl-C) drains in-flight requests for up to `stop_timeout` and
+//! exits 0.
+//!
+//! Everything the macros do is reachable without them: see [`Server`] and
+//! [`listen_and_serve`].
+
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+#[cfg(not(unix))]
+compile_error!("graceful needs a Unix system (Linux or macOS) for its master/worker processes");
+
+mod addr;
+mod control;
+mod drain;
+mod error;
+mod handler;
+mod log;
+mod master;
+mod server;
+mod signal;
+mod worker;
+
+pub use drain::{is_shutting_down, shutdown_signal};
+pub use error::Error;
+pub use handler::{marker, BoxError, Handler, IntoHandler};
+pub use server::{MainOutput, Registration, Server};
+pub use signal::Signal;
+
+/// Turns `async fn main` into the master/worker bootstrap.
+///
+/// The master (the process you start) never runs the body of `main`: it
+/// checks for the worker marker before it builds any runtime. Each worker
+/// builds a multi-threaded tokio runtime, runs the body, serves every
+/// listener registered with [`register!`], and tells the master it is ready
+/// once the body has returned successfully and every listener accepts.
+///
+/// All options are optional:
+///
+/// | option | default | meaning |
+/// | --- | --- | --- |
+/// | `stop_timeout = "20s"` | `"20s"` | how long a stopping worker drains before open connections are cut |
+/// | `ready_timeout = "30s"` | `"30s"` | how long a new worker may take to become ready before the reload is rolled back |
+/// | `idle_grace = "500ms"` | `"500ms"` | how long a draining worker keeps idle HTTP/1 keep-alive connections |
+/// | `reload = [SIGHUP, SIGUSR1]` | `[SIGHUP, SIGUSR1]` | signals that reload; `[]` leaves only [`reload()`] |
+/// | `stop = [SIGTERM, SIGINT]` | `[SIGTERM, SIGINT]` | signals that stop |
+/// | `worker_threads = 4` | one per core | threads of each worker's runtime |
+///
+/// Durations are written like `"500ms"`, `"20s"`, `"1m30s"` or `"4h"`.
+/// Mistakes are compile errors on the offending token.
+///
+/// ```no_run
+/// # use std::convert::Infallible;
+/// # async fn hello(_: http::Request<hyper::body::Incoming>) -> Result<http::Response<String>, Infallible> { todo!() }
+/// #[graceful::main(stop_timeout = "5s", reload = [SIGHUP], stop = [SIGTERM, SIGINT, SIGQUIT])]
+/// async fn main() -> Result<(), std::io::Error> {
+///     let addr = std::env::args().nth(1).unwrap_or_else(|| ":9222".into());
+///     graceful::register!(addr, hello);
+///     Ok(())
+/// }
+/// ```
+///
+/// The equivalent code without the macro:
+///
+/// ```no_run
+/// # use std::convert::Infallible;
+/// # use std::time::Duration;
+/// # async fn hello(_: http::Request<hyper::body::Incoming>) -> Result<http::Response<String>, Infallible> { todo!() }
+/// use graceful::{Server, Signal};
+///
+/// fn main() {
+///     let server = Server::new()
+///         .stop_timeout(Duration::from_secs(5))
+///         .reload_signals([Signal::SIGHUP])
+///         .stop_signals([Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT]);
+///     graceful::__private::start(server, || async {
+///         let addr = std::env::args().nth(1).unwrap_or_else(|| ":9222".into());
+///         graceful::register!(addr, hello);
+///         Ok::<(), std::io::Error>(())
+///     })
+/// }
+/// ```
+pub use graceful_macros::main;
+
+/// Declares a listener and the handler that serves it.
+///
+/// Call it in `main` or in any function `main` calls, as often as needed,
+/// before `main` returns. The worker asks the master for every registered
+/// address once `main` has returned; if any of them fails (a bad address, a
+/// port in use), the worker's start fails as a whole, with every failing
+/// address and the reason, and nothing is served.
+///
+/// Addresses:
+///
+/// | form | meaning |
+/// | --- | --- |
+/// | `"127.0.0.1:8080"`, `"[::1]:8080"` | that IP and port |
+/// | `":8080"` | every interface, IPv4 and IPv6, as in Go |
+/// | `"localhost:8080"` | the first address of the name (IPv4 preferred) |
+/// | `"127.0.0.1:0"` | a free port, bound once and kept across reloads; the master logs it |
+/// | `"unix:/run/app.sock"` | a Unix socket; a stale socket file is replaced, anything else at the path is an error |
+///
+/// Handlers: an `async fn(Request<Incoming>) -> Result<Response<B>, E>`, a
+/// closure of that shape (annotate its argument type), any
+/// `hyper::service::Service`, and any `tower::Service` such as
+/// `axum::Router`. A handler error or panic becomes a logged 500.
+///
+/// ```no_run
+/// # use std::convert::Infallible;
+/// # use http::{Request, Response};
+/// # use hyper::body::Incoming;
+/// # async fn hello(_: Request<Incoming>) -> Result<Response<String>, Infallible> { todo!() }
+/// #[graceful::main]
+/// async fn main() {
+///     graceful::register!(":9222", hello);
+///     graceful::register!("unix:/tmp/admin.sock", |_req: Request<Incoming>| async {
+///         Ok::<_, Infallible>(Response::new("ok\n".to_string()))
+///     });
+/// }
+/// ```
+#[macro_export]
+macro_rules! register {
+    ($addr:expr, $handler:expr $(,)?) => {
+        $crate::__private::register($crate::Registration::new($addr, $handler))
+    };
+}
+
+/// Asks the master to reload, exactly as a reload signal does.
+///
+/// It goes over the worker's control channel, not through a signal, so it
+/// works when the master is PID 1 in a container. Returns
+/// [`Error::NotManaged`] outside a worker.
+pub fn reload() -> Result<(), Error> {
+    worker::request_reload()
+}
+
+/// The drop-in for Go's `http.ListenAndServe`: serves `handler` on `addr`
+/// with the default options, with zero-downtime reloads.
+///
+/// ```no_run
+/// # use std::convert::Infallible;
+/// # async fn hello(_: http::Request<hyper::body::Incoming>) -> Result<http::Response<String>, Infallible> { todo!() }
+/// fn main() -> Result<(), graceful::Error> {
+///     graceful::listen_and_serve(":9222", hello)
+/// }
+/// ```
+pub fn listen_and_serve<H, M>(addr: &str, handler: H) -> Result<(), Error>
+where
+    H: IntoHandler<M>,
+{
+    Server::new().register(addr, handler).run()
+}
+
+/// Used by the macros' expansions. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    use std::future::Future;
+
+    use crate::{Error, MainOutput, Registration, Server};
+
+    pub fn register(registration: Registration) {
+        crate::server::register(registration);
+    }
+
+    /// Runs the service and exits the process with its status.
+    pub fn start<F, Fut>(server: Server, main: F) -> !
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future,
+        Fut::Output: MainOutput,
+    {
+        let code = match server.run_with(main) {
+            Ok(()) => 0,
+            // Already reported (by the master, or to it).
+            Err(e @ (Error::WorkerStart { .. } | Error::StartFailed { .. })) => e.exit_code(),
+            Err(e) => {
+                crate::log::log!("{e}");
+                e.exit_code()
+            }
+        };
+        std::process::exit(code)
+    }
+}

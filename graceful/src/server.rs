@@ -1,0 +1,249 @@
+//! The public builder, [`Server`], and what it registers, [`Registration`].
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::handler::{Handler, IntoHandler};
+use crate::{master, worker, Error, Signal};
+
+/// One listener and the handler that serves it.
+///
+/// Made by `register!` or by hand and added with [`Server::add`].
+pub struct Registration {
+    pub(crate) addr: String,
+    pub(crate) handler: Handler,
+}
+
+impl Registration {
+    /// A listener on `addr` (see [`register!`](crate::register) for the
+    /// address forms) served by `handler`.
+    pub fn new<H, M>(addr: impl Into<String>, handler: H) -> Registration
+    where
+        H: IntoHandler<M>,
+    {
+        Registration { addr: addr.into(), handler: handler.into_handler() }
+    }
+
+    /// The address as given.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+/// Registrations made with `register!` while `main` runs.
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry { open: true, list: Vec::new() });
+
+struct Registry {
+    open: bool,
+    list: Vec<Registration>,
+}
+
+pub(crate) fn register(registration: Registration) {
+    let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    if registry.open {
+        registry.list.push(registration);
+    } else {
+        crate::log::log!(
+            "register!({:?}) was called after the worker started serving and is ignored; \
+             call register! before main returns",
+            registration.addr
+        );
+    }
+}
+
+/// Takes every registration made so far and refuses later ones.
+pub(crate) fn take_registrations() -> Vec<Registration> {
+    let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    registry.open = false;
+    std::mem::take(&mut registry.list)
+}
+
+/// A graceful service: options, listeners, and [`run`](Server::run).
+///
+/// `#[graceful::main]` expands into this builder; use it directly when you
+/// prefer no macro.
+///
+/// ```no_run
+/// use std::convert::Infallible;
+/// use std::time::Duration;
+///
+/// async fn hello(_: http::Request<hyper::body::Incoming>) -> Result<http::Response<String>, Infallible> {
+///     Ok(http::Response::new("hello\n".to_string()))
+/// }
+///
+/// fn main() -> Result<(), graceful::Error> {
+///     graceful::Server::new()
+///         .stop_timeout(Duration::from_secs(20))
+///         .register(":9222", hello)
+///         .run()
+/// }
+/// ```
+///
+/// Code before `run()` runs in the master and in every worker; code after
+/// it runs when the service has stopped. Keep both small, or use the macro,
+/// whose `main` body runs in workers only.
+pub struct Server {
+    pub(crate) stop_timeout: Duration,
+    pub(crate) ready_timeout: Duration,
+    pub(crate) idle_grace: Duration,
+    pub(crate) reload_signals: Vec<Signal>,
+    pub(crate) stop_signals: Vec<Signal>,
+    pub(crate) worker_threads: Option<usize>,
+    pub(crate) registrations: Vec<Registration>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("stop_timeout", &self.stop_timeout)
+            .field("ready_timeout", &self.ready_timeout)
+            .field("idle_grace", &self.idle_grace)
+            .field("reload_signals", &self.reload_signals)
+            .field("stop_signals", &self.stop_signals)
+            .field("worker_threads", &self.worker_threads)
+            .field("registrations", &self.registrations)
+            .finish()
+    }
+}
+
+impl Default for Server {
+    fn default() -> Server {
+        Server::new()
+    }
+}
+
+impl Server {
+    /// The defaults: `stop_timeout` 20 s, `ready_timeout` 30 s, `idle_grace`
+    /// 500 ms, reload on SIGHUP and SIGUSR1, stop on SIGTERM and SIGINT.
+    pub fn new() -> Server {
+        Server {
+            stop_timeout: Duration::from_secs(20),
+            ready_timeout: Duration::from_secs(30),
+            idle_grace: Duration::from_millis(500),
+            reload_signals: vec![Signal::SIGHUP, Signal::SIGUSR1],
+            stop_signals: vec![Signal::SIGTERM, Signal::SIGINT],
+            worker_threads: None,
+            registrations: Vec::new(),
+        }
+    }
+
+    /// How long a stopping worker may drain before its remaining connections
+    /// are cut. The master kills a worker that is still alive shortly after.
+    pub fn stop_timeout(mut self, timeout: Duration) -> Server {
+        self.stop_timeout = timeout;
+        self
+    }
+
+    /// How long a new worker may take to become ready (its `main` returned
+    /// and every listener accepts) before it is killed and the reload is
+    /// rolled back.
+    pub fn ready_timeout(mut self, timeout: Duration) -> Server {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// How long a draining worker keeps an idle HTTP/1 keep-alive connection
+    /// open, so that a request the client is sending right now is still
+    /// answered (with `Connection: close`) instead of failing.
+    pub fn idle_grace(mut self, grace: Duration) -> Server {
+        self.idle_grace = grace;
+        self
+    }
+
+    /// The signals that start a reload (default SIGHUP, SIGUSR1). An empty
+    /// list leaves only [`reload()`](crate::reload).
+    pub fn reload_signals(mut self, signals: impl IntoIterator<Item = Signal>) -> Server {
+        self.reload_signals = signals.into_iter().collect();
+        self
+    }
+
+    /// The signals that stop the service (default SIGTERM, SIGINT).
+    pub fn stop_signals(mut self, signals: impl IntoIterator<Item = Signal>) -> Server {
+        self.stop_signals = signals.into_iter().collect();
+        self
+    }
+
+    /// Threads of each worker's tokio runtime (default: one per core).
+    pub fn worker_threads(mut self, threads: usize) -> Server {
+        self.worker_threads = Some(threads.max(1));
+        self
+    }
+
+    /// Adds a listener on `addr` served by `handler`; see
+    /// [`register!`](crate::register).
+    pub fn register<H, M>(self, addr: impl Into<String>, handler: H) -> Server
+    where
+        H: IntoHandler<M>,
+    {
+        self.add(Registration::new(addr, handler))
+    }
+
+    /// Adds a prepared [`Registration`].
+    pub fn add(mut self, registration: Registration) -> Server {
+        self.registrations.push(registration);
+        self
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        if self.stop_signals.is_empty() {
+            return Err(Error::NoStopSignal);
+        }
+        if let Some(signal) = self.reload_signals.iter().find(|s| self.stop_signals.contains(s)) {
+            return Err(Error::SignalConflict { signal: *signal });
+        }
+        Ok(())
+    }
+
+    /// Runs the service: as the master in the process you started, as a
+    /// worker in the processes the master starts.
+    ///
+    /// In the master this returns when the service has stopped. In a worker
+    /// it returns after the drain, or with an error if the worker's start
+    /// failed (already reported to the master).
+    pub fn run(self) -> Result<(), Error> {
+        self.run_with(|| async {})
+    }
+
+    /// Like [`run`](Server::run), and in workers only, first runs `main` on
+    /// the worker's runtime; `register!` calls made while it runs are served.
+    /// This is what `#[graceful::main]` expands to.
+    pub fn run_with<F, Fut>(self, main: F) -> Result<(), Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future,
+        Fut::Output: MainOutput,
+    {
+        self.validate()?;
+        match worker::WorkerEnv::detect()? {
+            Some(env) => worker::run(self, env, main),
+            None => master::run(self),
+        }
+    }
+}
+
+/// What `main` may return under `#[graceful::main]`: `()` or
+/// `Result<(), E>` with `E: Debug`.
+pub trait MainOutput {
+    /// `Err` with a description when `main` failed.
+    fn into_result(self) -> Result<(), String>;
+}
+
+impl MainOutput for () {
+    fn into_result(self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl<E: fmt::Debug> MainOutput for Result<(), E> {
+    fn into_result(self) -> Result<(), String> {
+        self.map_err(|e| format!("main returned an error: {e:?}"))
+    }
+}

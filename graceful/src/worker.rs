@@ -1,0 +1,341 @@
+//! The worker: runs the user's `main`, asks the master for its listeners,
+//! serves until told to stop, then drains.
+
+use std::future::Future;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use crate::addr::ListenAddr;
+use crate::control::{self, ToMaster, ToWorker};
+use crate::drain::{self, Tracked};
+use crate::handler::{panic_message, Handler};
+use crate::log::log;
+use crate::server::{take_registrations, MainOutput, Registration};
+use crate::{Error, Server};
+
+/// Environment variable that carries the worker's end of the control channel.
+pub(crate) const ENV_CONTROL_FD: &str = "GRACEFUL_CONTROL_FD";
+/// Environment variable that carries the worker's generation number.
+pub(crate) const ENV_GENERATION: &str = "GRACEFUL_GENERATION";
+
+/// How long a slow client may take to send a request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What marks this process as a worker.
+#[derive(Debug)]
+pub(crate) struct WorkerEnv {
+    control: OwnedFd,
+    generation: u64,
+}
+
+impl WorkerEnv {
+    /// Reads and removes the worker markers. `Ok(None)`: not a worker.
+    pub(crate) fn detect() -> Result<Option<WorkerEnv>, Error> {
+        let Some(raw_fd) = std::env::var_os(ENV_CONTROL_FD) else {
+            return Ok(None);
+        };
+        let value = raw_fd.to_string_lossy().into_owned();
+        let bad = |var: &'static str, value: &str, reason: &str| Error::WorkerEnv {
+            var,
+            value: value.to_string(),
+            reason: reason.to_string(),
+        };
+        let generation = std::env::var(ENV_GENERATION).unwrap_or_default();
+        // Remove the markers so that processes the app starts are not
+        // mistaken for workers. No other thread exists yet: the runtime is
+        // built later.
+        std::env::remove_var(ENV_CONTROL_FD);
+        std::env::remove_var(ENV_GENERATION);
+
+        let fd: i32 = value
+            .parse()
+            .map_err(|_| bad(ENV_CONTROL_FD, &value, "not a file descriptor number"))?;
+        if fd < 3 {
+            return Err(bad(ENV_CONTROL_FD, &value, "0, 1 and 2 are stdin, stdout and stderr"));
+        }
+        let generation: u64 = generation
+            .parse()
+            .map_err(|_| bad(ENV_GENERATION, &generation, "not a generation number"))?;
+        // Check that the descriptor is open and is a SOCK_SEQPACKET socket
+        // before taking ownership of it.
+        // SAFETY: fcntl(F_GETFD) on any integer is harmless; it only reports
+        // whether the descriptor is open.
+        if unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) } == -1 {
+            return Err(bad(ENV_CONTROL_FD, &value, "the descriptor is not open"));
+        }
+        // SAFETY: the descriptor is open (checked above); borrowing it for
+        // the duration of the check does not close or move it.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        match nix::sys::socket::getsockopt(&borrowed, nix::sys::socket::sockopt::SockType) {
+            Ok(nix::sys::socket::SockType::SeqPacket) => {}
+            _ => return Err(bad(ENV_CONTROL_FD, &value, "the descriptor is not a graceful control socket")),
+        }
+        // SAFETY: the master passed this descriptor to us alone, it is open
+        // and of the right kind, and nothing else in this process refers to it.
+        let control = unsafe { OwnedFd::from_raw_fd(fd) };
+        control::set_cloexec(control.as_raw_fd()).map_err(|e| Error::io("cannot set FD_CLOEXEC on the control socket", e))?;
+        Ok(Some(WorkerEnv { control, generation }))
+    }
+}
+
+/// The control socket of this worker, for [`crate::reload`].
+static CONTROL: OnceLock<Arc<OwnedFd>> = OnceLock::new();
+
+pub(crate) fn request_reload() -> Result<(), Error> {
+    let control = CONTROL.get().ok_or(Error::NotManaged)?;
+    control::send_to_master(control.as_fd(), &ToMaster::Reload)
+        .map_err(|e| Error::io("cannot ask the master to reload", e))
+}
+
+/// A `main` future that reports a panic instead of unwinding.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
+            Err(panic) => Poll::Ready(Err(panic_message(&*panic))),
+        }
+    }
+}
+
+pub(crate) fn run<F, Fut>(server: Server, env: WorkerEnv, main: F) -> Result<(), Error>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future,
+    Fut::Output: MainOutput,
+{
+    let control = Arc::new(env.control);
+    let _ = CONTROL.set(control.clone());
+    let fail = |reason: String| {
+        let _ = control::send_to_master(control.as_fd(), &ToMaster::Failed(reason.clone()));
+        Error::WorkerStart { reason }
+    };
+
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = server.worker_threads {
+        builder.worker_threads(n);
+    }
+    let runtime = builder
+        .build()
+        .map_err(|e| fail(format!("cannot build the tokio runtime: {e}")))?;
+
+    let result = runtime.block_on(async {
+        listen_for_signals(&server)?;
+        match CatchUnwind(Box::pin(main())).await {
+            Err(panic) => return Err(fail(format!("main panicked: {panic}"))),
+            Ok(output) => output.into_result().map_err(fail)?,
+        }
+        let mut registrations = server.registrations;
+        registrations.extend(take_registrations());
+        if registrations.is_empty() {
+            return Err(fail(Error::NoListeners.to_string()));
+        }
+        let listeners = acquire(&control, registrations).map_err(fail)?;
+
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+        http.http2().timer(TokioTimer::new());
+        let http = Arc::new(http);
+        for (listener, handler) in listeners {
+            tokio::spawn(accept_loop(listener, handler, http.clone(), server.idle_grace));
+        }
+        control::send_to_master(control.as_fd(), &ToMaster::Ready)
+            .map_err(|e| fail(format!("cannot tell the master this worker is ready: {e}")))?;
+        watch_master(control.clone())?;
+
+        drain::global().subscribe().wait_for(|s| *s).await.ok();
+        let started = Instant::now();
+        let open = drain::global().active();
+        let finished = tokio::time::timeout(server.stop_timeout, drain::global().idle()).await.is_ok();
+        let cut = if finished { 0 } else { drain::global().active() };
+        log!(
+            "worker {} (pid {}) drained {} connection(s) in {} ms, {} cut at the {:?} stop_timeout",
+            env.generation,
+            std::process::id(),
+            open - cut.min(open),
+            started.elapsed().as_millis(),
+            cut,
+            server.stop_timeout,
+        );
+        Ok(())
+    });
+    // Connections still open past the deadline are dropped here; do not wait
+    // for handlers that never yield.
+    runtime.shutdown_timeout(Duration::ZERO);
+    result
+}
+
+/// Stop signals sent to the worker directly (as with `KillMode=control-group`
+/// or a terminal's Ctrl-C to the process group) start the drain; reload
+/// signals are the master's business and are ignored here.
+fn listen_for_signals(server: &Server) -> Result<(), Error> {
+    use tokio::signal::unix::{signal, SignalKind};
+    for sig in &server.reload_signals {
+        // Installing the handler replaces the inherited SIG_IGN; the stream is
+        // dropped, so the signal is received and ignored.
+        let _ignored = signal(SignalKind::from_raw(sig.number()))
+            .map_err(|e| Error::io(format!("cannot handle {sig}"), e))?;
+    }
+    for sig in server.stop_signals.clone() {
+        let mut stream = signal(SignalKind::from_raw(sig.number()))
+            .map_err(|e| Error::io(format!("cannot handle {sig}"), e))?;
+        tokio::spawn(async move {
+            if stream.recv().await.is_some() && drain::global().start() {
+                log!("worker (pid {}) received {sig}; draining", std::process::id());
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Reads the control channel after the start: `Stop`, or EOF when the master
+/// is gone. Either starts the drain. No polling: the read blocks in epoll.
+fn watch_master(control: Arc<OwnedFd>) -> Result<(), Error> {
+    control::set_nonblocking(control.as_fd(), true)
+        .map_err(|e| Error::io("cannot make the control socket non-blocking", e))?;
+    // SAFETY: the Arc<OwnedFd> moved in keeps the descriptor open, and
+    // pointing at the same socket, for as long as the AsyncFd lives.
+    let async_fd = unsafe { AsyncFd::register_with_interest(control, Interest::READABLE) }
+        .map_err(|e| Error::io("cannot watch the control socket", e.into_parts().1))?;
+    tokio::spawn(async move {
+        let why = loop {
+            let mut guard = match async_fd.readable().await {
+                Ok(guard) => guard,
+                Err(e) => break format!("the control socket failed: {e}"),
+            };
+            match guard.try_io(|fd| control::recv_from_master(fd.get_ref().as_fd())) {
+                Err(_would_block) => continue,
+                Ok(Ok(Some(ToWorker::Stop))) => break String::new(),
+                Ok(Ok(Some(other))) => log!("unexpected control message {other:?}; ignored"),
+                Ok(Ok(None)) => break "the master exited".to_string(),
+                Ok(Err(e)) => break format!("the control socket failed: {e}"),
+            }
+        };
+        if drain::global().start() && !why.is_empty() {
+            log!("worker (pid {}): {why}; draining", std::process::id());
+        }
+    });
+    Ok(())
+}
+
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+/// Asks the master for every listener. All or nothing: any failure fails the
+/// start, with every failing address named.
+fn acquire(control: &OwnedFd, registrations: Vec<Registration>) -> Result<Vec<(Listener, Handler)>, String> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for Registration { addr, handler } in registrations {
+        match acquire_one(control, &addr) {
+            Ok(listener) => out.push((listener, handler)),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+fn acquire_one(control: &OwnedFd, addr: &str) -> Result<Listener, Error> {
+    let parsed = ListenAddr::parse(addr)?;
+    let listen_error = |reason: String| Error::Listen { addr: addr.to_string(), reason };
+    control::send_to_master(control.as_fd(), &ToMaster::Listen(parsed.to_string()))
+        .map_err(|e| listen_error(format!("cannot ask the master: {e}")))?;
+    let fd = match control::recv_from_master(control.as_fd()) {
+        Ok(Some(ToWorker::Listener(fd, _local))) => fd,
+        Ok(Some(ToWorker::ListenError(reason))) => return Err(listen_error(reason)),
+        Ok(Some(ToWorker::Stop)) => return Err(listen_error("the master is stopping".into())),
+        Ok(None) => return Err(listen_error("the master exited".into())),
+        Err(e) => return Err(listen_error(format!("control channel: {e}"))),
+    };
+    let io_error = |e: std::io::Error| listen_error(format!("cannot use the listener: {e}"));
+    let is_unix = socket2::SockRef::from(&fd).local_addr().map_err(io_error)?.is_unix();
+    if is_unix {
+        let std = std::os::unix::net::UnixListener::from(fd);
+        std.set_nonblocking(true).map_err(io_error)?;
+        Ok(Listener::Unix(tokio::net::UnixListener::from_std(std).map_err(io_error)?))
+    } else {
+        let std = std::net::TcpListener::from(fd);
+        std.set_nonblocking(true).map_err(io_error)?;
+        Ok(Listener::Tcp(tokio::net::TcpListener::from_std(std).map_err(io_error)?))
+    }
+}
+
+/// Errors from `accept` that concern one connection, not the listener.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::Interrupted
+    )
+}
+
+async fn accept_loop(
+    listener: Listener,
+    handler: Handler,
+    http: Arc<auto::Builder<TokioExecutor>>,
+    idle_grace: Duration,
+) {
+    let mut stopping = drain::global().subscribe();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stopping.wait_for(|s| *s) => break,
+            accepted = accept(&listener) => accepted,
+        };
+        match accepted {
+            Ok(Accepted::Tcp(stream)) => {
+                let _ = stream.set_nodelay(true);
+                let io = Tracked::new(stream);
+                tokio::spawn(drain::serve_connection(io, handler.clone(), http.clone(), idle_grace));
+            }
+            Ok(Accepted::Unix(stream)) => {
+                let io = Tracked::new(stream);
+                tokio::spawn(drain::serve_connection(io, handler.clone(), http.clone(), idle_grace));
+            }
+            Err(e) if is_connection_error(&e) => {}
+            Err(e) => {
+                // Out of file descriptors or memory: back off briefly rather
+                // than spin; the connection stays queued in the backlog.
+                log!("accept failed: {e}; retrying in 50 ms");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    // Dropping the listener closes this worker's copy; the master's copy keeps
+    // the accept queue for the next generation.
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
+    match listener {
+        Listener::Tcp(l) => l.accept().await.map(|(s, _)| Accepted::Tcp(s)),
+        Listener::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+    }
+}

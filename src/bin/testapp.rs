@@ -1,0 +1,71 @@
+//! The application the integration tests drive. Its address is the first
+//! argument; its behaviour is set by environment variables so that every
+//! generation of one service can be told apart and made to fail:
+//!
+//! - `TESTAPP_VERSION`: text included in every response (default `v1`).
+//! - `TESTAPP_FAIL_IF_EXISTS=PATH`: when PATH exists at start, fail in the
+//!   way PATH's content names: `exit`, `panic`, `error`, `hang`, `bad-addr`,
+//!   `port-in-use:ADDR`.
+//! - `TESTAPP_STOP_TIMEOUT_MS`: overrides the stop timeout (default 20 s).
+//!
+//! Routes: `/` (version and worker pid), `/slow?ms=N` (answers after N ms),
+//! `/pid` (worker pid only).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+async fn handle(req: Request<Incoming>) -> Result<Response<String>, Infallible> {
+    let version = std::env::var("TESTAPP_VERSION").unwrap_or_else(|_| "v1".into());
+    let pid = std::process::id();
+    match req.uri().path() {
+        "/slow" => {
+            let ms: u64 = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("ms="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(Response::new(format!("slow {ms} done by {pid}\n")))
+        }
+        "/pid" => Ok(Response::new(format!("{pid}\n"))),
+        _ => Ok(Response::new(format!("testapp {version} pid {pid}\n"))),
+    }
+}
+
+fn fail_mode() -> Option<String> {
+    let path = std::env::var_os("TESTAPP_FAIL_IF_EXISTS")?;
+    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+}
+
+async fn app() -> Result<(), String> {
+    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:0".into());
+    match fail_mode().as_deref() {
+        None => {}
+        Some("exit") => std::process::exit(3),
+        Some("panic") => panic!("testapp was told to panic"),
+        Some("error") => return Err("testapp was told to fail".into()),
+        Some("hang") => std::future::pending::<()>().await,
+        Some("bad-addr") => {
+            graceful::register!("127.0.0.1:99999", handle);
+        }
+        Some(other) => {
+            if let Some(taken) = other.strip_prefix("port-in-use:") {
+                graceful::register!(taken.to_string(), handle);
+            }
+        }
+    }
+    graceful::register!(addr, handle);
+    Ok(())
+}
+
+fn main() {
+    let mut server = graceful::Server::new().ready_timeout(Duration::from_secs(5));
+    if let Some(ms) = std::env::var("TESTAPP_STOP_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()) {
+        server = server.stop_timeout(Duration::from_millis(ms));
+    }
+    graceful::__private::start(server, app)
+}
