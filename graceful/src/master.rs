@@ -487,20 +487,20 @@ impl Master {
         let Some(index) = self.workers.iter().position(|w| w.pid == pid) else { return };
         let worker = self.workers.remove(index);
         let name = worker.name();
-        let reason = match &worker.failure {
-            Some(failure) => format!("{name} {how}: {failure}"),
-            None => format!("{name} {how}"),
+        let detail = |when: &str| match &worker.failure {
+            Some(failure) => format!("{name} {how} {when}: {failure}"),
+            None => format!("{name} {how} {when}"),
         };
         if self.stopping {
             log!("{name} {how}");
         } else if worker.ready_at.is_none() {
-            self.after_failed_start(&format!("{reason} before it was ready"));
+            self.after_failed_start(&detail("before it was ready"));
         } else if self.current == Some(worker.generation) {
             self.current = None;
             if worker.ready_at.is_some_and(|at| at.elapsed() >= STABLE_AFTER) {
                 self.crash_streak = 0;
             }
-            log!("{reason} unexpectedly");
+            log!("{}", detail("unexpectedly"));
             let starting = self.workers.iter().any(|w| matches!(w.state, State::Starting { .. }));
             if !starting {
                 self.schedule_restart(&format!("{name} {how}"));

@@ -6,10 +6,10 @@
 //! - `TESTAPP_FAIL_IF_EXISTS=PATH`: when PATH exists at start, fail in the
 //!   way PATH's content names: `exit`, `panic`, `error`, `hang`, `bad-addr`,
 //!   `port-in-use:ADDR`.
-//! - `TESTAPP_STOP_TIMEOUT_MS`: overrides the stop timeout (default 20 s).
+//! - `TESTAPP_STOP_TIMEOUT_MS`, `TESTAPP_IDLE_GRACE_MS`: override those options.
 //!
 //! Routes: `/` (version and worker pid), `/slow?ms=N` (answers after N ms),
-//! `/pid` (worker pid only).
+//! `/pid` (worker pid only), `/reload` (calls `graceful::reload()`).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -28,10 +28,15 @@ async fn handle(req: Request<Incoming>) -> Result<Response<String>, Infallible> 
                 .and_then(|q| q.strip_prefix("ms="))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1000);
+            eprintln!("testapp: slow request started in pid {pid}");
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Ok(Response::new(format!("slow {ms} done by {pid}\n")))
         }
         "/pid" => Ok(Response::new(format!("{pid}\n"))),
+        "/reload" => match graceful::reload() {
+            Ok(()) => Ok(Response::new("reload requested\n".to_string())),
+            Err(e) => Ok(Response::new(format!("reload failed: {e}\n"))),
+        },
         _ => Ok(Response::new(format!("testapp {version} pid {pid}\n"))),
     }
 }
@@ -66,6 +71,9 @@ fn main() {
     let mut server = graceful::Server::new().ready_timeout(Duration::from_secs(5));
     if let Some(ms) = std::env::var("TESTAPP_STOP_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()) {
         server = server.stop_timeout(Duration::from_millis(ms));
+    }
+    if let Some(ms) = std::env::var("TESTAPP_IDLE_GRACE_MS").ok().and_then(|v| v.parse().ok()) {
+        server = server.idle_grace(Duration::from_millis(ms));
     }
     graceful::__private::start(server, app)
 }

@@ -1,0 +1,259 @@
+//! A service under test: a real process, its stderr read line by line.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Lines the service has written to stderr so far.
+#[derive(Default)]
+struct Log {
+    lines: Vec<String>,
+    closed: bool,
+}
+
+pub struct Service {
+    child: Child,
+    log: Arc<(Mutex<Log>, Condvar)>,
+    /// Every worker PID seen in the log, killed on drop if still alive.
+    workers: Mutex<HashSet<i32>>,
+}
+
+impl Service {
+    pub fn start(program: &Path, args: &[&str], envs: &[(&str, &str)]) -> Service {
+        Service::start_with(program, args, envs, |_| {})
+    }
+
+    pub fn start_with(
+        program: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Service {
+        let mut command = Command::new(program);
+        command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        configure(&mut command);
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log: Arc<(Mutex<Log>, Condvar)> = Arc::default();
+        let sink = log.clone();
+        let echo = std::env::var_os("GRACEFUL_TEST_ECHO").is_some();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if echo {
+                    eprintln!("  | {line}");
+                }
+                let (lock, cond) = &*sink;
+                lock.lock().unwrap().lines.push(line);
+                cond.notify_all();
+            }
+            let (lock, cond) = &*sink;
+            lock.lock().unwrap().closed = true;
+            cond.notify_all();
+        });
+        Service { child, log, workers: Mutex::default() }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.log.0.lock().unwrap().lines.clone()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.lines().join("\n")
+    }
+
+    /// Waits until the `nth` (0-based) line containing `needle` appears.
+    pub fn wait_line_n(&self, needle: &str, nth: usize, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let (lock, cond) = &*self.log;
+        let mut log = lock.lock().unwrap();
+        loop {
+            let found: Vec<&String> = log.lines.iter().filter(|l| l.contains(needle)).collect();
+            if let Some(line) = found.get(nth) {
+                let line = (*line).clone();
+                drop(log);
+                self.note_workers();
+                return line;
+            }
+            let now = Instant::now();
+            if now >= deadline || log.closed {
+                let text = log.lines.join("\n");
+                drop(log);
+                panic!(
+                    "no line #{nth} containing {needle:?} within {timeout:?} (stderr {}):\n{text}",
+                    if now >= deadline { "still open" } else { "closed" }
+                );
+            }
+            log = cond.wait_timeout(log, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn wait_line(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_line_n(needle, 0, timeout)
+    }
+
+    pub fn count_lines(&self, needle: &str) -> usize {
+        self.lines().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    fn note_workers(&self) {
+        let mut workers = self.workers.lock().unwrap();
+        for line in self.lines() {
+            if let Some(pid) = worker_pid_in(&line) {
+                workers.insert(pid);
+            }
+        }
+    }
+
+    /// The address of the first listener the master logged.
+    pub fn addr(&self, timeout: Duration) -> String {
+        self.addr_n(0, timeout)
+    }
+
+    pub fn addr_n(&self, nth: usize, timeout: Duration) -> String {
+        let line = self.wait_line_n("listening on ", nth, timeout);
+        let rest = line.split("listening on ").nth(1).unwrap();
+        rest.split_whitespace().next().unwrap().to_string()
+    }
+
+    /// The PID of worker `generation` once it is ready.
+    pub fn ready_worker(&self, generation: u64, timeout: Duration) -> i32 {
+        let needle = format!("worker {generation} (pid ");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let line = self.wait_line(&needle, deadline.saturating_duration_since(Instant::now()));
+            let pid = worker_pid_in(&line).expect("pid in line");
+            let ready = format!("worker {generation} (pid {pid}) ready");
+            self.wait_line(&ready, deadline.saturating_duration_since(Instant::now()));
+            return pid;
+        }
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid()), signal).expect("signal the master");
+    }
+
+    /// Waits for the master to exit and returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!("the master did not exit within {timeout:?}:\n{}", self.log_text());
+            }
+            // The child is not ours to waitpid with a timeout; a short sleep
+            // between checks is bounded by the deadline above.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Every worker PID the log has named so far.
+    pub fn worker_pids(&self) -> Vec<i32> {
+        self.note_workers();
+        self.workers.lock().unwrap().iter().copied().collect()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.note_workers();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for pid in self.workers.lock().unwrap().iter() {
+            if is_alive(*pid) {
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+fn worker_pid_in(line: &str) -> Option<i32> {
+    let rest = line.split("(pid ").nth(1)?;
+    rest.split(')').next()?.parse().ok()
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn is_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next());
+            state != Some("Z") && state != Some("X")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Waits until `pid` has exited (or is a zombie), up to `timeout`.
+pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if !is_alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    !is_alive(pid)
+}
+
+/// Children of `pid`, from /proc.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for entry in dir.flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) {
+            let ppid = stat.rsplit(')').next().and_then(|s| s.split_whitespace().nth(1)).and_then(|p| p.parse::<i32>().ok());
+            if ppid == Some(pid) && is_alive(child) {
+                out.push(child);
+            }
+        }
+    }
+    out
+}
+
+/// One HTTP/1.1 request on a new connection; returns (status, body).
+pub fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {response:?}")))?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    // Chunked bodies: keep only the data lines.
+    let body = if response.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body.split("\r\n").enumerate().filter(|(i, _)| i % 2 == 1).map(|(_, l)| l).collect::<Vec<_>>().join("")
+    } else {
+        body
+    };
+    Ok((status, body))
+}
+
+/// Runs `curl` with `args` and returns its stdout; panics with stderr on failure.
+pub fn curl<S: AsRef<OsStr>>(args: &[S]) -> String {
+    let out = Command::new("curl").args(["-sS", "--max-time", "30"]).args(args).output().expect("run curl");
+    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8")
+}

@@ -1,0 +1,213 @@
+//! The core lifecycle with real binaries and real signals: serve, reload,
+//! drain, stop, stop_timeout, binary replacement, reload from code.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use graceful_dev::process::{curl, get, is_alive, wait_gone, Service};
+use graceful_dev::built;
+use nix::sys::signal::Signal;
+
+const T: Duration = Duration::from_secs(20);
+
+fn testapp() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_testapp"))
+}
+
+fn pid_of(addr: &str) -> i32 {
+    let (status, body) = get(addr, "/pid").expect("GET /pid");
+    assert_eq!(status, 200);
+    body.trim().parse().expect("pid")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("graceful-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn hello_example_serves_http1_and_h2() {
+    let service = Service::start(&built("hello"), &["127.0.0.1:0"], &[]);
+    let addr = service.addr(T);
+    service.ready_worker(1, T);
+    let (status, body) = get(&addr, "/world%3Cb%3E").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, format!("Hello, port: {addr}, \"/world%3Cb%3E\"\n"));
+    let body = curl(&[format!("http://{addr}/curl")]);
+    assert_eq!(body, format!("Hello, port: {addr}, \"/curl\"\n"));
+    let h2 = curl(&["--http2-prior-knowledge".to_string(), "-w".into(), "%{http_version}".into(), format!("http://{addr}/h2")]);
+    assert_eq!(h2, format!("Hello, port: {addr}, \"/h2\"\n2"));
+}
+
+#[test]
+fn sighup_replaces_the_worker_and_keeps_the_master() {
+    let service = Service::start(&testapp(), &["127.0.0.1:0"], &[]);
+    let addr = service.addr(T);
+    let first = service.ready_worker(1, T);
+    assert_eq!(pid_of(&addr), first);
+    for generation in 2..=3 {
+        service.signal(Signal::SIGHUP);
+        let next = service.ready_worker(generation, T);
+        assert!(wait_gone(first, T), "the old worker {first} is still running");
+        assert_eq!(pid_of(&addr), next, "the new worker serves");
+        assert!(is_alive(service.pid()), "the master is still the same process");
+    }
+    assert!(service.log_text().contains(&format!("master started (pid {},", service.pid())));
+}
+
+#[test]
+fn a_request_in_flight_during_reload_completes() {
+    let service = Service::start(&testapp(), &["127.0.0.1:0"], &[]);
+    let addr = service.addr(T);
+    let old = service.ready_worker(1, T);
+    let client = {
+        let addr = addr.clone();
+        std::thread::spawn(move || get(&addr, "/slow?ms=1500"))
+    };
+    service.wait_line(&format!("slow request started in pid {old}"), T);
+    service.signal(Signal::SIGHUP);
+    service.wait_line("reload finished", T);
+    let (status, body) = client.join().unwrap().expect("the slow request completes");
+    assert_eq!(status, 200);
+    assert_eq!(body, format!("slow 1500 done by {old}\n"));
+    assert!(wait_gone(old, T));
+    service.wait_line(&format!("worker 1 (pid {old}) drained 1 connection(s)"), T);
+}
+
+#[test]
+fn sigterm_lets_a_slow_request_finish_then_exits_0() {
+    let mut service = Service::start(&testapp(), &["127.0.0.1:0"], &[]);
+    let addr = service.addr(T);
+    let worker = service.ready_worker(1, T);
+    let client = std::thread::spawn(move || get(&addr, "/slow?ms=1000"));
+    service.wait_line("slow request started", T);
+    service.signal(Signal::SIGTERM);
+    let (status, body) = client.join().unwrap().expect("the slow request completes");
+    assert_eq!((status, body), (200, format!("slow 1000 done by {worker}\n")));
+    let status = service.wait_exit(T);
+    assert_eq!(status.code(), Some(0), "{}", service.log_text());
+    assert!(wait_gone(worker, T), "no worker left behind");
+    assert!(service.log_text().contains("stopped"));
+}
+
+#[test]
+fn sigint_stops_like_sigterm() {
+    let mut service = Service::start(&testapp(), &["127.0.0.1:0"], &[]);
+    let worker = service.ready_worker(1, T);
+    service.signal(Signal::SIGINT);
+    assert_eq!(service.wait_exit(T).code(), Some(0));
+    assert!(wait_gone(worker, T));
+}
+
+#[test]
+fn stop_timeout_cuts_a_longer_request() {
+    let mut service = Service::start(&testapp(), &["127.0.0.1:0"], &[("TESTAPP_STOP_TIMEOUT_MS", "1000")]);
+    let addr = service.addr(T);
+    let worker = service.ready_worker(1, T);
+    let client = std::thread::spawn(move || get(&addr, "/slow?ms=15000"));
+    service.wait_line("slow request started", T);
+    let began = Instant::now();
+    service.signal(Signal::SIGTERM);
+    let status = service.wait_exit(T);
+    let took = began.elapsed();
+    assert_eq!(status.code(), Some(0));
+    assert!(took >= Duration::from_millis(900), "exited before the stop timeout: {took:?}");
+    assert!(took < Duration::from_millis(2500), "exit came {took:?} after SIGTERM, stop_timeout is 1s");
+    match client.join().unwrap() {
+        Ok((status, body)) => panic!("the request should have been cut, got {status} {body}"),
+        Err(_) => {}
+    }
+    assert!(wait_gone(worker, T));
+    service.wait_line("1 cut at the 1s stop_timeout", T);
+}
+
+#[test]
+fn replacing_the_binary_then_sighup_runs_the_new_code() {
+    let dir = temp_dir("replace");
+    let app = dir.join("app");
+    std::fs::copy(testapp(), &app).unwrap();
+    let service = Service::start(&app, &["127.0.0.1:0"], &[]);
+    let addr = service.addr(T);
+    service.ready_worker(1, T);
+    assert!(get(&addr, "/").unwrap().1.starts_with("testapp v1"));
+
+    // Deploy: write the new build beside it, rename it over the old path.
+    let staged = dir.join("app.new");
+    std::fs::copy(built("hello"), &staged).unwrap();
+    std::fs::rename(&staged, &app).unwrap();
+    service.signal(Signal::SIGHUP);
+    service.ready_worker(2, T);
+    let (status, body) = get(&addr, "/new").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, format!("Hello, port: {addr}, \"/new\"\n"));
+    drop(service);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn reload_from_code_goes_through_the_master() {
+    let service = Service::start(&testapp(), &["127.0.0.1:0"], &[]);
+    let addr = service.addr(T);
+    let first = service.ready_worker(1, T);
+    assert_eq!(get(&addr, "/reload").unwrap().1, "reload requested\n");
+    let second = service.ready_worker(2, T);
+    assert_ne!(first, second);
+    assert!(wait_gone(first, T));
+    assert!(service.log_text().contains("reload started (graceful::reload() in worker 1)"));
+}
+
+#[test]
+fn a_failed_registration_fails_the_start_and_names_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let dir = temp_dir("taken");
+    let flag = dir.join("fail");
+    std::fs::write(&flag, format!("port-in-use:{taken_addr}")).unwrap();
+    let mut service = Service::start(&testapp(), &["127.0.0.1:0"], &[("TESTAPP_FAIL_IF_EXISTS", flag.to_str().unwrap())]);
+    let status = service.wait_exit(T);
+    assert_eq!(status.code(), Some(1), "{}", service.log_text());
+    let log = service.log_text();
+    assert!(log.contains(&format!("cannot listen on {taken_addr:?}")), "{log}");
+    assert!(log.contains("address already in use"), "{log}");
+    // All or nothing: the other, valid address was never served.
+    assert!(!log.contains("and serving"), "{log}");
+    drop(service);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bad_addresses_fail_the_start_with_a_clear_error() {
+    for (addr, expected) in [
+        ("", "the address is empty"),
+        ("localhost", "missing port"),
+        (":70000", "port 70000 is out of range"),
+        ("unix:", "needs a path"),
+    ] {
+        let mut service = Service::start(&testapp(), &[addr], &[]);
+        assert_eq!(service.wait_exit(T).code(), Some(1));
+        let log = service.log_text();
+        assert!(log.contains(&format!("invalid address {addr:?}")) && log.contains(expected), "{addr:?}: {log}");
+    }
+}
+
+#[test]
+fn several_listeners_in_one_process() {
+    let dir = temp_dir("multi");
+    let sock = dir.join("admin.sock");
+    let unix = format!("unix:{}", sock.display());
+    let service = Service::start(&built("multi"), &["127.0.0.1:0", "[::1]:0", &unix], &[]);
+    service.ready_worker(1, T);
+    let mut addrs: Vec<String> = (0..3).map(|n| service.addr_n(n, T)).collect();
+    addrs.sort();
+    let v4 = addrs.iter().find(|a| a.starts_with("127.")).unwrap();
+    let v6 = addrs.iter().find(|a| a.starts_with('[')).unwrap();
+    assert!(addrs.contains(&unix));
+    assert_eq!(curl(&[format!("http://{v4}/x")]), "api: GET /x\n");
+    assert_eq!(curl(&[format!("http://{v6}/y")]), "web: /y\n");
+    let admin = curl(&["--unix-socket", sock.to_str().unwrap(), "http://localhost/"]);
+    assert!(admin.starts_with("admin: worker pid "), "{admin}");
+    drop(service);
+    std::fs::remove_dir_all(dir).unwrap();
+}
