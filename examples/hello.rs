@@ -21,7 +21,10 @@ async fn hello(req: Request<Incoming>) -> Result<Response<String>, Infallible> {
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()))
         .unwrap_or("");
-    let body = format!("Hello, port: {host}, \"{}\"\n", html_escape(req.uri().path()));
+    let body = format!(
+        "Hello, port: {host}, \"{}\"\n",
+        html_escape(req.uri().path())
+    );
     Ok(Response::new(body))
 }
 
@@ -42,6 +45,8 @@ fn html_escape(text: &str) -> String {
 
 #[graceful::main]
 async fn main() {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| ":9222".to_string());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| ":9222".to_string());
     graceful::register!(addr, hello);
 }

@@ -10,7 +10,11 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 async fn api(req: Request<Incoming>) -> Result<Response<String>, Infallible> {
-    Ok(Response::new(format!("api: {} {}\n", req.method(), req.uri().path())))
+    Ok(Response::new(format!(
+        "api: {} {}\n",
+        req.method(),
+        req.uri().path()
+    )))
 }
 
 async fn web(req: Request<Incoming>) -> Result<Response<String>, Infallible> {
@@ -19,9 +23,14 @@ async fn web(req: Request<Incoming>) -> Result<Response<String>, Infallible> {
 
 fn admin() {
     // register! works from any function main calls.
-    let addr = std::env::args().nth(3).unwrap_or_else(|| "unix:/tmp/graceful-multi.sock".into());
+    let addr = std::env::args()
+        .nth(3)
+        .unwrap_or_else(|| "unix:/tmp/graceful-multi.sock".into());
     graceful::register!(addr, |_req: Request<Incoming>| async {
-        Ok::<_, Infallible>(Response::new(format!("admin: worker pid {}\n", std::process::id())))
+        Ok::<_, Infallible>(Response::new(format!(
+            "admin: worker pid {}\n",
+            std::process::id()
+        )))
     });
 }
 

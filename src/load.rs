@@ -106,13 +106,17 @@ impl Load {
         let done = Arc::new(AtomicU64::new(0));
         let (stop2, done2, path) = (stop.clone(), done.clone(), path.to_string());
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let start = Instant::now();
                 let total = Arc::new(Mutex::new(Report::default()));
                 let mut tasks = Vec::new();
                 for _ in 0..concurrency {
-                    let (stop, done, total, path) = (stop2.clone(), done2.clone(), total.clone(), path.clone());
+                    let (stop, done, total, path) =
+                        (stop2.clone(), done2.clone(), total.clone(), path.clone());
                     tasks.push(tokio::spawn(async move {
                         let report = client(addr, mode, &path, &stop, &done, start).await;
                         total.lock().unwrap().merge(report);
@@ -169,7 +173,11 @@ impl Sender {
 
 async fn connect(addr: SocketAddr, mode: Mode) -> Result<Sender, (String, String)> {
     let stream = TcpStream::connect(addr).await.map_err(|e| {
-        let kind = if e.kind() == std::io::ErrorKind::ConnectionRefused { "connect refused" } else { "connect error" };
+        let kind = if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            "connect refused"
+        } else {
+            "connect error"
+        };
         (kind.to_string(), e.to_string())
     })?;
     let _ = stream.set_nodelay(true);
@@ -181,7 +189,9 @@ async fn connect(addr: SocketAddr, mode: Mode) -> Result<Sender, (String, String
         tokio::spawn(conn);
         Ok(Sender::H2(sender))
     } else {
-        let (sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| classify(&e))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| classify(&e))?;
         tokio::spawn(conn);
         Ok(Sender::H1(sender))
     }
@@ -215,7 +225,14 @@ pub fn classify(e: &hyper::Error) -> (String, String) {
     ("other".into(), detail)
 }
 
-async fn client(addr: SocketAddr, mode: Mode, path: &str, stop: &AtomicBool, done: &AtomicU64, start: Instant) -> Report {
+async fn client(
+    addr: SocketAddr,
+    mode: Mode,
+    path: &str,
+    stop: &AtomicBool,
+    done: &AtomicU64,
+    start: Instant,
+) -> Report {
     let mut report = Report::default();
     let mut sender: Option<Sender> = None;
     let uri = format!("http://{addr}{path}");
@@ -295,7 +312,9 @@ async fn client(addr: SocketAddr, mode: Mode, path: &str, stop: &AtomicBool, don
                 report.sent += 1;
                 report.ok += 1;
                 let at = began.duration_since(start).as_micros() as u64;
-                report.latencies.push((at, began.elapsed().as_micros() as u64));
+                report
+                    .latencies
+                    .push((at, began.elapsed().as_micros() as u64));
             }
             Ok(Ok(status)) => {
                 report.sent += 1;

@@ -38,12 +38,18 @@ impl Service {
         configure: impl FnOnce(&mut Command),
     ) -> Service {
         let mut command = Command::new(program);
-        command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         for (k, v) in envs {
             command.env(k, v);
         }
         configure(&mut command);
-        let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
         let stderr = child.stderr.take().expect("stderr piped");
         let log: Arc<(Mutex<Log>, Condvar)> = Arc::default();
         let sink = log.clone();
@@ -62,7 +68,11 @@ impl Service {
             lock.lock().unwrap().closed = true;
             cond.notify_all();
         });
-        Service { child, log, workers: Mutex::default() }
+        Service {
+            child,
+            log,
+            workers: Mutex::default(),
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -97,7 +107,11 @@ impl Service {
                 drop(log);
                 panic!(
                     "no line #{nth} containing {needle:?} within {timeout:?} (stderr {}):\n{text}",
-                    if now >= deadline { "still open" } else { "closed" }
+                    if now >= deadline {
+                        "still open"
+                    } else {
+                        "closed"
+                    }
                 );
             }
             log = cond.wait_timeout(log, deadline - now).unwrap().0;
@@ -136,13 +150,11 @@ impl Service {
     pub fn ready_worker(&self, generation: u64, timeout: Duration) -> i32 {
         let needle = format!("worker {generation} (pid ");
         let deadline = Instant::now() + timeout;
-        loop {
-            let line = self.wait_line(&needle, deadline.saturating_duration_since(Instant::now()));
-            let pid = worker_pid_in(&line).expect("pid in line");
-            let ready = format!("worker {generation} (pid {pid}) ready");
-            self.wait_line(&ready, deadline.saturating_duration_since(Instant::now()));
-            return pid;
-        }
+        let line = self.wait_line(&needle, timeout);
+        let pid = worker_pid_in(&line).expect("pid in line");
+        let ready = format!("worker {generation} (pid {pid}) ready");
+        self.wait_line(&ready, deadline.saturating_duration_since(Instant::now()));
+        pid
     }
 
     pub fn signal(&self, signal: Signal) {
@@ -157,7 +169,10 @@ impl Service {
                 return status;
             }
             if Instant::now() >= deadline {
-                panic!("the master did not exit within {timeout:?}:\n{}", self.log_text());
+                panic!(
+                    "the master did not exit within {timeout:?}:\n{}",
+                    self.log_text()
+                );
             }
             // The child is not ours to waitpid with a timeout; a short sleep
             // between checks is bounded by the deadline above.
@@ -194,7 +209,10 @@ fn worker_pid_in(line: &str) -> Option<i32> {
 pub fn is_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
-            let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next());
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next());
             state != Some("Z") && state != Some("X")
         }
         Err(_) => false,
@@ -216,11 +234,23 @@ pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
 /// Children of `pid`, from /proc.
 pub fn children_of(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for entry in dir.flatten() {
-        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
         if let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) {
-            let ppid = stat.rsplit(')').next().and_then(|s| s.split_whitespace().nth(1)).and_then(|p| p.parse::<i32>().ok());
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
             if ppid == Some(pid) && is_alive(child) {
                 out.push(child);
             }
@@ -233,7 +263,10 @@ pub fn children_of(pid: i32) -> Vec<i32> {
 pub fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response
@@ -241,10 +274,21 @@ pub fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad response: {response:?}")))?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     // Chunked bodies: keep only the data lines.
-    let body = if response.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        body.split("\r\n").enumerate().filter(|(i, _)| i % 2 == 1).map(|(_, l)| l).collect::<Vec<_>>().join("")
+    let body = if response
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body.split("\r\n")
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 1)
+            .map(|(_, l)| l)
+            .collect::<Vec<_>>()
+            .join("")
     } else {
         body
     };
@@ -253,7 +297,15 @@ pub fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
 
 /// Runs `curl` with `args` and returns its stdout; panics with stderr on failure.
 pub fn curl<S: AsRef<OsStr>>(args: &[S]) -> String {
-    let out = Command::new("curl").args(["-sS", "--max-time", "30"]).args(args).output().expect("run curl");
-    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).expect("utf-8")
 }

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use graceful_dev::process::{curl, get, is_alive, wait_gone, Service};
 use graceful_dev::built;
+use graceful_dev::process::{curl, get, is_alive, wait_gone, Service};
 use nix::sys::signal::Signal;
 
 const T: Duration = Duration::from_secs(20);
@@ -37,7 +37,12 @@ fn hello_example_serves_http1_and_h2() {
     assert_eq!(body, format!("Hello, port: {addr}, \"/world%3Cb%3E\"\n"));
     let body = curl(&[format!("http://{addr}/curl")]);
     assert_eq!(body, format!("Hello, port: {addr}, \"/curl\"\n"));
-    let h2 = curl(&["--http2-prior-knowledge".to_string(), "-w".into(), "%{http_version}".into(), format!("http://{addr}/h2")]);
+    let h2 = curl(&[
+        "--http2-prior-knowledge".to_string(),
+        "-w".into(),
+        "%{http_version}".into(),
+        format!("http://{addr}/h2"),
+    ]);
     assert_eq!(h2, format!("Hello, port: {addr}, \"/h2\"\n2"));
 }
 
@@ -50,11 +55,19 @@ fn sighup_replaces_the_worker_and_keeps_the_master() {
     for generation in 2..=3 {
         service.signal(Signal::SIGHUP);
         let next = service.ready_worker(generation, T);
-        assert!(wait_gone(first, T), "the old worker {first} is still running");
+        assert!(
+            wait_gone(first, T),
+            "the old worker {first} is still running"
+        );
         assert_eq!(pid_of(&addr), next, "the new worker serves");
-        assert!(is_alive(service.pid()), "the master is still the same process");
+        assert!(
+            is_alive(service.pid()),
+            "the master is still the same process"
+        );
     }
-    assert!(service.log_text().contains(&format!("master started (pid {},", service.pid())));
+    assert!(service
+        .log_text()
+        .contains(&format!("master started (pid {},", service.pid())));
 }
 
 #[test]
@@ -85,7 +98,10 @@ fn sigterm_lets_a_slow_request_finish_then_exits_0() {
     service.wait_line("slow request started", T);
     service.signal(Signal::SIGTERM);
     let (status, body) = client.join().unwrap().expect("the slow request completes");
-    assert_eq!((status, body), (200, format!("slow 1000 done by {worker}\n")));
+    assert_eq!(
+        (status, body),
+        (200, format!("slow 1000 done by {worker}\n"))
+    );
     let status = service.wait_exit(T);
     assert_eq!(status.code(), Some(0), "{}", service.log_text());
     assert!(wait_gone(worker, T), "no worker left behind");
@@ -103,7 +119,11 @@ fn sigint_stops_like_sigterm() {
 
 #[test]
 fn stop_timeout_cuts_a_longer_request() {
-    let mut service = Service::start(&testapp(), &["127.0.0.1:0"], &[("TESTAPP_STOP_TIMEOUT_MS", "1000")]);
+    let mut service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[("TESTAPP_STOP_TIMEOUT_MS", "1000")],
+    );
     let addr = service.addr(T);
     let worker = service.ready_worker(1, T);
     let client = std::thread::spawn(move || get(&addr, "/slow?ms=15000"));
@@ -113,11 +133,16 @@ fn stop_timeout_cuts_a_longer_request() {
     let status = service.wait_exit(T);
     let took = began.elapsed();
     assert_eq!(status.code(), Some(0));
-    assert!(took >= Duration::from_millis(900), "exited before the stop timeout: {took:?}");
-    assert!(took < Duration::from_millis(2500), "exit came {took:?} after SIGTERM, stop_timeout is 1s");
-    match client.join().unwrap() {
-        Ok((status, body)) => panic!("the request should have been cut, got {status} {body}"),
-        Err(_) => {}
+    assert!(
+        took >= Duration::from_millis(900),
+        "exited before the stop timeout: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(2500),
+        "exit came {took:?} after SIGTERM, stop_timeout is 1s"
+    );
+    if let Ok((status, body)) = client.join().unwrap() {
+        panic!("the request should have been cut, got {status} {body}");
     }
     assert!(wait_gone(worker, T));
     service.wait_line("1 cut at the 1s stop_timeout", T);
@@ -155,7 +180,9 @@ fn reload_from_code_goes_through_the_master() {
     let second = service.ready_worker(2, T);
     assert_ne!(first, second);
     assert!(wait_gone(first, T));
-    assert!(service.log_text().contains("reload started (graceful::reload() in worker 1)"));
+    assert!(service
+        .log_text()
+        .contains("reload started (graceful::reload() in worker 1)"));
 }
 
 #[test]
@@ -165,11 +192,18 @@ fn a_failed_registration_fails_the_start_and_names_the_address() {
     let dir = temp_dir("taken");
     let flag = dir.join("fail");
     std::fs::write(&flag, format!("port-in-use:{taken_addr}")).unwrap();
-    let mut service = Service::start(&testapp(), &["127.0.0.1:0"], &[("TESTAPP_FAIL_IF_EXISTS", flag.to_str().unwrap())]);
+    let mut service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[("TESTAPP_FAIL_IF_EXISTS", flag.to_str().unwrap())],
+    );
     let status = service.wait_exit(T);
     assert_eq!(status.code(), Some(1), "{}", service.log_text());
     let log = service.log_text();
-    assert!(log.contains(&format!("cannot listen on {taken_addr:?}")), "{log}");
+    assert!(
+        log.contains(&format!("cannot listen on {taken_addr:?}")),
+        "{log}"
+    );
     assert!(log.contains("address already in use"), "{log}");
     // All or nothing: the other, valid address was never served.
     assert!(!log.contains("and serving"), "{log}");
@@ -188,7 +222,10 @@ fn bad_addresses_fail_the_start_with_a_clear_error() {
         let mut service = Service::start(&testapp(), &[addr], &[]);
         assert_eq!(service.wait_exit(T).code(), Some(1));
         let log = service.log_text();
-        assert!(log.contains(&format!("invalid address {addr:?}")) && log.contains(expected), "{addr:?}: {log}");
+        assert!(
+            log.contains(&format!("invalid address {addr:?}")) && log.contains(expected),
+            "{addr:?}: {log}"
+        );
     }
 }
 

@@ -20,7 +20,11 @@ const CLIENTS: usize = 4;
 fn reloads_under_load(mode: Mode) {
     let grace = std::env::var("TESTAPP_IDLE_GRACE_MS").unwrap_or_else(|_| "500".into());
     let env = [("TESTAPP_IDLE_GRACE_MS", grace.as_str())];
-    let service = Service::start(&PathBuf::from(env!("CARGO_BIN_EXE_testapp")), &["127.0.0.1:0"], &env);
+    let service = Service::start(
+        &PathBuf::from(env!("CARGO_BIN_EXE_testapp")),
+        &["127.0.0.1:0"],
+        &env,
+    );
     let addr: SocketAddr = service.addr(T).parse().unwrap();
     service.ready_worker(1, T);
     let load = Load::start(addr, mode, CLIENTS, "/");
@@ -29,12 +33,31 @@ fn reloads_under_load(mode: Mode) {
         service.signal(Signal::SIGHUP);
         service.ready_worker(reload as u64 + 2, T);
         service.wait_line_n("after draining", reload, T);
-        assert!(load.wait_progress(100, T), "requests stopped flowing after reload {}", reload + 1);
+        assert!(
+            load.wait_progress(100, T),
+            "requests stopped flowing after reload {}",
+            reload + 1
+        );
     }
     let report = load.stop();
-    println!("{}: {}", mode.name(), report.summary().lines().next().unwrap_or(""));
-    assert_eq!(report.failed(), 0, "{}: {}\n{}", mode.name(), report.summary(), service.log_text());
-    assert!(report.ok >= (RELOADS * 100) as u64, "too few requests: {}", report.summary());
+    println!(
+        "{}: {}",
+        mode.name(),
+        report.summary().lines().next().unwrap_or("")
+    );
+    assert_eq!(
+        report.failed(),
+        0,
+        "{}: {}\n{}",
+        mode.name(),
+        report.summary(),
+        service.log_text()
+    );
+    assert!(
+        report.ok >= (RELOADS * 100) as u64,
+        "too few requests: {}",
+        report.summary()
+    );
     assert_eq!(service.count_lines("reload finished"), RELOADS);
     assert_eq!(service.count_lines("reload failed"), 0);
 }

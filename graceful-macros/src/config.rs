@@ -86,7 +86,9 @@ impl Config {
             }
             match name.as_str() {
                 "stop_timeout" => config.stop_timeout = duration(&key, &value, true, &mut errors),
-                "ready_timeout" => config.ready_timeout = duration(&key, &value, false, &mut errors),
+                "ready_timeout" => {
+                    config.ready_timeout = duration(&key, &value, false, &mut errors)
+                }
                 "idle_grace" => config.idle_grace = duration(&key, &value, true, &mut errors),
                 "reload" => config.reload = signals(&key, &value, true, &mut errors),
                 "stop" => config.stop = signals(&key, &value, false, &mut errors),
@@ -154,16 +156,27 @@ fn duration(key: &Ident, value: &RawValue, zero_ok: bool, errors: &mut Errors) -
     }
 }
 
-fn signals(key: &Ident, value: &RawValue, empty_ok: bool, errors: &mut Errors) -> Option<Vec<SignalArg>> {
+fn signals(
+    key: &Ident,
+    value: &RawValue,
+    empty_ok: bool,
+    errors: &mut Errors,
+) -> Option<Vec<SignalArg>> {
     let RawValue::List(items, span) = value else {
         errors.push(
             value.span(),
-            format!("`{key}` takes a list of signals like `[SIGHUP, SIGUSR1]`, not {}", value.kind()),
+            format!(
+                "`{key}` takes a list of signals like `[SIGHUP, SIGUSR1]`, not {}",
+                value.kind()
+            ),
         );
         return None;
     };
     if items.is_empty() && !empty_ok {
-        errors.push(*span, format!("`{key}` needs at least one signal, or the service cannot be stopped"));
+        errors.push(
+            *span,
+            format!("`{key}` needs at least one signal, or the service cannot be stopped"),
+        );
         return None;
     }
     let mut out: Vec<SignalArg> = Vec::new();
@@ -177,7 +190,10 @@ fn signals(key: &Ident, value: &RawValue, empty_ok: bool, errors: &mut Errors) -
             errors.push(ident.span(), format!("`{name}` is listed twice in `{key}`"));
             ok = false;
         } else {
-            out.push(SignalArg { name, span: ident.span() });
+            out.push(SignalArg {
+                name,
+                span: ident.span(),
+            });
         }
     }
     ok.then_some(out)
@@ -195,9 +211,16 @@ fn signal_error(name: &str) -> Option<String> {
         ));
     }
     let upper = name.to_ascii_uppercase();
-    let with_prefix = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    let with_prefix = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
     if SIGNALS.contains(&with_prefix.as_str()) {
         return Some(format!("unknown signal `{name}`; write `{with_prefix}`"));
+    }
+    if let Some(close) = SIGNALS.iter().find(|s| edit_distance(s, &with_prefix) <= 2) {
+        return Some(format!("unknown signal `{name}`; did you mean `{close}`?"));
     }
     Some(format!(
         "unknown signal `{name}`; expected one of {}",
@@ -205,14 +228,39 @@ fn signal_error(name: &str) -> Option<String> {
     ))
 }
 
+/// Levenshtein distance, for "did you mean" suggestions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
 fn threads(key: &Ident, value: &RawValue, errors: &mut Errors) -> Option<usize> {
     let RawValue::Int(lit) = value else {
-        errors.push(value.span(), format!("`{key}` takes a number of threads like `4`, not {}", value.kind()));
+        errors.push(
+            value.span(),
+            format!(
+                "`{key}` takes a number of threads like `4`, not {}",
+                value.kind()
+            ),
+        );
         return None;
     };
     match lit.base10_parse::<usize>() {
         Ok(0) | Err(_) => {
-            errors.push(lit.span(), format!("`{key}` must be a whole number of threads, at least 1"));
+            errors.push(
+                lit.span(),
+                format!("`{key}` must be a whole number of threads, at least 1"),
+            );
             None
         }
         Ok(n) => Some(n),
@@ -267,9 +315,24 @@ mod tests {
         assert_eq!(parse_duration_ms("0s"), Ok(0));
         assert!(parse_duration_ms("").is_err());
         assert!(parse_duration_ms("20").unwrap_err().contains("no unit"));
-        assert!(parse_duration_ms("20x").unwrap_err().contains("unknown unit `x`"));
+        assert!(parse_duration_ms("20x")
+            .unwrap_err()
+            .contains("unknown unit `x`"));
         assert!(parse_duration_ms("s").is_err());
         assert!(parse_duration_ms("99999999999999999999s").is_err());
-        assert!(parse_duration_ms("9999999999999999s").is_err());
+        assert!(parse_duration_ms("99999999999999999s").is_err());
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(super::edit_distance("SIGHUPP", "SIGHUP"), 1);
+        assert_eq!(super::edit_distance("SIGTREM", "SIGTERM"), 2);
+        assert!(super::signal_error("SIGHUPP")
+            .unwrap()
+            .contains("did you mean `SIGHUP`"));
+        assert!(super::signal_error("SIGFOO")
+            .unwrap()
+            .contains("expected one of"));
+        assert!(super::signal_error("SIGHUP").is_none());
     }
 }

@@ -65,24 +65,35 @@ pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
 /// user sees our error rather than a cascade of unrelated ones.
 fn with_error(func: &ItemFn, error: syn::Error) -> TokenStream {
     let error = error.to_compile_error();
-    if func.sig.asyncness.is_none() || !func.sig.inputs.is_empty() {
+    if func.sig.asyncness.is_none() {
         return quote! { #func #error };
     }
-    let ItemFn { attrs, vis, sig, block } = func;
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = func;
     let ident = &sig.ident;
+    let inputs = &sig.inputs;
     let output = &sig.output;
     quote! {
         #(#attrs)*
         #vis fn #ident() {
-            #[allow(dead_code)]
-            async fn __graceful_main() #output #block
+            #[allow(dead_code, unused_variables)]
+            async fn __graceful_main(#inputs) #output #block
         }
         #error
     }
 }
 
 fn bootstrap(func: &ItemFn, config: &Config) -> TokenStream {
-    let ItemFn { attrs, vis, sig, block } = func;
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = func;
     let ident = &sig.ident;
     let output = &sig.output;
 

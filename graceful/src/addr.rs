@@ -35,13 +35,20 @@ pub(crate) enum ListenAddr {
 
 impl ListenAddr {
     pub(crate) fn parse(addr: &str) -> Result<ListenAddr, Error> {
-        let invalid = |reason: String| Error::InvalidAddress { addr: addr.to_string(), reason };
+        let invalid = |reason: String| Error::InvalidAddress {
+            addr: addr.to_string(),
+            reason,
+        };
         if addr.is_empty() {
-            return Err(invalid("the address is empty; write \"host:port\", \":port\" or \"unix:/path\"".into()));
+            return Err(invalid(
+                "the address is empty; write \"host:port\", \":port\" or \"unix:/path\"".into(),
+            ));
         }
         if let Some(path) = addr.strip_prefix("unix:") {
             if path.is_empty() {
-                return Err(invalid("`unix:` needs a path, as in \"unix:/run/app.sock\"".into()));
+                return Err(invalid(
+                    "`unix:` needs a path, as in \"unix:/run/app.sock\"".into(),
+                ));
             }
             if path.len() > UNIX_PATH_MAX {
                 return Err(invalid(format!(
@@ -55,13 +62,21 @@ impl ListenAddr {
             return Ok(ListenAddr::Unix(PathBuf::from(path)));
         }
         let Some((host, port)) = addr.rsplit_once(':') else {
-            return Err(invalid("missing port; write \"host:port\" or \":port\"".into()));
+            return Err(invalid(
+                "missing port; write \"host:port\" or \":port\"".into(),
+            ));
         };
         let port: u16 = match port.parse::<u64>() {
             Ok(p) if p <= u64::from(u16::MAX) => p as u16,
-            Ok(p) => return Err(invalid(format!("port {p} is out of range; ports go from 0 to 65535"))),
+            Ok(p) => {
+                return Err(invalid(format!(
+                    "port {p} is out of range; ports go from 0 to 65535"
+                )))
+            }
             Err(_) if port.is_empty() => {
-                return Err(invalid("missing port; write \"host:port\" or \":port\"".into()))
+                return Err(invalid(
+                    "missing port; write \"host:port\" or \":port\"".into(),
+                ))
             }
             Err(_) => return Err(invalid(format!("port `{port}` is not a number"))),
         };
@@ -72,9 +87,13 @@ impl ListenAddr {
                 .map_err(|_| invalid(format!("`{v6}` is not an IPv6 address")))?;
             Some(v6.to_string())
         } else if host.contains(':') || host.contains('[') || host.contains(']') {
-            return Err(invalid("IPv6 addresses need brackets, as in \"[::1]:8080\"".into()));
+            return Err(invalid(
+                "IPv6 addresses need brackets, as in \"[::1]:8080\"".into(),
+            ));
         } else if host.contains(char::is_whitespace) || host.contains('/') {
-            return Err(invalid(format!("`{host}` is not a host name or IP address")));
+            return Err(invalid(format!(
+                "`{host}` is not a host name or IP address"
+            )));
         } else {
             Some(host.to_string())
         };
@@ -95,8 +114,14 @@ impl fmt::Display for ListenAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ListenAddr::Tcp { host: None, port } => write!(f, ":{port}"),
-            ListenAddr::Tcp { host: Some(h), port } if h.contains(':') => write!(f, "[{h}]:{port}"),
-            ListenAddr::Tcp { host: Some(h), port } => write!(f, "{h}:{port}"),
+            ListenAddr::Tcp {
+                host: Some(h),
+                port,
+            } if h.contains(':') => write!(f, "[{h}]:{port}"),
+            ListenAddr::Tcp {
+                host: Some(h),
+                port,
+            } => write!(f, "{h}:{port}"),
             ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
         }
     }
@@ -126,7 +151,8 @@ fn bind_tcp(host: Option<&str>, port: u16) -> Result<(OwnedFd, String), String> 
                 Ok(s) => s,
                 Err(e) if e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) => {
                     let any4 = SocketAddr::from(([0, 0, 0, 0], port));
-                    listen_on(Domain::IPV4, &any4.into(), None).map_err(|e| describe(&any4.to_string(), e))?
+                    listen_on(Domain::IPV4, &any4.into(), None)
+                        .map_err(|e| describe(&any4.to_string(), e))?
                 }
                 Err(e) => return Err(describe(&any6.to_string(), e)),
             }
@@ -146,7 +172,11 @@ fn bind_tcp(host: Option<&str>, port: u16) -> Result<(OwnedFd, String), String> 
                         .ok_or_else(|| format!("host `{host}` has no address"))?
                 }
             };
-            let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+            let domain = if addr.is_ipv6() {
+                Domain::IPV6
+            } else {
+                Domain::IPV4
+            };
             let v6_only = addr.is_ipv6().then_some(true);
             listen_on(domain, &addr.into(), v6_only).map_err(|e| describe(&addr.to_string(), e))?
         }
@@ -162,9 +192,15 @@ fn bind_tcp(host: Option<&str>, port: u16) -> Result<(OwnedFd, String), String> 
 
 fn describe(addr: &str, e: io::Error) -> String {
     match e.raw_os_error() {
-        Some(nix::libc::EADDRINUSE) => format!("bind {addr}: address already in use (another process listens there)"),
-        Some(nix::libc::EACCES) => format!("bind {addr}: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"),
-        Some(nix::libc::EADDRNOTAVAIL) => format!("bind {addr}: the address is not on this machine"),
+        Some(nix::libc::EADDRINUSE) => {
+            format!("bind {addr}: address already in use (another process listens there)")
+        }
+        Some(nix::libc::EACCES) => format!(
+            "bind {addr}: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+        ),
+        Some(nix::libc::EADDRNOTAVAIL) => {
+            format!("bind {addr}: the address is not on this machine")
+        }
         _ => format!("bind {addr}: {e}"),
     }
 }
@@ -175,7 +211,9 @@ fn bind_unix(path: &Path) -> Result<(OwnedFd, String), String> {
         Ok(meta) => {
             use std::os::unix::fs::FileTypeExt;
             if !meta.file_type().is_socket() {
-                return Err(format!("{shown} exists and is not a socket; refusing to remove it"));
+                return Err(format!(
+                    "{shown} exists and is not a socket; refusing to remove it"
+                ));
             }
             // A socket file is stale if nothing accepts on it any more.
             match std::os::unix::net::UnixStream::connect(path) {
@@ -200,20 +238,35 @@ mod tests {
     use super::*;
 
     fn tcp(host: Option<&str>, port: u16) -> ListenAddr {
-        ListenAddr::Tcp { host: host.map(str::to_string), port }
+        ListenAddr::Tcp {
+            host: host.map(str::to_string),
+            port,
+        }
     }
 
     #[test]
     fn parses_the_accepted_forms() {
-        assert_eq!(ListenAddr::parse("127.0.0.1:8080").unwrap(), tcp(Some("127.0.0.1"), 8080));
-        assert_eq!(ListenAddr::parse("[::1]:8080").unwrap(), tcp(Some("::1"), 8080));
+        assert_eq!(
+            ListenAddr::parse("127.0.0.1:8080").unwrap(),
+            tcp(Some("127.0.0.1"), 8080)
+        );
+        assert_eq!(
+            ListenAddr::parse("[::1]:8080").unwrap(),
+            tcp(Some("::1"), 8080)
+        );
         assert_eq!(ListenAddr::parse(":9222").unwrap(), tcp(None, 9222));
-        assert_eq!(ListenAddr::parse("localhost:0").unwrap(), tcp(Some("localhost"), 0));
+        assert_eq!(
+            ListenAddr::parse("localhost:0").unwrap(),
+            tcp(Some("localhost"), 0)
+        );
         assert_eq!(
             ListenAddr::parse("unix:/tmp/a.sock").unwrap(),
             ListenAddr::Unix("/tmp/a.sock".into())
         );
-        assert_eq!(ListenAddr::parse("[::1]:80").unwrap().to_string(), "[::1]:80");
+        assert_eq!(
+            ListenAddr::parse("[::1]:80").unwrap().to_string(),
+            "[::1]:80"
+        );
     }
 
     #[test]

@@ -66,7 +66,11 @@ pub(crate) fn set_cloexec(fd: RawFd) -> io::Result<()> {
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
-    let flags = if on { flags | OFlag::O_NONBLOCK } else { flags - OFlag::O_NONBLOCK };
+    let flags = if on {
+        flags | OFlag::O_NONBLOCK
+    } else {
+        flags - OFlag::O_NONBLOCK
+    };
     fcntl(fd, FcntlArg::F_SETFL(flags))?;
     Ok(())
 }
@@ -172,7 +176,11 @@ pub(crate) fn recv_from_worker(fd: BorrowedFd<'_>) -> io::Result<Option<ToMaster
     }))
 }
 
-pub(crate) fn send_listener(fd: BorrowedFd<'_>, listener: BorrowedFd<'_>, local: &str) -> io::Result<()> {
+pub(crate) fn send_listener(
+    fd: BorrowedFd<'_>,
+    listener: BorrowedFd<'_>,
+    local: &str,
+) -> io::Result<()> {
     send_raw(fd, b'O', local, Some(listener.as_raw_fd()))
 }
 
@@ -216,7 +224,10 @@ mod tests {
             recv_from_worker(master.as_fd()).unwrap(),
             Some(ToMaster::Listen("127.0.0.1:0".into()))
         );
-        assert_eq!(recv_from_worker(master.as_fd()).unwrap(), Some(ToMaster::Ready));
+        assert_eq!(
+            recv_from_worker(master.as_fd()).unwrap(),
+            Some(ToMaster::Ready)
+        );
 
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -231,7 +242,10 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         drop(master);
-        assert!(recv_from_master(worker.as_fd()).unwrap().is_none(), "EOF after the peer closes");
+        assert!(
+            recv_from_master(worker.as_fd()).unwrap().is_none(),
+            "EOF after the peer closes"
+        );
     }
 
     #[test]

@@ -121,18 +121,29 @@ pub(crate) struct Tracked<T> {
 
 impl<T> Tracked<T> {
     pub(crate) fn new(io: T) -> Tracked<T> {
-        Tracked { io, _guard: global().track() }
+        Tracked {
+            io,
+            _guard: global().track(),
+        }
     }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
@@ -179,8 +190,13 @@ pub(crate) async fn serve_connection<T>(
                     h2.store(true, Ordering::Relaxed);
                 }
                 let mut response = handler.serve(req).await;
-                if http1 && is_shutting_down() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
-                    response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                if http1
+                    && is_shutting_down()
+                    && response.status() != StatusCode::SWITCHING_PROTOCOLS
+                {
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
                 }
                 Ok::<_, Infallible>(response)
             }

@@ -34,7 +34,9 @@ pub enum Error {
         signal: Signal,
     },
     /// The stop signal list is empty.
-    #[error("no stop signal is configured, so the service could not be stopped; keep at least one")]
+    #[error(
+        "no stop signal is configured, so the service could not be stopped; keep at least one"
+    )]
     NoStopSignal,
     /// The executable recorded at start could not be started as a worker.
     #[error("cannot start a worker from {path}: {source}")]
@@ -87,7 +89,10 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Error {
-        Error::Io { what: what.into(), source }
+        Error::Io {
+            what: what.into(),
+            source,
+        }
     }
 
     /// The process exit status that fits this error: 2 for a misuse of the

@@ -141,7 +141,9 @@ where
             call: Arc::new(move |req| {
                 let mut svc = self.clone();
                 Box::pin(async move {
-                    std::future::poll_fn(|cx| svc.poll_ready(cx)).await.map_err(Into::into)?;
+                    std::future::poll_fn(|cx| svc.poll_ready(cx))
+                        .await
+                        .map_err(Into::into)?;
                     svc.call(req).await.map(box_body).map_err(Into::into)
                 })
             }),

@@ -155,9 +155,7 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
         list(&master.server.reload_signals),
         list(&master.server.stop_signals),
     );
-    if let Err(e) = master.spawn() {
-        return Err(e);
-    }
+    master.spawn()?;
     let result = master.event_loop();
     master.close_all();
     match &result {
@@ -171,7 +169,11 @@ fn list(signals: &[Signal]) -> String {
     if signals.is_empty() {
         return "graceful::reload() only".into();
     }
-    signals.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+    signals
+        .iter()
+        .map(|s| s.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Master {
@@ -249,7 +251,11 @@ impl Master {
             log!("reload requested ({why}) while stopping; ignored");
             return;
         }
-        if self.workers.iter().any(|w| matches!(w.state, State::Starting { .. })) {
+        if self
+            .workers
+            .iter()
+            .any(|w| matches!(w.state, State::Starting { .. }))
+        {
             if !self.reload_queued {
                 log!("reload requested ({why}) while another is in progress; it will run next");
             }
@@ -265,12 +271,20 @@ impl Master {
     }
 
     fn spawn(&mut self) -> Result<(), Error> {
-        let spawn_error = |source| Error::Spawn { path: self.executable.clone(), source };
+        let spawn_error = |source| Error::Spawn {
+            path: self.executable.clone(),
+            source,
+        };
         let (mine, theirs) = control::pair().map_err(spawn_error)?;
         control::set_nonblocking(mine.as_fd(), true).map_err(spawn_error)?;
         let generation = self.next_generation;
         let child_fd = theirs.as_raw_fd();
-        let ignore: Vec<i32> = self.server.reload_signals.iter().map(|s| s.number()).collect();
+        let ignore: Vec<i32> = self
+            .server
+            .reload_signals
+            .iter()
+            .map(|s| s.number())
+            .collect();
         let default: Vec<i32> = self
             .server
             .stop_signals
@@ -318,7 +332,9 @@ impl Master {
             generation,
             pid,
             control: Some(mine),
-            state: State::Starting { deadline: now + self.server.ready_timeout },
+            state: State::Starting {
+                deadline: now + self.server.ready_timeout,
+            },
             keys: HashSet::new(),
             started: now,
             ready_at: None,
@@ -330,8 +346,12 @@ impl Master {
 
     fn read_control(&mut self, generation: u64) {
         loop {
-            let Some(worker) = self.worker(generation) else { return };
-            let Some(control) = &worker.control else { return };
+            let Some(worker) = self.worker(generation) else {
+                return;
+            };
+            let Some(control) = &worker.control else {
+                return;
+            };
             match control::recv_from_worker(control.as_fd()) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Ok(Some(ToMaster::Listen(key))) => self.listen(generation, &key),
@@ -354,7 +374,8 @@ impl Master {
                     if let State::Starting { deadline } = &mut w.state {
                         *deadline = (*deadline).min(kill_at);
                         if w.failure.is_none() {
-                            w.failure = Some("closed its control channel before it was ready".into());
+                            w.failure =
+                                Some("closed its control channel before it was ready".into());
                         }
                     }
                     return;
@@ -376,18 +397,32 @@ impl Master {
                     Ok((fd, local)) => {
                         log!("listening on {local} (registered as {key:?})");
                         let unix_path = match &addr {
-                            ListenAddr::Unix(path) => file_id(path).map(|(dev, ino)| (path.clone(), dev, ino)),
+                            ListenAddr::Unix(path) => {
+                                file_id(path).map(|(dev, ino)| (path.clone(), dev, ino))
+                            }
                             ListenAddr::Tcp { .. } => None,
                         };
                         let users = HashSet::from([generation]);
-                        self.listeners.insert(key.to_string(), Held { fd, local, users, unix_path });
+                        self.listeners.insert(
+                            key.to_string(),
+                            Held {
+                                fd,
+                                local,
+                                users,
+                                unix_path,
+                            },
+                        );
                         Ok(())
                     }
                 },
             },
         };
-        let Some(worker) = self.workers.iter_mut().find(|w| w.generation == generation) else { return };
-        let Some(control) = &worker.control else { return };
+        let Some(worker) = self.workers.iter_mut().find(|w| w.generation == generation) else {
+            return;
+        };
+        let Some(control) = &worker.control else {
+            return;
+        };
         let sent = match result {
             Ok(()) => {
                 worker.keys.insert(key.to_string());
@@ -404,7 +439,9 @@ impl Master {
     fn on_ready(&mut self, generation: u64) {
         let now = Instant::now();
         let stop_timeout = self.server.stop_timeout;
-        let Some(worker) = self.worker(generation) else { return };
+        let Some(worker) = self.worker(generation) else {
+            return;
+        };
         if !matches!(worker.state, State::Starting { .. }) {
             return;
         }
@@ -418,7 +455,9 @@ impl Master {
         let previous = self.current.replace(generation);
         match previous.and_then(|g| self.worker(g)) {
             Some(old) => {
-                old.state = State::Draining { kill_at: now + stop_timeout + KILL_GRACE };
+                old.state = State::Draining {
+                    kill_at: now + stop_timeout + KILL_GRACE,
+                };
                 if let Some(control) = &old.control {
                     let _ = control::send_stop(control.as_fd());
                 }
@@ -439,11 +478,19 @@ impl Master {
         if self.stopping {
             return;
         }
-        if let Some(current) = self.current.and_then(|g| self.workers.iter().find(|w| w.generation == g)) {
-            log!("reload failed: {reason}; still serving with {}", current.name());
+        if let Some(current) = self
+            .current
+            .and_then(|g| self.workers.iter().find(|w| w.generation == g))
+        {
+            log!(
+                "reload failed: {reason}; still serving with {}",
+                current.name()
+            );
         } else if !self.ever_ready {
             log!("start failed: {reason}");
-            self.exit = Some(Err(Error::StartFailed { reason: reason.to_string() }));
+            self.exit = Some(Err(Error::StartFailed {
+                reason: reason.to_string(),
+            }));
             return;
         } else {
             self.schedule_restart(reason);
@@ -461,7 +508,10 @@ impl Master {
             .min(BACKOFF_MAX);
         self.crash_streak += 1;
         self.restart_at = Some(Instant::now() + delay);
-        log!("no worker is serving ({reason}); starting a new one in {} ms", delay.as_millis());
+        log!(
+            "no worker is serving ({reason}); starting a new one in {} ms",
+            delay.as_millis()
+        );
     }
 
     fn reap(&mut self) {
@@ -470,7 +520,9 @@ impl Master {
             // master is PID 1 in a container; those are simply not ours.
             let (pid, how) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, format!("exited with status {code}")),
-                Ok(WaitStatus::Signaled(pid, signal, _)) => (pid, format!("was killed by {signal}")),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => {
+                    (pid, format!("was killed by {signal}"))
+                }
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
                 Err(Errno::EINTR) => continue,
                 Ok(_) => continue,
@@ -484,7 +536,9 @@ impl Master {
     }
 
     fn on_exit(&mut self, pid: Pid, how: &str) {
-        let Some(index) = self.workers.iter().position(|w| w.pid == pid) else { return };
+        let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
+            return;
+        };
         let worker = self.workers.remove(index);
         let name = worker.name();
         let detail = |when: &str| match &worker.failure {
@@ -497,11 +551,17 @@ impl Master {
             self.after_failed_start(&detail("before it was ready"));
         } else if self.current == Some(worker.generation) {
             self.current = None;
-            if worker.ready_at.is_some_and(|at| at.elapsed() >= STABLE_AFTER) {
+            if worker
+                .ready_at
+                .is_some_and(|at| at.elapsed() >= STABLE_AFTER)
+            {
                 self.crash_streak = 0;
             }
             log!("{}", detail("unexpectedly"));
-            let starting = self.workers.iter().any(|w| matches!(w.state, State::Starting { .. }));
+            let starting = self
+                .workers
+                .iter()
+                .any(|w| matches!(w.state, State::Starting { .. }));
             if !starting {
                 self.schedule_restart(&format!("{name} {how}"));
             }
@@ -532,11 +592,15 @@ impl Master {
             let why = match w.state {
                 State::Starting { deadline } if deadline <= now => {
                     if w.failure.is_none() {
-                        w.failure = Some(format!("was not ready within the {ready_timeout:?} ready_timeout"));
+                        w.failure = Some(format!(
+                            "was not ready within the {ready_timeout:?} ready_timeout"
+                        ));
                     }
                     "it did not become ready in time"
                 }
-                State::Draining { kill_at } if kill_at <= now => "it was still running after stop_timeout",
+                State::Draining { kill_at } if kill_at <= now => {
+                    "it was still running after stop_timeout"
+                }
                 _ => continue,
             };
             log!("killing {} with SIGKILL: {why}", w.name());
@@ -611,7 +675,9 @@ impl Master {
 
 fn file_id(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 fn close(held: Held) {

@@ -10,7 +10,7 @@ use crate::{master, worker, Error, Signal};
 
 /// One listener and the handler that serves it.
 ///
-/// Made by `register!` or by hand and added with [`Server::add`].
+/// Made by `register!` or by hand and added with [`Server::add_registration`].
 pub struct Registration {
     pub(crate) addr: String,
     pub(crate) handler: Handler,
@@ -23,7 +23,10 @@ impl Registration {
     where
         H: IntoHandler<M>,
     {
-        Registration { addr: addr.into(), handler: handler.into_handler() }
+        Registration {
+            addr: addr.into(),
+            handler: handler.into_handler(),
+        }
     }
 
     /// The address as given.
@@ -34,12 +37,17 @@ impl Registration {
 
 impl fmt::Debug for Registration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Registration").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("Registration")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
 /// Registrations made with `register!` while `main` runs.
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry { open: true, list: Vec::new() });
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    open: true,
+    list: Vec::new(),
+});
 
 struct Registry {
     open: bool,
@@ -183,11 +191,11 @@ impl Server {
     where
         H: IntoHandler<M>,
     {
-        self.add(Registration::new(addr, handler))
+        self.add_registration(Registration::new(addr, handler))
     }
 
     /// Adds a prepared [`Registration`].
-    pub fn add(mut self, registration: Registration) -> Server {
+    pub fn add_registration(mut self, registration: Registration) -> Server {
         self.registrations.push(registration);
         self
     }
@@ -196,7 +204,11 @@ impl Server {
         if self.stop_signals.is_empty() {
             return Err(Error::NoStopSignal);
         }
-        if let Some(signal) = self.reload_signals.iter().find(|s| self.stop_signals.contains(s)) {
+        if let Some(signal) = self
+            .reload_signals
+            .iter()
+            .find(|s| self.stop_signals.contains(s))
+        {
             return Err(Error::SignalConflict { signal: *signal });
         }
         Ok(())

@@ -127,7 +127,8 @@ impl SignalPipe {
     /// master, before it starts any worker.
     pub(crate) fn install(signals: &[Signal]) -> Result<SignalPipe, Error> {
         let io = |what: &str, e: Errno| Error::io(what.to_string(), e.into());
-        let (read, write) = nix::unistd::pipe().map_err(|e| io("cannot create the signal pipe", e))?;
+        let (read, write) =
+            nix::unistd::pipe().map_err(|e| io("cannot create the signal pipe", e))?;
         set_flags(read.as_fd()).map_err(|e| io("cannot configure the signal pipe", e))?;
         set_flags(write.as_fd()).map_err(|e| io("cannot configure the signal pipe", e))?;
         PIPE_WRITE.store(write.as_raw_fd(), Ordering::Relaxed);
@@ -145,7 +146,10 @@ impl SignalPipe {
             unsafe { nix_signal::sigaction(sig, &action) }
                 .map_err(|e| io(&format!("cannot install a handler for {sig}"), e))?;
         }
-        Ok(SignalPipe { read, _write: write })
+        Ok(SignalPipe {
+            read,
+            _write: write,
+        })
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {

@@ -60,7 +60,11 @@ impl WorkerEnv {
             .parse()
             .map_err(|_| bad(ENV_CONTROL_FD, &value, "not a file descriptor number"))?;
         if fd < 3 {
-            return Err(bad(ENV_CONTROL_FD, &value, "0, 1 and 2 are stdin, stdout and stderr"));
+            return Err(bad(
+                ENV_CONTROL_FD,
+                &value,
+                "0, 1 and 2 are stdin, stdout and stderr",
+            ));
         }
         let generation: u64 = generation
             .parse()
@@ -77,13 +81,23 @@ impl WorkerEnv {
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         match nix::sys::socket::getsockopt(&borrowed, nix::sys::socket::sockopt::SockType) {
             Ok(nix::sys::socket::SockType::SeqPacket) => {}
-            _ => return Err(bad(ENV_CONTROL_FD, &value, "the descriptor is not a graceful control socket")),
+            _ => {
+                return Err(bad(
+                    ENV_CONTROL_FD,
+                    &value,
+                    "the descriptor is not a graceful control socket",
+                ))
+            }
         }
         // SAFETY: the master passed this descriptor to us alone, it is open
         // and of the right kind, and nothing else in this process refers to it.
         let control = unsafe { OwnedFd::from_raw_fd(fd) };
-        control::set_cloexec(control.as_raw_fd()).map_err(|e| Error::io("cannot set FD_CLOEXEC on the control socket", e))?;
-        Ok(Some(WorkerEnv { control, generation }))
+        control::set_cloexec(control.as_raw_fd())
+            .map_err(|e| Error::io("cannot set FD_CLOEXEC on the control socket", e))?;
+        Ok(Some(WorkerEnv {
+            control,
+            generation,
+        }))
     }
 }
 
@@ -148,11 +162,18 @@ where
         let listeners = acquire(&control, registrations).map_err(fail)?;
 
         let mut http = auto::Builder::new(TokioExecutor::new());
-        http.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
         http.http2().timer(TokioTimer::new());
         let http = Arc::new(http);
         for (listener, handler) in listeners {
-            tokio::spawn(accept_loop(listener, handler, http.clone(), server.idle_grace));
+            tokio::spawn(accept_loop(
+                listener,
+                handler,
+                http.clone(),
+                server.idle_grace,
+            ));
         }
         control::send_to_master(control.as_fd(), &ToMaster::Ready)
             .map_err(|e| fail(format!("cannot tell the master this worker is ready: {e}")))?;
@@ -161,8 +182,14 @@ where
         drain::global().subscribe().wait_for(|s| *s).await.ok();
         let started = Instant::now();
         let open = drain::global().active();
-        let finished = tokio::time::timeout(server.stop_timeout, drain::global().idle()).await.is_ok();
-        let cut = if finished { 0 } else { drain::global().active() };
+        let finished = tokio::time::timeout(server.stop_timeout, drain::global().idle())
+            .await
+            .is_ok();
+        let cut = if finished {
+            0
+        } else {
+            drain::global().active()
+        };
         log!(
             "worker {} (pid {}) drained {} connection(s) in {} ms, {} cut at the {:?} stop_timeout",
             env.generation,
@@ -196,7 +223,10 @@ fn listen_for_signals(server: &Server) -> Result<(), Error> {
             .map_err(|e| Error::io(format!("cannot handle {sig}"), e))?;
         tokio::spawn(async move {
             if stream.recv().await.is_some() && drain::global().start() {
-                log!("worker (pid {}) received {sig}; draining", std::process::id());
+                log!(
+                    "worker (pid {}) received {sig}; draining",
+                    std::process::id()
+                );
             }
         });
     }
@@ -240,7 +270,10 @@ enum Listener {
 
 /// Asks the master for every listener. All or nothing: any failure fails the
 /// start, with every failing address named.
-fn acquire(control: &OwnedFd, registrations: Vec<Registration>) -> Result<Vec<(Listener, Handler)>, String> {
+fn acquire(
+    control: &OwnedFd,
+    registrations: Vec<Registration>,
+) -> Result<Vec<(Listener, Handler)>, String> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for Registration { addr, handler } in registrations {
@@ -258,7 +291,10 @@ fn acquire(control: &OwnedFd, registrations: Vec<Registration>) -> Result<Vec<(L
 
 fn acquire_one(control: &OwnedFd, addr: &str) -> Result<Listener, Error> {
     let parsed = ListenAddr::parse(addr)?;
-    let listen_error = |reason: String| Error::Listen { addr: addr.to_string(), reason };
+    let listen_error = |reason: String| Error::Listen {
+        addr: addr.to_string(),
+        reason,
+    };
     control::send_to_master(control.as_fd(), &ToMaster::Listen(parsed.to_string()))
         .map_err(|e| listen_error(format!("cannot ask the master: {e}")))?;
     let fd = match control::recv_from_master(control.as_fd()) {
@@ -269,15 +305,22 @@ fn acquire_one(control: &OwnedFd, addr: &str) -> Result<Listener, Error> {
         Err(e) => return Err(listen_error(format!("control channel: {e}"))),
     };
     let io_error = |e: std::io::Error| listen_error(format!("cannot use the listener: {e}"));
-    let is_unix = socket2::SockRef::from(&fd).local_addr().map_err(io_error)?.is_unix();
+    let is_unix = socket2::SockRef::from(&fd)
+        .local_addr()
+        .map_err(io_error)?
+        .is_unix();
     if is_unix {
         let std = std::os::unix::net::UnixListener::from(fd);
         std.set_nonblocking(true).map_err(io_error)?;
-        Ok(Listener::Unix(tokio::net::UnixListener::from_std(std).map_err(io_error)?))
+        Ok(Listener::Unix(
+            tokio::net::UnixListener::from_std(std).map_err(io_error)?,
+        ))
     } else {
         let std = std::net::TcpListener::from(fd);
         std.set_nonblocking(true).map_err(io_error)?;
-        Ok(Listener::Tcp(tokio::net::TcpListener::from_std(std).map_err(io_error)?))
+        Ok(Listener::Tcp(
+            tokio::net::TcpListener::from_std(std).map_err(io_error)?,
+        ))
     }
 }
 
@@ -309,11 +352,21 @@ async fn accept_loop(
             Ok(Accepted::Tcp(stream)) => {
                 let _ = stream.set_nodelay(true);
                 let io = Tracked::new(stream);
-                tokio::spawn(drain::serve_connection(io, handler.clone(), http.clone(), idle_grace));
+                tokio::spawn(drain::serve_connection(
+                    io,
+                    handler.clone(),
+                    http.clone(),
+                    idle_grace,
+                ));
             }
             Ok(Accepted::Unix(stream)) => {
                 let io = Tracked::new(stream);
-                tokio::spawn(drain::serve_connection(io, handler.clone(), http.clone(), idle_grace));
+                tokio::spawn(drain::serve_connection(
+                    io,
+                    handler.clone(),
+                    http.clone(),
+                    idle_grace,
+                ));
             }
             Err(e) if is_connection_error(&e) => {}
             Err(e) => {

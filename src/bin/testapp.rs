@@ -43,11 +43,15 @@ async fn handle(req: Request<Incoming>) -> Result<Response<String>, Infallible> 
 
 fn fail_mode() -> Option<String> {
     let path = std::env::var_os("TESTAPP_FAIL_IF_EXISTS")?;
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 async fn app() -> Result<(), String> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:0".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:0".into());
     match fail_mode().as_deref() {
         None => {}
         Some("exit") => std::process::exit(3),
@@ -69,10 +73,16 @@ async fn app() -> Result<(), String> {
 
 fn main() {
     let mut server = graceful::Server::new().ready_timeout(Duration::from_secs(5));
-    if let Some(ms) = std::env::var("TESTAPP_STOP_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()) {
+    if let Some(ms) = std::env::var("TESTAPP_STOP_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         server = server.stop_timeout(Duration::from_millis(ms));
     }
-    if let Some(ms) = std::env::var("TESTAPP_IDLE_GRACE_MS").ok().and_then(|v| v.parse().ok()) {
+    if let Some(ms) = std::env::var("TESTAPP_IDLE_GRACE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         server = server.idle_grace(Duration::from_millis(ms));
     }
     graceful::__private::start(server, app)

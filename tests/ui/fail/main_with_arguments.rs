@@ -1,0 +1,10 @@
+use std::convert::Infallible;
+async fn hello(_: http::Request<hyper::body::Incoming>) -> Result<http::Response<String>, Infallible> {
+    Ok(http::Response::new(String::new()))
+}
+
+#[graceful::main]
+async fn main(args: Vec<String>) {
+    graceful::register!(":0", hello);
+    drop(args);
+}
