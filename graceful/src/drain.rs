@@ -32,6 +32,7 @@ use crate::handler::Handler;
 /// Process-wide drain state. One per process: a worker drains once.
 #[derive(Debug)]
 pub(crate) struct Drain {
+    starting: AtomicBool,
     started: watch::Sender<bool>,
     active: AtomicUsize,
     idle: Notify,
@@ -40,6 +41,7 @@ pub(crate) struct Drain {
 pub(crate) fn global() -> &'static Drain {
     static DRAIN: OnceLock<Drain> = OnceLock::new();
     DRAIN.get_or_init(|| Drain {
+        starting: AtomicBool::new(false),
         started: watch::Sender::new(false),
         active: AtomicUsize::new(0),
         idle: Notify::new(),
@@ -72,9 +74,16 @@ pub fn is_shutting_down() -> bool {
 }
 
 impl Drain {
-    /// Starts the drain; returns false if it had already started.
-    pub(crate) fn start(&self) -> bool {
-        !self.started.send_replace(true)
+    /// Starts the drain (once). `why`, when given, is logged before anyone
+    /// is woken, so the line is written even if the drain is over at once.
+    pub(crate) fn start(&self, why: Option<&str>) {
+        if self.starting.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if let Some(why) = why {
+            crate::log::log!("worker (pid {}): {why}; draining", std::process::id());
+        }
+        self.started.send_replace(true);
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<bool> {

@@ -222,11 +222,8 @@ fn listen_for_signals(server: &Server) -> Result<(), Error> {
         let mut stream = signal(SignalKind::from_raw(sig.number()))
             .map_err(|e| Error::io(format!("cannot handle {sig}"), e))?;
         tokio::spawn(async move {
-            if stream.recv().await.is_some() && drain::global().start() {
-                log!(
-                    "worker (pid {}) received {sig}; draining",
-                    std::process::id()
-                );
+            if stream.recv().await.is_some() {
+                drain::global().start(Some(&format!("received {sig}")));
             }
         });
     }
@@ -256,9 +253,7 @@ fn watch_master(control: Arc<OwnedFd>) -> Result<(), Error> {
                 Ok(Err(e)) => break format!("the control socket failed: {e}"),
             }
         };
-        if drain::global().start() && !why.is_empty() {
-            log!("worker (pid {}): {why}; draining", std::process::id());
-        }
+        drain::global().start((!why.is_empty()).then_some(why.as_str()));
     });
     Ok(())
 }

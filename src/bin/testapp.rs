@@ -9,7 +9,8 @@
 //! - `TESTAPP_STOP_TIMEOUT_MS`, `TESTAPP_IDLE_GRACE_MS`: override those options.
 //!
 //! Routes: `/` (version and worker pid), `/slow?ms=N` (answers after N ms),
-//! `/pid` (worker pid only), `/reload` (calls `graceful::reload()`).
+//! `/pid` (worker pid only), `/reload` (calls `graceful::reload()`),
+//! `/panic` (the handler panics), `/abort` (the worker aborts).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -33,6 +34,8 @@ async fn handle(req: Request<Incoming>) -> Result<Response<String>, Infallible> 
             Ok(Response::new(format!("slow {ms} done by {pid}\n")))
         }
         "/pid" => Ok(Response::new(format!("{pid}\n"))),
+        "/panic" => panic!("handler panicked on purpose"),
+        "/abort" => std::process::abort(),
         "/reload" => match graceful::reload() {
             Ok(()) => Ok(Response::new("reload requested\n".to_string())),
             Err(e) => Ok(Response::new(format!("reload failed: {e}\n"))),

@@ -1,0 +1,374 @@
+//! The fault matrix: failed reloads roll back, crashed workers come back,
+//! a dead master takes its workers with it, signals are coalesced, and stop
+//! always ends every process.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use graceful_dev::load::{Load, Mode};
+use graceful_dev::process::{children_of, get, is_alive, wait_gone, Service};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const T: Duration = Duration::from_secs(30);
+
+fn testapp() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_testapp"))
+}
+
+struct Flag(PathBuf);
+
+impl Flag {
+    fn new(name: &str) -> Flag {
+        let dir =
+            std::env::temp_dir().join(format!("graceful-faults-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Flag(dir.join("fail"))
+    }
+    fn env(&self) -> (&'static str, &str) {
+        ("TESTAPP_FAIL_IF_EXISTS", self.0.to_str().unwrap())
+    }
+    fn set(&self, mode: &str) {
+        std::fs::write(&self.0, mode).unwrap();
+    }
+    fn clear(&self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Drop for Flag {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
+    }
+}
+
+fn pid_of(addr: &str) -> i32 {
+    get(addr, "/pid").unwrap().1.trim().parse().unwrap()
+}
+
+#[test]
+fn failed_reloads_roll_back_with_zero_failed_requests() {
+    let flag = Flag::new("rollback");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken_addr(&taken);
+    let service = Service::start(&testapp(), &["127.0.0.1:0"], &[flag.env()]);
+    let addr: SocketAddr = service.addr(T).parse().unwrap();
+    let serving = service.ready_worker(1, T);
+    let load = Load::start(addr, Mode::KeepAlive, 2, "/");
+    let fresh = Load::start(addr, Mode::NewConnection, 2, "/");
+
+    let cases: [(&str, &str); 5] = [
+        ("exit", "exited with status 3"),
+        ("panic", "main panicked: testapp was told to panic"),
+        (
+            "error",
+            "main returned an error: \"testapp was told to fail\"",
+        ),
+        (
+            "bad-addr",
+            "invalid address \"127.0.0.1:99999\": port 99999 is out of range",
+        ),
+        (&format!("port-in-use:{taken}"), "address already in use"),
+    ];
+    for (n, (mode, reason)) in cases.iter().enumerate() {
+        flag.set(mode);
+        service.signal(Signal::SIGHUP);
+        let line = service.wait_line_n("reload failed", n, T);
+        assert!(line.contains(reason), "{mode}: {line}");
+        assert!(
+            line.contains(&format!("still serving with worker 1 (pid {serving})")),
+            "{line}"
+        );
+        assert!(load.wait_progress(20, T));
+        assert_eq!(
+            pid_of(&addr.to_string()),
+            serving,
+            "the old worker still serves"
+        );
+    }
+    // A later good reload works.
+    flag.clear();
+    service.signal(Signal::SIGHUP);
+    service.wait_line("reload finished", T);
+    assert!(wait_gone(serving, T));
+    assert!(load.wait_progress(20, T));
+    for report in [load.stop(), fresh.stop()] {
+        assert_eq!(report.failed(), 0, "{}", report.summary());
+    }
+    assert!(is_alive(service.pid()));
+}
+
+fn taken_addr(listener: &std::net::TcpListener) -> String {
+    listener.local_addr().unwrap().to_string()
+}
+
+#[test]
+fn a_worker_that_never_becomes_ready_is_killed_after_ready_timeout() {
+    let flag = Flag::new("hang");
+    let service = Service::start(&testapp(), &["127.0.0.1:0"], &[flag.env()]);
+    let addr = service.addr(T);
+    let serving = service.ready_worker(1, T);
+    flag.set("hang");
+    let began = Instant::now();
+    service.signal(Signal::SIGHUP);
+    let line = service.wait_line("reload failed", T);
+    let took = began.elapsed();
+    assert!(
+        line.contains("was not ready within the 5s ready_timeout"),
+        "{line}"
+    );
+    assert!(line.contains("was killed by SIGKILL"), "{line}");
+    assert!(took >= Duration::from_secs(5), "killed early: {took:?}");
+    assert_eq!(pid_of(&addr), serving);
+    assert_eq!(
+        children_of(service.pid()),
+        vec![serving],
+        "only the serving worker is left"
+    );
+}
+
+#[test]
+fn a_crashed_worker_is_restarted_and_clients_wait_in_the_backlog() {
+    let service = Service::start(&testapp(), &["127.0.0.1:0"], &[]);
+    let addr: SocketAddr = service.addr(T).parse().unwrap();
+    let first = service.ready_worker(1, T);
+    let fresh = Load::start(addr, Mode::NewConnection, 2, "/");
+    assert!(fresh.wait_progress(20, T));
+    kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
+    let second = service.ready_worker(2, T);
+    assert!(fresh.wait_progress(20, T));
+    // A crash outside any handler (abort) is the same.
+    let _ = get(&addr.to_string(), "/abort");
+    let third = service.ready_worker(3, T);
+    assert!(fresh.wait_progress(20, T));
+    let report = fresh.stop();
+    // Requests in flight on the crashed worker's own connections can fail;
+    // no connection may be refused: the master kept the socket open.
+    assert_eq!(
+        report.failures.get("connect refused"),
+        None,
+        "{}",
+        report.summary()
+    );
+    assert!(report.failed() <= 4, "{}", report.summary());
+    assert!(service.log_text().contains(&format!(
+        "worker 1 (pid {first}) was killed by SIGKILL unexpectedly"
+    )));
+    assert!(service.log_text().contains(&format!(
+        "worker 2 (pid {second}) was killed by SIGABRT unexpectedly"
+    )));
+    assert_eq!(pid_of(&addr.to_string()), third);
+}
+
+#[test]
+fn a_crash_loop_backs_off() {
+    let flag = Flag::new("loop");
+    let service = Service::start(&testapp(), &["127.0.0.1:0"], &[flag.env()]);
+    let addr = service.addr(T);
+    let first = service.ready_worker(1, T);
+    flag.set("exit");
+    kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
+    for delay in ["in 100 ms", "in 200 ms", "in 400 ms", "in 800 ms"] {
+        service.wait_line(&format!("starting a new one {delay}"), T);
+    }
+    // The listener stayed open all along; once starts succeed again, the
+    // next attempt serves.
+    flag.clear();
+    let line = service.wait_line("and serving", T);
+    assert!(line.contains("ready in"), "{line}");
+    assert_eq!(get(&addr, "/").unwrap().0, 200);
+    let cpu = cpu_time(service.pid());
+    assert!(
+        cpu < Duration::from_millis(500),
+        "the master used {cpu:?} of CPU"
+    );
+}
+
+/// User + system CPU time of a process, from /proc.
+fn cpu_time(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    // Fields after the command: state is [0], utime [11], stime [12].
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+#[test]
+fn a_handler_panic_is_a_500_and_nothing_else() {
+    let service = Service::start(&testapp(), &["127.0.0.1:0"], &[]);
+    let addr = service.addr(T);
+    let worker = service.ready_worker(1, T);
+    assert_eq!(get(&addr, "/panic").unwrap().0, 500);
+    assert_eq!(get(&addr, "/").unwrap().0, 200);
+    assert_eq!(pid_of(&addr), worker);
+    service.wait_line(
+        "handler panicked on GET /panic: handler panicked on purpose; answered 500",
+        T,
+    );
+}
+
+#[test]
+fn workers_exit_when_the_master_is_killed() {
+    let service = Service::start(&testapp(), &["127.0.0.1:0"], &[]);
+    let addr = service.addr(T);
+    let worker = service.ready_worker(1, T);
+    service.signal(Signal::SIGKILL);
+    let began = Instant::now();
+    assert!(
+        wait_gone(worker, Duration::from_secs(5)),
+        "the worker outlived its master"
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        began.elapsed()
+    );
+    service.wait_line("the master exited; draining", T);
+    // No orphan keeps the port.
+    let refused = std::net::TcpStream::connect(&addr).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+}
+
+#[test]
+fn a_burst_of_reload_signals_is_coalesced() {
+    let service = Service::start(&testapp(), &["127.0.0.1:0"], &[]);
+    let addr: SocketAddr = service.addr(T).parse().unwrap();
+    service.ready_worker(1, T);
+    let load = Load::start(addr, Mode::KeepAlive, 2, "/");
+    for _ in 0..100 {
+        service.signal(Signal::SIGHUP);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Settle: every started reload has finished and one worker is left.
+    let deadline = Instant::now() + T;
+    loop {
+        let started = service.count_lines("reload started");
+        let ended = service.count_lines("reload finished") + service.count_lines("reload failed");
+        if started == ended && children_of(service.pid()).len() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "did not settle:\n{}",
+            service.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let report = load.stop();
+    assert_eq!(report.failed(), 0, "{}", report.summary());
+    let reloads = service.count_lines("reload started");
+    assert!(
+        reloads < 100,
+        "{reloads} reloads for 100 signals: not coalesced"
+    );
+    assert!(reloads >= 2);
+    assert_eq!(service.count_lines("reload failed"), 0);
+}
+
+#[test]
+fn stop_during_a_reload_ends_every_generation() {
+    let flag = Flag::new("stopreload");
+    let mut service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[flag.env(), ("TESTAPP_STOP_TIMEOUT_MS", "2000")],
+    );
+    let first = service.ready_worker(1, T);
+    flag.set("hang");
+    service.signal(Signal::SIGHUP);
+    service.wait_line("worker 2 (pid", T);
+    let began = Instant::now();
+    service.signal(Signal::SIGTERM);
+    let status = service.wait_exit(T);
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        began.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        began.elapsed()
+    );
+    for pid in service.worker_pids() {
+        assert!(
+            wait_gone(pid, Duration::from_secs(1)),
+            "worker {pid} left behind"
+        );
+    }
+    assert!(!is_alive(first));
+}
+
+#[test]
+fn a_stuck_worker_is_killed_after_stop_timeout_and_the_master_exits() {
+    let mut service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[("TESTAPP_STOP_TIMEOUT_MS", "1000")],
+    );
+    let worker = service.ready_worker(1, T);
+    // A stopped process cannot drain: only SIGKILL ends it.
+    kill(Pid::from_raw(worker), Signal::SIGSTOP).unwrap();
+    let began = Instant::now();
+    service.signal(Signal::SIGTERM);
+    let status = service.wait_exit(T);
+    let took = began.elapsed();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_millis(2500),
+        "took {took:?}"
+    );
+    service.wait_line(&format!("killing worker 1 (pid {worker}) with SIGKILL"), T);
+    assert!(wait_gone(worker, T));
+}
+
+#[test]
+fn tampered_worker_markers_are_clear_errors() {
+    for (fd, expected) in [
+        ("garbage", "not a file descriptor number"),
+        ("1", "0, 1 and 2 are stdin, stdout and stderr"),
+        ("999", "the descriptor is not open"),
+    ] {
+        let out = std::process::Command::new(testapp())
+            .env("GRACEFUL_CONTROL_FD", fd)
+            .env("GRACEFUL_GENERATION", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{fd}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "invalid worker environment GRACEFUL_CONTROL_FD={fd:?}: {expected}"
+            )),
+            "{stderr}"
+        );
+    }
+    // An open descriptor that is not a control socket (a regular file).
+    let file = std::fs::File::open(Path::new(env!("CARGO_BIN_EXE_testapp"))).unwrap();
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let out = unsafe_inherit(fd);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a graceful control socket"));
+}
+
+/// Runs testapp with `fd` inherited and named as its control socket.
+fn unsafe_inherit(fd: i32) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(testapp());
+    command
+        .env("GRACEFUL_CONTROL_FD", fd.to_string())
+        .env("GRACEFUL_GENERATION", "1");
+    // SAFETY: fcntl is async-signal-safe; it clears CLOEXEC on one fd.
+    unsafe {
+        command.pre_exec(move || {
+            nix::libc::fcntl(fd, nix::libc::F_SETFD, 0);
+            Ok(())
+        });
+    }
+    command.output().unwrap()
+}
