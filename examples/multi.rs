@@ -26,12 +26,12 @@ fn admin() {
     let addr = std::env::args()
         .nth(3)
         .unwrap_or_else(|| "unix:/tmp/graceful-multi.sock".into());
-    graceful::register!(addr, |_req: Request<Incoming>| async {
-        Ok::<_, Infallible>(Response::new(format!(
-            "admin: worker pid {}\n",
-            std::process::id()
-        )))
-    });
+    let admin = |_req: Request<Incoming>| async {
+        let body = format!("admin: worker pid {}\n", std::process::id());
+        Ok::<_, Infallible>(Response::new(body))
+    };
+    // Options follow the handler: only the owner and its group may connect.
+    graceful::register!(addr, admin, unix_mode = 0o660);
 }
 
 #[graceful::main(stop_timeout = "10s")]

@@ -218,12 +218,16 @@ fn bad_addresses_fail_the_start_with_a_clear_error() {
         ("localhost", "missing port"),
         (":70000", "port 70000 is out of range"),
         ("unix:", "needs a path"),
+        (
+            "no-such-host.invalid:80",
+            "cannot resolve host `no-such-host.invalid`",
+        ),
     ] {
         let mut service = Service::start(&testapp(), &[addr], &[]);
         assert_eq!(service.wait_exit(T).code(), Some(1));
         let log = service.log_text();
         assert!(
-            log.contains(&format!("invalid address {addr:?}")) && log.contains(expected),
+            log.contains(&format!("{addr:?}")) && log.contains(expected),
             "{addr:?}: {log}"
         );
     }
@@ -234,7 +238,7 @@ fn several_listeners_in_one_process() {
     let dir = temp_dir("multi");
     let sock = dir.join("admin.sock");
     let unix = format!("unix:{}", sock.display());
-    let service = Service::start(&built("multi"), &["127.0.0.1:0", "[::1]:0", &unix], &[]);
+    let mut service = Service::start(&built("multi"), &["127.0.0.1:0", "[::1]:0", &unix], &[]);
     service.ready_worker(1, T);
     let mut addrs: Vec<String> = (0..3).map(|n| service.addr_n(n, T)).collect();
     addrs.sort();
@@ -245,6 +249,25 @@ fn several_listeners_in_one_process() {
     assert_eq!(curl(&[format!("http://{v6}/y")]), "web: /y\n");
     let admin = curl(&["--unix-socket", sock.to_str().unwrap(), "http://localhost/"]);
     assert!(admin.starts_with("admin: worker pid "), "{admin}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o660, "unix_mode is applied");
+    // Stopped for good: the socket file is removed.
+    service.signal(Signal::SIGTERM);
+    assert_eq!(service.wait_exit(T).code(), Some(0));
+    assert!(!sock.exists(), "the socket file is left behind");
     drop(service);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_privileged_port_without_permission_is_a_clear_error() {
+    use std::os::unix::process::CommandExt;
+    let mut service = Service::start_with(&testapp(), &["127.0.0.1:81"], &[], |command| {
+        command.uid(65534).gid(65534);
+    });
+    assert_eq!(service.wait_exit(T).code(), Some(1));
+    let log = service.log_text();
+    let expected = "cannot listen on \"127.0.0.1:81\": bind 127.0.0.1:81: permission denied";
+    assert!(log.contains(expected), "{log}");
 }

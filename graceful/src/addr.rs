@@ -315,6 +315,13 @@ mod tests {
         let err = ListenAddr::Unix(file.clone()).bind().unwrap_err();
         assert!(err.contains("not a socket"), "{err}");
         assert!(file.exists());
+        // Nor is a directory.
+        let sub = dir.join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let err = ListenAddr::Unix(sub.clone()).bind().unwrap_err();
+        let expected = format!("{} exists and is not a socket", sub.display());
+        assert!(err.contains(&expected), "{err}");
+        assert!(sub.is_dir());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

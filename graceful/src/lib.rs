@@ -144,10 +144,15 @@ pub use graceful_macros::main;
 ///     });
 /// }
 /// ```
+/// Options follow the handler as `name = value` and are the methods of
+/// [`Registration`]: `register!("unix:/run/app.sock", app, unix_mode = 0o660)`.
 #[macro_export]
 macro_rules! register {
     ($addr:expr, $handler:expr $(,)?) => {
         $crate::__private::register($crate::Registration::new($addr, $handler))
+    };
+    ($addr:expr, $handler:expr, $($option:ident = $value:expr),+ $(,)?) => {
+        $crate::__private::register($crate::Registration::new($addr, $handler)$(.$option($value))+)
     };
 }
 

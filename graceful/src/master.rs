@@ -384,7 +384,17 @@ impl Master {
         }
     }
 
-    fn listen(&mut self, generation: u64, key: &str) {
+    fn listen(&mut self, generation: u64, request: &str) {
+        // "ADDR" or "ADDR\tmode=NNN".
+        let (key, mode) = match request.split_once('\t') {
+            Some((key, option)) => (
+                key,
+                option
+                    .strip_prefix("mode=")
+                    .and_then(|m| m.parse::<u32>().ok()),
+            ),
+            None => (request, None),
+        };
         let result = match self.listeners.get_mut(key) {
             Some(held) => {
                 held.users.insert(generation);
@@ -417,6 +427,14 @@ impl Master {
                 },
             },
         };
+        let result = result.and_then(|()| match (mode, &self.listeners[key].unix_path) {
+            (Some(mode), Some((path, _, _))) => {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| format!("cannot set mode {mode:#o} on {}: {e}", path.display()))
+            }
+            _ => Ok(()),
+        });
         let Some(worker) = self.workers.iter_mut().find(|w| w.generation == generation) else {
             return;
         };

@@ -14,6 +14,7 @@ use crate::{master, worker, Error, Signal};
 pub struct Registration {
     pub(crate) addr: String,
     pub(crate) handler: Handler,
+    pub(crate) unix_mode: Option<u32>,
 }
 
 impl Registration {
@@ -26,7 +27,15 @@ impl Registration {
         Registration {
             addr: addr.into(),
             handler: handler.into_handler(),
+            unix_mode: None,
         }
+    }
+
+    /// The permission bits of a `unix:` socket file, such as `0o660`, set by
+    /// the master when it binds the socket (and again on each reload).
+    pub fn unix_mode(mut self, mode: u32) -> Registration {
+        self.unix_mode = Some(mode);
+        self
     }
 
     /// The address as given.
@@ -39,6 +48,8 @@ impl fmt::Debug for Registration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registration")
             .field("addr", &self.addr)
+            .field("unix_mode", &self.unix_mode)
+            .field("unix_mode", &self.unix_mode)
             .finish_non_exhaustive()
     }
 }

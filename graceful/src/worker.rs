@@ -271,8 +271,13 @@ fn acquire(
 ) -> Result<Vec<(Listener, Handler)>, String> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
-    for Registration { addr, handler } in registrations {
-        match acquire_one(control, &addr) {
+    for Registration {
+        addr,
+        handler,
+        unix_mode,
+    } in registrations
+    {
+        match acquire_one(control, &addr, unix_mode) {
             Ok(listener) => out.push((listener, handler)),
             Err(e) => errors.push(e.to_string()),
         }
@@ -284,13 +289,29 @@ fn acquire(
     }
 }
 
-fn acquire_one(control: &OwnedFd, addr: &str) -> Result<Listener, Error> {
+fn acquire_one(control: &OwnedFd, addr: &str, unix_mode: Option<u32>) -> Result<Listener, Error> {
     let parsed = ListenAddr::parse(addr)?;
+    let mut request = parsed.to_string();
+    if let Some(mode) = unix_mode {
+        if !matches!(parsed, ListenAddr::Unix(_)) {
+            return Err(Error::InvalidAddress {
+                addr: addr.to_string(),
+                reason: "unix_mode applies to \"unix:\" addresses only".into(),
+            });
+        }
+        if mode > 0o7777 {
+            return Err(Error::InvalidAddress {
+                addr: addr.to_string(),
+                reason: format!("unix_mode {mode:#o} is not a file mode (0o0000 to 0o7777)"),
+            });
+        }
+        request.push_str(&format!("\tmode={mode}"));
+    }
     let listen_error = |reason: String| Error::Listen {
         addr: addr.to_string(),
         reason,
     };
-    control::send_to_master(control.as_fd(), &ToMaster::Listen(parsed.to_string()))
+    control::send_to_master(control.as_fd(), &ToMaster::Listen(request))
         .map_err(|e| listen_error(format!("cannot ask the master: {e}")))?;
     let fd = match control::recv_from_master(control.as_fd()) {
         Ok(Some(ToWorker::Listener(fd, _local))) => fd,

@@ -1,0 +1,116 @@
+//! Resource hygiene across many reloads, and descriptor hygiene in workers.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use graceful_dev::process::{children_of, get, Service};
+use nix::sys::signal::Signal;
+
+const T: Duration = Duration::from_secs(30);
+
+fn testapp() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_testapp"))
+}
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn zombies_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        if fields[0] == "Z" && fields[1] == pid.to_string() {
+            out.push(child);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_thousand_reloads_leak_nothing_in_the_master() {
+    let service = Service::start(&testapp(), &["127.0.0.1:0"], &[]);
+    let addr = service.addr(T);
+    service.ready_worker(1, T);
+    // Warm up: the first reloads allocate the master's tables.
+    for n in 0..10 {
+        service.signal(Signal::SIGHUP);
+        service.wait_line_n("after draining", n, T);
+    }
+    let master = service.pid();
+    let (fds, rss) = (fd_count(master), rss_kib(master));
+    for n in 10..1000 {
+        service.signal(Signal::SIGHUP);
+        service.wait_line_n("after draining", n, T);
+    }
+    assert_eq!(get(&addr, "/").unwrap().0, 200);
+    let (fds_after, rss_after) = (fd_count(master), rss_kib(master));
+    println!(
+        "master after 1000 reloads: fds {fds} -> {fds_after}, rss {rss} KiB -> {rss_after} KiB"
+    );
+    assert_eq!(fds_after, fds, "the master's open descriptors changed");
+    assert!(
+        rss_after <= rss + 256,
+        "the master's RSS grew from {rss} KiB to {rss_after} KiB"
+    );
+    assert_eq!(zombies_of(master), Vec::<i32>::new(), "unreaped workers");
+    assert_eq!(children_of(master).len(), 1, "one worker is left");
+    assert_eq!(service.count_lines("reload finished"), 1000);
+}
+
+#[test]
+fn worker_sockets_are_close_on_exec() {
+    let service = Service::start(&testapp(), &["127.0.0.1:0"], &[]);
+    let worker = service.ready_worker(1, T);
+    let mut sockets = 0;
+    for entry in std::fs::read_dir(format!("/proc/{worker}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        if !target.to_string_lossy().starts_with("socket:") {
+            continue;
+        }
+        sockets += 1;
+        let fd = entry.file_name().into_string().unwrap();
+        let info = std::fs::read_to_string(format!("/proc/{worker}/fdinfo/{fd}")).unwrap();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .unwrap()
+            .trim();
+        let flags = u32::from_str_radix(flags, 8).unwrap();
+        assert_ne!(
+            flags & 0o2000000,
+            0,
+            "socket fd {fd} of worker {worker} is not CLOEXEC"
+        );
+    }
+    // The listener and the control socket, at least.
+    assert!(sockets >= 2, "found {sockets} sockets");
+}
