@@ -243,9 +243,10 @@ fn a_burst_of_reload_signals_is_coalesced() {
     let addr: SocketAddr = service.addr(T).parse().unwrap();
     service.ready_worker(1, T);
     let load = Load::start(addr, Mode::KeepAlive, 2, "/");
+    // 100 signals within about 100 ms: far faster than reloads complete.
     for _ in 0..100 {
         service.signal(Signal::SIGHUP);
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(1));
     }
     // Settle: every started reload has finished and one worker is left.
     let deadline = Instant::now() + T;
@@ -264,12 +265,25 @@ fn a_burst_of_reload_signals_is_coalesced() {
     }
     let report = load.stop();
     assert_eq!(report.failed(), 0, "{}", report.summary());
+    // At most one reload in flight at any time, in the order of the log.
+    let mut in_flight = false;
+    for line in service.lines() {
+        if line.contains("reload started") {
+            assert!(!in_flight, "two reloads in flight:\n{}", service.log_text());
+            in_flight = true;
+        } else if line.contains("reload finished") || line.contains("reload failed") {
+            in_flight = false;
+        }
+    }
     let reloads = service.count_lines("reload started");
     assert!(
         reloads < 100,
         "{reloads} reloads for 100 signals: not coalesced"
     );
-    assert!(reloads >= 2);
+    assert!(reloads >= 2, "the queued reload did not run");
+    assert!(service
+        .log_text()
+        .contains("while another is in progress; it will run next"));
     assert_eq!(service.count_lines("reload failed"), 0);
 }
 
@@ -371,4 +385,69 @@ fn unsafe_inherit(fd: i32) -> std::process::Output {
         });
     }
     command.output().unwrap()
+}
+
+#[test]
+fn a_slowloris_client_cannot_hold_a_draining_worker_past_stop_timeout() {
+    use std::io::Write;
+    let mut service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[("TESTAPP_STOP_TIMEOUT_MS", "1500")],
+    );
+    let addr = service.addr(T);
+    let worker = service.ready_worker(1, T);
+    // Half a request head, never finished.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
+    assert_eq!(
+        get(&addr, "/").unwrap().0,
+        200,
+        "the worker has accepted connections"
+    );
+    let began = Instant::now();
+    service.signal(Signal::SIGTERM);
+    assert_eq!(service.wait_exit(T).code(), Some(0));
+    let took = began.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "a slow client held the stop for {took:?}"
+    );
+    assert!(wait_gone(worker, T));
+}
+
+#[test]
+fn back_to_back_reloads_under_load_lose_nothing() {
+    // One reload every 10 ms for a second: generations are replaced while
+    // connections are being accepted, which is where an accepted but not yet
+    // counted connection could be lost.
+    let service = Service::start(&testapp(), &["127.0.0.1:0"], &[]);
+    let addr: SocketAddr = service.addr(T).parse().unwrap();
+    service.ready_worker(1, T);
+    let loads = [
+        Load::start(addr, Mode::KeepAlive, 2, "/"),
+        Load::start(addr, Mode::NewConnection, 2, "/"),
+    ];
+    for _ in 0..100 {
+        service.signal(Signal::SIGHUP);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let deadline = Instant::now() + T;
+    while !(service.count_lines("reload started")
+        == service.count_lines("reload finished") + service.count_lines("reload failed")
+        && children_of(service.pid()).len() == 1)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "did not settle:\n{}",
+            service.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for load in loads {
+        let report = load.stop();
+        assert_eq!(report.failed(), 0, "{}", report.summary());
+    }
+    assert_eq!(service.count_lines("reload failed"), 0);
 }

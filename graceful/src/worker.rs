@@ -167,20 +167,25 @@ where
             .header_read_timeout(HEADER_READ_TIMEOUT);
         http.http2().timer(TokioTimer::new());
         let http = Arc::new(http);
-        for (listener, handler) in listeners {
-            tokio::spawn(accept_loop(
-                listener,
-                handler,
-                http.clone(),
-                server.idle_grace,
-            ));
-        }
+        let accepting: Vec<_> = listeners
+            .into_iter()
+            .map(|(listener, handler)| {
+                let loop_ = accept_loop(listener, handler, http.clone(), server.idle_grace);
+                tokio::spawn(loop_)
+            })
+            .collect();
         control::send_to_master(control.as_fd(), &ToMaster::Ready)
             .map_err(|e| fail(format!("cannot tell the master this worker is ready: {e}")))?;
         watch_master(control.clone())?;
 
         drain::global().subscribe().wait_for(|s| *s).await.ok();
         let started = Instant::now();
+        // A connection accepted at the moment the drain starts must be
+        // counted before the count is read: wait for every accept loop to
+        // have ended (and dropped its listener) first.
+        for accept in accepting {
+            let _ = accept.await;
+        }
         let open = drain::global().active();
         let finished = tokio::time::timeout(server.stop_timeout, drain::global().idle())
             .await
