@@ -10,15 +10,53 @@
 //!
 //! Routes: `/` (version and worker pid), `/slow?ms=N` (answers after N ms),
 //! `/pid` (worker pid only), `/reload` (calls `graceful::reload()`),
-//! `/panic` (the handler panics), `/abort` (the worker aborts).
+//! `/panic` (the handler panics), `/abort` (the worker aborts), `/stream`
+//! (ticks until `graceful::shutdown_signal()`, then `event: bye`).
 
 use std::convert::Infallible;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::channel::Channel;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
-async fn handle(req: Request<Incoming>) -> Result<Response<String>, Infallible> {
+/// `/stream`: a server-sent-events style body that ticks every 100 ms until
+/// the worker starts to drain, then says goodbye and ends cleanly.
+fn stream() -> Response<Channel<Bytes, Infallible>> {
+    let (mut tx, body) = Channel::new(4);
+    tokio::spawn(async move {
+        eprintln!("testapp: stream started in pid {}", std::process::id());
+        loop {
+            tokio::select! {
+                _ = graceful::shutdown_signal() => {
+                    let _ = tx.send_data(Bytes::from_static(b"event: bye\n\n")).await;
+                    return;
+                }
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if tx.send_data(Bytes::from_static(b"data: tick\n\n")).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    Response::new(body)
+}
+
+async fn handle(req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
+    if req.uri().path() == "/stream" {
+        return Ok(stream().map(|b| b.boxed_unsync()));
+    }
+    Ok(handle_text(req)
+        .await?
+        .map(|b| Full::new(Bytes::from(b)).boxed_unsync()))
+}
+
+type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+
+async fn handle_text(req: Request<Incoming>) -> Result<Response<String>, Infallible> {
     let version = std::env::var("TESTAPP_VERSION").unwrap_or_else(|_| "v1".into());
     let pid = std::process::id();
     match req.uri().path() {
