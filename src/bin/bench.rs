@@ -1,0 +1,337 @@
+//! The reload benchmark: `cargo build --release --bins && target/release/bench`.
+//!
+//! It runs the same hello handler two ways, as a plain hyper-util server and
+//! as a graceful service (this binary re-executed with `--plain` or
+//! `--graceful`), drives load in three client modes, reloads the graceful
+//! service N times under that load, and prints a table:
+//! failures by kind, latency in steady state and within 1 s of a reload,
+//! reload timings, throughput against the plain server, and the master's
+//! memory, threads and CPU.
+//!
+//! Options: `--reloads N` (default 100), `--seconds S` steady-state run per
+//! server and mode (default 5), `--clients C` (default 32).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use graceful_dev::load::{Load, Mode, Report};
+use graceful_dev::process::Service;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use nix::sys::signal::Signal;
+
+const T: Duration = Duration::from_secs(30);
+
+async fn hello(req: Request<Incoming>) -> Result<Response<String>, Infallible> {
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    Ok(Response::new(format!(
+        "Hello, port: {host}, \"{}\"\n",
+        req.uri().path()
+    )))
+}
+
+/// The baseline: hyper-util's auto server on a multi-thread runtime, the same
+/// handler, no graceful.
+fn plain(addr: &str) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        eprintln!(
+            "graceful: listening on {} (plain)",
+            listener.local_addr().unwrap()
+        );
+        let builder = std::sync::Arc::new(hyper_util::server::conn::auto::Builder::new(
+            hyper_util::rt::TokioExecutor::new(),
+        ));
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let _ = stream.set_nodelay(true);
+            let builder = builder.clone();
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = builder
+                    .serve_connection(io, hyper::service::service_fn(hello))
+                    .await;
+            });
+        }
+    });
+}
+
+struct Options {
+    reloads: usize,
+    seconds: u64,
+    clients: usize,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        reloads: 100,
+        seconds: 5,
+        clients: 32,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let value = || -> u64 {
+            args.get(i + 1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{} needs a number", args[i]))
+        };
+        match args[i].as_str() {
+            "--reloads" => o.reloads = value() as usize,
+            "--seconds" => o.seconds = value(),
+            "--clients" => o.clients = value() as usize,
+            other => {
+                panic!("unknown option {other:?}; options: --reloads N --seconds S --clients C")
+            }
+        }
+        i += 2;
+    }
+    o
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn latency_cell(mut micros: Vec<u64>) -> String {
+    micros.sort_unstable();
+    let ms = |us: u64| us as f64 / 1000.0;
+    format!(
+        "{:.2} / {:.2} / {:.1}",
+        ms(percentile(&micros, 0.5)),
+        ms(percentile(&micros, 0.99)),
+        ms(*micros.last().unwrap_or(&0))
+    )
+}
+
+fn proc_field(pid: i32, file: &str, key: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn cpu_ms(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) } as u64;
+    ticks * 1000 / hz
+}
+
+fn failures(report: &Report) -> String {
+    if report.failures.is_empty() {
+        return "0".into();
+    }
+    report
+        .failures
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn main() {
+    let first = std::env::args().nth(1);
+    if first.as_deref() == Some("--plain") {
+        return plain(&std::env::args().nth(2).unwrap());
+    }
+    if std::env::var_os("GRACEFUL_BENCH_SERVICE").is_some()
+        || first.as_deref() == Some("--graceful")
+    {
+        let addr = std::env::args()
+            .nth(2)
+            .unwrap_or_else(|| "127.0.0.1:0".into());
+        let code = match graceful::Server::new().register(addr, hello).run() {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("graceful: {e}");
+                1
+            }
+        };
+        std::process::exit(code);
+    }
+
+    let o = options();
+    let me = std::env::current_exe().unwrap();
+    println!(
+        "bench: {} reloads per mode, {} s steady state per server and mode, {} clients, {} cores",
+        o.reloads,
+        o.seconds,
+        o.clients,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+
+    // Idle master: memory, threads, wake-ups, and stop time with no connections.
+    let mut idle = Service::start(&me, &["--graceful", "127.0.0.1:0"], &[]);
+    idle.ready_worker(1, T);
+    let master = idle.pid();
+    let switches = |pid| {
+        proc_field(pid, "status", "voluntary_ctxt_switches:")
+            + proc_field(pid, "status", "nonvoluntary_ctxt_switches:")
+    };
+    let (before, cpu_before) = (switches(master), cpu_ms(master));
+    std::thread::sleep(Duration::from_secs(3));
+    let idle_wakeups = switches(master) - before;
+    let idle_cpu = cpu_ms(master) - cpu_before;
+    let idle_rss = proc_field(master, "status", "VmRSS:");
+    let idle_threads = proc_field(master, "status", "Threads:");
+    let stop_began = Instant::now();
+    idle.signal(Signal::SIGTERM);
+    idle.wait_exit(T);
+    let stop_ms = stop_began.elapsed().as_secs_f64() * 1000.0;
+
+    // Old worker exit after the new one is ready, idle keep-alive connections only.
+    let service = Service::start(&me, &["--graceful", "127.0.0.1:0"], &[]);
+    let addr: SocketAddr = service.addr(T).parse().unwrap();
+    service.ready_worker(1, T);
+    let mut idle_conns = Vec::new();
+    for _ in 0..8 {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = [0u8; 512];
+        let _ = c.read(&mut buf).unwrap();
+        idle_conns.push(c);
+    }
+    service.signal(Signal::SIGHUP);
+    service.wait_line("reload finished", T);
+    let ready_at = Instant::now();
+    service.wait_line("after draining", T);
+    let idle_exit_ms = ready_at.elapsed().as_secs_f64() * 1000.0;
+    drop(idle_conns);
+    drop(service);
+
+    let mut rows = Vec::new();
+    let mut master_notes = Vec::new();
+    for mode in Mode::ALL {
+        // Baseline throughput: the plain server.
+        let plain_srv = Service::start(&me, &["--plain", "127.0.0.1:0"], &[]);
+        let plain_addr: SocketAddr = plain_srv.addr(T).parse().unwrap();
+        let load = Load::start(plain_addr, mode, o.clients, "/");
+        std::thread::sleep(Duration::from_secs(o.seconds));
+        let plain_report = load.stop();
+        drop(plain_srv);
+        let plain_rps = plain_report.ok as f64 / plain_report.elapsed.as_secs_f64();
+
+        // graceful, steady state.
+        let service = Service::start(&me, &["--graceful", "127.0.0.1:0"], &[]);
+        let addr: SocketAddr = service.addr(T).parse().unwrap();
+        service.ready_worker(1, T);
+        let master = service.pid();
+        let cpu0 = cpu_ms(master);
+        let load = Load::start(addr, mode, o.clients, "/");
+        std::thread::sleep(Duration::from_secs(o.seconds));
+        let steady = load.stop();
+        let rps = steady.ok as f64 / steady.elapsed.as_secs_f64();
+
+        // graceful, N reloads at full load.
+        let load_start = Instant::now();
+        let load = Load::start(addr, mode, o.clients, "/");
+        let (mut to_ready, mut to_exit, mut windows) = (Vec::new(), Vec::new(), Vec::new());
+        for n in 0..o.reloads {
+            std::thread::sleep(Duration::from_millis(100));
+            let sent = Instant::now();
+            service.signal(Signal::SIGHUP);
+            service.wait_line_n("reload finished", n, T);
+            let ready = Instant::now();
+            service.wait_line_n("after draining", n, T);
+            to_ready.push((ready - sent).as_secs_f64() * 1000.0);
+            to_exit.push(ready.elapsed().as_secs_f64() * 1000.0);
+            let at = (sent - load_start).as_micros() as u64;
+            windows.push((at, at + 1_000_000));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let reloading = load.stop();
+        let near_reload: Vec<u64> = reloading
+            .latencies
+            .iter()
+            .filter(|(at, _)| windows.iter().any(|(a, b)| at >= a && at <= b))
+            .map(|(_, l)| *l)
+            .collect();
+        let cpu = cpu_ms(master) - cpu0;
+        master_notes.push(format!(
+            "{}: master CPU {} ms over {} reloads, RSS {} KiB, {} thread(s)",
+            mode.name(),
+            cpu,
+            o.reloads,
+            proc_field(master, "status", "VmRSS:"),
+            proc_field(master, "status", "Threads:")
+        ));
+        rows.push(vec![
+            mode.name().to_string(),
+            format!("{} / {}", reloading.sent, reloading.ok),
+            failures(&reloading),
+            latency_cell(steady.latencies.iter().map(|(_, l)| *l).collect()),
+            latency_cell(near_reload),
+            format!(
+                "{:.1} / {:.1}",
+                median(to_ready.clone()),
+                to_ready.iter().copied().fold(0.0, f64::max)
+            ),
+            format!(
+                "{:.1} / {:.1}",
+                median(to_exit.clone()),
+                to_exit.iter().copied().fold(0.0, f64::max)
+            ),
+            format!("{rps:.0} / {plain_rps:.0} = {:.3}", rps / plain_rps),
+        ]);
+        drop(service);
+    }
+
+    println!();
+    println!("| mode | sent / ok during reloads | failed | latency ms p50 / p99 / max, steady | latency ms p50 / p99 / max, within 1 s of a reload | signal → ready ms, median / max | ready → old exit ms, median / max | req/s graceful / plain = ratio |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for row in rows {
+        println!("| {} |", row.join(" | "));
+    }
+    println!();
+    let mut summary = BTreeMap::new();
+    summary.insert("idle master RSS", format!("{idle_rss} KiB"));
+    summary.insert("idle master threads", idle_threads.to_string());
+    summary.insert("idle master wake-ups in 3 s", idle_wakeups.to_string());
+    summary.insert("idle master CPU in 3 s", format!("{idle_cpu} ms"));
+    summary.insert("SIGTERM → exit, no connections", format!("{stop_ms:.1} ms"));
+    summary.insert(
+        "ready → old exit, 8 idle keep-alive connections",
+        format!("{idle_exit_ms:.1} ms (idle_grace 500 ms)"),
+    );
+    println!("| measure | value |");
+    println!("| --- | --- |");
+    for (k, v) in summary {
+        println!("| {k} | {v} |");
+    }
+    println!();
+    for note in master_notes {
+        println!("{note}");
+    }
+}
