@@ -45,6 +45,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Report {
     pub sent: u64,
     pub ok: u64,
+    /// HTTP/2 requests refused by the server's final GOAWAY (stream id above
+    /// its last-stream-id: never processed, safe to retry by RFC 9113 §8.1.4)
+    /// and retried on a new connection, as real HTTP/2 clients do.
+    pub retried_goaway: u64,
     pub failures: BTreeMap<String, u64>,
     /// The first few failures in full.
     pub examples: Vec<String>,
@@ -61,6 +65,7 @@ impl Report {
     fn merge(&mut self, other: Report) {
         self.sent += other.sent;
         self.ok += other.ok;
+        self.retried_goaway += other.retried_goaway;
         for (k, v) in other.failures {
             *self.failures.entry(k).or_default() += v;
         }
@@ -74,9 +79,10 @@ impl Report {
 
     pub fn summary(&self) -> String {
         format!(
-            "sent {} ok {} failed {} {:?}; examples: {:#?}",
+            "sent {} ok {} (retried after GOAWAY refused them: {}) failed {} {:?}; examples: {:#?}",
             self.sent,
             self.ok,
+            self.retried_goaway,
             self.failed(),
             self.failures,
             self.examples
@@ -197,6 +203,20 @@ async fn connect(addr: SocketAddr, mode: Mode) -> Result<Sender, (String, String
     }
 }
 
+/// Whether the server refused this HTTP/2 stream with GOAWAY: its id is above
+/// the last-stream-id, so the server never processed it.
+fn refused_by_goaway(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR)
+                || h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = s.source();
+    }
+    false
+}
+
 /// Names the kind of a failed request.
 pub fn classify(e: &hyper::Error) -> (String, String) {
     let detail = format!("{e:?}");
@@ -289,6 +309,9 @@ async fn client(
                 }
                 // Never written to the connection: safe to retry elsewhere.
                 Err(e) if e.message().is_some() => Err(None),
+                Err(e) if refused_by_goaway(e.error()) => {
+                    Err(Some(("retry".into(), String::new())))
+                }
                 Err(e) => Err(Some(classify(e.error()))),
             }
         })
@@ -300,6 +323,11 @@ async fn client(
                 sender = None;
             }
             Ok(Err(None)) => {
+                sender = None;
+                continue;
+            }
+            Ok(Err(Some((kind, _)))) if kind == "retry" => {
+                report.retried_goaway += 1;
                 sender = None;
                 continue;
             }

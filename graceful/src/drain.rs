@@ -70,7 +70,9 @@ pub async fn shutdown_signal() {
 
 /// Whether this process has started to drain.
 pub fn is_shutting_down() -> bool {
-    *global().started.borrow()
+    // The flag is set before the watch channel, so this never says "no"
+    // after shutdown_signal() has resolved.
+    global().starting.load(Ordering::SeqCst)
 }
 
 impl Drain {

@@ -190,16 +190,24 @@ fn internal_error() -> Response<ResponseBody> {
 impl Handler {
     /// Calls the handler; errors and panics become a logged 500.
     pub(crate) async fn serve(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        // Kept for the log line on error; both clones are reference counts
+        // or inline values, not allocations, for ordinary requests.
         let method = req.method().clone();
-        let path = req.uri().path().to_string();
+        let uri = req.uri().clone();
         match CatchUnwind((self.call)(req)).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
-                log!("handler error on {method} {path}: {error}; answered 500");
+                log!(
+                    "handler error on {method} {}: {error}; answered 500",
+                    uri.path()
+                );
                 internal_error()
             }
             Err(message) => {
-                log!("handler panicked on {method} {path}: {message}; answered 500");
+                log!(
+                    "handler panicked on {method} {}: {message}; answered 500",
+                    uri.path()
+                );
                 internal_error()
             }
         }

@@ -8,8 +8,9 @@
 //! reload timings, throughput against the plain server, and the master's
 //! memory, threads and CPU.
 //!
-//! Options: `--reloads N` (default 100), `--seconds S` steady-state run per
-//! server and mode (default 5), `--clients C` (default 32).
+//! Options: `--reloads N` (default 100), `--seconds S` of steady-state load
+//! per server and mode, in alternating 1 s slices (default 5), `--clients C`
+//! (default 32).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -234,25 +235,33 @@ fn main() {
     let mut rows = Vec::new();
     let mut master_notes = Vec::new();
     for mode in Mode::ALL {
-        // Baseline throughput: the plain server.
+        // Throughput and steady-state latency: the plain server and the
+        // graceful service run side by side and take turns in 1 s slices, so
+        // drift on the machine affects both alike.
         let plain_srv = Service::start(&me, &["--plain", "127.0.0.1:0"], &[]);
         let plain_addr: SocketAddr = plain_srv.addr(T).parse().unwrap();
-        let load = Load::start(plain_addr, mode, o.clients, "/");
-        std::thread::sleep(Duration::from_secs(o.seconds));
-        let plain_report = load.stop();
-        drop(plain_srv);
-        let plain_rps = plain_report.ok as f64 / plain_report.elapsed.as_secs_f64();
-
-        // graceful, steady state.
         let service = Service::start(&me, &["--graceful", "127.0.0.1:0"], &[]);
         let addr: SocketAddr = service.addr(T).parse().unwrap();
         service.ready_worker(1, T);
         let master = service.pid();
         let cpu0 = cpu_ms(master);
-        let load = Load::start(addr, mode, o.clients, "/");
-        std::thread::sleep(Duration::from_secs(o.seconds));
-        let steady = load.stop();
-        let rps = steady.ok as f64 / steady.elapsed.as_secs_f64();
+        let (mut plain_ok, mut plain_time) = (0u64, Duration::ZERO);
+        let (mut ok, mut time) = (0u64, Duration::ZERO);
+        let mut steady_latencies: Vec<u64> = Vec::new();
+        for _ in 0..o.seconds {
+            let load = Load::start(plain_addr, mode, o.clients, "/");
+            std::thread::sleep(Duration::from_secs(1));
+            let r = load.stop();
+            (plain_ok, plain_time) = (plain_ok + r.ok, plain_time + r.elapsed);
+            let load = Load::start(addr, mode, o.clients, "/");
+            std::thread::sleep(Duration::from_secs(1));
+            let r = load.stop();
+            (ok, time) = (ok + r.ok, time + r.elapsed);
+            steady_latencies.extend(r.latencies.iter().map(|(_, l)| *l));
+        }
+        drop(plain_srv);
+        let plain_rps = plain_ok as f64 / plain_time.as_secs_f64();
+        let rps = ok as f64 / time.as_secs_f64();
 
         // graceful, N reloads at full load.
         let load_start = Instant::now();
@@ -278,6 +287,9 @@ fn main() {
             .filter(|(at, _)| windows.iter().any(|(a, b)| at >= a && at <= b))
             .map(|(_, l)| *l)
             .collect();
+        for example in reloading.examples.iter().take(3) {
+            master_notes.push(format!("{}: failure example: {example}", mode.name()));
+        }
         let cpu = cpu_ms(master) - cpu0;
         master_notes.push(format!(
             "{}: master CPU {} ms over {} reloads, RSS {} KiB, {} thread(s)",
@@ -289,9 +301,12 @@ fn main() {
         ));
         rows.push(vec![
             mode.name().to_string(),
-            format!("{} / {}", reloading.sent, reloading.ok),
+            format!(
+                "{} / {} / {}",
+                reloading.sent, reloading.ok, reloading.retried_goaway
+            ),
             failures(&reloading),
-            latency_cell(steady.latencies.iter().map(|(_, l)| *l).collect()),
+            latency_cell(steady_latencies),
             latency_cell(near_reload),
             format!(
                 "{:.1} / {:.1}",
@@ -309,7 +324,7 @@ fn main() {
     }
 
     println!();
-    println!("| mode | sent / ok during reloads | failed | latency ms p50 / p99 / max, steady | latency ms p50 / p99 / max, within 1 s of a reload | signal → ready ms, median / max | ready → old exit ms, median / max | req/s graceful / plain = ratio |");
+    println!("| mode | sent / ok / retried after GOAWAY, during reloads | failed | latency ms p50 / p99 / max, steady | latency ms p50 / p99 / max, within 1 s of a reload | signal → ready ms, median / max | ready → old exit ms, median / max | req/s graceful / plain = ratio |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for row in rows {
         println!("| {} |", row.join(" | "));
