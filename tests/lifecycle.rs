@@ -44,6 +44,19 @@ fn hello_example_serves_http1_and_h2() {
         format!("http://{addr}/h2"),
     ]);
     assert_eq!(h2, format!("Hello, port: {addr}, \"/h2\"\n2"));
+    // A body of known length keeps its Content-Length through the handler
+    // adapter (it was once sent chunked).
+    let head = curl(&["-si".to_string(), format!("http://{addr}/len")]);
+    let expected = format!("Hello, port: {addr}, \"/len\"\n").len();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("content-length: {expected}\r\n")),
+        "{head}"
+    );
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding"),
+        "{head}"
+    );
 }
 
 #[test]

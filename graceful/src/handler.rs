@@ -78,11 +78,45 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    response.map(|body| {
-        body.map_frame(|frame| frame.map_data(|mut data| data.copy_to_bytes(data.remaining())))
-            .map_err(Into::into)
-            .boxed_unsync()
-    })
+    response.map(|body| IntoBytes(body).boxed_unsync())
+}
+
+/// Converts a body's data to `Bytes` while keeping its size hint, so that a
+/// body of known length is still sent with `Content-Length` (a `MapFrame`
+/// would lose the hint and force chunked encoding).
+struct IntoBytes<B>(B);
+
+impl<B> Body for IntoBytes<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        // SAFETY: `IntoBytes` is a plain newtype that never moves its field
+        // out; this is structural pinning of the only field.
+        let inner = unsafe { self.map_unchecked_mut(|this| &mut this.0) };
+        inner.poll_frame(cx).map(|frame| {
+            frame.map(|result| {
+                result
+                    .map(|frame| frame.map_data(|mut data| data.copy_to_bytes(data.remaining())))
+                    .map_err(Into::into)
+            })
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.size_hint()
+    }
 }
 
 impl<F, Fut, B, E> IntoHandler<marker::AsyncFn> for F

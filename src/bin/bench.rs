@@ -180,6 +180,24 @@ fn main() {
         std::process::exit(code);
     }
 
+    if first.as_deref() == Some("--load") {
+        // Load only, for profiling a server started by hand:
+        // bench --load ADDR SECONDS
+        let addr: SocketAddr = std::env::args().nth(2).unwrap().parse().unwrap();
+        let seconds: u64 = std::env::args()
+            .nth(3)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5);
+        let load = Load::start(addr, Mode::KeepAlive, 32, "/");
+        std::thread::sleep(Duration::from_secs(seconds));
+        let r = load.stop();
+        println!(
+            "{:.0} req/s, {}",
+            r.ok as f64 / r.elapsed.as_secs_f64(),
+            r.summary().lines().next().unwrap_or("")
+        );
+        return;
+    }
     let o = options();
     let me = std::env::current_exe().unwrap();
     println!(
