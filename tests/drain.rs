@@ -105,3 +105,79 @@ async fn http2_clients_get_goaway_and_open_streams_complete() {
         "{drained}"
     );
 }
+
+/// Sends an upgrade request and returns the connection after `hello`.
+fn upgraded(addr: &str, query: &str) -> std::net::TcpStream {
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(T)).unwrap();
+    let request = format!(
+        "GET /upgrade{query} HTTP/1.1\r\nHost: {addr}\r\nConnection: upgrade\r\nUpgrade: testapp\r\n\r\n"
+    );
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&received).contains("hello\n") {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "closed before hello: {}",
+            String::from_utf8_lossy(&received)
+        );
+        received.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        text.starts_with("HTTP/1.1 101 Switching Protocols"),
+        "{text}"
+    );
+    conn
+}
+
+#[test]
+fn an_upgraded_connection_counts_in_the_drain_and_ends_on_shutdown_signal() {
+    let service = Service::start(&testapp(), &["127.0.0.1:0"], &[]);
+    let addr = service.addr(T);
+    let old = service.ready_worker(1, T);
+    let mut conn = upgraded(&addr, "");
+    service.signal(Signal::SIGHUP);
+    service.wait_line("reload finished", T);
+    let mut rest = String::new();
+    conn.read_to_string(&mut rest)
+        .expect("a clean end, not a reset");
+    assert_eq!(rest, "bye\n");
+    assert!(wait_gone(old, T));
+    let drained = service.wait_line(&format!("worker 1 (pid {old}) drained"), T);
+    assert!(
+        drained.contains("drained 1 connection(s)") && drained.contains(", 0 cut"),
+        "{drained}"
+    );
+}
+
+#[test]
+fn an_upgraded_connection_that_never_ends_is_cut_at_stop_timeout() {
+    let mut service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[("TESTAPP_STOP_TIMEOUT_MS", "1000")],
+    );
+    let addr = service.addr(T);
+    let worker = service.ready_worker(1, T);
+    let mut conn = upgraded(&addr, "?stubborn");
+    let began = std::time::Instant::now();
+    service.signal(Signal::SIGTERM);
+    assert_eq!(service.wait_exit(T).code(), Some(0));
+    let took = began.elapsed();
+    // The upgraded connection held the drain until the deadline, no longer.
+    assert!(
+        took >= Duration::from_millis(900),
+        "did not wait for the upgraded connection: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(2500),
+        "held past stop_timeout: {took:?}"
+    );
+    let mut rest = Vec::new();
+    let _ = conn.read_to_end(&mut rest);
+    assert!(wait_gone(worker, T));
+    service.wait_line("1 cut at the 1s stop_timeout", T);
+}

@@ -35,6 +35,10 @@ pub(crate) struct Drain {
     starting: AtomicBool,
     started: watch::Sender<bool>,
     active: AtomicUsize,
+    /// Connections ever tracked.
+    opened: AtomicUsize,
+    /// (open, opened) when the drain started, taken before anyone is woken.
+    at_start: std::sync::Mutex<(usize, usize)>,
     idle: Notify,
 }
 
@@ -44,6 +48,8 @@ pub(crate) fn global() -> &'static Drain {
         starting: AtomicBool::new(false),
         started: watch::Sender::new(false),
         active: AtomicUsize::new(0),
+        opened: AtomicUsize::new(0),
+        at_start: std::sync::Mutex::new((0, 0)),
         idle: Notify::new(),
     })
 }
@@ -85,7 +91,16 @@ impl Drain {
         if let Some(why) = why {
             crate::log::log!("worker (pid {}): {why}; draining", std::process::id());
         }
+        *self.at_start.lock().unwrap_or_else(|e| e.into_inner()) =
+            (self.active(), self.opened.load(Ordering::SeqCst));
         self.started.send_replace(true);
+    }
+
+    /// Connections the drain has had to deal with: those open when it
+    /// started plus any accepted while the accept loops were ending.
+    pub(crate) fn handled(&self) -> usize {
+        let (open, opened) = *self.at_start.lock().unwrap_or_else(|e| e.into_inner());
+        open + self.opened.load(Ordering::SeqCst).saturating_sub(opened)
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<bool> {
@@ -97,6 +112,7 @@ impl Drain {
     }
 
     fn track(&'static self) -> Guard {
+        self.opened.fetch_add(1, Ordering::SeqCst);
         self.active.fetch_add(1, Ordering::SeqCst);
         Guard(self)
     }

@@ -554,6 +554,16 @@ impl Master {
     }
 
     fn on_exit(&mut self, pid: Pid, how: &str) {
+        // The worker may have sent its last messages (the reason its start
+        // failed) just before it exited: read them before judging the exit.
+        if let Some(generation) = self
+            .workers
+            .iter()
+            .find(|w| w.pid == pid)
+            .map(|w| w.generation)
+        {
+            self.read_control(generation);
+        }
         let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
             return;
         };

@@ -186,7 +186,6 @@ where
         for accept in accepting {
             let _ = accept.await;
         }
-        let open = drain::global().active();
         let finished = tokio::time::timeout(server.stop_timeout, drain::global().idle())
             .await
             .is_ok();
@@ -195,6 +194,7 @@ where
         } else {
             drain::global().active()
         };
+        let open = drain::global().handled();
         log!(
             "worker {} (pid {}) drained {} connection(s) in {} ms, {} cut at the {:?} stop_timeout",
             env.generation,

@@ -11,7 +11,9 @@
 //! Routes: `/` (version and worker pid), `/slow?ms=N` (answers after N ms),
 //! `/pid` (worker pid only), `/reload` (calls `graceful::reload()`),
 //! `/panic` (the handler panics), `/abort` (the worker aborts), `/stream`
-//! (ticks until `graceful::shutdown_signal()`, then `event: bye`).
+//! (ticks until `graceful::shutdown_signal()`, then `event: bye`), `/upgrade`
+//! (an upgraded connection that ends on `shutdown_signal()`, or never with
+//! `?stubborn`).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -45,7 +47,39 @@ fn stream() -> Response<Channel<Bytes, Infallible>> {
     Response::new(body)
 }
 
+/// `/upgrade`: switches protocols, writes `hello`, then on
+/// `graceful::shutdown_signal()` writes `bye` and closes. With `?stubborn` it
+/// never closes, to be cut at `stop_timeout`.
+fn upgrade(mut req: Request<Incoming>) -> Response<BoxBody> {
+    let stubborn = req.uri().query() == Some("stubborn");
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut io = hyper_util::rt::TokioIo::new(upgraded);
+        eprintln!("testapp: upgraded in pid {}", std::process::id());
+        let _ = io.write_all(b"hello\n").await;
+        graceful::shutdown_signal().await;
+        if stubborn {
+            std::future::pending::<()>().await;
+        }
+        let _ = io.write_all(b"bye\n").await;
+        let _ = io.shutdown().await;
+    });
+    Response::builder()
+        .status(http::StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::CONNECTION, "upgrade")
+        .header(http::header::UPGRADE, "testapp")
+        .body(Full::new(Bytes::new()).boxed_unsync())
+        .unwrap()
+}
+
 async fn handle(req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
+    if req.uri().path() == "/upgrade" {
+        return Ok(upgrade(req));
+    }
     if req.uri().path() == "/stream" {
         return Ok(stream().map(|b| b.boxed_unsync()));
     }
