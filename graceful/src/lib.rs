@@ -43,6 +43,7 @@ mod error;
 mod handler;
 mod log;
 mod master;
+mod notify;
 mod server;
 mod signal;
 mod worker;

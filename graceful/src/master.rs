@@ -23,6 +23,7 @@ use nix::unistd::Pid;
 use crate::addr::ListenAddr;
 use crate::control::{self, ToMaster};
 use crate::log::log;
+use crate::notify::{monotonic_usec, Notifier};
 use crate::signal::SignalPipe;
 use crate::worker::{ENV_CONTROL_FD, ENV_GENERATION};
 use crate::{Error, Server, Signal};
@@ -99,6 +100,10 @@ struct Master {
     /// worker runs (after a crash), so clients wait in the backlog.
     serving_keys: HashSet<String>,
     exit: Option<Result<(), Error>>,
+    /// systemd notification, when NOTIFY_SOCKET is set.
+    notify: Option<Notifier>,
+    /// When the next `WATCHDOG=1` is due (sent only while a worker serves).
+    watchdog_at: Option<Instant>,
 }
 
 /// The path workers are started from: recorded once, at start, so that a new
@@ -131,6 +136,12 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
     let mut handled: Vec<Signal> = server.reload_signals.clone();
     handled.extend(server.stop_signals.iter().copied());
     let signals = SignalPipe::install(&handled)?;
+    // Before any worker is started: workers must not see NOTIFY_SOCKET.
+    let notify = Notifier::from_env();
+    let watchdog_at = notify
+        .as_ref()
+        .and_then(|n| n.watchdog)
+        .map(|every| Instant::now() + every);
     let mut master = Master {
         server,
         executable,
@@ -147,6 +158,8 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
         listeners: HashMap::new(),
         serving_keys: HashSet::new(),
         exit: None,
+        notify,
+        watchdog_at,
     };
     log!(
         "master started (pid {}, executable {}); reload with {}, stop with {}",
@@ -222,13 +235,22 @@ impl Master {
         }
     }
 
+    fn notify(&self, message: &str) {
+        if let Some(notify) = &self.notify {
+            notify.send(message);
+        }
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
         let workers = self.workers.iter().filter_map(|w| match w.state {
             State::Starting { deadline } => Some(deadline),
             State::Draining { kill_at } => Some(kill_at),
             State::Serving | State::Killed => None,
         });
-        workers.chain(self.restart_at).min()
+        // Keep-alives only while a worker serves: systemd's watchdog then
+        // notices a service that cannot get a worker up.
+        let watchdog = self.watchdog_at.filter(|_| self.current.is_some());
+        workers.chain(self.restart_at).chain(watchdog).min()
     }
 
     fn worker(&mut self, generation: u64) -> Option<&mut Worker> {
@@ -264,6 +286,11 @@ impl Master {
             return;
         }
         log!("reload started ({why})");
+        self.notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading ({why}): starting worker {}",
+            monotonic_usec(),
+            self.next_generation
+        ));
         self.restart_at = None;
         if let Err(e) = self.spawn() {
             self.after_failed_start(&e.to_string());
@@ -373,10 +400,6 @@ impl Master {
                     w.control = None;
                     if let State::Starting { deadline } = &mut w.state {
                         *deadline = (*deadline).min(kill_at);
-                        if w.failure.is_none() {
-                            w.failure =
-                                Some("closed its control channel before it was ready".into());
-                        }
                     }
                     return;
                 }
@@ -481,8 +504,14 @@ impl Master {
                 }
                 let old_name = old.name();
                 log!("reload finished: {name} ready in {took} ms and serving; {old_name} draining");
+                self.notify(&format!(
+                    "READY=1\nSTATUS=reload finished: serving with {name}"
+                ));
             }
-            None => log!("{name} ready in {took} ms and serving"),
+            None => {
+                log!("{name} ready in {took} ms and serving");
+                self.notify(&format!("READY=1\nSTATUS=serving with {name}"));
+            }
         }
         self.collect_listeners();
         if self.reload_queued {
@@ -504,6 +533,11 @@ impl Master {
                 "reload failed: {reason}; still serving with {}",
                 current.name()
             );
+            let status = format!(
+                "READY=1\nSTATUS=reload failed: {reason}; still serving with {}",
+                current.name()
+            );
+            self.notify(&status);
         } else if !self.ever_ready {
             log!("start failed: {reason}");
             self.exit = Some(Err(Error::StartFailed {
@@ -530,6 +564,10 @@ impl Master {
             "no worker is serving ({reason}); starting a new one in {} ms",
             delay.as_millis()
         );
+        self.notify(&format!(
+            "STATUS=no worker is serving ({reason}); starting a new one in {} ms",
+            delay.as_millis()
+        ));
     }
 
     fn reap(&mut self) {
@@ -607,6 +645,13 @@ impl Master {
 
     fn on_timers(&mut self) {
         let now = Instant::now();
+        let every = self.notify.as_ref().and_then(|n| n.watchdog);
+        if let (Some(at), Some(every)) = (self.watchdog_at, every) {
+            if at <= now && self.current.is_some() {
+                self.notify("WATCHDOG=1");
+                self.watchdog_at = Some(now + every);
+            }
+        }
         if self.restart_at.is_some_and(|at| at <= now) {
             self.restart_at = None;
             log!("restarting");
@@ -620,9 +665,12 @@ impl Master {
             let why = match w.state {
                 State::Starting { deadline } if deadline <= now => {
                     if w.failure.is_none() {
-                        w.failure = Some(format!(
-                            "was not ready within the {ready_timeout:?} ready_timeout"
-                        ));
+                        w.failure = Some(if w.control.is_none() {
+                            "closed its control channel before it was ready and did not exit"
+                                .to_string()
+                        } else {
+                            format!("was not ready within the {ready_timeout:?} ready_timeout")
+                        });
                     }
                     "it did not become ready in time"
                 }
@@ -657,6 +705,13 @@ impl Master {
             self.server.stop_timeout
         );
         let kill_at = now + self.server.stop_timeout + KILL_GRACE;
+        // Ask systemd for the whole drain, so a long stop_timeout is not cut
+        // short by TimeoutStopSec.
+        let extend = (self.server.stop_timeout + KILL_GRACE + Duration::from_secs(1)).as_micros();
+        self.notify(&format!(
+            "STOPPING=1\nEXTEND_TIMEOUT_USEC={extend}\nSTATUS=stopping ({signal}): draining {} worker(s)",
+            self.workers.len()
+        ));
         for w in &mut self.workers {
             match w.state {
                 State::Starting { .. } => {

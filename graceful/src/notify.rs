@@ -1,0 +1,102 @@
+//! systemd `Type=notify` messages, sent by the master (the main PID, so the
+//! default `NotifyAccess=main` is enough).
+//!
+//! `READY=1` once the first worker is ready; `RELOADING=1` with
+//! `MONOTONIC_USEC=` when a reload starts and `READY=1` when it ends, whether
+//! it succeeded or was rolled back; `STATUS=` lines naming the generation, the
+//! worker PID and the last reload's result; `STOPPING=1` and
+//! `EXTEND_TIMEOUT_USEC=` on stop; `WATCHDOG=1` while a worker serves, when
+//! `WATCHDOG_USEC` asks for it.
+
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+use crate::log::log;
+
+#[derive(Debug)]
+pub(crate) struct Notifier {
+    socket: UnixDatagram,
+    addr: std::os::unix::net::SocketAddr,
+    /// Interval of `WATCHDOG=1` keep-alives: half of `WATCHDOG_USEC`.
+    pub(crate) watchdog: Option<Duration>,
+}
+
+impl Notifier {
+    /// Reads and removes `NOTIFY_SOCKET` (and the watchdog variables), so
+    /// that workers, which are not the main PID, never send.
+    pub(crate) fn from_env() -> Option<Notifier> {
+        let path = std::env::var_os("NOTIFY_SOCKET")?;
+        let watchdog = watchdog_from_env();
+        std::env::remove_var("NOTIFY_SOCKET");
+        std::env::remove_var("WATCHDOG_USEC");
+        std::env::remove_var("WATCHDOG_PID");
+        let text = path.to_string_lossy().into_owned();
+        let addr = match address(&text) {
+            Ok(addr) => addr,
+            Err(e) => {
+                log!("NOTIFY_SOCKET={text:?} is not usable ({e}); systemd will not be notified");
+                return None;
+            }
+        };
+        let socket = match UnixDatagram::unbound() {
+            Ok(socket) => socket,
+            Err(e) => {
+                log!("cannot create the systemd notification socket: {e}");
+                return None;
+            }
+        };
+        Some(Notifier {
+            socket,
+            addr,
+            watchdog,
+        })
+    }
+
+    pub(crate) fn send(&self, message: &str) {
+        if let Err(e) = self.socket.send_to_addr(message.as_bytes(), &self.addr) {
+            log!(
+                "cannot notify systemd ({}): {e}",
+                message.lines().next().unwrap_or("")
+            );
+        }
+    }
+}
+
+fn watchdog_from_env() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok() != Some(std::process::id()) {
+            return None;
+        }
+    }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
+}
+
+fn address(text: &str) -> std::io::Result<std::os::unix::net::SocketAddr> {
+    if let Some(name) = text.strip_prefix('@') {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            #[cfg(target_os = "android")]
+            use std::os::android::net::SocketAddrExt;
+            #[cfg(target_os = "linux")]
+            use std::os::linux::net::SocketAddrExt;
+            return std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes());
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            let _ = name;
+            return Err(std::io::Error::other(
+                "abstract sockets exist on Linux only",
+            ));
+        }
+    }
+    std::os::unix::net::SocketAddr::from_pathname(text)
+}
+
+/// `MONOTONIC_USEC=` for `RELOADING=1`: CLOCK_MONOTONIC in microseconds.
+pub(crate) fn monotonic_usec() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(t) => t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000,
+        Err(_) => 0,
+    }
+}

@@ -1,0 +1,166 @@
+//! systemd `Type=notify`: the master sends the exact message sequence to a
+//! NOTIFY_SOCKET datagram listener that the test creates (systemd itself is
+//! never started).
+
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use graceful_dev::process::Service;
+use nix::sys::signal::Signal;
+
+const T: Duration = Duration::from_secs(20);
+
+fn testapp() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_testapp"))
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("graceful-notify-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn recv(socket: &UnixDatagram) -> String {
+    let mut buf = [0u8; 4096];
+    let n = socket
+        .recv(&mut buf)
+        .expect("a notification within the timeout");
+    String::from_utf8(buf[..n].to_vec()).unwrap()
+}
+
+fn monotonic_usec() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+    t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000
+}
+
+#[test]
+fn notify_sequence_over_start_reload_failed_reload_and_stop() {
+    let dir = temp_dir("sequence");
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(T)).unwrap();
+    let flag = dir.join("fail");
+    let mut service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("TESTAPP_FAIL_IF_EXISTS", flag.to_str().unwrap()),
+        ],
+    );
+    let w1 = service.ready_worker(1, T);
+    assert_eq!(
+        recv(&socket),
+        format!("READY=1\nSTATUS=serving with worker 1 (pid {w1})")
+    );
+    // Workers are not the main PID: they never see NOTIFY_SOCKET.
+    let environ = std::fs::read(format!("/proc/{w1}/environ")).unwrap();
+    assert!(!String::from_utf8_lossy(&environ).contains("NOTIFY_SOCKET"));
+
+    // Reload.
+    let before = monotonic_usec();
+    service.signal(Signal::SIGHUP);
+    let reloading = recv(&socket);
+    let after = monotonic_usec();
+    let lines: Vec<&str> = reloading.lines().collect();
+    assert_eq!(lines.len(), 3, "{reloading}");
+    assert_eq!(lines[0], "RELOADING=1");
+    let usec: u64 = lines[1]
+        .strip_prefix("MONOTONIC_USEC=")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        before <= usec && usec <= after,
+        "MONOTONIC_USEC={usec} not within [{before}, {after}]"
+    );
+    assert_eq!(
+        lines[2],
+        "STATUS=reloading (signal SIGHUP): starting worker 2"
+    );
+    let w2 = service.ready_worker(2, T);
+    assert_eq!(
+        recv(&socket),
+        format!("READY=1\nSTATUS=reload finished: serving with worker 2 (pid {w2})")
+    );
+
+    // A failed reload: RELOADING, then READY again with the reason.
+    std::fs::write(&flag, "exit").unwrap();
+    service.signal(Signal::SIGHUP);
+    let reloading = recv(&socket);
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert!(
+        reloading.ends_with("\nSTATUS=reloading (signal SIGHUP): starting worker 3"),
+        "{reloading}"
+    );
+    let failed = recv(&socket);
+    assert!(
+        failed.starts_with("READY=1\nSTATUS=reload failed: worker 3 (pid "),
+        "{failed}"
+    );
+    assert!(
+        failed.ends_with(&format!(
+            ") exited with status 3 before it was ready; still serving with worker 2 (pid {w2})"
+        )),
+        "{failed}"
+    );
+
+    // Stop.
+    service.signal(Signal::SIGTERM);
+    assert_eq!(
+        recv(&socket),
+        "STOPPING=1\nEXTEND_TIMEOUT_USEC=21500000\nSTATUS=stopping (SIGTERM): draining 1 worker(s)"
+    );
+    assert_eq!(service.wait_exit(T).code(), Some(0));
+    drop(service);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn abstract_notify_socket() {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("graceful-test-notify-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let socket = UnixDatagram::bind_addr(&addr).unwrap();
+    socket.set_read_timeout(Some(T)).unwrap();
+    let env = format!("@{name}");
+    let service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[("NOTIFY_SOCKET", env.as_str())],
+    );
+    let w1 = service.ready_worker(1, T);
+    assert_eq!(
+        recv(&socket),
+        format!("READY=1\nSTATUS=serving with worker 1 (pid {w1})")
+    );
+}
+
+#[test]
+fn watchdog_keep_alives_while_a_worker_serves() {
+    let dir = temp_dir("watchdog");
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(T)).unwrap();
+    // WATCHDOG_USEC=200 ms: a keep-alive every 100 ms.
+    let service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    );
+    service.ready_worker(1, T);
+    assert!(recv(&socket).starts_with("READY=1"));
+    for _ in 0..3 {
+        assert_eq!(recv(&socket), "WATCHDOG=1");
+    }
+    drop(service);
+    std::fs::remove_dir_all(dir).unwrap();
+}
