@@ -186,10 +186,12 @@ where
 }
 
 /// A future that turns a panic of the inner future into `Err(message)`.
-struct CatchUnwind(BoxFuture);
+/// Used for handlers (a panic becomes a 500) and for `main` in workers (a
+/// panic becomes a reported start failure).
+pub(crate) struct CatchUnwind<F: ?Sized>(pub(crate) Pin<Box<F>>);
 
-impl Future for CatchUnwind {
-    type Output = Result<Result<Response<ResponseBody>, BoxError>, String>;
+impl<F: Future + ?Sized> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, String>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let inner = &mut self.0;

@@ -3,10 +3,7 @@
 
 use std::future::Future;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -17,7 +14,7 @@ use tokio::io::Interest;
 use crate::addr::ListenAddr;
 use crate::control::{self, ToMaster, ToWorker};
 use crate::drain::{self, Tracked};
-use crate::handler::{panic_message, Handler};
+use crate::handler::{CatchUnwind, Handler};
 use crate::log::log;
 use crate::server::{take_registrations, MainOutput, Registration};
 use crate::{Error, Server};
@@ -108,22 +105,6 @@ pub(crate) fn request_reload() -> Result<(), Error> {
     let control = CONTROL.get().ok_or(Error::NotManaged)?;
     control::send_to_master(control.as_fd(), &ToMaster::Reload)
         .map_err(|e| Error::io("cannot ask the master to reload", e))
-}
-
-/// A `main` future that reports a panic instead of unwinding.
-struct CatchUnwind<F>(Pin<Box<F>>);
-
-impl<F: Future> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, String>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = &mut self.0;
-        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
-            Err(panic) => Poll::Ready(Err(panic_message(&*panic))),
-        }
-    }
 }
 
 pub(crate) fn run<F, Fut>(server: Server, env: WorkerEnv, main: F) -> Result<(), Error>
@@ -372,23 +353,9 @@ async fn accept_loop(
         match accepted {
             Ok(Accepted::Tcp(stream)) => {
                 let _ = stream.set_nodelay(true);
-                let io = Tracked::new(stream);
-                tokio::spawn(drain::serve_connection(
-                    io,
-                    handler.clone(),
-                    http.clone(),
-                    idle_grace,
-                ));
+                serve(Tracked::new(stream), &handler, &http, idle_grace);
             }
-            Ok(Accepted::Unix(stream)) => {
-                let io = Tracked::new(stream);
-                tokio::spawn(drain::serve_connection(
-                    io,
-                    handler.clone(),
-                    http.clone(),
-                    idle_grace,
-                ));
-            }
+            Ok(Accepted::Unix(stream)) => serve(Tracked::new(stream), &handler, &http, idle_grace),
             Err(e) if is_connection_error(&e) => {}
             Err(e) => {
                 // Out of file descriptors or memory: back off briefly rather
@@ -400,6 +367,24 @@ async fn accept_loop(
     }
     // Dropping the listener closes this worker's copy; the master's copy keeps
     // the accept queue for the next generation.
+}
+
+/// Serves one accepted connection on its own task. The connection was
+/// counted (`Tracked`) before this is called, so the drain cannot miss it.
+fn serve<T>(
+    io: Tracked<T>,
+    handler: &Handler,
+    http: &Arc<auto::Builder<TokioExecutor>>,
+    idle_grace: Duration,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(drain::serve_connection(
+        io,
+        handler.clone(),
+        http.clone(),
+        idle_grace,
+    ));
 }
 
 enum Accepted {
