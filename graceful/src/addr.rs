@@ -31,6 +31,8 @@ pub(crate) enum ListenAddr {
     Tcp { host: Option<String>, port: u16 },
     /// A Unix domain stream socket at a path.
     Unix(PathBuf),
+    /// A socket passed by systemd socket activation, by its `FileDescriptorName=`.
+    Systemd(String),
 }
 
 impl ListenAddr {
@@ -43,6 +45,14 @@ impl ListenAddr {
             return Err(invalid(
                 "the address is empty; write \"host:port\", \":port\" or \"unix:/path\"".into(),
             ));
+        }
+        if let Some(name) = addr.strip_prefix("systemd:") {
+            if name.is_empty() || name.contains(':') {
+                return Err(invalid(
+                    "`systemd:` needs the socket's name (FileDescriptorName=), as in \"systemd:web\"".into(),
+                ));
+            }
+            return Ok(ListenAddr::Systemd(name.to_string()));
         }
         if let Some(path) = addr.strip_prefix("unix:") {
             if path.is_empty() {
@@ -106,6 +116,9 @@ impl ListenAddr {
         match self {
             ListenAddr::Tcp { host, port } => bind_tcp(host.as_deref(), *port),
             ListenAddr::Unix(path) => bind_unix(path),
+            ListenAddr::Systemd(name) => Err(format!(
+                "systemd passed no socket named {name:?} (set FileDescriptorName={name} in the .socket unit)"
+            )),
         }
     }
 }
@@ -123,6 +136,7 @@ impl fmt::Display for ListenAddr {
                 port,
             } => write!(f, "{h}:{port}"),
             ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+            ListenAddr::Systemd(name) => write!(f, "systemd:{name}"),
         }
     }
 }
@@ -286,6 +300,11 @@ mod tests {
         assert!(reason("::1:80").contains("brackets"));
         assert!(reason("[zz]:80").contains("not an IPv6"));
         assert!(reason("unix:").contains("needs a path"));
+        assert!(reason("systemd:").contains("needs the socket's name"));
+        assert_eq!(
+            ListenAddr::parse("systemd:web").unwrap(),
+            ListenAddr::Systemd("web".into())
+        );
         assert!(reason(&format!("unix:/{}", "a".repeat(200))).contains("limit"));
     }
 

@@ -36,6 +36,7 @@
 #[cfg(not(unix))]
 compile_error!("graceful needs a Unix system (Linux or macOS) for its master/worker processes");
 
+mod activation;
 mod addr;
 mod control;
 mod drain;
@@ -126,6 +127,7 @@ pub use graceful_macros::main;
 /// | `"localhost:8080"` | the first address of the name (IPv4 preferred) |
 /// | `"127.0.0.1:0"` | a free port, bound once and kept across reloads; the master logs it |
 /// | `"unix:/run/app.sock"` | a Unix socket; a stale socket file is replaced, anything else at the path is an error |
+/// | `"systemd:web"` | the socket systemd passed with `FileDescriptorName=web`; an address such as `":8080"` also takes an activated socket listening there |
 ///
 /// Handlers: an `async fn(Request<Incoming>) -> Result<Response<B>, E>`, a
 /// closure of that shape (annotate its argument type), any

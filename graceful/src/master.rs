@@ -80,6 +80,8 @@ struct Held {
     /// A Unix socket file to remove when the socket is closed for good, with
     /// the device and inode it had when we bound it.
     unix_path: Option<(PathBuf, u64, u64)>,
+    /// Passed by systemd socket activation: kept for the life of the master.
+    activated: Option<crate::activation::Local>,
 }
 
 struct Master {
@@ -132,6 +134,8 @@ fn executable_path() -> Result<PathBuf, Error> {
 }
 
 pub(crate) fn run(server: Server) -> Result<(), Error> {
+    // Before anything else: the activated sockets and their variables.
+    let activated = crate::activation::take();
     let executable = executable_path()?;
     let mut handled: Vec<Signal> = server.reload_signals.clone();
     handled.extend(server.stop_signals.iter().copied());
@@ -161,6 +165,21 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
         notify,
         watchdog_at,
     };
+    for (index, socket) in activated.into_iter().enumerate() {
+        let mut key = format!("systemd:{}", socket.name);
+        if master.listeners.contains_key(&key) {
+            // Same name twice: the second is reachable by its address.
+            key = format!("systemd:#{index}");
+        }
+        let held = Held {
+            local: socket.local.describe(),
+            fd: socket.fd,
+            users: HashSet::new(),
+            unix_path: None,
+            activated: Some(socket.local),
+        };
+        master.listeners.insert(key, held);
+    }
     log!(
         "master started (pid {}, executable {}); reload with {}, stop with {}",
         std::process::id(),
@@ -418,6 +437,21 @@ impl Master {
             ),
             None => (request, None),
         };
+        // An address that an activated socket listens on means that socket.
+        let activated_key = ListenAddr::parse(key).ok().and_then(|addr| {
+            self.listeners
+                .iter()
+                .find(|(_, held)| {
+                    held.activated
+                        .as_ref()
+                        .is_some_and(|local| local.matches(&addr))
+                })
+                .map(|(k, _)| k.clone())
+        });
+        let key = match (&activated_key, self.listeners.contains_key(key)) {
+            (Some(activated), false) => activated.as_str(),
+            _ => key,
+        };
         let result = match self.listeners.get_mut(key) {
             Some(held) => {
                 held.users.insert(generation);
@@ -425,6 +459,22 @@ impl Master {
             }
             None => match ListenAddr::parse(key) {
                 Err(e) => Err(e.to_string()),
+                Ok(ListenAddr::Systemd(name)) => {
+                    let mut names: Vec<&str> = self
+                        .listeners
+                        .keys()
+                        .filter_map(|k| k.strip_prefix("systemd:"))
+                        .collect();
+                    names.sort_unstable();
+                    Err(format!(
+                        "systemd passed no socket named {name:?}; it passed: {}",
+                        if names.is_empty() {
+                            "none (is the service socket-activated?)".to_string()
+                        } else {
+                            names.join(", ")
+                        }
+                    ))
+                }
                 Ok(addr) => match addr.bind() {
                     Err(reason) => Err(reason),
                     Ok((fd, local)) => {
@@ -433,7 +483,7 @@ impl Master {
                             ListenAddr::Unix(path) => {
                                 file_id(path).map(|(dev, ino)| (path.clone(), dev, ino))
                             }
-                            ListenAddr::Tcp { .. } => None,
+                            ListenAddr::Tcp { .. } | ListenAddr::Systemd(_) => None,
                         };
                         let users = HashSet::from([generation]);
                         self.listeners.insert(
@@ -443,6 +493,7 @@ impl Master {
                                 local,
                                 users,
                                 unix_path,
+                                activated: None,
                             },
                         );
                         Ok(())
@@ -739,7 +790,11 @@ impl Master {
         let unused: Vec<String> = self
             .listeners
             .iter()
-            .filter(|(key, held)| held.users.is_empty() && !self.serving_keys.contains(*key))
+            .filter(|(key, held)| {
+                held.users.is_empty()
+                    && !self.serving_keys.contains(*key)
+                    && held.activated.is_none()
+            })
             .map(|(key, _)| key.clone())
             .collect();
         for key in unused {

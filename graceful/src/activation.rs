@@ -1,0 +1,120 @@
+//! systemd socket activation: the sockets systemd passes to the master
+//! (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`), taken before anything else
+//! runs and handed to workers like any other listener, by name
+//! (`"systemd:web"`) or by address (`":8080"`).
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use crate::addr::ListenAddr;
+use crate::control::set_cloexec;
+use crate::log::log;
+
+/// First descriptor systemd passes (`SD_LISTEN_FDS_START`).
+const FIRST_FD: i32 = 3;
+
+/// One activated socket.
+#[derive(Debug)]
+pub(crate) struct Activated {
+    pub(crate) name: String,
+    pub(crate) fd: OwnedFd,
+    pub(crate) local: Local,
+}
+
+/// Where an activated socket listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Local {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+    Other,
+}
+
+impl Local {
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Local::Tcp(addr) => addr.to_string(),
+            Local::Unix(path) => format!("unix:{}", path.display()),
+            Local::Other => "?".into(),
+        }
+    }
+
+    /// Whether a `register!` address means this socket.
+    pub(crate) fn matches(&self, addr: &ListenAddr) -> bool {
+        match (self, addr) {
+            (Local::Tcp(local), ListenAddr::Tcp { host: None, port }) => {
+                *port != 0 && local.port() == *port && local.ip().is_unspecified()
+            }
+            (
+                Local::Tcp(local),
+                ListenAddr::Tcp {
+                    host: Some(host),
+                    port,
+                },
+            ) => *port != 0 && local.port() == *port && host.parse().ok() == Some(local.ip()),
+            (Local::Unix(local), ListenAddr::Unix(path)) => local == path,
+            _ => false,
+        }
+    }
+}
+
+/// Takes the activated sockets, if they are for this process, and removes
+/// the variables so that workers do not see them.
+pub(crate) fn take() -> Vec<Activated> {
+    let pid = std::env::var("LISTEN_PID").ok();
+    let count = std::env::var("LISTEN_FDS").ok();
+    let names = std::env::var("LISTEN_FDNAMES").ok();
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
+    let Some(count) = count else {
+        return Vec::new();
+    };
+    if pid.as_deref().and_then(|p| p.parse::<u32>().ok()) != Some(std::process::id()) {
+        log!("ignoring LISTEN_FDS={count}: LISTEN_PID={pid:?} is not this process");
+        return Vec::new();
+    }
+    let Ok(count) = count.parse::<i32>() else {
+        log!("ignoring LISTEN_FDS={count:?}: not a number");
+        return Vec::new();
+    };
+    let names: Vec<String> = names
+        .map(|n| n.split(':').map(str::to_string).collect())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for (index, raw) in (FIRST_FD..FIRST_FD + count.max(0)).enumerate() {
+        // SAFETY: borrowed only to inspect it; systemd passed it to this
+        // process and nothing else here refers to it.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+        let local = match socket2::SockRef::from(&borrowed).local_addr() {
+            Ok(addr) => match (addr.as_socket(), addr.as_pathname()) {
+                (Some(tcp), _) => Local::Tcp(tcp),
+                (None, Some(path)) => Local::Unix(path.to_path_buf()),
+                _ => Local::Other,
+            },
+            Err(e) => {
+                log!("ignoring activated descriptor {raw}: not a socket ({e})");
+                continue;
+            }
+        };
+        if let Err(e) = set_cloexec(raw) {
+            log!("ignoring activated descriptor {raw}: {e}");
+            continue;
+        }
+        // SAFETY: the descriptor is open (getsockname succeeded) and from now
+        // on owned by the master alone.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let name = names
+            .get(index)
+            .cloned()
+            .unwrap_or_else(|| "unknown".into());
+        log!(
+            "socket activation: {} as {:?} (descriptor {})",
+            local.describe(),
+            name,
+            fd.as_raw_fd()
+        );
+        out.push(Activated { name, fd, local });
+    }
+    out
+}

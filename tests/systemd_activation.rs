@@ -1,0 +1,167 @@
+//! systemd socket activation with the real `systemd-socket-activate`: the
+//! activated socket is used (by name or by address), survives reloads, and
+//! the PID stays the same. systemd itself is never started.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use graceful_dev::process::{get, Service};
+use nix::sys::signal::Signal;
+
+const T: Duration = Duration::from_secs(20);
+
+fn testapp() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_testapp"))
+}
+
+fn activate() -> &'static Path {
+    let path = Path::new("/usr/bin/systemd-socket-activate");
+    assert!(
+        path.exists(),
+        "systemd-socket-activate is missing: .ci/run installs the systemd package"
+    );
+    path
+}
+
+/// A port that was free a moment ago (systemd-socket-activate needs a number).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// systemd-socket-activate logs "Listening on" around its listen() call: wait
+/// (bounded) until a connection is accepted into the backlog.
+fn wait_listening(addr: &str) {
+    let deadline = std::time::Instant::now() + T;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{addr} never accepted a connection"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn pid_of(addr: &str) -> i32 {
+    get(addr, "/pid").unwrap().1.trim().parse().unwrap()
+}
+
+fn reloads_keep_the_activated_socket(service: &Service, addr: &str, first_response: i32) {
+    let first = service.ready_worker(1, T);
+    assert_eq!(
+        first_response, first,
+        "the connection that started the service was served"
+    );
+    assert_eq!(pid_of(addr), first);
+    let environ = std::fs::read(format!("/proc/{first}/environ")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&environ).contains("LISTEN_FDS"),
+        "workers must not see LISTEN_FDS"
+    );
+    for generation in 2..=3 {
+        service.signal(Signal::SIGHUP);
+        let worker = service.ready_worker(generation, T);
+        // The old worker may still take a connection until it has stopped.
+        service.wait_line_n("after draining", generation as usize - 2, T);
+        assert_eq!(
+            pid_of(addr),
+            worker,
+            "the new worker serves the activated socket:\n{}",
+            service.log_text()
+        );
+    }
+    assert_eq!(service.count_lines("reload finished"), 2);
+    // Never bound by graceful itself: the activated socket was used.
+    assert_eq!(
+        service.count_lines("listening on "),
+        0,
+        "{}",
+        service.log_text()
+    );
+}
+
+#[test]
+fn named_socket_by_systemd_name() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let testapp = testapp();
+    let mut service = Service::start(
+        activate(),
+        &[
+            "-l",
+            &addr,
+            "--fdname=web",
+            testapp.to_str().unwrap(),
+            "systemd:web",
+        ],
+        &[],
+    );
+    // Like systemd, systemd-socket-activate starts the service on the first
+    // connection, which waits in the backlog meanwhile and is then served.
+    service.wait_line(&format!("Listening on {addr} as 3."), T);
+    wait_listening(&addr);
+    let first = pid_of(&addr);
+    service.wait_line(&format!("socket activation: {addr} as \"web\""), T);
+    reloads_keep_the_activated_socket(&service, &addr, first);
+    service.signal(Signal::SIGTERM);
+    assert_eq!(service.wait_exit(T).code(), Some(0));
+}
+
+#[test]
+fn unnamed_socket_by_address() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let testapp = testapp();
+    let service = Service::start(
+        activate(),
+        &["-l", &addr, testapp.to_str().unwrap(), &addr],
+        &[],
+    );
+    service.wait_line(&format!("Listening on {addr} as 3."), T);
+    wait_listening(&addr);
+    let first = pid_of(&addr);
+    service.wait_line(&format!("socket activation: {addr} as \"unknown\""), T);
+    reloads_keep_the_activated_socket(&service, &addr, first);
+}
+
+#[test]
+fn a_name_systemd_did_not_pass_is_a_clear_error() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let testapp = testapp();
+    let mut service = Service::start(
+        activate(),
+        &[
+            "-l",
+            &addr,
+            "--fdname=web",
+            testapp.to_str().unwrap(),
+            "systemd:api",
+        ],
+        &[],
+    );
+    service.wait_line(&format!("Listening on {addr} as 3."), T);
+    wait_listening(&addr);
+    // The first connection starts the service, which then fails.
+    assert!(get(&addr, "/").is_err(), "nothing can serve it");
+    assert_eq!(service.wait_exit(T).code(), Some(1));
+    let log = service.log_text();
+    assert!(
+        log.contains("systemd passed no socket named \"api\"; it passed: web"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_systemd_name_without_activation_is_a_clear_error() {
+    let mut service = Service::start(&testapp(), &["systemd:web"], &[]);
+    assert_eq!(service.wait_exit(T).code(), Some(1));
+    let log = service.log_text();
+    assert!(
+        log.contains("systemd passed no socket named \"web\"; it passed: none"),
+        "{log}"
+    );
+}
