@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use graceful_dev::load::{Load, Mode};
-use graceful_dev::process::{children_of, get, is_alive, wait_gone, Service};
+use graceful_dev::process::{
+    children_of, cpu_time, get, is_alive, pid_of, temp_dir, wait_gone, Service,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -21,10 +23,7 @@ struct Flag(PathBuf);
 
 impl Flag {
     fn new(name: &str) -> Flag {
-        let dir =
-            std::env::temp_dir().join(format!("graceful-faults-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Flag(dir.join("fail"))
+        Flag(temp_dir(&format!("faults-{name}")).join("fail"))
     }
     fn env(&self) -> (&'static str, &str) {
         ("TESTAPP_FAIL_IF_EXISTS", self.0.to_str().unwrap())
@@ -41,10 +40,6 @@ impl Drop for Flag {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
     }
-}
-
-fn pid_of(addr: &str) -> i32 {
-    get(addr, "/pid").unwrap().1.trim().parse().unwrap()
 }
 
 #[test]
@@ -183,22 +178,6 @@ fn a_crash_loop_backs_off() {
         cpu < Duration::from_millis(500),
         "the master used {cpu:?} of CPU"
     );
-}
-
-/// User + system CPU time of a process, from /proc.
-fn cpu_time(pid: i32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    // Fields after the command: state is [0], utime [11], stime [12].
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf only reads a system constant.
-    let hz = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) } as u64;
-    Duration::from_millis(ticks * 1000 / hz)
 }
 
 #[test]

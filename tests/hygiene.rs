@@ -3,51 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use graceful_dev::process::{children_of, get, Service};
+use graceful_dev::process::{children_of, fd_count, get, status_value, zombies_of, Service};
 use nix::sys::signal::Signal;
 
 const T: Duration = Duration::from_secs(30);
 
 fn testapp() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_testapp"))
-}
-
-fn fd_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-fn zombies_of(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(child) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap()
-            .split_whitespace()
-            .collect();
-        if fields[0] == "Z" && fields[1] == pid.to_string() {
-            out.push(child);
-        }
-    }
-    out
 }
 
 #[test]
@@ -61,13 +23,19 @@ fn a_thousand_reloads_leak_nothing_in_the_master() {
         service.wait_line_n("after draining", n, T);
     }
     let master = service.pid();
-    let (fds, rss) = (fd_count(master), rss_kib(master));
+    let (fds, rss) = (
+        fd_count(master),
+        status_value(master, "VmRSS:").expect("VmRSS"),
+    );
     for n in 10..1000 {
         service.signal(Signal::SIGHUP);
         service.wait_line_n("after draining", n, T);
     }
     assert_eq!(get(&addr, "/").unwrap().0, 200);
-    let (fds_after, rss_after) = (fd_count(master), rss_kib(master));
+    let (fds_after, rss_after) = (
+        fd_count(master),
+        status_value(master, "VmRSS:").expect("VmRSS"),
+    );
     println!(
         "master after 1000 reloads: fds {fds} -> {fds_after}, rss {rss} KiB -> {rss_after} KiB"
     );

@@ -5,26 +5,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use graceful_dev::built;
-use graceful_dev::process::{curl, get, is_alive, wait_gone, Service};
+use graceful_dev::process::{curl, get, is_alive, pid_of, temp_dir, wait_gone, Service};
 use nix::sys::signal::Signal;
 
 const T: Duration = Duration::from_secs(20);
 
 fn testapp() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_testapp"))
-}
-
-fn pid_of(addr: &str) -> i32 {
-    let (status, body) = get(addr, "/pid").expect("GET /pid");
-    assert_eq!(status, 200);
-    body.trim().parse().expect("pid")
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("graceful-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use graceful_dev::process::{get, Service};
+use graceful_dev::process::{get, pid_of, Service};
 use nix::sys::signal::Signal;
 
 const T: Duration = Duration::from_secs(20);
@@ -45,10 +45,6 @@ fn wait_listening(addr: &str) {
     }
 }
 
-fn pid_of(addr: &str) -> i32 {
-    get(addr, "/pid").unwrap().1.trim().parse().unwrap()
-}
-
 fn reloads_keep_the_activated_socket(service: &Service, addr: &str, first_response: i32) {
     let first = service.ready_worker(1, T);
     assert_eq!(
@@ -83,26 +79,27 @@ fn reloads_keep_the_activated_socket(service: &Service, addr: &str, first_respon
     );
 }
 
-#[test]
-fn named_socket_by_systemd_name() {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
+/// Starts testapp under systemd-socket-activate on a free port, with
+/// `register(addr)` as its address argument, and returns once the socket
+/// accepts connections. Like systemd, systemd-socket-activate starts the
+/// service on the first connection, which waits in the backlog meanwhile.
+fn activated(fdname: Option<&str>, register: impl FnOnce(&str) -> String) -> (Service, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
     let testapp = testapp();
-    let mut service = Service::start(
-        activate(),
-        &[
-            "-l",
-            &addr,
-            "--fdname=web",
-            testapp.to_str().unwrap(),
-            "systemd:web",
-        ],
-        &[],
-    );
-    // Like systemd, systemd-socket-activate starts the service on the first
-    // connection, which waits in the backlog meanwhile and is then served.
+    let register = register(&addr);
+    let fdname = fdname.map(|name| format!("--fdname={name}"));
+    let mut args = vec!["-l", addr.as_str()];
+    args.extend(fdname.as_deref());
+    args.extend([testapp.to_str().unwrap(), register.as_str()]);
+    let service = Service::start(activate(), &args, &[]);
     service.wait_line(&format!("Listening on {addr} as 3."), T);
     wait_listening(&addr);
+    (service, addr)
+}
+
+#[test]
+fn named_socket_by_systemd_name() {
+    let (mut service, addr) = activated(Some("web"), |_| "systemd:web".to_string());
     let first = pid_of(&addr);
     service.wait_line(&format!("socket activation: {addr} as \"web\""), T);
     reloads_keep_the_activated_socket(&service, &addr, first);
@@ -112,16 +109,7 @@ fn named_socket_by_systemd_name() {
 
 #[test]
 fn unnamed_socket_by_address() {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let testapp = testapp();
-    let service = Service::start(
-        activate(),
-        &["-l", &addr, testapp.to_str().unwrap(), &addr],
-        &[],
-    );
-    service.wait_line(&format!("Listening on {addr} as 3."), T);
-    wait_listening(&addr);
+    let (service, addr) = activated(None, str::to_string);
     let first = pid_of(&addr);
     service.wait_line(&format!("socket activation: {addr} as \"unknown\""), T);
     reloads_keep_the_activated_socket(&service, &addr, first);
@@ -129,22 +117,7 @@ fn unnamed_socket_by_address() {
 
 #[test]
 fn a_name_systemd_did_not_pass_is_a_clear_error() {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let testapp = testapp();
-    let mut service = Service::start(
-        activate(),
-        &[
-            "-l",
-            &addr,
-            "--fdname=web",
-            testapp.to_str().unwrap(),
-            "systemd:api",
-        ],
-        &[],
-    );
-    service.wait_line(&format!("Listening on {addr} as 3."), T);
-    wait_listening(&addr);
+    let (mut service, addr) = activated(Some("web"), |_| "systemd:api".to_string());
     // The first connection starts the service, which then fails.
     assert!(get(&addr, "/").is_err(), "nothing can serve it");
     assert_eq!(service.wait_exit(T).code(), Some(1));

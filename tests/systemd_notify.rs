@@ -6,20 +6,13 @@ use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use graceful_dev::process::Service;
+use graceful_dev::process::{temp_dir, Service};
 use nix::sys::signal::Signal;
 
 const T: Duration = Duration::from_secs(20);
 
 fn testapp() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_testapp"))
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("graceful-notify-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn recv(socket: &UnixDatagram) -> String {

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use graceful_dev::load::{Load, Mode, Report};
-use graceful_dev::process::Service;
+use graceful_dev::process::{cpu_time, status_value, Service};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use nix::sys::signal::Signal;
@@ -118,30 +118,6 @@ fn latency_cell(mut micros: Vec<u64>) -> String {
     )
 }
 
-fn proc_field(pid: i32, file: &str, key: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn cpu_ms(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    // SAFETY: sysconf only reads a system constant.
-    let hz = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) } as u64;
-    ticks * 1000 / hz
-}
-
 fn failures(report: &Report) -> String {
     if report.failures.is_empty() {
         return "0".into();
@@ -215,15 +191,15 @@ fn main() {
     idle.ready_worker(1, T);
     let master = idle.pid();
     let switches = |pid| {
-        proc_field(pid, "status", "voluntary_ctxt_switches:")
-            + proc_field(pid, "status", "nonvoluntary_ctxt_switches:")
+        status_value(pid, "voluntary_ctxt_switches:").unwrap_or(0)
+            + status_value(pid, "nonvoluntary_ctxt_switches:").unwrap_or(0)
     };
-    let (before, cpu_before) = (switches(master), cpu_ms(master));
+    let (before, cpu_before) = (switches(master), cpu_time(master));
     std::thread::sleep(Duration::from_secs(3));
     let idle_wakeups = switches(master) - before;
-    let idle_cpu = cpu_ms(master) - cpu_before;
-    let idle_rss = proc_field(master, "status", "VmRSS:");
-    let idle_threads = proc_field(master, "status", "Threads:");
+    let idle_cpu = cpu_time(master).saturating_sub(cpu_before).as_millis();
+    let idle_rss = status_value(master, "VmRSS:").unwrap_or(0);
+    let idle_threads = status_value(master, "Threads:").unwrap_or(0);
     let stop_began = Instant::now();
     idle.signal(Signal::SIGTERM);
     idle.wait_exit(T);
@@ -262,7 +238,7 @@ fn main() {
         let addr: SocketAddr = service.addr(T).parse().unwrap();
         service.ready_worker(1, T);
         let master = service.pid();
-        let cpu0 = cpu_ms(master);
+        let cpu0 = cpu_time(master);
         let (mut plain_ok, mut plain_time) = (0u64, Duration::ZERO);
         let (mut ok, mut time) = (0u64, Duration::ZERO);
         let mut steady_latencies: Vec<u64> = Vec::new();
@@ -308,14 +284,14 @@ fn main() {
         for example in reloading.examples.iter().take(3) {
             master_notes.push(format!("{}: failure example: {example}", mode.name()));
         }
-        let cpu = cpu_ms(master) - cpu0;
+        let cpu = cpu_time(master).saturating_sub(cpu0).as_millis();
         master_notes.push(format!(
             "{}: master CPU {} ms over {} reloads, RSS {} KiB, {} thread(s)",
             mode.name(),
             cpu,
             o.reloads,
-            proc_field(master, "status", "VmRSS:"),
-            proc_field(master, "status", "Threads:")
+            status_value(master, "VmRSS:").unwrap_or(0),
+            status_value(master, "Threads:").unwrap_or(0)
         ));
         rows.push(vec![
             mode.name().to_string(),
