@@ -437,77 +437,13 @@ impl Master {
             ),
             None => (request, None),
         };
-        // An address that an activated socket listens on means that socket.
-        let activated_key = ListenAddr::parse(key).ok().and_then(|addr| {
-            self.listeners
-                .iter()
-                .find(|(_, held)| {
-                    held.activated
-                        .as_ref()
-                        .is_some_and(|local| local.matches(&addr))
-                })
-                .map(|(k, _)| k.clone())
-        });
-        let key = match (&activated_key, self.listeners.contains_key(key)) {
-            (Some(activated), false) => activated.as_str(),
-            _ => key,
-        };
-        let result = match self.listeners.get_mut(key) {
-            Some(held) => {
-                held.users.insert(generation);
-                Ok(())
-            }
-            None => match ListenAddr::parse(key) {
-                Err(e) => Err(e.to_string()),
-                Ok(ListenAddr::Systemd(name)) => {
-                    let mut names: Vec<&str> = self
-                        .listeners
-                        .keys()
-                        .filter_map(|k| k.strip_prefix("systemd:"))
-                        .collect();
-                    names.sort_unstable();
-                    Err(format!(
-                        "systemd passed no socket named {name:?}; it passed: {}",
-                        if names.is_empty() {
-                            "none (is the service socket-activated?)".to_string()
-                        } else {
-                            names.join(", ")
-                        }
-                    ))
-                }
-                Ok(addr) => match addr.bind() {
-                    Err(reason) => Err(reason),
-                    Ok((fd, local)) => {
-                        log!("listening on {local} (registered as {key:?})");
-                        let unix_path = match &addr {
-                            ListenAddr::Unix(path) => {
-                                file_id(path).map(|(dev, ino)| (path.clone(), dev, ino))
-                            }
-                            ListenAddr::Tcp { .. } | ListenAddr::Systemd(_) => None,
-                        };
-                        let users = HashSet::from([generation]);
-                        self.listeners.insert(
-                            key.to_string(),
-                            Held {
-                                fd,
-                                local,
-                                users,
-                                unix_path,
-                                activated: None,
-                            },
-                        );
-                        Ok(())
-                    }
-                },
-            },
-        };
-        let result = result.and_then(|()| match (mode, &self.listeners[key].unix_path) {
-            (Some(mode), Some((path, _, _))) => {
+        let result = self.acquire(generation, key).and_then(|key| {
+            if let (Some(mode), Some((path, _, _))) = (mode, &self.listeners[&key].unix_path) {
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-                    .map_err(|e| format!("cannot set mode {mode:#o} on {}: {e}", path.display()))
+                    .map_err(|e| format!("cannot set mode {mode:#o} on {}: {e}", path.display()))?;
             }
-            _ => Ok(()),
+            Ok(key)
         });
         let Some(worker) = self.workers.iter_mut().find(|w| w.generation == generation) else {
             return;
@@ -516,9 +452,9 @@ impl Master {
             return;
         };
         let sent = match result {
-            Ok(()) => {
-                worker.keys.insert(key.to_string());
-                let held = &self.listeners[key];
+            Ok(key) => {
+                let held = &self.listeners[&key];
+                worker.keys.insert(key);
                 control::send_listener(control.as_fd(), held.fd.as_fd(), &held.local)
             }
             Err(reason) => control::send_listen_error(control.as_fd(), &reason),
@@ -526,6 +462,58 @@ impl Master {
         if let Err(e) = sent {
             log!("cannot answer {}: {e}", worker.name());
         }
+    }
+
+    /// Finds or makes the listener for `key` and records `generation` as a
+    /// user of it. Returns the key it is held under: `key` itself, or the
+    /// key of an activated socket that listens at that address.
+    fn acquire(&mut self, generation: u64, key: &str) -> Result<String, String> {
+        if let Some(held) = self.listeners.get_mut(key) {
+            held.users.insert(generation);
+            return Ok(key.to_string());
+        }
+        let addr = ListenAddr::parse(key).map_err(|e| e.to_string())?;
+        // An address that an activated socket listens on means that socket.
+        let activated = self.listeners.iter_mut().find(|(_, held)| {
+            held.activated
+                .as_ref()
+                .is_some_and(|local| local.matches(&addr))
+        });
+        if let Some((activated_key, held)) = activated {
+            held.users.insert(generation);
+            return Ok(activated_key.clone());
+        }
+        if let ListenAddr::Systemd(name) = &addr {
+            let mut names: Vec<&str> = self
+                .listeners
+                .keys()
+                .filter_map(|k| k.strip_prefix("systemd:"))
+                .collect();
+            names.sort_unstable();
+            return Err(format!(
+                "systemd passed no socket named {name:?}; it passed: {}",
+                if names.is_empty() {
+                    "none (is the service socket-activated?)".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ));
+        }
+        let (fd, local) = addr.bind()?;
+        log!("listening on {local} (registered as {key:?})");
+        let unix_path = match &addr {
+            ListenAddr::Unix(path) => file_id(path).map(|(dev, ino)| (path.clone(), dev, ino)),
+            ListenAddr::Tcp { .. } | ListenAddr::Systemd(_) => None,
+        };
+        let held = Held {
+            fd,
+            local,
+            users: HashSet::from([generation]),
+            unix_path,
+            activated: None,
+        };
+        self.listeners.insert(key.to_string(), held);
+        Ok(key.to_string())
     }
 
     fn on_ready(&mut self, generation: u64) {
