@@ -5,7 +5,7 @@
 //! written by hand.
 
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned, ToTokens};
+use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::ItemFn;
 
@@ -98,43 +98,39 @@ fn bootstrap(func: &ItemFn, config: &Config) -> TokenStream {
     let output = &sig.output;
 
     let mut builder = quote! { ::graceful::Server::new() };
-    let millis = |ms: u64| quote! { ::core::time::Duration::from_millis(#ms) };
-    if let Some(ms) = config.stop_timeout {
-        let d = millis(ms);
-        builder.extend(quote! { .stop_timeout(#d) });
+    let durations = [
+        (config.stop_timeout, "stop_timeout"),
+        (config.ready_timeout, "ready_timeout"),
+        (config.idle_grace, "idle_grace"),
+    ];
+    for (ms, method) in durations {
+        if let Some(ms) = ms {
+            let method = format_ident!("{method}");
+            builder.extend(quote! { .#method(::core::time::Duration::from_millis(#ms)) });
+        }
     }
-    if let Some(ms) = config.ready_timeout {
-        let d = millis(ms);
-        builder.extend(quote! { .ready_timeout(#d) });
-    }
-    if let Some(ms) = config.idle_grace {
-        let d = millis(ms);
-        builder.extend(quote! { .idle_grace(#d) });
-    }
-    let signal_list = |list: &[crate::config::SignalArg]| {
-        let items = list.iter().map(|s| {
-            let name = syn::Ident::new(&s.name, s.span);
-            quote_spanned! {s.span=> ::graceful::Signal::#name }
-        });
-        quote! { [#(#items),*] }
-    };
-    if let Some(list) = &config.reload {
-        let list = signal_list(list);
-        builder.extend(quote! { .reload_signals(#list) });
-    }
-    if let Some(list) = &config.stop {
-        let list = signal_list(list);
-        builder.extend(quote! { .stop_signals(#list) });
+    let signal_lists = [
+        (&config.reload, "reload_signals"),
+        (&config.stop, "stop_signals"),
+    ];
+    for (list, method) in signal_lists {
+        if let Some(list) = list {
+            let method = format_ident!("{method}");
+            let items = list.iter().map(|s| {
+                let name = syn::Ident::new(&s.name, s.span);
+                quote_spanned! {s.span=> ::graceful::Signal::#name }
+            });
+            builder.extend(quote! { .#method([#(#items),*]) });
+        }
     }
     if let Some(n) = config.worker_threads {
         builder.extend(quote! { .worker_threads(#n) });
     }
 
-    let body = block.to_token_stream();
     quote! {
         #(#attrs)*
         #vis fn #ident() {
-            async fn __graceful_main() #output #body
+            async fn __graceful_main() #output #block
             ::graceful::__private::start(#builder, __graceful_main)
         }
     }
