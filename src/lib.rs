@@ -6,6 +6,7 @@
 
 pub mod load;
 pub mod process;
+pub mod tls;
 
 /// Path of a binary built next to the test binary: `examples/NAME` or `NAME`.
 pub fn built(name: &str) -> std::path::PathBuf {

@@ -18,6 +18,9 @@ use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::TlsConnector;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mode {
@@ -108,6 +111,19 @@ impl Load {
     /// `concurrency` clients; each sends its next request as soon as the
     /// previous one is answered.
     pub fn start(addr: SocketAddr, mode: Mode, concurrency: usize, path: &str) -> Load {
+        Load::start_with(addr, mode, concurrency, path, None)
+    }
+
+    /// Like [`Load::start`], over TLS with `tls` (its ALPN is set per mode)
+    /// when given.
+    pub fn start_with(
+        addr: SocketAddr,
+        mode: Mode,
+        concurrency: usize,
+        path: &str,
+        tls: Option<Arc<ClientConfig>>,
+    ) -> Load {
+        let tls = tls.map(|config| crate::tls::with_alpn(&config, mode == Mode::Http2));
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
         let (stop2, done2, path) = (stop.clone(), done.clone(), path.to_string());
@@ -121,10 +137,16 @@ impl Load {
                 let total = Arc::new(Mutex::new(Report::default()));
                 let mut tasks = Vec::new();
                 for _ in 0..concurrency {
-                    let (stop, done, total, path) =
-                        (stop2.clone(), done2.clone(), total.clone(), path.clone());
+                    let (stop, done, total, path, tls) = (
+                        stop2.clone(),
+                        done2.clone(),
+                        total.clone(),
+                        path.clone(),
+                        tls.clone(),
+                    );
                     tasks.push(tokio::spawn(async move {
-                        let report = client(addr, mode, &path, &stop, &done, start).await;
+                        let target = Target { addr, mode, tls };
+                        let report = client(&target, &path, &stop, &done, start).await;
                         total.lock().unwrap().merge(report);
                     }));
                 }
@@ -177,8 +199,15 @@ impl Sender {
     }
 }
 
-async fn connect(addr: SocketAddr, mode: Mode) -> Result<Sender, (String, String)> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| {
+/// Where and how the clients connect.
+struct Target {
+    addr: SocketAddr,
+    mode: Mode,
+    tls: Option<Arc<ClientConfig>>,
+}
+
+async fn connect(target: &Target) -> Result<Sender, (String, String)> {
+    let stream = TcpStream::connect(target.addr).await.map_err(|e| {
         let kind = if e.kind() == std::io::ErrorKind::ConnectionRefused {
             "connect refused"
         } else {
@@ -187,7 +216,24 @@ async fn connect(addr: SocketAddr, mode: Mode) -> Result<Sender, (String, String
         (kind.to_string(), e.to_string())
     })?;
     let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(stream);
+    match &target.tls {
+        None => handshake(stream, target.mode).await,
+        Some(config) => {
+            let name = ServerName::IpAddress(target.addr.ip().into());
+            let stream = TlsConnector::from(config.clone())
+                .connect(name, stream)
+                .await
+                .map_err(|e| ("tls handshake".to_string(), e.to_string()))?;
+            handshake(stream, target.mode).await
+        }
+    }
+}
+
+async fn handshake<I>(io: I, mode: Mode) -> Result<Sender, (String, String)>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
     if mode == Mode::Http2 {
         let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await
@@ -246,8 +292,7 @@ pub fn classify(e: &hyper::Error) -> (String, String) {
 }
 
 async fn client(
-    addr: SocketAddr,
-    mode: Mode,
+    target: &Target,
     path: &str,
     stop: &AtomicBool,
     done: &AtomicU64,
@@ -255,10 +300,16 @@ async fn client(
 ) -> Report {
     let mut report = Report::default();
     let mut sender: Option<Sender> = None;
-    let uri = format!("http://{addr}{path}");
+    let (addr, mode) = (target.addr, target.mode);
+    let scheme = if target.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let uri = format!("{scheme}://{addr}{path}");
     while !stop.load(Ordering::Relaxed) {
         if sender.as_ref().is_none_or(|s| s.is_closed()) || mode == Mode::NewConnection {
-            match tokio::time::timeout(REQUEST_TIMEOUT, connect(addr, mode)).await {
+            match tokio::time::timeout(REQUEST_TIMEOUT, connect(target)).await {
                 Ok(Ok(s)) => sender = Some(s),
                 Ok(Err((kind, detail))) => {
                     report.sent += 1;

@@ -196,8 +196,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
 }
 
 /// Serves one accepted connection until it closes or the drain ends it.
+/// `io` is (or wraps) a [`Tracked`] socket, so it counts in the drain.
 pub(crate) async fn serve_connection<T>(
-    io: Tracked<T>,
+    io: T,
     handler: Handler,
     builder: Arc<auto::Builder<TokioExecutor>>,
     idle_grace: Duration,

@@ -82,6 +82,14 @@ pub enum Error {
     /// `graceful::reload()` was called in a process that no graceful master runs.
     #[error("graceful::reload() was called outside a worker started by a graceful master")]
     NotManaged,
+    /// A TLS certificate or key file cannot be read, parsed or used.
+    #[error("TLS file {path:?}: {reason}")]
+    Tls {
+        /// The certificate or key file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The worker registered no listener.
     #[error("no listener was registered; call `graceful::register!(addr, handler)` in main")]
     NoListeners,

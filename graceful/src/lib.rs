@@ -47,6 +47,8 @@ mod master;
 mod notify;
 mod server;
 mod signal;
+#[cfg(feature = "tls")]
+mod tls;
 mod worker;
 
 pub use drain::{is_shutting_down, shutdown_signal};
@@ -54,6 +56,12 @@ pub use error::Error;
 pub use handler::{marker, BoxError, Handler, IntoHandler};
 pub use server::{MainOutput, Registration, Server};
 pub use signal::Signal;
+#[cfg(feature = "tls")]
+pub use tls::TlsConfig;
+/// The rustls version graceful serves TLS with, for building a
+/// [`rustls::ServerConfig`] by hand.
+#[cfg(feature = "tls")]
+pub use tokio_rustls::rustls;
 
 /// Turns `async fn main` into the master/worker bootstrap.
 ///
@@ -148,7 +156,9 @@ pub use graceful_macros::main;
 /// }
 /// ```
 /// Options follow the handler as `name = value` and are the methods of
-/// [`Registration`]: `register!("unix:/run/app.sock", app, unix_mode = 0o660)`.
+/// [`Registration`]: `register!("unix:/run/app.sock", app, unix_mode = 0o660)`,
+/// or `register!(":8443", app, tls = TlsConfig::from_pem_files("cert.pem", "key.pem"))`
+/// for TLS (see [`TlsConfig`]; needs the default `tls` feature).
 #[macro_export]
 macro_rules! register {
     ($addr:expr, $handler:expr $(,)?) => {
@@ -183,6 +193,34 @@ where
     H: IntoHandler<M>,
 {
     Server::new().register(addr, handler).run()
+}
+
+/// The drop-in for Go's `http.ListenAndServeTLS`: serves `handler` over TLS
+/// (HTTP/1.1 and HTTP/2 by ALPN) on `addr`, with the certificate chain and
+/// key read from PEM files by every worker, so a reload picks up rotated
+/// files.
+///
+/// ```no_run
+/// # use std::convert::Infallible;
+/// # async fn hello(_: http::Request<hyper::body::Incoming>) -> Result<http::Response<String>, Infallible> { todo!() }
+/// fn main() -> Result<(), graceful::Error> {
+///     graceful::listen_and_serve_tls(":8443", "cert.pem", "key.pem", hello)
+/// }
+/// ```
+#[cfg(feature = "tls")]
+pub fn listen_and_serve_tls<H, M>(
+    addr: &str,
+    cert: impl AsRef<std::path::Path>,
+    key: impl AsRef<std::path::Path>,
+    handler: H,
+) -> Result<(), Error>
+where
+    H: IntoHandler<M>,
+{
+    let tls = TlsConfig::from_pem_files(cert, key);
+    Server::new()
+        .add_registration(Registration::new(addr, handler).tls(tls))
+        .run()
 }
 
 /// Used by the macros' expansions. Not public API.

@@ -15,6 +15,8 @@ pub struct Registration {
     pub(crate) addr: String,
     pub(crate) handler: Handler,
     pub(crate) unix_mode: Option<u32>,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::TlsConfig>,
 }
 
 impl Registration {
@@ -28,6 +30,8 @@ impl Registration {
             addr: addr.into(),
             handler: handler.into_handler(),
             unix_mode: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -38,9 +42,31 @@ impl Registration {
         self
     }
 
+    /// Serves this listener over TLS (HTTP/1.1 and HTTP/2 by ALPN). A
+    /// [`TlsConfig`](crate::TlsConfig) made from PEM files is read again by
+    /// every new worker, so a reload picks up rotated certificates; a
+    /// `rustls::ServerConfig` is used as given.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: impl Into<crate::TlsConfig>) -> Registration {
+        self.tls = Some(tls.into());
+        self
+    }
+
     /// The address as given.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+}
+
+impl Registration {
+    #[cfg(feature = "tls")]
+    fn tls_debug(&self) -> &dyn fmt::Debug {
+        &self.tls
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn tls_debug(&self) -> &dyn fmt::Debug {
+        &"(the tls feature is off)"
     }
 }
 
@@ -49,7 +75,7 @@ impl fmt::Debug for Registration {
         f.debug_struct("Registration")
             .field("addr", &self.addr)
             .field("unix_mode", &self.unix_mode)
-            .field("unix_mode", &self.unix_mode)
+            .field("tls", &self.tls_debug())
             .finish_non_exhaustive()
     }
 }

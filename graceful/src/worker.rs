@@ -150,10 +150,7 @@ where
         let http = Arc::new(http);
         let accepting: Vec<_> = listeners
             .into_iter()
-            .map(|(listener, handler)| {
-                let loop_ = accept_loop(listener, handler, http.clone(), server.idle_grace);
-                tokio::spawn(loop_)
-            })
+            .map(|served| tokio::spawn(accept_loop(served, http.clone(), server.idle_grace)))
             .collect();
         control::send_to_master(control.as_fd(), &ToMaster::Ready)
             .map_err(|e| fail(format!("cannot tell the master this worker is ready: {e}")))?;
@@ -249,22 +246,49 @@ enum Listener {
     Unix(tokio::net::UnixListener),
 }
 
+/// A listener, its handler, and its TLS acceptor if it serves TLS.
+struct Served {
+    listener: Listener,
+    handler: Handler,
+    tls: Option<Tls>,
+}
+
+#[cfg(feature = "tls")]
+type Tls = tokio_rustls::TlsAcceptor;
+#[cfg(not(feature = "tls"))]
+type Tls = std::convert::Infallible;
+
+/// Loads the registration's TLS configuration: certificate files are read
+/// here, by every new worker, so a reload picks up rotated files.
+#[cfg(feature = "tls")]
+fn load_tls(registration: &Registration) -> Result<Option<Tls>, Error> {
+    match &registration.tls {
+        None => Ok(None),
+        Some(config) => Ok(Some(tokio_rustls::TlsAcceptor::from(config.load()?))),
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn load_tls(_: &Registration) -> Result<Option<Tls>, Error> {
+    Ok(None)
+}
+
 /// Asks the master for every listener. All or nothing: any failure fails the
 /// start, with every failing address named.
-fn acquire(
-    control: &OwnedFd,
-    registrations: Vec<Registration>,
-) -> Result<Vec<(Listener, Handler)>, String> {
+fn acquire(control: &OwnedFd, registrations: Vec<Registration>) -> Result<Vec<Served>, String> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
-    for Registration {
-        addr,
-        handler,
-        unix_mode,
-    } in registrations
-    {
-        match acquire_one(control, &addr, unix_mode) {
-            Ok(listener) => out.push((listener, handler)),
+    for registration in registrations {
+        let served = load_tls(&registration).and_then(|tls| {
+            let listener = acquire_one(control, &registration.addr, registration.unix_mode)?;
+            Ok(Served {
+                listener,
+                handler: registration.handler,
+                tls,
+            })
+        });
+        match served {
+            Ok(served) => out.push(served),
             Err(e) => errors.push(e.to_string()),
         }
     }
@@ -338,11 +362,15 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 }
 
 async fn accept_loop(
-    listener: Listener,
-    handler: Handler,
+    served: Served,
     http: Arc<auto::Builder<TokioExecutor>>,
     idle_grace: Duration,
 ) {
+    let Served {
+        listener,
+        handler,
+        tls,
+    } = served;
     let mut stopping = drain::global().subscribe();
     loop {
         let accepted = tokio::select! {
@@ -350,12 +378,17 @@ async fn accept_loop(
             _ = stopping.wait_for(|s| *s) => break,
             accepted = accept(&listener) => accepted,
         };
+        let conn = Conn {
+            handler: handler.clone(),
+            http: http.clone(),
+            idle_grace,
+        };
         match accepted {
             Ok(Accepted::Tcp(stream)) => {
                 let _ = stream.set_nodelay(true);
-                serve(Tracked::new(stream), &handler, &http, idle_grace);
+                conn.spawn(Tracked::new(stream), tls.as_ref());
             }
-            Ok(Accepted::Unix(stream)) => serve(Tracked::new(stream), &handler, &http, idle_grace),
+            Ok(Accepted::Unix(stream)) => conn.spawn(Tracked::new(stream), tls.as_ref()),
             Err(e) if is_connection_error(&e) => {}
             Err(e) => {
                 // Out of file descriptors or memory: back off briefly rather
@@ -369,22 +402,58 @@ async fn accept_loop(
     // the accept queue for the next generation.
 }
 
-/// Serves one accepted connection on its own task. The connection was
-/// counted (`Tracked`) before this is called, so the drain cannot miss it.
-fn serve<T>(
-    io: Tracked<T>,
-    handler: &Handler,
-    http: &Arc<auto::Builder<TokioExecutor>>,
+/// What serving one accepted connection needs.
+struct Conn {
+    handler: Handler,
+    http: Arc<auto::Builder<TokioExecutor>>,
     idle_grace: Duration,
-) where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    tokio::spawn(drain::serve_connection(
-        io,
-        handler.clone(),
-        http.clone(),
-        idle_grace,
-    ));
+}
+
+impl Conn {
+    /// Serves one accepted connection on its own task, after the TLS
+    /// handshake if the listener has TLS. The connection was counted
+    /// (`Tracked`) before this is called, so the drain cannot miss it, the
+    /// handshake included.
+    fn spawn<T>(self, io: Tracked<T>, tls: Option<&Tls>)
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            handler,
+            http,
+            idle_grace,
+        } = self;
+        match tls {
+            None => {
+                tokio::spawn(drain::serve_connection(io, handler, http, idle_grace));
+            }
+            #[cfg(feature = "tls")]
+            Some(acceptor) => {
+                let handshake = acceptor.accept(io);
+                tokio::spawn(async move {
+                    // A failed or slow handshake (a scanner, a client that
+                    // distrusts the certificate) ends this connection only.
+                    // Once the drain starts, a handshake still going on gets
+                    // `idle_grace` more, like an idle keep-alive connection.
+                    let mut stopping = drain::global().subscribe();
+                    let drained = async {
+                        let _ = stopping.wait_for(|s| *s).await;
+                        tokio::time::sleep(idle_grace).await;
+                    };
+                    let timeout = crate::tls::HANDSHAKE_TIMEOUT;
+                    let stream = tokio::select! {
+                        done = tokio::time::timeout(timeout, handshake) => done,
+                        _ = drained => return,
+                    };
+                    if let Ok(Ok(stream)) = stream {
+                        drain::serve_connection(stream, handler, http, idle_grace).await;
+                    }
+                });
+            }
+            #[cfg(not(feature = "tls"))]
+            Some(never) => match *never {},
+        }
+    }
 }
 
 enum Accepted {

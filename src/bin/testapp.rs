@@ -7,6 +7,7 @@
 //!   way PATH's content names: `exit`, `panic`, `error`, `hang`, `bad-addr`,
 //!   `port-in-use:ADDR`.
 //! - `TESTAPP_STOP_TIMEOUT_MS`, `TESTAPP_IDLE_GRACE_MS`: override those options.
+//! - `TESTAPP_TLS_CERT`, `TESTAPP_TLS_KEY`: serve over TLS with these PEM files.
 //!
 //! Routes: `/` (version and worker pid), `/slow?ms=N` (answers after N ms),
 //! `/pid` (worker pid only), `/reload` (calls `graceful::reload()`),
@@ -142,7 +143,16 @@ async fn app() -> Result<(), String> {
             }
         }
     }
-    graceful::register!(addr, handle);
+    match (
+        std::env::var_os("TESTAPP_TLS_CERT"),
+        std::env::var_os("TESTAPP_TLS_KEY"),
+    ) {
+        (Some(cert), Some(key)) => {
+            let tls = graceful::TlsConfig::from_pem_files(cert, key);
+            graceful::register!(addr, handle, tls = tls);
+        }
+        _ => graceful::register!(addr, handle),
+    }
     Ok(())
 }
 
