@@ -31,6 +31,16 @@ pub(crate) enum Local {
 }
 
 impl Local {
+    /// Where the socket `fd` listens; an error if it is not a socket.
+    pub(crate) fn of(fd: BorrowedFd<'_>) -> std::io::Result<Local> {
+        let addr = socket2::SockRef::from(&fd).local_addr()?;
+        Ok(match (addr.as_socket(), addr.as_pathname()) {
+            (Some(tcp), _) => Local::Tcp(tcp),
+            (None, Some(path)) => Local::Unix(path.to_path_buf()),
+            _ => Local::Other,
+        })
+    }
+
     pub(crate) fn describe(&self) -> String {
         match self {
             Local::Tcp(addr) => addr.to_string(),
@@ -86,12 +96,8 @@ pub(crate) fn take() -> Vec<Activated> {
         // SAFETY: borrowed only to inspect it; systemd passed it to this
         // process and nothing else here refers to it.
         let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
-        let local = match socket2::SockRef::from(&borrowed).local_addr() {
-            Ok(addr) => match (addr.as_socket(), addr.as_pathname()) {
-                (Some(tcp), _) => Local::Tcp(tcp),
-                (None, Some(path)) => Local::Unix(path.to_path_buf()),
-                _ => Local::Other,
-            },
+        let local = match Local::of(borrowed) {
+            Ok(local) => local,
             Err(e) => {
                 log!("ignoring activated descriptor {raw}: not a socket ({e})");
                 continue;

@@ -42,6 +42,7 @@ mod control;
 mod drain;
 mod error;
 mod handler;
+mod listeners;
 mod log;
 mod master;
 mod notify;

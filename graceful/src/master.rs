@@ -6,7 +6,7 @@
 //! the nearest deadline. When nothing happens it sleeps in `poll` without
 //! waking up.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -20,8 +20,8 @@ use nix::sys::signal::{kill, Signal as NixSignal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::addr::ListenAddr;
 use crate::control::{self, ToMaster};
+use crate::listeners::Listeners;
 use crate::log::log;
 use crate::notify::{monotonic_usec, Notifier};
 use crate::signal::SignalPipe;
@@ -70,20 +70,6 @@ impl Worker {
     }
 }
 
-/// A listening socket the master holds across generations.
-#[derive(Debug)]
-struct Held {
-    fd: OwnedFd,
-    local: String,
-    /// Generations that asked for it and are alive.
-    users: HashSet<u64>,
-    /// A Unix socket file to remove when the socket is closed for good, with
-    /// the device and inode it had when we bound it.
-    unix_path: Option<(PathBuf, u64, u64)>,
-    /// Passed by systemd socket activation: kept for the life of the master.
-    activated: Option<crate::activation::Local>,
-}
-
 struct Master {
     server: Server,
     executable: PathBuf,
@@ -97,7 +83,7 @@ struct Master {
     restart_at: Option<Instant>,
     crash_streak: u32,
     stopping: bool,
-    listeners: HashMap<String, Held>,
+    listeners: Listeners,
     /// Keys of the last generation that became ready: kept open even while no
     /// worker runs (after a crash), so clients wait in the backlog.
     serving_keys: HashSet<String>,
@@ -159,27 +145,12 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
         restart_at: None,
         crash_streak: 0,
         stopping: false,
-        listeners: HashMap::new(),
+        listeners: Listeners::new(activated),
         serving_keys: HashSet::new(),
         exit: None,
         notify,
         watchdog_at,
     };
-    for (index, socket) in activated.into_iter().enumerate() {
-        let mut key = format!("systemd:{}", socket.name);
-        if master.listeners.contains_key(&key) {
-            // Same name twice: the second is reachable by its address.
-            key = format!("systemd:#{index}");
-        }
-        let held = Held {
-            local: socket.local.describe(),
-            fd: socket.fd,
-            users: HashSet::new(),
-            unix_path: None,
-            activated: Some(socket.local),
-        };
-        master.listeners.insert(key, held);
-    }
     log!(
         "master started (pid {}, executable {}); reload with {}, stop with {}",
         std::process::id(),
@@ -189,7 +160,7 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
     );
     master.spawn()?;
     let result = master.event_loop();
-    master.close_all();
+    master.listeners.close_all();
     match &result {
         Ok(()) => log!("stopped"),
         Err(e) => log!("exiting: {e}"),
@@ -427,24 +398,7 @@ impl Master {
     }
 
     fn listen(&mut self, generation: u64, request: &str) {
-        // "ADDR" or "ADDR\tmode=NNN".
-        let (key, mode) = match request.split_once('\t') {
-            Some((key, option)) => (
-                key,
-                option
-                    .strip_prefix("mode=")
-                    .and_then(|m| m.parse::<u32>().ok()),
-            ),
-            None => (request, None),
-        };
-        let result = self.acquire(generation, key).and_then(|key| {
-            if let (Some(mode), Some((path, _, _))) = (mode, &self.listeners[&key].unix_path) {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-                    .map_err(|e| format!("cannot set mode {mode:#o} on {}: {e}", path.display()))?;
-            }
-            Ok(key)
-        });
+        let result = self.listeners.acquire(generation, request);
         let Some(worker) = self.workers.iter_mut().find(|w| w.generation == generation) else {
             return;
         };
@@ -453,7 +407,7 @@ impl Master {
         };
         let sent = match result {
             Ok(key) => {
-                let held = &self.listeners[&key];
+                let held = self.listeners.get(&key).expect("just acquired");
                 worker.keys.insert(key);
                 control::send_listener(control.as_fd(), held.fd.as_fd(), &held.local)
             }
@@ -462,58 +416,6 @@ impl Master {
         if let Err(e) = sent {
             log!("cannot answer {}: {e}", worker.name());
         }
-    }
-
-    /// Finds or makes the listener for `key` and records `generation` as a
-    /// user of it. Returns the key it is held under: `key` itself, or the
-    /// key of an activated socket that listens at that address.
-    fn acquire(&mut self, generation: u64, key: &str) -> Result<String, String> {
-        if let Some(held) = self.listeners.get_mut(key) {
-            held.users.insert(generation);
-            return Ok(key.to_string());
-        }
-        let addr = ListenAddr::parse(key).map_err(|e| e.to_string())?;
-        // An address that an activated socket listens on means that socket.
-        let activated = self.listeners.iter_mut().find(|(_, held)| {
-            held.activated
-                .as_ref()
-                .is_some_and(|local| local.matches(&addr))
-        });
-        if let Some((activated_key, held)) = activated {
-            held.users.insert(generation);
-            return Ok(activated_key.clone());
-        }
-        if let ListenAddr::Systemd(name) = &addr {
-            let mut names: Vec<&str> = self
-                .listeners
-                .keys()
-                .filter_map(|k| k.strip_prefix("systemd:"))
-                .collect();
-            names.sort_unstable();
-            return Err(format!(
-                "systemd passed no socket named {name:?}; it passed: {}",
-                if names.is_empty() {
-                    "none (is the service socket-activated?)".to_string()
-                } else {
-                    names.join(", ")
-                }
-            ));
-        }
-        let (fd, local) = addr.bind()?;
-        log!("listening on {local} (registered as {key:?})");
-        let unix_path = match &addr {
-            ListenAddr::Unix(path) => file_id(path).map(|(dev, ino)| (path.clone(), dev, ino)),
-            ListenAddr::Tcp { .. } | ListenAddr::Systemd(_) => None,
-        };
-        let held = Held {
-            fd,
-            local,
-            users: HashSet::from([generation]),
-            unix_path,
-            activated: None,
-        };
-        self.listeners.insert(key.to_string(), held);
-        Ok(key.to_string())
     }
 
     fn on_ready(&mut self, generation: u64) {
@@ -673,9 +575,7 @@ impl Master {
         } else {
             log!("{name} {how} after draining");
         }
-        for held in self.listeners.values_mut() {
-            held.users.remove(&worker.generation);
-        }
+        self.listeners.release(worker.generation);
         self.collect_listeners();
         if self.stopping && self.workers.is_empty() && self.exit.is_none() {
             self.exit = Some(Ok(()));
@@ -775,43 +675,6 @@ impl Master {
     /// Closes listeners that no live worker uses and the serving generation
     /// does not need.
     fn collect_listeners(&mut self) {
-        let unused: Vec<String> = self
-            .listeners
-            .iter()
-            .filter(|(key, held)| {
-                held.users.is_empty()
-                    && !self.serving_keys.contains(*key)
-                    && held.activated.is_none()
-            })
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in unused {
-            if let Some(held) = self.listeners.remove(&key) {
-                close(held);
-            }
-        }
-    }
-
-    fn close_all(&mut self) {
-        for (_, held) in self.listeners.drain() {
-            close(held);
-        }
-    }
-}
-
-fn file_id(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(path)
-        .ok()
-        .map(|m| (m.dev(), m.ino()))
-}
-
-fn close(held: Held) {
-    log!("closed listener {}", held.local);
-    if let Some((path, dev, ino)) = &held.unix_path {
-        // Remove the file only if it is still the one we created.
-        if file_id(path) == Some((*dev, *ino)) {
-            let _ = std::fs::remove_file(path);
-        }
+        self.listeners.collect(&self.serving_keys);
     }
 }

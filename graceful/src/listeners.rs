@@ -1,0 +1,316 @@
+//! The listening sockets a service holds across generations: bound once,
+//! found again by the key they were registered under, and closed (and their
+//! Unix socket files removed) when no generation needs them.
+//!
+//! The master keeps one table for all its workers. In single-process mode
+//! each process keeps one, and hands all of it to its successor by
+//! inheritance ([`Listeners::export`] and [`Listeners::import`]).
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use crate::activation::{Activated, Local};
+use crate::addr::ListenAddr;
+use crate::control::set_cloexec;
+use crate::log::log;
+
+/// A listening socket held across generations.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub(crate) fd: OwnedFd,
+    pub(crate) local: String,
+    /// Generations that asked for it and are alive.
+    users: HashSet<u64>,
+    /// A Unix socket file to remove when the socket is closed for good, with
+    /// the device and inode it had when it was bound.
+    unix_path: Option<(PathBuf, u64, u64)>,
+    /// Passed by systemd socket activation: kept for the life of the service
+    /// and never unlinked.
+    activated: Option<Local>,
+}
+
+/// The table of held listeners, by key: the address as registered (`":8080"`,
+/// `"unix:/run/app.sock"`) or `systemd:NAME` for an activated socket.
+#[derive(Debug, Default)]
+pub(crate) struct Listeners {
+    map: HashMap<String, Held>,
+}
+
+impl Listeners {
+    /// A table that starts with the sockets systemd passed.
+    pub(crate) fn new(activated: Vec<Activated>) -> Listeners {
+        let mut listeners = Listeners::default();
+        for (index, socket) in activated.into_iter().enumerate() {
+            let mut key = format!("systemd:{}", socket.name);
+            if listeners.map.contains_key(&key) {
+                // Same name twice: the second is reachable by its address.
+                key = format!("systemd:#{index}");
+            }
+            let held = Held {
+                local: socket.local.describe(),
+                fd: socket.fd,
+                users: HashSet::new(),
+                unix_path: None,
+                activated: Some(socket.local),
+            };
+            listeners.map.insert(key, held);
+        }
+        listeners
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<&Held> {
+        self.map.get(key)
+    }
+
+    /// Serves one request, `"ADDR"` or `"ADDR\tmode=NNN"`: finds or makes the
+    /// listener and records `user` as a user of it. Returns the key it is
+    /// held under: the address itself, or the key of an activated socket
+    /// that listens there.
+    pub(crate) fn acquire(&mut self, user: u64, request: &str) -> Result<String, String> {
+        let (key, mode) = match request.split_once('\t') {
+            Some((key, option)) => (
+                key,
+                option
+                    .strip_prefix("mode=")
+                    .and_then(|m| m.parse::<u32>().ok()),
+            ),
+            None => (request, None),
+        };
+        let key = self.find_or_bind(user, key)?;
+        if let (Some(mode), Some((path, _, _))) = (mode, &self.map[&key].unix_path) {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("cannot set mode {mode:#o} on {}: {e}", path.display()))?;
+        }
+        Ok(key)
+    }
+
+    fn find_or_bind(&mut self, user: u64, key: &str) -> Result<String, String> {
+        if let Some(held) = self.map.get_mut(key) {
+            held.users.insert(user);
+            return Ok(key.to_string());
+        }
+        let addr = ListenAddr::parse(key).map_err(|e| e.to_string())?;
+        // An address that an activated socket listens on means that socket.
+        let activated = self.map.iter_mut().find(|(_, held)| {
+            held.activated
+                .as_ref()
+                .is_some_and(|local| local.matches(&addr))
+        });
+        if let Some((activated_key, held)) = activated {
+            held.users.insert(user);
+            return Ok(activated_key.clone());
+        }
+        if let ListenAddr::Systemd(name) = &addr {
+            let mut names: Vec<&str> = self
+                .map
+                .keys()
+                .filter_map(|k| k.strip_prefix("systemd:"))
+                .collect();
+            names.sort_unstable();
+            return Err(format!(
+                "systemd passed no socket named {name:?}; it passed: {}",
+                if names.is_empty() {
+                    "none (is the service socket-activated?)".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ));
+        }
+        let (fd, local) = addr.bind()?;
+        log!("listening on {local} (registered as {key:?})");
+        let unix_path = match &addr {
+            ListenAddr::Unix(path) => file_id(path).map(|(dev, ino)| (path.clone(), dev, ino)),
+            ListenAddr::Tcp { .. } | ListenAddr::Systemd(_) => None,
+        };
+        let held = Held {
+            fd,
+            local,
+            users: HashSet::from([user]),
+            unix_path,
+            activated: None,
+        };
+        self.map.insert(key.to_string(), held);
+        Ok(key.to_string())
+    }
+
+    /// `user` has exited: it no longer keeps anything open.
+    pub(crate) fn release(&mut self, user: u64) {
+        for held in self.map.values_mut() {
+            held.users.remove(&user);
+        }
+    }
+
+    /// Closes listeners that no live user has and `keep` does not name.
+    /// Activated sockets are kept.
+    pub(crate) fn collect(&mut self, keep: &HashSet<String>) {
+        let unused: Vec<String> = self
+            .map
+            .iter()
+            .filter(|(key, held)| {
+                held.users.is_empty() && !keep.contains(*key) && held.activated.is_none()
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in unused {
+            if let Some(held) = self.map.remove(&key) {
+                close(held);
+            }
+        }
+    }
+
+    /// Closes every listener for good.
+    pub(crate) fn close_all(&mut self) {
+        for (_, held) in self.map.drain() {
+            close(held);
+        }
+    }
+
+    /// The table as an environment value, and the descriptors a successor
+    /// must inherit for it. Each entry is `fd,kind,dev,ino,key,path` with
+    /// the strings hex-encoded; kind is `a` (activated), `u` (a Unix socket
+    /// this service bound) or `t`.
+    pub(crate) fn export(&self) -> (String, Vec<RawFd>) {
+        let mut entries = Vec::new();
+        let mut fds = Vec::new();
+        for (key, held) in &self.map {
+            let fd = held.fd.as_raw_fd();
+            fds.push(fd);
+            let (kind, dev, ino, path) = match (&held.activated, &held.unix_path) {
+                (Some(_), _) => ('a', 0, 0, String::new()),
+                (None, Some((path, dev, ino))) => {
+                    ('u', *dev, *ino, path.to_string_lossy().into_owned())
+                }
+                (None, None) => ('t', 0, 0, String::new()),
+            };
+            entries.push(format!(
+                "{fd},{kind},{dev},{ino},{},{}",
+                hex(key),
+                hex(&path)
+            ));
+        }
+        (entries.join(";"), fds)
+    }
+
+    /// The table a predecessor exported. The descriptors are checked, made
+    /// close-on-exec, and owned from here on.
+    pub(crate) fn import(value: &str) -> Result<Listeners, String> {
+        let mut listeners = Listeners::default();
+        for entry in value.split(';').filter(|e| !e.is_empty()) {
+            let bad = || format!("malformed entry {entry:?}");
+            let fields: Vec<&str> = entry.split(',').collect();
+            let [fd, kind, dev, ino, key, path] = fields[..] else {
+                return Err(bad());
+            };
+            let fd: RawFd = fd.parse().map_err(|_| bad())?;
+            let key = unhex(key).ok_or_else(bad)?;
+            let path = unhex(path).ok_or_else(bad)?;
+            if fd < 3 {
+                return Err(bad());
+            }
+            // SAFETY: borrowed only to inspect it; an error means it is not
+            // an open socket and it is not taken.
+            let local = Local::of(unsafe { BorrowedFd::borrow_raw(fd) })
+                .map_err(|e| format!("descriptor {fd} for {key:?} is not a socket: {e}"))?;
+            set_cloexec(fd).map_err(|e| format!("descriptor {fd}: {e}"))?;
+            // SAFETY: the predecessor passed this open socket to this process
+            // alone, under this one entry.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let (unix_path, activated) = match kind {
+                "a" => (None, Some(local.clone())),
+                "u" => {
+                    let dev = dev.parse().map_err(|_| bad())?;
+                    let ino = ino.parse().map_err(|_| bad())?;
+                    (Some((PathBuf::from(path), dev, ino)), None)
+                }
+                "t" => (None, None),
+                _ => return Err(bad()),
+            };
+            let held = Held {
+                fd,
+                local: local.describe(),
+                users: HashSet::new(),
+                unix_path,
+                activated,
+            };
+            listeners.map.insert(key, held);
+        }
+        Ok(listeners)
+    }
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<String> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+fn close(held: Held) {
+    log!("closed listener {}", held.local);
+    if let Some((path, dev, ino)) = &held.unix_path {
+        // Remove the file only if it is still the one we created.
+        if file_id(path) == Some((*dev, *ino)) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips_any_key() {
+        for key in ["", ":8080", "unix:/tmp/a;b,c\td", "systemd:wéb"] {
+            assert_eq!(unhex(&hex(key)).as_deref(), Some(key));
+        }
+        assert_eq!(unhex("4"), None);
+        assert_eq!(unhex("zz"), None);
+    }
+
+    #[test]
+    fn an_exported_table_imports_with_the_same_keys_and_sockets() {
+        let mut table = Listeners::default();
+        let key = table.acquire(1, "127.0.0.1:0").unwrap();
+        let (value, fds) = table.export();
+        assert_eq!(fds, vec![table.get(&key).unwrap().fd.as_raw_fd()]);
+        // Import a duplicate, as a successor inherits its own copy.
+        let dup = nix::unistd::dup(&table.get(&key).unwrap().fd).unwrap();
+        let value = value.replacen(&fds[0].to_string(), &dup.as_raw_fd().to_string(), 1);
+        std::mem::forget(dup);
+        let imported = Listeners::import(&value).unwrap();
+        let held = imported.get(&key).unwrap();
+        assert_eq!(held.local, table.get(&key).unwrap().local);
+        assert!(held.activated.is_none() && held.unix_path.is_none());
+    }
+
+    #[test]
+    fn a_malformed_or_closed_entry_is_an_error() {
+        assert!(Listeners::import("garbage")
+            .unwrap_err()
+            .contains("malformed entry"));
+        let closed = format!("999,t,0,0,{},", hex(":1"));
+        let err = Listeners::import(&closed).unwrap_err();
+        assert!(
+            err.contains("descriptor 999 for \":1\" is not a socket"),
+            "{err}"
+        );
+    }
+}
