@@ -148,11 +148,17 @@ impl Service {
 
     /// The PID of worker `generation` once it is ready.
     pub fn ready_worker(&self, generation: u64, timeout: Duration) -> i32 {
-        let needle = format!("worker {generation} (pid ");
+        self.ready("worker", generation, timeout)
+    }
+
+    /// The PID of `role` (`worker`, or `process` in single mode) number
+    /// `generation` once it is ready.
+    pub fn ready(&self, role: &str, generation: u64, timeout: Duration) -> i32 {
+        let needle = format!("{role} {generation} (pid ");
         let deadline = Instant::now() + timeout;
         let line = self.wait_line(&needle, timeout);
         let pid = worker_pid_in(&line).expect("pid in line");
-        let ready = format!("worker {generation} (pid {pid}) ready");
+        let ready = format!("{role} {generation} (pid {pid}) ready");
         self.wait_line(&ready, deadline.saturating_duration_since(Instant::now()));
         pid
     }

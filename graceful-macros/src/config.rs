@@ -23,7 +23,12 @@ const KEYS: &[&str] = &[
     "reload",
     "stop",
     "worker_threads",
+    "mode",
+    "pid_file",
 ];
+
+/// Values of `mode`.
+const MODES: &[&str] = &["master", "single"];
 
 /// A signal named in the attribute, with the token that named it.
 pub(crate) struct SignalArg {
@@ -40,6 +45,9 @@ pub(crate) struct Config {
     pub(crate) reload: Option<Vec<SignalArg>>,
     pub(crate) stop: Option<Vec<SignalArg>>,
     pub(crate) worker_threads: Option<usize>,
+    /// `"master"` or `"single"`.
+    pub(crate) mode: Option<String>,
+    pub(crate) pid_file: Option<syn::LitStr>,
 }
 
 /// Collects errors so that every mistake is reported, not just the first.
@@ -93,6 +101,8 @@ impl Config {
                 "reload" => config.reload = signals(&key, &value, true, &mut errors),
                 "stop" => config.stop = signals(&key, &value, false, &mut errors),
                 "worker_threads" => config.worker_threads = threads(&key, &value, &mut errors),
+                "mode" => config.mode = mode(&key, &value, &mut errors),
+                "pid_file" => config.pid_file = path(&key, &value, &mut errors),
                 _ => unreachable!("every key in KEYS is handled"),
             }
         }
@@ -264,6 +274,44 @@ fn threads(key: &Ident, value: &RawValue, errors: &mut Errors) -> Option<usize> 
             None
         }
         Ok(n) => Some(n),
+    }
+}
+
+fn mode(key: &Ident, value: &RawValue, errors: &mut Errors) -> Option<String> {
+    let help = format!("`{key}` is \"master\" (the default) or \"single\"");
+    let RawValue::Str(lit) = value else {
+        errors.push(value.span(), format!("{help}, not {}", value.kind()));
+        return None;
+    };
+    let mode = lit.value();
+    if MODES.contains(&mode.as_str()) {
+        Some(mode)
+    } else {
+        errors.push(lit.span(), format!("unknown mode {mode:?}; {help}"));
+        None
+    }
+}
+
+fn path(key: &Ident, value: &RawValue, errors: &mut Errors) -> Option<syn::LitStr> {
+    match value {
+        RawValue::Str(lit) if !lit.value().is_empty() => Some(lit.clone()),
+        RawValue::Str(lit) => {
+            errors.push(
+                lit.span(),
+                format!("`{key}` needs a path, not an empty string"),
+            );
+            None
+        }
+        other => {
+            errors.push(
+                other.span(),
+                format!(
+                    "`{key}` takes a path like \"/run/app.pid\", not {}",
+                    other.kind()
+                ),
+            );
+            None
+        }
     }
 }
 

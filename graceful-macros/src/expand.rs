@@ -126,6 +126,12 @@ fn bootstrap(func: &ItemFn, config: &Config) -> TokenStream {
     if let Some(n) = config.worker_threads {
         builder.extend(quote! { .worker_threads(#n) });
     }
+    if config.mode.as_deref() == Some("single") {
+        builder.extend(quote! { .mode(::graceful::Mode::Single) });
+    }
+    if let Some(path) = &config.pid_file {
+        builder.extend(quote! { .pid_file(#path) });
+    }
 
     quote! {
         #(#attrs)*

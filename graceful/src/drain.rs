@@ -89,7 +89,7 @@ impl Drain {
             return;
         }
         if let Some(why) = why {
-            crate::log::log!("worker (pid {}): {why}; draining", std::process::id());
+            crate::log::log!("pid {}: {why}; draining", std::process::id());
         }
         *self.at_start.lock().unwrap_or_else(|e| e.into_inner()) =
             (self.active(), self.opened.load(Ordering::SeqCst));

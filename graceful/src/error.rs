@@ -90,6 +90,21 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// `GRACEFUL_MODE` has a value other than `master` or `single`.
+    #[error("invalid GRACEFUL_MODE={value:?}: use \"master\" or \"single\"")]
+    InvalidMode {
+        /// The value found.
+        value: String,
+    },
+    /// The PID file cannot be written.
+    #[error("cannot write the PID file {path:?}: {source}")]
+    PidFile {
+        /// The path given to `pid_file`.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
     /// The worker registered no listener.
     #[error("no listener was registered; call `graceful::register!(addr, handler)` in main")]
     NoListeners,

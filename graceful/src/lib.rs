@@ -48,6 +48,7 @@ mod master;
 mod notify;
 mod server;
 mod signal;
+mod single;
 #[cfg(feature = "tls")]
 mod tls;
 mod worker;
@@ -55,7 +56,7 @@ mod worker;
 pub use drain::{is_shutting_down, shutdown_signal};
 pub use error::Error;
 pub use handler::{marker, BoxError, Handler, IntoHandler};
-pub use server::{MainOutput, Registration, Server};
+pub use server::{MainOutput, Mode, Registration, Server};
 pub use signal::Signal;
 #[cfg(feature = "tls")]
 pub use tls::TlsConfig;
@@ -82,6 +83,8 @@ pub use tokio_rustls::rustls;
 /// | `reload = [SIGHUP, SIGUSR1]` | `[SIGHUP, SIGUSR1]` | signals that reload; `[]` leaves only [`reload()`] |
 /// | `stop = [SIGTERM, SIGINT]` | `[SIGTERM, SIGINT]` | signals that stop |
 /// | `worker_threads = 4` | one per core | threads of each worker's runtime |
+/// | `mode = "single"` | `"master"` | one process and no master; see [`Mode`] (`GRACEFUL_MODE` overrides it) |
+/// | `pid_file = "/run/app.pid"` | none | write the serving PID there; see [`Server::pid_file`] |
 ///
 /// Durations are written like `"500ms"`, `"20s"`, `"1m30s"` or `"4h"`.
 /// Mistakes are compile errors on the offending token.

@@ -98,7 +98,7 @@ struct Master {
 /// build renamed over it is what the next reload runs. A path with a slash in
 /// argv[0] is kept as written (made absolute), so a symlink that is switched to
 /// a new release is followed too.
-fn executable_path() -> Result<PathBuf, Error> {
+pub(crate) fn executable_path() -> Result<PathBuf, Error> {
     if let Some(arg0) = std::env::args_os().next() {
         let path = Path::new(&arg0);
         if arg0.to_string_lossy().contains('/') {
@@ -158,9 +158,14 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
         list(&master.server.reload_signals),
         list(&master.server.stop_signals),
     );
-    master.spawn()?;
-    let result = master.event_loop();
+    if let Some(path) = &master.server.pid_file {
+        crate::single::write_pid_file(path, std::process::id())?;
+    }
+    let result = master.spawn().and_then(|()| master.event_loop());
     master.listeners.close_all();
+    if let Some(path) = &master.server.pid_file {
+        crate::single::remove_pid_file(path, std::process::id());
+    }
     match &result {
         Ok(()) => log!("stopped"),
         Err(e) => log!("exiting: {e}"),
@@ -168,7 +173,7 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
     result
 }
 
-fn list(signals: &[Signal]) -> String {
+pub(crate) fn list(signals: &[Signal]) -> String {
     if signals.is_empty() {
         return "graceful::reload() only".into();
     }

@@ -2,11 +2,12 @@
 
 use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::handler::{Handler, IntoHandler};
-use crate::{master, worker, Error, Signal};
+use crate::{master, single, worker, Error, Signal};
 
 /// One listener and the handler that serves it.
 ///
@@ -142,7 +143,48 @@ pub struct Server {
     pub(crate) reload_signals: Vec<Signal>,
     pub(crate) stop_signals: Vec<Signal>,
     pub(crate) worker_threads: Option<usize>,
+    pub(crate) mode: Mode,
+    pub(crate) pid_file: Option<PathBuf>,
     pub(crate) registrations: Vec<Registration>,
+}
+
+/// How a service runs: a master and workers (the default), or one process.
+///
+/// | | `Master` (default) | `Single` |
+/// | --- | --- | --- |
+/// | processes | a master (no user code) and one worker; two during a reload | one; two during a reload |
+/// | PID across reloads | the same | changes: announced to systemd with `MAINPID=` and written to `pid_file` |
+/// | process managers | any (systemd, supervisor, a container's PID 1) | systemd (`Type=notify`, `NotifyAccess=all`) or none; not supervisor or a container's PID 1, which lose track of it |
+///
+/// `GRACEFUL_MODE=single` or `GRACEFUL_MODE=master` in the environment
+/// overrides the mode set in code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Mode {
+    /// A master keeps the PID and the sockets; workers serve.
+    #[default]
+    Master,
+    /// One process binds and serves; a reload starts a successor that
+    /// inherits the sockets, and the old process drains once it is ready.
+    Single,
+}
+
+/// The environment variable that overrides [`Server::mode`].
+pub(crate) const ENV_MODE: &str = "GRACEFUL_MODE";
+
+impl Mode {
+    fn from_env() -> Result<Option<Mode>, Error> {
+        match std::env::var_os(ENV_MODE) {
+            None => Ok(None),
+            Some(value) => match value.to_str() {
+                Some("master") => Ok(Some(Mode::Master)),
+                Some("single") => Ok(Some(Mode::Single)),
+                _ => Err(Error::InvalidMode {
+                    value: value.to_string_lossy().into_owned(),
+                }),
+            },
+        }
+    }
 }
 
 impl fmt::Debug for Server {
@@ -154,6 +196,8 @@ impl fmt::Debug for Server {
             .field("reload_signals", &self.reload_signals)
             .field("stop_signals", &self.stop_signals)
             .field("worker_threads", &self.worker_threads)
+            .field("mode", &self.mode)
+            .field("pid_file", &self.pid_file)
             .field("registrations", &self.registrations)
             .finish()
     }
@@ -176,6 +220,8 @@ impl Server {
             reload_signals: vec![Signal::SIGHUP, Signal::SIGUSR1],
             stop_signals: vec![Signal::SIGTERM, Signal::SIGINT],
             worker_threads: None,
+            mode: Mode::Master,
+            pid_file: None,
             registrations: Vec::new(),
         }
     }
@@ -219,6 +265,24 @@ impl Server {
     /// Threads of each worker's tokio runtime (default: one per core).
     pub fn worker_threads(mut self, threads: usize) -> Server {
         self.worker_threads = Some(threads.max(1));
+        self
+    }
+
+    /// Master/worker processes (the default) or a single process; see
+    /// [`Mode`]. The environment variable `GRACEFUL_MODE` overrides it.
+    pub fn mode(mut self, mode: Mode) -> Server {
+        self.mode = mode;
+        self
+    }
+
+    /// Writes the service's PID to `path` (atomically, by rename) and
+    /// removes the file on stop. In master mode that is the master's PID,
+    /// written at start, which never changes. In single mode it is the
+    /// serving process's PID, written when it is ready and rewritten with
+    /// each successor's PID when the successor takes over. A path that cannot
+    /// be written is an error that stops the start.
+    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Server {
+        self.pid_file = Some(path.into());
         self
     }
 
@@ -272,8 +336,14 @@ impl Server {
     {
         self.validate()?;
         match worker::WorkerEnv::detect()? {
+            // A successor serves in single mode whatever its own mode says:
+            // its predecessor hands over to it and exits.
+            Some(env) if env.successor => single::run(self, Some(env), main),
             Some(env) => worker::run(self, env, main),
-            None => master::run(self),
+            None => match Mode::from_env()?.unwrap_or(self.mode) {
+                Mode::Master => master::run(self),
+                Mode::Single => single::run(self, None, main),
+            },
         }
     }
 }

@@ -10,6 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
+use tokio::task::JoinHandle;
 
 use crate::addr::ListenAddr;
 use crate::control::{self, ToMaster, ToWorker};
@@ -23,6 +24,8 @@ use crate::{Error, Server};
 pub(crate) const ENV_CONTROL_FD: &str = "GRACEFUL_CONTROL_FD";
 /// Environment variable that carries the worker's generation number.
 pub(crate) const ENV_GENERATION: &str = "GRACEFUL_GENERATION";
+/// Set to `successor` for a single-mode process's successor.
+pub(crate) const ENV_ROLE: &str = "GRACEFUL_ROLE";
 
 /// How long a slow client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,8 +33,10 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// What marks this process as a worker.
 #[derive(Debug)]
 pub(crate) struct WorkerEnv {
-    control: OwnedFd,
-    generation: u64,
+    pub(crate) control: OwnedFd,
+    pub(crate) generation: u64,
+    /// Started by a single-mode process to take over from it, not by a master.
+    pub(crate) successor: bool,
 }
 
 impl WorkerEnv {
@@ -47,11 +52,13 @@ impl WorkerEnv {
             reason: reason.to_string(),
         };
         let generation = std::env::var(ENV_GENERATION).unwrap_or_default();
+        let successor = std::env::var_os(ENV_ROLE).is_some_and(|role| role == "successor");
         // Remove the markers so that processes the app starts are not
         // mistaken for workers. No other thread exists yet: the runtime is
         // built later.
         std::env::remove_var(ENV_CONTROL_FD);
         std::env::remove_var(ENV_GENERATION);
+        std::env::remove_var(ENV_ROLE);
 
         let fd: i32 = value
             .parse()
@@ -94,6 +101,7 @@ impl WorkerEnv {
         Ok(Some(WorkerEnv {
             control,
             generation,
+            successor,
         }))
     }
 }
@@ -102,12 +110,15 @@ impl WorkerEnv {
 static CONTROL: OnceLock<Arc<OwnedFd>> = OnceLock::new();
 
 pub(crate) fn request_reload() -> Result<(), Error> {
+    if crate::single::request_reload().is_some() {
+        return Ok(());
+    }
     let control = CONTROL.get().ok_or(Error::NotManaged)?;
     control::send_to_master(control.as_fd(), &ToMaster::Reload)
         .map_err(|e| Error::io("cannot ask the master to reload", e))
 }
 
-pub(crate) fn run<F, Fut>(server: Server, env: WorkerEnv, main: F) -> Result<(), Error>
+pub(crate) fn run<F, Fut>(mut server: Server, env: WorkerEnv, main: F) -> Result<(), Error>
 where
     F: FnOnce() -> Fut,
     Fut: Future,
@@ -119,75 +130,104 @@ where
         let _ = control::send_to_master(control.as_fd(), &ToMaster::Failed(reason.clone()));
         Error::WorkerStart { reason }
     };
-
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(n) = server.worker_threads {
-        builder.worker_threads(n);
-    }
-    let runtime = builder
-        .build()
-        .map_err(|e| fail(format!("cannot build the tokio runtime: {e}")))?;
-
+    let runtime = build_runtime(&server).map_err(fail)?;
     let result = runtime.block_on(async {
         listen_for_signals(&server)?;
-        match CatchUnwind(Box::pin(main())).await {
-            Err(panic) => return Err(fail(format!("main panicked: {panic}"))),
-            Ok(output) => output.into_result().map_err(fail)?,
-        }
-        let mut registrations = server.registrations;
-        registrations.extend(take_registrations());
-        if registrations.is_empty() {
-            return Err(fail(Error::NoListeners.to_string()));
-        }
-        let listeners = acquire(&control, registrations).map_err(fail)?;
-
-        let mut http = auto::Builder::new(TokioExecutor::new());
-        http.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
-        http.http2().timer(TokioTimer::new());
-        let http = Arc::new(http);
-        let accepting: Vec<_> = listeners
-            .into_iter()
-            .map(|served| tokio::spawn(accept_loop(served, http.clone(), server.idle_grace)))
-            .collect();
+        let registrations = run_main(&mut server, main).await.map_err(fail)?;
+        let served = acquire(registrations, |request| {
+            listener_from_master(&control, request)
+        })
+        .map_err(fail)?;
+        let accepting = start_serving(served, server.idle_grace);
         control::send_to_master(control.as_fd(), &ToMaster::Ready)
             .map_err(|e| fail(format!("cannot tell the master this worker is ready: {e}")))?;
         watch_master(control.clone())?;
-
-        drain::global().subscribe().wait_for(|s| *s).await.ok();
-        let started = Instant::now();
-        // A connection accepted at the moment the drain starts must be
-        // counted before the count is read: wait for every accept loop to
-        // have ended (and dropped its listener) first.
-        for accept in accepting {
-            let _ = accept.await;
-        }
-        let finished = tokio::time::timeout(server.stop_timeout, drain::global().idle())
-            .await
-            .is_ok();
-        let cut = if finished {
-            0
-        } else {
-            drain::global().active()
-        };
-        let open = drain::global().handled();
-        log!(
-            "worker {} (pid {}) drained {} connection(s) in {} ms, {} cut at the {:?} stop_timeout",
-            env.generation,
-            std::process::id(),
-            open - cut.min(open),
-            started.elapsed().as_millis(),
-            cut,
-            server.stop_timeout,
-        );
+        let name = format!("worker {} (pid {})", env.generation, std::process::id());
+        drain(accepting, &server, &name).await;
         Ok(())
     });
     // Connections still open past the deadline are dropped here; do not wait
     // for handlers that never yield.
     runtime.shutdown_timeout(Duration::ZERO);
     result
+}
+
+/// The runtime a serving process runs on.
+pub(crate) fn build_runtime(server: &Server) -> Result<tokio::runtime::Runtime, String> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = server.worker_threads {
+        builder.worker_threads(n);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the tokio runtime: {e}"))
+}
+
+/// Runs the user's `main` and returns every registration: the builder's and
+/// those `register!` made while `main` ran.
+pub(crate) async fn run_main<F, Fut>(
+    server: &mut Server,
+    main: F,
+) -> Result<Vec<Registration>, String>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future,
+    Fut::Output: MainOutput,
+{
+    match CatchUnwind(Box::pin(main())).await {
+        Err(panic) => return Err(format!("main panicked: {panic}")),
+        Ok(output) => output.into_result()?,
+    }
+    let mut registrations = std::mem::take(&mut server.registrations);
+    registrations.extend(take_registrations());
+    if registrations.is_empty() {
+        return Err(Error::NoListeners.to_string());
+    }
+    Ok(registrations)
+}
+
+/// Serves every listener, each on its own accept loop.
+pub(crate) fn start_serving(served: Vec<Served>, idle_grace: Duration) -> Vec<JoinHandle<()>> {
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    http.http2().timer(TokioTimer::new());
+    let http = Arc::new(http);
+    served
+        .into_iter()
+        .map(|served| tokio::spawn(accept_loop(served, http.clone(), idle_grace)))
+        .collect()
+}
+
+/// Waits for the drain to start, then for every connection to close, for up
+/// to `stop_timeout`, and logs what happened under `name`.
+pub(crate) async fn drain(accepting: Vec<JoinHandle<()>>, server: &Server, name: &str) {
+    drain::global().subscribe().wait_for(|s| *s).await.ok();
+    let started = Instant::now();
+    // A connection accepted at the moment the drain starts must be counted
+    // before the count is read: wait for every accept loop to have ended
+    // (and dropped its listener) first.
+    for accept in accepting {
+        let _ = accept.await;
+    }
+    let finished = tokio::time::timeout(server.stop_timeout, drain::global().idle())
+        .await
+        .is_ok();
+    let cut = if finished {
+        0
+    } else {
+        drain::global().active()
+    };
+    let open = drain::global().handled();
+    log!(
+        "{name} drained {} connection(s) in {} ms, {} cut at the {:?} stop_timeout",
+        open - cut.min(open),
+        started.elapsed().as_millis(),
+        cut,
+        server.stop_timeout,
+    );
 }
 
 /// Stop signals sent to the worker directly (as with `KillMode=control-group`
@@ -247,7 +287,7 @@ enum Listener {
 }
 
 /// A listener, its handler, and its TLS acceptor if it serves TLS.
-struct Served {
+pub(crate) struct Served {
     listener: Listener,
     handler: Handler,
     tls: Option<Tls>,
@@ -273,14 +313,26 @@ fn load_tls(_: &Registration) -> Result<Option<Tls>, Error> {
     Ok(None)
 }
 
-/// Asks the master for every listener. All or nothing: any failure fails the
-/// start, with every failing address named.
-fn acquire(control: &OwnedFd, registrations: Vec<Registration>) -> Result<Vec<Served>, String> {
+/// Gets a listener for every registration from `source`, which answers a
+/// request (`"ADDR"` or `"ADDR\tmode=NNN"`) with a listening socket. All or
+/// nothing: any failure fails the start, with every failing address named.
+pub(crate) fn acquire(
+    registrations: Vec<Registration>,
+    mut source: impl FnMut(&str) -> Result<OwnedFd, String>,
+) -> Result<Vec<Served>, String> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for registration in registrations {
         let served = load_tls(&registration).and_then(|tls| {
-            let listener = acquire_one(control, &registration.addr, registration.unix_mode)?;
+            let addr = &registration.addr;
+            let listen_error = |reason: String| Error::Listen {
+                addr: addr.to_string(),
+                reason,
+            };
+            let request = request_for(addr, registration.unix_mode)?;
+            let fd = source(&request).map_err(listen_error)?;
+            let listener = to_listener(fd)
+                .map_err(|e| listen_error(format!("cannot use the listener: {e}")))?;
             Ok(Served {
                 listener,
                 handler: registration.handler,
@@ -299,7 +351,9 @@ fn acquire(control: &OwnedFd, registrations: Vec<Registration>) -> Result<Vec<Se
     }
 }
 
-fn acquire_one(control: &OwnedFd, addr: &str, unix_mode: Option<u32>) -> Result<Listener, Error> {
+/// The listener request for an address: `"ADDR"` in canonical form, with
+/// `"\tmode=NNN"` for a Unix socket's mode.
+fn request_for(addr: &str, unix_mode: Option<u32>) -> Result<String, Error> {
     let parsed = ListenAddr::parse(addr)?;
     let mut request = parsed.to_string();
     if let Some(mode) = unix_mode {
@@ -317,36 +371,32 @@ fn acquire_one(control: &OwnedFd, addr: &str, unix_mode: Option<u32>) -> Result<
         }
         request.push_str(&format!("\tmode={mode}"));
     }
-    let listen_error = |reason: String| Error::Listen {
-        addr: addr.to_string(),
-        reason,
-    };
-    control::send_to_master(control.as_fd(), &ToMaster::Listen(request))
-        .map_err(|e| listen_error(format!("cannot ask the master: {e}")))?;
-    let fd = match control::recv_from_master(control.as_fd()) {
-        Ok(Some(ToWorker::Listener(fd, _local))) => fd,
-        Ok(Some(ToWorker::ListenError(reason))) => return Err(listen_error(reason)),
-        Ok(Some(ToWorker::Stop)) => return Err(listen_error("the master is stopping".into())),
-        Ok(None) => return Err(listen_error("the master exited".into())),
-        Err(e) => return Err(listen_error(format!("control channel: {e}"))),
-    };
-    let io_error = |e: std::io::Error| listen_error(format!("cannot use the listener: {e}"));
-    let is_unix = socket2::SockRef::from(&fd)
-        .local_addr()
-        .map_err(io_error)?
-        .is_unix();
+    Ok(request)
+}
+
+/// Asks the master for the listener of one request.
+fn listener_from_master(control: &OwnedFd, request: &str) -> Result<OwnedFd, String> {
+    control::send_to_master(control.as_fd(), &ToMaster::Listen(request.to_string()))
+        .map_err(|e| format!("cannot ask the master: {e}"))?;
+    match control::recv_from_master(control.as_fd()) {
+        Ok(Some(ToWorker::Listener(fd, _local))) => Ok(fd),
+        Ok(Some(ToWorker::ListenError(reason))) => Err(reason),
+        Ok(Some(ToWorker::Stop)) => Err("the master is stopping".into()),
+        Ok(None) => Err("the master exited".into()),
+        Err(e) => Err(format!("control channel: {e}")),
+    }
+}
+
+fn to_listener(fd: OwnedFd) -> std::io::Result<Listener> {
+    let is_unix = socket2::SockRef::from(&fd).local_addr()?.is_unix();
     if is_unix {
         let std = std::os::unix::net::UnixListener::from(fd);
-        std.set_nonblocking(true).map_err(io_error)?;
-        Ok(Listener::Unix(
-            tokio::net::UnixListener::from_std(std).map_err(io_error)?,
-        ))
+        std.set_nonblocking(true)?;
+        Ok(Listener::Unix(tokio::net::UnixListener::from_std(std)?))
     } else {
         let std = std::net::TcpListener::from(fd);
-        std.set_nonblocking(true).map_err(io_error)?;
-        Ok(Listener::Tcp(
-            tokio::net::TcpListener::from_std(std).map_err(io_error)?,
-        ))
+        std.set_nonblocking(true)?;
+        Ok(Listener::Tcp(tokio::net::TcpListener::from_std(std)?))
     }
 }
 

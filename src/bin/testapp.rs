@@ -8,6 +8,9 @@
 //!   `port-in-use:ADDR`.
 //! - `TESTAPP_STOP_TIMEOUT_MS`, `TESTAPP_IDLE_GRACE_MS`: override those options.
 //! - `TESTAPP_TLS_CERT`, `TESTAPP_TLS_KEY`: serve over TLS with these PEM files.
+//! - `TESTAPP_PID_FILE`: the `pid_file` option.
+//!
+//! `GRACEFUL_MODE=single` runs it in single-process mode.
 //!
 //! Routes: `/` (version and worker pid), `/slow?ms=N` (answers after N ms),
 //! `/pid` (worker pid only), `/reload` (calls `graceful::reload()`),
@@ -169,6 +172,9 @@ fn main() {
         .and_then(|v| v.parse().ok())
     {
         server = server.idle_grace(Duration::from_millis(ms));
+    }
+    if let Some(path) = std::env::var_os("TESTAPP_PID_FILE") {
+        server = server.pid_file(path);
     }
     graceful::__private::start(server, app)
 }

@@ -10,6 +10,8 @@ async fn hello(_: http::Request<hyper::body::Incoming>) -> Result<http::Response
     reload = [SIGHUP, SIGUSR1, SIGUSR2],
     stop = [SIGTERM, SIGINT, SIGQUIT],
     worker_threads = 2,
+    mode = "single",
+    pid_file = "/run/app.pid",
 )]
 async fn serve() {
     graceful::register!(":9222", hello);

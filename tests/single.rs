@@ -1,0 +1,296 @@
+//! Single-process mode (`GRACEFUL_MODE=single`): no master; a reload starts a
+//! successor that inherits the listeners, and the old process drains once it
+//! is ready. Zero failures under load, a failed successor leaves the old
+//! process serving, stop drains, and systemd hears `MAINPID=`.
+
+use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use graceful_dev::load::{Load, Mode};
+use graceful_dev::process::{children_of, get, is_alive, pid_of, temp_dir, wait_gone, Service};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const T: Duration = Duration::from_secs(30);
+
+fn testapp() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_testapp"))
+}
+
+fn signal(pid: i32, signal: Signal) {
+    kill(Pid::from_raw(pid), signal).unwrap();
+}
+
+fn pid_file(path: &Path) -> i32 {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn reloads_under_load_lose_nothing_and_the_pid_file_follows() {
+    let dir = temp_dir("single-reload");
+    let pid_path = dir.join("app.pid");
+    let mut service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[
+            ("GRACEFUL_MODE", "single"),
+            ("TESTAPP_PID_FILE", pid_path.to_str().unwrap()),
+        ],
+    );
+    let addr = service.addr(T);
+    let first = service.ready("process", 1, T);
+    assert_eq!(first, service.pid(), "no master: the process serves itself");
+    assert_eq!(pid_file(&pid_path), first);
+    assert_eq!(pid_of(&addr), first);
+
+    let socket: SocketAddr = addr.parse().unwrap();
+    let loads: Vec<Load> = Mode::ALL
+        .into_iter()
+        .map(|mode| Load::start(socket, mode, 2, "/"))
+        .collect();
+    for load in &loads {
+        assert!(load.wait_progress(30, T));
+    }
+    let mut current = first;
+    for generation in 2..=11u64 {
+        signal(current, Signal::SIGHUP);
+        let next = service.ready("process", generation, T);
+        assert!(
+            wait_gone(current, T),
+            "process {current} drained and exited"
+        );
+        assert_eq!(pid_file(&pid_path), next);
+        assert_eq!(pid_of(&addr), next);
+        for load in &loads {
+            assert!(load.wait_progress(20, T));
+        }
+        current = next;
+    }
+    for (mode, load) in Mode::ALL.into_iter().zip(loads) {
+        let report = load.stop();
+        eprintln!("{}: {}", mode.name(), report.summary());
+        assert!(report.ok > 0, "{}: {}", mode.name(), report.summary());
+        assert_eq!(report.failed(), 0, "{}: {}", mode.name(), report.summary());
+    }
+    // The first process exited 0 after handing over.
+    assert!(service.wait_exit(T).success());
+
+    signal(current, Signal::SIGTERM);
+    assert!(wait_gone(current, T));
+    service.wait_line("stopped", T);
+    assert!(!pid_path.exists(), "the PID file is removed on stop");
+    assert!(get(&addr, "/").is_err(), "the listener is closed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_failed_successor_leaves_the_old_process_serving() {
+    let dir = temp_dir("single-fail");
+    let flag = dir.join("fail");
+    let service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[
+            ("GRACEFUL_MODE", "single"),
+            ("TESTAPP_FAIL_IF_EXISTS", flag.to_str().unwrap()),
+        ],
+    );
+    let addr = service.addr(T);
+    let first = service.ready("process", 1, T);
+    let load = Load::start(addr.parse().unwrap(), Mode::KeepAlive, 2, "/");
+    assert!(load.wait_progress(20, T));
+
+    let cases = [
+        ("exit", "exit status: 3 before it was ready"),
+        ("panic", "main panicked: testapp was told to panic"),
+        (
+            "error",
+            "main returned an error: \"testapp was told to fail\"",
+        ),
+        ("bad-addr", "port 99999 is out of range"),
+    ];
+    for (n, (mode, reason)) in cases.iter().enumerate() {
+        std::fs::write(&flag, mode).unwrap();
+        signal(first, Signal::SIGHUP);
+        let line = service.wait_line_n("reload failed", n, T);
+        assert!(line.contains(reason), "{mode}: {line}");
+        assert!(
+            line.contains(&format!("still serving with process 1 (pid {first})")),
+            "{line}"
+        );
+        assert!(load.wait_progress(20, T));
+        assert_eq!(pid_of(&addr), first);
+    }
+    std::fs::remove_file(&flag).unwrap();
+    // graceful::reload() from a handler works in single mode too.
+    assert_eq!(get(&addr, "/reload").unwrap().1, "reload requested\n");
+    let second = service.ready("process", 2, T);
+    assert!(wait_gone(first, T));
+    assert_eq!(pid_of(&addr), second);
+    let report = load.stop();
+    assert_eq!(report.failed(), 0, "{}", report.summary());
+    signal(second, Signal::SIGTERM);
+    assert!(wait_gone(second, T));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn stop_drains_in_flight_requests_like_a_worker() {
+    let mut service = Service::start(&testapp(), &["127.0.0.1:0"], &[("GRACEFUL_MODE", "single")]);
+    let addr = service.addr(T);
+    service.ready("process", 1, T);
+    let slow = {
+        let addr = addr.clone();
+        std::thread::spawn(move || get(&addr, "/slow?ms=700"))
+    };
+    service.wait_line("slow request started", T);
+    service.signal(Signal::SIGTERM);
+    let (status, body) = slow.join().unwrap().unwrap();
+    assert_eq!((status, body.starts_with("slow 700 done")), (200, true));
+    assert!(service.wait_exit(T).success());
+    let line = service.wait_line("drained", T);
+    assert!(line.contains("drained 1 connection(s)"), "{line}");
+    assert!(line.contains(", 0 cut"), "{line}");
+}
+
+#[test]
+fn systemd_hears_ready_reloading_and_the_successors_mainpid() {
+    let dir = temp_dir("single-notify");
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(T)).unwrap();
+    let recv = || {
+        let mut buf = [0u8; 4096];
+        let n = socket.recv(&mut buf).expect("a notification in time");
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    };
+    let service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[
+            ("GRACEFUL_MODE", "single"),
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+        ],
+    );
+    let first = service.ready("process", 1, T);
+    assert_eq!(
+        recv(),
+        format!("READY=1\nSTATUS=serving with process 1 (pid {first})")
+    );
+    signal(first, Signal::SIGHUP);
+    let reloading = recv();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    let second = service.ready("process", 2, T);
+    assert_eq!(
+        recv(),
+        format!("MAINPID={second}\nREADY=1\nSTATUS=reload finished: serving with pid {second}")
+    );
+    // The successor is the main PID now, and it was given NOTIFY_SOCKET.
+    assert!(wait_gone(first, T));
+    signal(second, Signal::SIGTERM);
+    let stopping = recv();
+    assert!(
+        stopping.starts_with("STOPPING=1\nEXTEND_TIMEOUT_USEC="),
+        "{stopping}"
+    );
+    assert!(
+        stopping.ends_with(&format!(
+            "STATUS=stopping: draining process 2 (pid {second})"
+        )),
+        "{stopping}"
+    );
+    assert!(wait_gone(second, T));
+    assert!(!is_alive(second));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_mode_and_unwritable_pid_file_are_named_errors() {
+    let mut service = Service::start(&testapp(), &["127.0.0.1:0"], &[("GRACEFUL_MODE", "solo")]);
+    assert_eq!(service.wait_exit(T).code(), Some(1));
+    let line = service.wait_line("GRACEFUL_MODE", T);
+    assert!(
+        line.contains("invalid GRACEFUL_MODE=\"solo\": use \"master\" or \"single\""),
+        "{line}"
+    );
+
+    for mode in ["single", "master"] {
+        let mut service = Service::start(
+            &testapp(),
+            &["127.0.0.1:0"],
+            &[
+                ("GRACEFUL_MODE", mode),
+                ("TESTAPP_PID_FILE", "/nonexistent-dir/app.pid"),
+            ],
+        );
+        assert_eq!(service.wait_exit(T).code(), Some(1), "{mode}");
+        let line = service.wait_line("PID file", T);
+        assert!(
+            line.contains("cannot write the PID file \"/nonexistent-dir/app.pid\""),
+            "{mode}: {line}"
+        );
+    }
+}
+
+#[test]
+fn as_pid_1_a_reload_is_refused_and_the_process_keeps_serving() {
+    // A new PID namespace makes testapp PID 1, as in a container. Should
+    // the test fail early, testapp gets SIGTERM when unshare is killed.
+    let testapp = testapp();
+    let service = Service::start(
+        Path::new("unshare"),
+        &[
+            "--fork",
+            "--pid",
+            "--kill-child=SIGTERM",
+            testapp.to_str().unwrap(),
+            "127.0.0.1:0",
+        ],
+        &[("GRACEFUL_MODE", "single")],
+    );
+    let addr = service.addr(T);
+    assert_eq!(service.ready("process", 1, T), 1);
+    assert_eq!(get(&addr, "/reload").unwrap().1, "reload requested\n");
+    let line = service.wait_line("this process is PID 1", T);
+    assert!(line.contains("still serving"), "{line}");
+    assert_eq!(pid_of(&addr), 1);
+    assert_eq!(
+        service.count_lines("starting"),
+        0,
+        "no successor was started"
+    );
+
+    // unshare leaves SIGTERM to its child: send it to testapp's host PID.
+    let inside = children_of(service.pid());
+    assert_eq!(inside.len(), 1, "{inside:?}");
+    signal(inside[0], Signal::SIGTERM);
+    service.wait_line("stopped", T);
+    assert!(wait_gone(inside[0], T));
+}
+
+#[test]
+fn the_attribute_selects_single_mode_and_graceful_mode_overrides_it() {
+    let program = PathBuf::from(env!("CARGO_BIN_EXE_single_attr"));
+    let service = Service::start(&program, &["127.0.0.1:0"], &[]);
+    let addr = service.addr(T);
+    let pid = service.ready("process", 1, T);
+    assert_eq!(pid, service.pid());
+    assert_eq!(pid_of(&addr), pid);
+    assert!(service.log_text().contains("(single-process mode)"));
+
+    let service = Service::start(&program, &["127.0.0.1:0"], &[("GRACEFUL_MODE", "master")]);
+    service.wait_line("master started", T);
+    let addr = service.addr(T);
+    let worker = service.ready_worker(1, T);
+    assert_ne!(worker, service.pid());
+    assert_eq!(pid_of(&addr), worker);
+}

@@ -1,0 +1,2 @@
+#[graceful::main(pid_file = "")]
+async fn main() {}

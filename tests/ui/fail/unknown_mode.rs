@@ -1,0 +1,2 @@
+#[graceful::main(mode = "solo")]
+async fn main() {}
