@@ -5,8 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use graceful_dev::process::{get, pid_of, Service};
+use graceful_dev::process::{get, pid_of, wait_gone, Service};
+use nix::sys::signal::kill;
 use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -137,4 +139,40 @@ fn a_systemd_name_without_activation_is_a_clear_error() {
         log.contains("systemd passed no socket named \"web\"; it passed: none"),
         "{log}"
     );
+}
+
+#[test]
+fn single_mode_hands_the_activated_socket_to_each_successor() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let testapp = testapp();
+    let args = [
+        "-l",
+        addr.as_str(),
+        "--fdname=web",
+        // systemd-socket-activate passes on only the variables given with -E.
+        "-E",
+        "GRACEFUL_MODE=single",
+        testapp.to_str().unwrap(),
+        "systemd:web",
+    ];
+    let service = Service::start(activate(), &args, &[]);
+    service.wait_line(&format!("Listening on {addr} as 3."), T);
+    wait_listening(&addr);
+    let mut current = pid_of(&addr);
+    assert_eq!(current, service.ready("process", 1, T));
+    for generation in 2..=3 {
+        kill(Pid::from_raw(current), Signal::SIGHUP).unwrap();
+        let next = service.ready("process", generation, T);
+        assert!(wait_gone(current, T));
+        assert_eq!(pid_of(&addr), next, "{}", service.log_text());
+        current = next;
+    }
+    assert_eq!(
+        service.count_lines("listening on "),
+        0,
+        "never bound by graceful"
+    );
+    kill(Pid::from_raw(current), Signal::SIGTERM).unwrap();
+    service.wait_line("stopped", T);
+    assert!(wait_gone(current, T));
 }
