@@ -7,8 +7,9 @@
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
-use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+#[cfg(unix)]
+use std::path::Path;
+use std::path::PathBuf;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
@@ -112,10 +113,16 @@ impl ListenAddr {
 
     /// Binds a new listening socket (CLOEXEC, never SO_REUSEPORT) and returns
     /// it with the address it is bound to. Run by the master only.
-    pub(crate) fn bind(&self) -> Result<(OwnedFd, String), String> {
+    pub(crate) fn bind(&self) -> Result<(Socket, String), String> {
         match self {
             ListenAddr::Tcp { host, port } => bind_tcp(host.as_deref(), *port),
+            #[cfg(unix)]
             ListenAddr::Unix(path) => bind_unix(path),
+            #[cfg(not(unix))]
+            ListenAddr::Unix(path) => Err(format!(
+                "unix:{} needs a Unix system; listen on a TCP address here",
+                path.display()
+            )),
             ListenAddr::Systemd(name) => Err(format!(
                 "systemd passed no socket named {name:?} (set FileDescriptorName={name} in the .socket unit)"
             )),
@@ -142,7 +149,9 @@ impl fmt::Display for ListenAddr {
 }
 
 fn listen_on(domain: Domain, addr: &SockAddr, v6_only: Option<bool>) -> io::Result<Socket> {
-    let socket = Socket::new(domain, Type::STREAM.cloexec(), None)?;
+    // socket2 sets close-on-exec (atomically where the system can, as on
+    // Linux) and, on Windows, makes the socket non-inheritable.
+    let socket = Socket::new(domain, Type::STREAM, None)?;
     if let Some(only) = v6_only {
         socket.set_only_v6(only)?;
     }
@@ -155,7 +164,17 @@ fn listen_on(domain: Domain, addr: &SockAddr, v6_only: Option<bool>) -> io::Resu
     Ok(socket)
 }
 
-fn bind_tcp(host: Option<&str>, port: u16) -> Result<(OwnedFd, String), String> {
+/// Whether `socket()` failed because the machine has no IPv6.
+fn no_ipv6(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    let code = nix::libc::EAFNOSUPPORT;
+    // WSAEAFNOSUPPORT
+    #[cfg(not(unix))]
+    let code = 10047;
+    e.raw_os_error() == Some(code)
+}
+
+fn bind_tcp(host: Option<&str>, port: u16) -> Result<(Socket, String), String> {
     let socket = match host {
         None => {
             // Every interface: one dual-stack socket, or IPv4 only where the
@@ -163,7 +182,7 @@ fn bind_tcp(host: Option<&str>, port: u16) -> Result<(OwnedFd, String), String> 
             let any6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
             match listen_on(Domain::IPV6, &any6.into(), Some(false)) {
                 Ok(s) => s,
-                Err(e) if e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) => {
+                Err(e) if no_ipv6(&e) => {
                     let any4 = SocketAddr::from(([0, 0, 0, 0], port));
                     listen_on(Domain::IPV4, &any4.into(), None)
                         .map_err(|e| describe(&any4.to_string(), e))?
@@ -201,25 +220,26 @@ fn bind_tcp(host: Option<&str>, port: u16) -> Result<(OwnedFd, String), String> 
         .and_then(|a| a.as_socket())
         .map(|a| a.to_string())
         .unwrap_or_else(|| "?".into());
-    Ok((socket.into(), local))
+    Ok((socket, local))
 }
 
 fn describe(addr: &str, e: io::Error) -> String {
-    match e.raw_os_error() {
-        Some(nix::libc::EADDRINUSE) => {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => {
             format!("bind {addr}: address already in use (another process listens there)")
         }
-        Some(nix::libc::EACCES) => format!(
+        io::ErrorKind::PermissionDenied => format!(
             "bind {addr}: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
         ),
-        Some(nix::libc::EADDRNOTAVAIL) => {
+        io::ErrorKind::AddrNotAvailable => {
             format!("bind {addr}: the address is not on this machine")
         }
         _ => format!("bind {addr}: {e}"),
     }
 }
 
-fn bind_unix(path: &Path) -> Result<(OwnedFd, String), String> {
+#[cfg(unix)]
+fn bind_unix(path: &Path) -> Result<(Socket, String), String> {
     let shown = path.display();
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
@@ -244,7 +264,7 @@ fn bind_unix(path: &Path) -> Result<(OwnedFd, String), String> {
     }
     let addr = SockAddr::unix(path).map_err(|e| format!("{shown}: {e}"))?;
     let socket = listen_on(Domain::UNIX, &addr, None).map_err(|e| format!("bind {shown}: {e}"))?;
-    Ok((socket.into(), format!("unix:{shown}")))
+    Ok((socket, format!("unix:{shown}")))
 }
 
 #[cfg(test)]
@@ -315,6 +335,7 @@ mod tests {
         assert_ne!(local, "127.0.0.1:0");
     }
 
+    #[cfg(unix)]
     #[test]
     fn unix_socket_rules() {
         let dir = std::env::temp_dir().join(format!("graceful-addr-{}", std::process::id()));

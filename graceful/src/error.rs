@@ -105,12 +105,19 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Something that needs a Unix system was asked for elsewhere.
+    #[error("{what} needs a Unix system; on this platform graceful serves in one process without reloads")]
+    Unsupported {
+        /// What was asked for.
+        what: &'static str,
+    },
     /// The worker registered no listener.
     #[error("no listener was registered; call `graceful::register!(addr, handler)` in main")]
     NoListeners,
 }
 
 impl Error {
+    #[cfg_attr(not(unix), allow(dead_code))]
     pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Error {
         Error::Io {
             what: what.into(),

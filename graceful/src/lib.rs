@@ -33,24 +33,34 @@
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
-#[cfg(not(unix))]
-compile_error!("graceful needs a Unix system (Linux or macOS) for its master/worker processes");
-
+// Master/worker processes, reloads, systemd and the successor handover are
+// Unix-only; elsewhere the crate serves in one process without reload
+// (`portable`).
+#[cfg(unix)]
 mod activation;
 mod addr;
+#[cfg(unix)]
 mod control;
 mod drain;
 mod error;
 mod handler;
+#[cfg(unix)]
 mod listeners;
 mod log;
+#[cfg(unix)]
 mod master;
+#[cfg(unix)]
 mod notify;
+#[cfg(not(unix))]
+mod portable;
+mod serve;
 mod server;
 mod signal;
+#[cfg(unix)]
 mod single;
 #[cfg(feature = "tls")]
 mod tls;
+#[cfg(unix)]
 mod worker;
 
 pub use drain::{is_shutting_down, shutdown_signal};
@@ -179,7 +189,12 @@ macro_rules! register {
 /// works when the master is PID 1 in a container. Returns
 /// [`Error::NotManaged`] outside a worker.
 pub fn reload() -> Result<(), Error> {
-    worker::request_reload()
+    #[cfg(unix)]
+    return worker::request_reload();
+    #[cfg(not(unix))]
+    return Err(Error::Unsupported {
+        what: "graceful::reload()",
+    });
 }
 
 /// The drop-in for Go's `http.ListenAndServe`: serves `handler` on `addr`

@@ -118,7 +118,8 @@ impl Listeners {
                 }
             ));
         }
-        let (fd, local) = addr.bind()?;
+        let (socket, local) = addr.bind()?;
+        let fd = OwnedFd::from(socket);
         log!("listening on {local} (registered as {key:?})");
         let unix_path = match &addr {
             ListenAddr::Unix(path) => file_id(path).map(|(dev, ino)| (path.clone(), dev, ino)),

@@ -7,7 +7,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::handler::{Handler, IntoHandler};
-use crate::{master, single, worker, Error, Signal};
+#[cfg(unix)]
+use crate::{master, single, worker};
+use crate::{Error, Signal};
 
 /// One listener and the handler that serves it.
 ///
@@ -335,6 +337,13 @@ impl Server {
         Fut::Output: MainOutput,
     {
         self.validate()?;
+        #[cfg(not(unix))]
+        {
+            // Checked even here, so that a typo is not silently ignored.
+            Mode::from_env()?;
+            crate::portable::run(self, main)
+        }
+        #[cfg(unix)]
         match worker::WorkerEnv::detect()? {
             // A successor serves in single mode whatever its own mode says:
             // its predecessor hands over to it and exits.

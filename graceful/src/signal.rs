@@ -5,14 +5,9 @@
 //! happens in the handler, which keeps it async-signal-safe.
 
 use std::fmt;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicI32, Ordering};
 
-use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
-use nix::sys::signal::{self as nix_signal, SaFlags, SigAction, SigHandler, SigSet};
-
-use crate::Error;
+#[cfg(unix)]
+pub(crate) use pipe::SignalPipe;
 
 /// A signal that graceful can install a handler for.
 ///
@@ -51,26 +46,38 @@ impl Signal {
 
     /// The conventional name, such as `"SIGHUP"`.
     pub fn name(self) -> &'static str {
-        self.to_nix().as_str()
+        match self {
+            Signal::SIGHUP => "SIGHUP",
+            Signal::SIGINT => "SIGINT",
+            Signal::SIGQUIT => "SIGQUIT",
+            Signal::SIGTERM => "SIGTERM",
+            Signal::SIGUSR1 => "SIGUSR1",
+            Signal::SIGUSR2 => "SIGUSR2",
+            Signal::SIGWINCH => "SIGWINCH",
+        }
     }
 
     /// The signal number on this platform.
+    #[cfg(unix)]
     pub fn number(self) -> i32 {
         self.to_nix() as i32
     }
 
-    pub(crate) fn to_nix(self) -> nix_signal::Signal {
+    #[cfg(unix)]
+    pub(crate) fn to_nix(self) -> nix::sys::signal::Signal {
+        use nix::sys::signal::Signal as nix_signal;
         match self {
-            Signal::SIGHUP => nix_signal::Signal::SIGHUP,
-            Signal::SIGINT => nix_signal::Signal::SIGINT,
-            Signal::SIGQUIT => nix_signal::Signal::SIGQUIT,
-            Signal::SIGTERM => nix_signal::Signal::SIGTERM,
-            Signal::SIGUSR1 => nix_signal::Signal::SIGUSR1,
-            Signal::SIGUSR2 => nix_signal::Signal::SIGUSR2,
-            Signal::SIGWINCH => nix_signal::Signal::SIGWINCH,
+            Signal::SIGHUP => nix_signal::SIGHUP,
+            Signal::SIGINT => nix_signal::SIGINT,
+            Signal::SIGQUIT => nix_signal::SIGQUIT,
+            Signal::SIGTERM => nix_signal::SIGTERM,
+            Signal::SIGUSR1 => nix_signal::SIGUSR1,
+            Signal::SIGUSR2 => nix_signal::SIGUSR2,
+            Signal::SIGWINCH => nix_signal::SIGWINCH,
         }
     }
 
+    #[cfg(unix)]
     pub(crate) fn from_number(n: i32) -> Option<Signal> {
         Signal::ALL.into_iter().find(|s| s.number() == n)
     }
@@ -93,79 +100,92 @@ impl std::str::FromStr for Signal {
     }
 }
 
-/// Write end of the self-pipe, read by the signal handler.
-static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
+#[cfg(unix)]
+mod pipe {
+    use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+    use std::sync::atomic::{AtomicI32, Ordering};
 
-extern "C" fn on_signal(signal: nix::libc::c_int) {
-    let saved = Errno::last_raw();
-    let fd = PIPE_WRITE.load(Ordering::Relaxed);
-    if fd >= 0 {
-        let byte = signal as u8;
-        // SAFETY: write(2) is async-signal-safe; the buffer is a live local byte.
-        // A full pipe drops the byte, which is fine: one pending byte per kind
-        // of event is enough to wake the loop.
-        unsafe { nix::libc::write(fd, (&byte as *const u8).cast(), 1) };
-    }
-    Errno::set_raw(saved);
-}
+    use nix::errno::Errno;
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+    use nix::sys::signal::{self as nix_signal, SaFlags, SigAction, SigHandler, SigSet};
 
-/// Signals delivered to the master, as bytes on a pipe.
-#[derive(Debug)]
-pub(crate) struct SignalPipe {
-    read: OwnedFd,
-    _write: OwnedFd,
-}
+    use super::Signal;
+    use crate::Error;
 
-fn set_flags(fd: BorrowedFd<'_>) -> nix::Result<()> {
-    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
-    fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
-    Ok(())
-}
+    /// Write end of the self-pipe, read by the signal handler.
+    static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
 
-impl SignalPipe {
-    /// Installs the handler for `signals` (and SIGCHLD). Called once, by the
-    /// master, before it starts any worker.
-    pub(crate) fn install(signals: &[Signal]) -> Result<SignalPipe, Error> {
-        let io = |what: &str, e: Errno| Error::io(what.to_string(), e.into());
-        let (read, write) =
-            nix::unistd::pipe().map_err(|e| io("cannot create the signal pipe", e))?;
-        set_flags(read.as_fd()).map_err(|e| io("cannot configure the signal pipe", e))?;
-        set_flags(write.as_fd()).map_err(|e| io("cannot configure the signal pipe", e))?;
-        PIPE_WRITE.store(write.as_raw_fd(), Ordering::Relaxed);
-
-        let action = SigAction::new(
-            SigHandler::Handler(on_signal),
-            SaFlags::SA_RESTART | SaFlags::SA_NOCLDSTOP,
-            SigSet::empty(),
-        );
-        let mut all: Vec<nix_signal::Signal> = signals.iter().map(|s| s.to_nix()).collect();
-        all.push(nix_signal::Signal::SIGCHLD);
-        for sig in all {
-            // SAFETY: the handler only calls async-signal-safe functions
-            // (write, and errno save/restore).
-            unsafe { nix_signal::sigaction(sig, &action) }
-                .map_err(|e| io(&format!("cannot install a handler for {sig}"), e))?;
+    extern "C" fn on_signal(signal: nix::libc::c_int) {
+        let saved = Errno::last_raw();
+        let fd = PIPE_WRITE.load(Ordering::Relaxed);
+        if fd >= 0 {
+            let byte = signal as u8;
+            // SAFETY: write(2) is async-signal-safe; the buffer is a live local byte.
+            // A full pipe drops the byte, which is fine: one pending byte per kind
+            // of event is enough to wake the loop.
+            unsafe { nix::libc::write(fd, (&byte as *const u8).cast(), 1) };
         }
-        Ok(SignalPipe {
-            read,
-            _write: write,
-        })
+        Errno::set_raw(saved);
     }
 
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.read.as_fd()
+    /// Signals delivered to the master, as bytes on a pipe.
+    #[derive(Debug)]
+    pub(crate) struct SignalPipe {
+        read: OwnedFd,
+        _write: OwnedFd,
     }
 
-    /// Returns the signal numbers received since the last call.
-    pub(crate) fn drain(&self) -> Vec<i32> {
-        let mut out = Vec::new();
-        let mut buf = [0u8; 64];
-        loop {
-            match nix::unistd::read(&self.read, &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => out.extend(buf[..n].iter().map(|b| i32::from(*b))),
+    fn set_flags(fd: BorrowedFd<'_>) -> nix::Result<()> {
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+        fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+        Ok(())
+    }
+
+    impl SignalPipe {
+        /// Installs the handler for `signals` (and SIGCHLD). Called once, by the
+        /// master, before it starts any worker.
+        pub(crate) fn install(signals: &[Signal]) -> Result<SignalPipe, Error> {
+            let io = |what: &str, e: Errno| Error::io(what.to_string(), e.into());
+            let (read, write) =
+                nix::unistd::pipe().map_err(|e| io("cannot create the signal pipe", e))?;
+            set_flags(read.as_fd()).map_err(|e| io("cannot configure the signal pipe", e))?;
+            set_flags(write.as_fd()).map_err(|e| io("cannot configure the signal pipe", e))?;
+            PIPE_WRITE.store(write.as_raw_fd(), Ordering::Relaxed);
+
+            let action = SigAction::new(
+                SigHandler::Handler(on_signal),
+                SaFlags::SA_RESTART | SaFlags::SA_NOCLDSTOP,
+                SigSet::empty(),
+            );
+            let mut all: Vec<nix_signal::Signal> = signals.iter().map(|s| s.to_nix()).collect();
+            all.push(nix_signal::Signal::SIGCHLD);
+            for sig in all {
+                // SAFETY: the handler only calls async-signal-safe functions
+                // (write, and errno save/restore).
+                unsafe { nix_signal::sigaction(sig, &action) }
+                    .map_err(|e| io(&format!("cannot install a handler for {sig}"), e))?;
             }
+            Ok(SignalPipe {
+                read,
+                _write: write,
+            })
         }
-        out
+
+        pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+            self.read.as_fd()
+        }
+
+        /// Returns the signal numbers received since the last call.
+        pub(crate) fn drain(&self) -> Vec<i32> {
+            let mut out = Vec::new();
+            let mut buf = [0u8; 64];
+            loop {
+                match nix::unistd::read(&self.read, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => out.extend(buf[..n].iter().map(|b| i32::from(*b))),
+                }
+            }
+            out
+        }
     }
 }

@@ -22,8 +22,9 @@ use crate::control::{self, ToMaster};
 use crate::listeners::Listeners;
 use crate::log::log;
 use crate::notify::{monotonic_usec, Notifier};
+use crate::serve;
 use crate::server::MainOutput;
-use crate::worker::{self, WorkerEnv, ENV_CONTROL_FD, ENV_GENERATION, ENV_ROLE};
+use crate::worker::{WorkerEnv, ENV_CONTROL_FD, ENV_GENERATION, ENV_ROLE};
 use crate::{Error, Server};
 
 /// Carries the listener table to a successor.
@@ -117,28 +118,28 @@ where
         }
     };
     let executable = crate::master::executable_path()?;
-    let runtime = worker::build_runtime(&server).map_err(fail)?;
+    let runtime = serve::build_runtime(&server).map_err(fail)?;
     let (reload_tx, reload_rx) = mpsc::unbounded_channel();
     let _ = RELOAD.set(reload_tx.clone());
 
     let result = runtime.block_on(async {
         listen_for_signals(&server, reload_tx)?;
-        let registrations = worker::run_main(&mut server, main).await.map_err(fail)?;
+        let registrations = serve::run_main(&mut server, main).await.map_err(fail)?;
         let mut listeners = listeners;
         let mut keys = std::collections::HashSet::new();
-        let served = worker::acquire(registrations, |request| {
+        let served = serve::acquire(registrations, |request| {
             let key = listeners.acquire(generation, request)?;
             let fd = &listeners.get(&key).expect("just acquired").fd;
             let fd = fd
                 .try_clone()
                 .map_err(|e| format!("cannot duplicate the listener: {e}"))?;
             keys.insert(key);
-            Ok(fd)
+            serve::to_listener(fd)
         })
         .map_err(fail)?;
         // Inherited listeners the new code no longer registers are closed.
         listeners.collect(&keys);
-        let accepting = worker::start_serving(served, server.idle_grace);
+        let accepting = serve::start_serving(served, server.idle_grace);
         let process = Arc::new(Process {
             server,
             generation,
@@ -176,7 +177,7 @@ where
         if let Some(every) = process.systemd.as_ref().and_then(|s| s.notifier.watchdog) {
             tokio::spawn(watchdog(process.clone(), every));
         }
-        worker::drain(accepting, &process.server, &process.name()).await;
+        serve::drain(accepting, &process.server, &process.name()).await;
         Ok::<_, Error>(process)
     });
     runtime.shutdown_timeout(Duration::ZERO);
