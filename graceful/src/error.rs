@@ -33,6 +33,14 @@ pub enum Error {
         /// The signal in both lists.
         signal: Signal,
     },
+    /// A builder option has a value it cannot take.
+    #[error("invalid option {option}: {reason}")]
+    InvalidOption {
+        /// The option, as the builder method is named.
+        option: &'static str,
+        /// Why the value is refused.
+        reason: String,
+    },
     /// The stop signal list is empty.
     #[error(
         "no stop signal is configured, so the service could not be stopped; keep at least one"

@@ -264,9 +264,10 @@ impl Server {
         self
     }
 
-    /// Threads of each worker's tokio runtime (default: one per core).
+    /// Threads of each worker's tokio runtime (default: one per core). Zero
+    /// is refused by [`run`](Server::run) with [`Error::InvalidOption`].
     pub fn worker_threads(mut self, threads: usize) -> Server {
-        self.worker_threads = Some(threads.max(1));
+        self.worker_threads = Some(threads);
         self
     }
 
@@ -304,6 +305,12 @@ impl Server {
     }
 
     fn validate(&self) -> Result<(), Error> {
+        if self.worker_threads == Some(0) {
+            return Err(Error::InvalidOption {
+                option: "worker_threads",
+                reason: "a runtime needs at least 1 thread".into(),
+            });
+        }
         if self.stop_signals.is_empty() {
             return Err(Error::NoStopSignal);
         }
@@ -373,5 +380,30 @@ impl MainOutput for () {
 impl<E: fmt::Debug> MainOutput for Result<(), E> {
     fn into_result(self) -> Result<(), String> {
         self.map_err(|e| format!("main returned an error: {e:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_options_are_refused_before_anything_starts() {
+        let err = Server::new().worker_threads(0).run().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid option worker_threads: a runtime needs at least 1 thread"
+        );
+        let err = Server::new().stop_signals([]).run().unwrap_err();
+        assert!(matches!(err, Error::NoStopSignal), "{err}");
+        let err = Server::new()
+            .reload_signals([Signal::SIGTERM])
+            .run()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("signal SIGTERM is configured both"),
+            "{err}"
+        );
     }
 }
