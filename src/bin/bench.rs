@@ -18,7 +18,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use graceful_dev::load::{Load, Mode, Report};
-use graceful_dev::process::{cpu_time, status_value, Service};
+use graceful_dev::process::{cpu_time, status_value, wait_gone, Service};
+use graceful_dev::tls::TestCa;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use nix::sys::signal::Signal;
@@ -146,7 +147,13 @@ fn main() {
         let addr = std::env::args()
             .nth(2)
             .unwrap_or_else(|| "127.0.0.1:0".into());
-        let code = match graceful::Server::new().register(addr, hello).run() {
+        let mut registration = graceful::Registration::new(addr, hello);
+        // --graceful ADDR CERT KEY: over TLS.
+        if let (Some(cert), Some(key)) = (std::env::args().nth(3), std::env::args().nth(4)) {
+            registration = registration.tls(graceful::TlsConfig::from_pem_files(cert, key));
+        }
+        let server = graceful::Server::new().add_registration(registration);
+        let code = match server.run() {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("graceful: {e}");
@@ -317,6 +324,100 @@ fn main() {
         drop(service);
     }
 
+    // The other setups: single-process mode, and TLS with a new handshake
+    // per request, each reloaded under load.
+    let dir = std::env::temp_dir().join(format!("graceful-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf("bench").write(&dir, "server");
+    struct Setup<'a> {
+        name: &'a str,
+        args: Vec<&'a str>,
+        envs: Vec<(&'a str, &'a str)>,
+        mode: Mode,
+        tls: bool,
+    }
+    let tls_args = vec![
+        "--graceful",
+        "127.0.0.1:0",
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+    ];
+    let setups = [
+        Setup {
+            name: "single mode, http1 keep-alive",
+            args: vec!["--graceful", "127.0.0.1:0"],
+            envs: vec![("GRACEFUL_MODE", "single")],
+            mode: Mode::KeepAlive,
+            tls: false,
+        },
+        Setup {
+            name: "TLS, http1 new conn (handshake per request)",
+            args: tls_args.clone(),
+            envs: vec![],
+            mode: Mode::NewConnection,
+            tls: true,
+        },
+        Setup {
+            name: "TLS, http2",
+            args: tls_args,
+            envs: vec![],
+            mode: Mode::Http2,
+            tls: true,
+        },
+    ];
+    let mut other_rows = Vec::new();
+    for Setup {
+        name,
+        args,
+        envs,
+        mode,
+        tls,
+    } in setups
+    {
+        let single = !envs.is_empty();
+        let service = Service::start(&me, &args, &envs);
+        let addr: SocketAddr = service.addr(T).parse().unwrap();
+        let role = if single { "process" } else { "worker" };
+        let mut serving = service.ready(role, 1, T);
+        let tls = tls.then(|| ca.client_config());
+        let load = Load::start_with(addr, mode, o.clients, "/", tls);
+        let mut to_ready = Vec::new();
+        for n in 0..o.reloads {
+            std::thread::sleep(Duration::from_millis(100));
+            let sent = Instant::now();
+            // In single mode the PID to signal is the serving process's.
+            let target = if single { serving } else { service.pid() };
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(target), Signal::SIGHUP).unwrap();
+            let next = service.ready(role, n as u64 + 2, T);
+            to_ready.push(sent.elapsed().as_secs_f64() * 1000.0);
+            assert!(
+                wait_gone(serving, T) || !single,
+                "old process still running"
+            );
+            serving = next;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let report = load.stop();
+        other_rows.push(vec![
+            name.to_string(),
+            o.reloads.to_string(),
+            format!("{} / {}", report.sent, report.ok),
+            failures(&report),
+            format!(
+                "{:.1} / {:.1}",
+                median(to_ready.clone()),
+                to_ready.iter().copied().fold(0.0, f64::max)
+            ),
+        ]);
+        if single {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(serving), Signal::SIGTERM).unwrap();
+            wait_gone(serving, T);
+        }
+        drop(service);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
     println!();
     println!("| mode | sent / ok / retried after GOAWAY, during reloads | failed | latency ms p50 / p99 / max, steady | latency ms p50 / p99 / max, within 1 s of a reload | signal → ready ms, median / max | ready → old exit ms, median / max | req/s graceful / plain = ratio |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
@@ -334,6 +435,12 @@ fn main() {
         "ready → old exit, 8 idle keep-alive connections",
         format!("{idle_exit_ms:.1} ms (idle_grace 500 ms)"),
     );
+    println!("| setup | reloads | sent / ok | failed | signal → ready ms, median / max |");
+    println!("| --- | --- | --- | --- | --- |");
+    for row in other_rows {
+        println!("| {} |", row.join(" | "));
+    }
+    println!();
     println!("| measure | value |");
     println!("| --- | --- |");
     for (k, v) in summary {
