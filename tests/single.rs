@@ -294,3 +294,53 @@ fn the_attribute_selects_single_mode_and_graceful_mode_overrides_it() {
     assert_ne!(worker, service.pid());
     assert_eq!(pid_of(&addr), worker);
 }
+
+#[test]
+fn reload_requests_during_a_reload_are_coalesced_and_passed_on() {
+    let dir = temp_dir("single-burst");
+    let flag = dir.join("slow");
+    let service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[
+            ("GRACEFUL_MODE", "single"),
+            ("TESTAPP_FAIL_IF_EXISTS", flag.to_str().unwrap()),
+        ],
+    );
+    let addr = service.addr(T);
+    let first = service.ready("process", 1, T);
+    let load = Load::start(addr.parse().unwrap(), Mode::KeepAlive, 2, "/");
+    assert!(load.wait_progress(20, T));
+    // Successors now take 1 s to start: every signal of the burst arrives
+    // while successor 2 starts.
+    std::fs::write(&flag, "slow:1000").unwrap();
+    signal(first, Signal::SIGHUP);
+    service.wait_line("successor 2 (pid", T);
+    for _ in 0..20 {
+        signal(first, Signal::SIGHUP);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let second = service.ready("process", 2, T);
+    // The 20 requests became one, passed on to process 2 (they may be for a
+    // build newer than the one it runs), which reloads once more.
+    let line = service.wait_line("passing a reload request on", T);
+    assert!(
+        line.contains(&format!("(pid {second}) as SIGHUP")),
+        "{line}"
+    );
+    let third = service.ready("process", 3, T);
+    assert!(wait_gone(first, T) && wait_gone(second, T));
+    assert_eq!(
+        service.count_lines("reload started"),
+        2,
+        "{}",
+        service.log_text()
+    );
+    assert_eq!(service.count_lines("passing a reload request on"), 1);
+    assert_eq!(pid_of(&addr), third);
+    let report = load.stop();
+    assert_eq!(report.failed(), 0, "{}", report.summary());
+    signal(third, Signal::SIGTERM);
+    assert!(wait_gone(third, T));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -273,7 +273,12 @@ async fn reloads(process: Arc<Process>, mut requests: mpsc::UnboundedReceiver<St
                     .store(true, std::sync::atomic::Ordering::SeqCst);
                 crate::drain::global().start(None);
                 if queued {
-                    log!("a reload requested during this one is left to the successor");
+                    pass_on(&process, pid);
+                }
+                // Requests that reach this process while it drains may be
+                // for a build newer than the successor's: pass them on too.
+                while requests.recv().await.is_some() {
+                    pass_on(&process, pid);
                 }
                 break;
             }
@@ -290,6 +295,22 @@ async fn reloads(process: Arc<Process>, mut requests: mpsc::UnboundedReceiver<St
                 }
             }
         }
+    }
+}
+
+/// Passes a reload request on to the successor `pid`, which is ready and so
+/// handles its reload signals.
+fn pass_on(process: &Process, pid: u32) {
+    match process.server.reload_signals.first() {
+        Some(sig) => {
+            log!("passing a reload request on to the successor (pid {pid}) as {sig}");
+            let target = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(target, sig.to_nix());
+        }
+        None => log!(
+            "a reload request is dropped: no reload signal is configured to pass it on to \
+             the successor (pid {pid})"
+        ),
     }
 }
 

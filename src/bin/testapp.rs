@@ -5,7 +5,7 @@
 //! - `TESTAPP_VERSION`: text included in every response (default `v1`).
 //! - `TESTAPP_FAIL_IF_EXISTS=PATH`: when PATH exists at start, fail in the
 //!   way PATH's content names: `exit`, `panic`, `error`, `hang`, `bad-addr`,
-//!   `port-in-use:ADDR`.
+//!   `port-in-use:ADDR`; or, with `slow:MS`, start MS milliseconds late.
 //! - `TESTAPP_STOP_TIMEOUT_MS`, `TESTAPP_IDLE_GRACE_MS`: override those options.
 //! - `TESTAPP_TLS_CERT`, `TESTAPP_TLS_KEY`: serve over TLS with these PEM files.
 //! - `TESTAPP_PID_FILE`: the `pid_file` option.
@@ -143,6 +143,9 @@ async fn app() -> Result<(), String> {
         Some(other) => {
             if let Some(taken) = other.strip_prefix("port-in-use:") {
                 graceful::register!(taken.to_string(), handle);
+            }
+            if let Some(ms) = other.strip_prefix("slow:").and_then(|ms| ms.parse().ok()) {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
             }
         }
     }
