@@ -155,3 +155,61 @@ fn load_files(cert_path: &Path, key_path: &Path) -> Result<ServerConfig, Error> 
             e => tls_error(cert_path, format!("unusable certificate or key: {e}")),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A resolver with no certificate: enough to build a `ServerConfig`.
+    #[derive(Debug)]
+    struct NoCert;
+
+    impl rustls::server::ResolvesServerCert for NoCert {
+        fn resolve(
+            &self,
+            _: rustls::server::ClientHello<'_>,
+        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            None
+        }
+    }
+
+    fn config(alpn: &[&[u8]]) -> ServerConfig {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(NoCert));
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config
+    }
+
+    #[test]
+    fn a_server_config_without_alpn_offers_h2_and_http1() {
+        let loaded = TlsConfig::from(config(&[])).load().unwrap();
+        assert_eq!(
+            loaded.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+    }
+
+    #[test]
+    fn a_server_config_with_alpn_is_used_as_given() {
+        let given = Arc::new(config(&[b"http/1.1"]));
+        let loaded = TlsConfig::from(given.clone()).load().unwrap();
+        assert!(Arc::ptr_eq(&loaded, &given));
+    }
+
+    #[test]
+    fn unreadable_files_are_named() {
+        let missing = std::env::temp_dir().join("graceful-no-such-dir/cert.pem");
+        let err = TlsConfig::from_pem_files(&missing, "key.pem")
+            .load()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("TLS file {missing:?}: ")),
+            "{err}"
+        );
+    }
+}
