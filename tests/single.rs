@@ -31,6 +31,42 @@ fn pid_file(path: &Path) -> i32 {
         .unwrap()
 }
 
+/// A single-mode testapp whose failures a flag file sets, under keep-alive
+/// load.
+struct Flagged {
+    service: Service,
+    dir: PathBuf,
+    flag: PathBuf,
+    addr: String,
+    first: i32,
+    load: Load,
+}
+
+fn single_under_load(name: &str) -> Flagged {
+    let dir = temp_dir(name);
+    let flag = dir.join("flag");
+    let service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[
+            ("GRACEFUL_MODE", "single"),
+            ("TESTAPP_FAIL_IF_EXISTS", flag.to_str().unwrap()),
+        ],
+    );
+    let addr = service.addr(T);
+    let first = service.ready("process", 1, T);
+    let load = Load::start(addr.parse().unwrap(), Mode::KeepAlive, 2, "/");
+    assert!(load.wait_progress(20, T));
+    Flagged {
+        service,
+        dir,
+        flag,
+        addr,
+        first,
+        load,
+    }
+}
+
 #[test]
 fn reloads_under_load_lose_nothing_and_the_pid_file_follows() {
     let dir = temp_dir("single-reload");
@@ -91,20 +127,14 @@ fn reloads_under_load_lose_nothing_and_the_pid_file_follows() {
 
 #[test]
 fn a_failed_successor_leaves_the_old_process_serving() {
-    let dir = temp_dir("single-fail");
-    let flag = dir.join("fail");
-    let service = Service::start(
-        &testapp(),
-        &["127.0.0.1:0"],
-        &[
-            ("GRACEFUL_MODE", "single"),
-            ("TESTAPP_FAIL_IF_EXISTS", flag.to_str().unwrap()),
-        ],
-    );
-    let addr = service.addr(T);
-    let first = service.ready("process", 1, T);
-    let load = Load::start(addr.parse().unwrap(), Mode::KeepAlive, 2, "/");
-    assert!(load.wait_progress(20, T));
+    let Flagged {
+        service,
+        dir,
+        flag,
+        addr,
+        first,
+        load,
+    } = single_under_load("single-fail");
 
     let cases = [
         ("exit", "exit status: 3 before it was ready"),
@@ -297,20 +327,14 @@ fn the_attribute_selects_single_mode_and_graceful_mode_overrides_it() {
 
 #[test]
 fn reload_requests_during_a_reload_are_coalesced_and_passed_on() {
-    let dir = temp_dir("single-burst");
-    let flag = dir.join("slow");
-    let service = Service::start(
-        &testapp(),
-        &["127.0.0.1:0"],
-        &[
-            ("GRACEFUL_MODE", "single"),
-            ("TESTAPP_FAIL_IF_EXISTS", flag.to_str().unwrap()),
-        ],
-    );
-    let addr = service.addr(T);
-    let first = service.ready("process", 1, T);
-    let load = Load::start(addr.parse().unwrap(), Mode::KeepAlive, 2, "/");
-    assert!(load.wait_progress(20, T));
+    let Flagged {
+        service,
+        dir,
+        flag,
+        addr,
+        first,
+        load,
+    } = single_under_load("single-burst");
     // Successors now take 1 s to start: every signal of the burst arrives
     // while successor 2 starts.
     std::fs::write(&flag, "slow:1000").unwrap();

@@ -22,6 +22,15 @@ fn s(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
+/// testapp over TLS with these PEM files, on a free port.
+fn tls_testapp(cert: &Path, key: &Path) -> Service {
+    Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[("TESTAPP_TLS_CERT", s(cert)), ("TESTAPP_TLS_KEY", s(key))],
+    )
+}
+
 #[test]
 fn the_tls_example_speaks_http1_and_h2_to_curl_and_rustls() {
     let dir = temp_dir("tls-example");
@@ -75,11 +84,7 @@ fn a_reload_serves_rotated_certificates_with_zero_failures() {
     let ca = TestCa::new();
     let first = ca.leaf("first");
     let (cert, key) = first.write(&dir, "server");
-    let service = Service::start(
-        &testapp(),
-        &["127.0.0.1:0"],
-        &[("TESTAPP_TLS_CERT", s(&cert)), ("TESTAPP_TLS_KEY", s(&key))],
-    );
+    let service = tls_testapp(&cert, &key);
     let addr: SocketAddr = service.addr(T).parse().unwrap();
     let worker1 = service.ready_worker(1, T);
     let client = ca.client_config();
@@ -127,11 +132,7 @@ fn a_broken_certificate_is_rolled_back_and_named() {
     let ca = TestCa::new();
     let good = ca.leaf("good");
     let (cert, key) = good.write(&dir, "server");
-    let service = Service::start(
-        &testapp(),
-        &["127.0.0.1:0"],
-        &[("TESTAPP_TLS_CERT", s(&cert)), ("TESTAPP_TLS_KEY", s(&key))],
-    );
+    let service = tls_testapp(&cert, &key);
     let addr: SocketAddr = service.addr(T).parse().unwrap();
     let serving = service.ready_worker(1, T);
     let client = ca.client_config();
@@ -178,11 +179,7 @@ fn a_broken_certificate_at_first_start_is_an_error_naming_the_file() {
     let dir = temp_dir("tls-first");
     let cert = dir.join("missing.crt");
     let key = dir.join("missing.key");
-    let mut service = Service::start(
-        &testapp(),
-        &["127.0.0.1:0"],
-        &[("TESTAPP_TLS_CERT", s(&cert)), ("TESTAPP_TLS_KEY", s(&key))],
-    );
+    let mut service = tls_testapp(&cert, &key);
     let status = service.wait_exit(T);
     assert_eq!(status.code(), Some(1));
     let line = service.wait_line("failed to start", T);
@@ -198,11 +195,7 @@ fn a_handshake_in_progress_counts_in_the_drain_and_gets_idle_grace() {
     let dir = temp_dir("tls-handshake");
     let ca = TestCa::new();
     let (cert, key) = ca.leaf("server").write(&dir, "server");
-    let mut service = Service::start(
-        &testapp(),
-        &["127.0.0.1:0"],
-        &[("TESTAPP_TLS_CERT", s(&cert)), ("TESTAPP_TLS_KEY", s(&key))],
-    );
+    let mut service = tls_testapp(&cert, &key);
     let addr = service.addr(T);
     let worker = service.ready_worker(1, T);
     // A client that connects and never sends its ClientHello. Wait (bounded)

@@ -402,7 +402,10 @@ fn main() {
         other_rows.push(vec![
             name.to_string(),
             o.reloads.to_string(),
-            format!("{} / {}", report.sent, report.ok),
+            format!(
+                "{} / {} / {}",
+                report.sent, report.ok, report.retried_goaway
+            ),
             failures(&report),
             format!(
                 "{:.1} / {:.1}",
@@ -435,7 +438,7 @@ fn main() {
         "ready → old exit, 8 idle keep-alive connections",
         format!("{idle_exit_ms:.1} ms (idle_grace 500 ms)"),
     );
-    println!("| setup | reloads | sent / ok | failed | signal → ready ms, median / max |");
+    println!("| setup | reloads | sent / ok / retried after GOAWAY | failed | signal → ready ms, median / max |");
     println!("| --- | --- | --- | --- | --- |");
     for row in other_rows {
         println!("| {} |", row.join(" | "));
