@@ -368,3 +368,77 @@ fn reload_requests_during_a_reload_are_coalesced_and_passed_on() {
     assert!(wait_gone(third, T));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One datagram and the PID that sent it (SO_PASSCRED).
+fn recv_with_pid(socket: &UnixDatagram) -> (String, i32) {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixCredentials};
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 4096];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!(UnixCredentials);
+    let msg = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .expect("a notification in time");
+    let pid = msg
+        .cmsgs()
+        .unwrap()
+        .find_map(|c| match c {
+            ControlMessageOwned::ScmCredentials(creds) => Some(creds.pid()),
+            _ => None,
+        })
+        .expect("the sender's credentials");
+    let n = msg.bytes;
+    (String::from_utf8(buf[..n].to_vec()).unwrap(), pid)
+}
+
+#[test]
+fn the_watchdog_is_kept_by_whichever_process_serves() {
+    let dir = temp_dir("single-watchdog");
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(T)).unwrap();
+    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true).unwrap();
+    // WATCHDOG_USEC=200 ms: a keep-alive every 100 ms.
+    let service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[
+            ("GRACEFUL_MODE", "single"),
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    );
+    let first = service.ready("process", 1, T);
+    let (ready, from) = recv_with_pid(&socket);
+    assert!(ready.starts_with("READY=1"), "{ready}");
+    assert_eq!(from, first);
+    assert_eq!(recv_with_pid(&socket), ("WATCHDOG=1".to_string(), first));
+
+    signal(first, Signal::SIGHUP);
+    let second = service.ready("process", 2, T);
+    // Up to the handover the first process keeps the watchdog; from then on
+    // only the successor does (systemd follows MAINPID=).
+    let (mut handed_over, mut from_second, mut late_from_first) = (false, 0, 0);
+    while from_second < 3 || !handed_over {
+        let (message, from) = recv_with_pid(&socket);
+        if from == second {
+            assert_eq!(message, "WATCHDOG=1");
+            from_second += 1;
+        } else if !handed_over {
+            assert_eq!(from, first, "{message}");
+            handed_over = message.starts_with(&format!("MAINPID={second}\n"));
+        } else {
+            // At most one keep-alive already on its way at the handover.
+            assert_eq!((from, message.as_str()), (first, "WATCHDOG=1"));
+            late_from_first += 1;
+            assert!(late_from_first <= 1, "the old process kept sending");
+        }
+    }
+    signal(second, Signal::SIGTERM);
+    assert!(wait_gone(second, T));
+    let _ = std::fs::remove_dir_all(&dir);
+}
