@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use graceful_dev::load::{Load, Mode};
-use graceful_dev::process::{children_of, get, is_alive, pid_of, temp_dir, wait_gone, Service};
+use graceful_dev::process::{
+    children_of, fd_count, get, is_alive, pid_of, temp_dir, wait_gone, Service,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -441,4 +443,25 @@ fn the_watchdog_is_kept_by_whichever_process_serves() {
     signal(second, Signal::SIGTERM);
     assert!(wait_gone(second, T));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn twenty_reloads_leak_no_descriptor() {
+    let service = Service::start(&testapp(), &["127.0.0.1:0"], &[("GRACEFUL_MODE", "single")]);
+    let addr = service.addr(T);
+    let mut current = service.ready("process", 1, T);
+    let mut counts = Vec::new();
+    for generation in 2..=21u64 {
+        signal(current, Signal::SIGHUP);
+        let next = service.ready("process", generation, T);
+        assert!(wait_gone(current, T));
+        current = next;
+        // Quiet: no connection is open while the count is taken.
+        counts.push(fd_count(current));
+    }
+    assert_eq!(pid_of(&addr), current);
+    // Every successor holds the same descriptors as the first successor did.
+    assert!(counts.iter().all(|n| *n == counts[0]), "{counts:?}");
+    signal(current, Signal::SIGTERM);
+    assert!(wait_gone(current, T));
 }
