@@ -181,15 +181,20 @@ fn a_crash_loop_backs_off() {
 }
 
 #[test]
-fn a_handler_panic_is_a_500_and_nothing_else() {
+fn a_handler_panic_or_error_is_a_logged_500_and_nothing_else() {
     let service = Service::start(&testapp(), &["127.0.0.1:0"], &[]);
     let addr = service.addr(T);
     let worker = service.ready_worker(1, T);
     assert_eq!(get(&addr, "/panic").unwrap().0, 500);
+    assert_eq!(get(&addr, "/error").unwrap().0, 500);
     assert_eq!(get(&addr, "/").unwrap().0, 200);
     assert_eq!(pid_of(&addr), worker);
     service.wait_line(
         "handler panicked on GET /panic: handler panicked on purpose; answered 500",
+        T,
+    );
+    service.wait_line(
+        "handler error on GET /error: handler failed on purpose; answered 500",
         T,
     );
 }

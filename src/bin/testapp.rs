@@ -14,7 +14,7 @@
 //!
 //! Routes: `/` (version and worker pid), `/slow?ms=N` (answers after N ms),
 //! `/pid` (worker pid only), `/reload` (calls `graceful::reload()`),
-//! `/panic` (the handler panics), `/abort` (the worker aborts), `/stream`
+//! `/panic` (the handler panics), `/error` (the handler returns `Err`), `/abort` (the worker aborts), `/stream`
 //! (ticks until `graceful::shutdown_signal()`, then `event: bye`), `/upgrade`
 //! (an upgraded connection that ends on `shutdown_signal()`, or never with
 //! `?stubborn`).
@@ -80,16 +80,21 @@ fn upgrade(mut req: Request<Incoming>) -> Response<BoxBody> {
         .unwrap()
 }
 
-async fn handle(req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
+async fn handle(req: Request<Incoming>) -> Result<Response<BoxBody>, std::io::Error> {
+    if req.uri().path() == "/error" {
+        return Err(std::io::Error::other("handler failed on purpose"));
+    }
     if req.uri().path() == "/upgrade" {
         return Ok(upgrade(req));
     }
     if req.uri().path() == "/stream" {
         return Ok(stream().map(|b| b.boxed_unsync()));
     }
-    Ok(handle_text(req)
-        .await?
-        .map(|b| Full::new(Bytes::from(b)).boxed_unsync()))
+    let response = match handle_text(req).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    Ok(response.map(|b| Full::new(Bytes::from(b)).boxed_unsync()))
 }
 
 type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
