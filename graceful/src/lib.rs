@@ -30,6 +30,18 @@
 //!
 //! Everything the macros do is reachable without them: see [`Server`] and
 //! [`listen_and_serve`].
+//!
+//! Also here:
+//!
+//! - TLS with rustls (the default `tls` feature): `register!(addr, app, tls =
+//!   TlsConfig::from_pem_files(cert, key))` or [`listen_and_serve_tls`]. Each
+//!   new worker reads the files again, so rotating a certificate is "replace
+//!   the files, send SIGHUP".
+//! - [`shutdown_signal()`] for handlers that hold connections open
+//!   (WebSocket, server-sent events).
+//! - Single-process mode, with no master: `#[graceful::main(mode = "single")]`
+//!   or `GRACEFUL_MODE=single`. See [`Mode`] for the trade-offs.
+//! - On non-Unix targets the crate serves in one process without reloads.
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
