@@ -234,3 +234,27 @@ fn a_handshake_in_progress_counts_in_the_drain_and_gets_idle_grace() {
     drop(silent);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn listen_and_serve_tls_is_a_drop_in_that_reloads() {
+    let dir = temp_dir("tls-dropin");
+    let ca = TestCa::new();
+    let leaf = ca.leaf("dropin");
+    let (cert, key) = leaf.write(&dir, "server");
+    let program = PathBuf::from(env!("CARGO_BIN_EXE_tls_dropin"));
+    let service = Service::start(&program, &["127.0.0.1:0", s(&cert), s(&key)], &[]);
+    let addr: SocketAddr = service.addr(T).parse().unwrap();
+    let first = service.ready_worker(1, T);
+    let client = ca.client_config();
+    for http2 in [false, true] {
+        let got = fetch(addr, &client, http2, "/").unwrap();
+        assert_eq!(got.body.trim(), first.to_string());
+        assert_eq!(got.peer_cert, leaf.der);
+    }
+    service.signal(Signal::SIGHUP);
+    let second = service.ready_worker(2, T);
+    assert!(wait_gone(first, T));
+    let got = fetch(addr, &client, true, "/").unwrap();
+    assert_eq!(got.body.trim(), second.to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+}
