@@ -257,7 +257,10 @@ async fn reloads(process: Arc<Process>, mut requests: mpsc::UnboundedReceiver<St
             queued = true;
         }
         match outcome {
-            Ok(pid) => {
+            // `_child` is held, never awaited, for the life of this task:
+            // the successor is not reaped by this process, so its PID cannot
+            // be reused while requests are passed on to it.
+            Ok((pid, _child)) => {
                 let name = process.name();
                 log!("reload finished: successor (pid {pid}) is serving; {name} draining");
                 process.notify(&format!(
@@ -320,9 +323,9 @@ enum Outcome {
 }
 use Outcome::{Failed, Stopped};
 
-/// Starts a successor and waits until it is ready (its PID), fails, or the
-/// drain of this process starts.
-async fn successor(process: &Process) -> Result<u32, Outcome> {
+/// Starts a successor and waits until it is ready (its PID and handle),
+/// fails, or the drain of this process starts.
+async fn successor(process: &Process) -> Result<(u32, tokio::process::Child), Outcome> {
     let spawn_failed = |e: std::io::Error| {
         Failed(format!(
             "cannot start a successor from {}: {e}",
@@ -394,7 +397,7 @@ async fn successor(process: &Process) -> Result<u32, Outcome> {
         }
     };
     match waited {
-        Ok(()) => Ok(pid),
+        Ok(()) => Ok((pid, child)),
         Err(reason) => {
             // Give an exiting successor a moment to be reaped, so that its
             // exit status is part of the reason; then kill it.
