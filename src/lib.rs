@@ -5,6 +5,7 @@
 #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 pub mod load;
+pub mod notify;
 pub mod process;
 pub mod tls;
 

@@ -4,11 +4,11 @@
 //! process serving, stop drains, and systemd hears `MAINPID=`.
 
 use std::net::SocketAddr;
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use graceful_dev::load::{Load, Mode};
+use graceful_dev::notify::Notifications;
 use graceful_dev::process::{
     children_of, fd_count, get, is_alive, pid_of, temp_dir, wait_gone, Service,
 };
@@ -33,6 +33,13 @@ fn pid_file(path: &Path) -> i32 {
         .unwrap()
 }
 
+/// testapp in single-process mode, with `envs` besides.
+fn single(envs: &[(&str, &str)]) -> Service {
+    let mut all = vec![("GRACEFUL_MODE", "single")];
+    all.extend_from_slice(envs);
+    Service::start(&testapp(), &["127.0.0.1:0"], &all)
+}
+
 /// A single-mode testapp whose failures a flag file sets, under keep-alive
 /// load.
 struct Flagged {
@@ -47,14 +54,7 @@ struct Flagged {
 fn single_under_load(name: &str) -> Flagged {
     let dir = temp_dir(name);
     let flag = dir.join("flag");
-    let service = Service::start(
-        &testapp(),
-        &["127.0.0.1:0"],
-        &[
-            ("GRACEFUL_MODE", "single"),
-            ("TESTAPP_FAIL_IF_EXISTS", flag.to_str().unwrap()),
-        ],
-    );
+    let service = single(&[("TESTAPP_FAIL_IF_EXISTS", flag.to_str().unwrap())]);
     let addr = service.addr(T);
     let first = service.ready("process", 1, T);
     let load = Load::start(addr.parse().unwrap(), Mode::KeepAlive, 2, "/");
@@ -73,14 +73,7 @@ fn single_under_load(name: &str) -> Flagged {
 fn reloads_under_load_lose_nothing_and_the_pid_file_follows() {
     let dir = temp_dir("single-reload");
     let pid_path = dir.join("app.pid");
-    let mut service = Service::start(
-        &testapp(),
-        &["127.0.0.1:0"],
-        &[
-            ("GRACEFUL_MODE", "single"),
-            ("TESTAPP_PID_FILE", pid_path.to_str().unwrap()),
-        ],
-    );
+    let mut service = single(&[("TESTAPP_PID_FILE", pid_path.to_str().unwrap())]);
     let addr = service.addr(T);
     let first = service.ready("process", 1, T);
     assert_eq!(first, service.pid(), "no master: the process serves itself");
@@ -174,7 +167,7 @@ fn a_failed_successor_leaves_the_old_process_serving() {
 
 #[test]
 fn stop_drains_in_flight_requests_like_a_worker() {
-    let mut service = Service::start(&testapp(), &["127.0.0.1:0"], &[("GRACEFUL_MODE", "single")]);
+    let mut service = single(&[]);
     let addr = service.addr(T);
     service.ready("process", 1, T);
     let slow = {
@@ -193,43 +186,28 @@ fn stop_drains_in_flight_requests_like_a_worker() {
 
 #[test]
 fn systemd_hears_ready_reloading_and_the_successors_mainpid() {
-    let dir = temp_dir("single-notify");
-    let path = dir.join("notify.sock");
-    let socket = UnixDatagram::bind(&path).unwrap();
-    socket.set_read_timeout(Some(T)).unwrap();
-    let recv = || {
-        let mut buf = [0u8; 4096];
-        let n = socket.recv(&mut buf).expect("a notification in time");
-        String::from_utf8(buf[..n].to_vec()).unwrap()
-    };
-    let service = Service::start(
-        &testapp(),
-        &["127.0.0.1:0"],
-        &[
-            ("GRACEFUL_MODE", "single"),
-            ("NOTIFY_SOCKET", path.to_str().unwrap()),
-        ],
-    );
+    let notes = Notifications::bind("single-notify", T);
+    let service = single(&[("NOTIFY_SOCKET", notes.address())]);
     let first = service.ready("process", 1, T);
     assert_eq!(
-        recv(),
+        notes.recv(),
         format!("READY=1\nSTATUS=serving with process 1 (pid {first})")
     );
     signal(first, Signal::SIGHUP);
-    let reloading = recv();
+    let reloading = notes.recv();
     assert!(
         reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
         "{reloading}"
     );
     let second = service.ready("process", 2, T);
     assert_eq!(
-        recv(),
+        notes.recv(),
         format!("MAINPID={second}\nREADY=1\nSTATUS=reload finished: serving with pid {second}")
     );
     // The successor is the main PID now, and it was given NOTIFY_SOCKET.
     assert!(wait_gone(first, T));
     signal(second, Signal::SIGTERM);
-    let stopping = recv();
+    let stopping = notes.recv();
     assert!(
         stopping.starts_with("STOPPING=1\nEXTEND_TIMEOUT_USEC="),
         "{stopping}"
@@ -242,7 +220,6 @@ fn systemd_hears_ready_reloading_and_the_successors_mainpid() {
     );
     assert!(wait_gone(second, T));
     assert!(!is_alive(second));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -371,54 +348,19 @@ fn reload_requests_during_a_reload_are_coalesced_and_passed_on() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// One datagram and the PID that sent it (SO_PASSCRED).
-fn recv_with_pid(socket: &UnixDatagram) -> (String, i32) {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixCredentials};
-    use std::os::fd::AsRawFd;
-    let mut buf = [0u8; 4096];
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let mut space = nix::cmsg_space!(UnixCredentials);
-    let msg = recvmsg::<()>(
-        socket.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::empty(),
-    )
-    .expect("a notification in time");
-    let pid = msg
-        .cmsgs()
-        .unwrap()
-        .find_map(|c| match c {
-            ControlMessageOwned::ScmCredentials(creds) => Some(creds.pid()),
-            _ => None,
-        })
-        .expect("the sender's credentials");
-    let n = msg.bytes;
-    (String::from_utf8(buf[..n].to_vec()).unwrap(), pid)
-}
-
 #[test]
 fn the_watchdog_is_kept_by_whichever_process_serves() {
-    let dir = temp_dir("single-watchdog");
-    let path = dir.join("notify.sock");
-    let socket = UnixDatagram::bind(&path).unwrap();
-    socket.set_read_timeout(Some(T)).unwrap();
-    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true).unwrap();
+    let notes = Notifications::bind("single-watchdog", T);
     // WATCHDOG_USEC=200 ms: a keep-alive every 100 ms.
-    let service = Service::start(
-        &testapp(),
-        &["127.0.0.1:0"],
-        &[
-            ("GRACEFUL_MODE", "single"),
-            ("NOTIFY_SOCKET", path.to_str().unwrap()),
-            ("WATCHDOG_USEC", "200000"),
-        ],
-    );
+    let service = single(&[
+        ("NOTIFY_SOCKET", notes.address()),
+        ("WATCHDOG_USEC", "200000"),
+    ]);
     let first = service.ready("process", 1, T);
-    let (ready, from) = recv_with_pid(&socket);
+    let (ready, from) = notes.recv_with_pid();
     assert!(ready.starts_with("READY=1"), "{ready}");
     assert_eq!(from, first);
-    assert_eq!(recv_with_pid(&socket), ("WATCHDOG=1".to_string(), first));
+    assert_eq!(notes.recv_with_pid(), ("WATCHDOG=1".to_string(), first));
 
     signal(first, Signal::SIGHUP);
     let second = service.ready("process", 2, T);
@@ -426,7 +368,7 @@ fn the_watchdog_is_kept_by_whichever_process_serves() {
     // only the successor does (systemd follows MAINPID=).
     let (mut handed_over, mut from_second, mut late_from_first) = (false, 0, 0);
     while from_second < 3 || !handed_over {
-        let (message, from) = recv_with_pid(&socket);
+        let (message, from) = notes.recv_with_pid();
         if from == second {
             assert_eq!(message, "WATCHDOG=1");
             from_second += 1;
@@ -442,12 +384,11 @@ fn the_watchdog_is_kept_by_whichever_process_serves() {
     }
     signal(second, Signal::SIGTERM);
     assert!(wait_gone(second, T));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn twenty_reloads_leak_no_descriptor() {
-    let service = Service::start(&testapp(), &["127.0.0.1:0"], &[("GRACEFUL_MODE", "single")]);
+    let service = single(&[]);
     let addr = service.addr(T);
     let mut current = service.ready("process", 1, T);
     let mut counts = Vec::new();

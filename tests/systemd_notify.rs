@@ -2,10 +2,10 @@
 //! NOTIFY_SOCKET datagram listener that the test creates (systemd itself is
 //! never started).
 
-use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use graceful_dev::notify::Notifications;
 use graceful_dev::process::{temp_dir, Service};
 use nix::sys::signal::Signal;
 
@@ -15,14 +15,6 @@ fn testapp() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_testapp"))
 }
 
-fn recv(socket: &UnixDatagram) -> String {
-    let mut buf = [0u8; 4096];
-    let n = socket
-        .recv(&mut buf)
-        .expect("a notification within the timeout");
-    String::from_utf8(buf[..n].to_vec()).unwrap()
-}
-
 fn monotonic_usec() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
     t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000
@@ -30,22 +22,20 @@ fn monotonic_usec() -> u64 {
 
 #[test]
 fn notify_sequence_over_start_reload_failed_reload_and_stop() {
+    let notes = Notifications::bind("sequence-notify", T);
     let dir = temp_dir("sequence");
-    let path = dir.join("notify.sock");
-    let socket = UnixDatagram::bind(&path).unwrap();
-    socket.set_read_timeout(Some(T)).unwrap();
     let flag = dir.join("fail");
     let mut service = Service::start(
         &testapp(),
         &["127.0.0.1:0"],
         &[
-            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("NOTIFY_SOCKET", notes.address()),
             ("TESTAPP_FAIL_IF_EXISTS", flag.to_str().unwrap()),
         ],
     );
     let w1 = service.ready_worker(1, T);
     assert_eq!(
-        recv(&socket),
+        notes.recv(),
         format!("READY=1\nSTATUS=serving with worker 1 (pid {w1})")
     );
     // Workers are not the main PID: they never see NOTIFY_SOCKET.
@@ -55,7 +45,7 @@ fn notify_sequence_over_start_reload_failed_reload_and_stop() {
     // Reload.
     let before = monotonic_usec();
     service.signal(Signal::SIGHUP);
-    let reloading = recv(&socket);
+    let reloading = notes.recv();
     let after = monotonic_usec();
     let lines: Vec<&str> = reloading.lines().collect();
     assert_eq!(lines.len(), 3, "{reloading}");
@@ -75,14 +65,14 @@ fn notify_sequence_over_start_reload_failed_reload_and_stop() {
     );
     let w2 = service.ready_worker(2, T);
     assert_eq!(
-        recv(&socket),
+        notes.recv(),
         format!("READY=1\nSTATUS=reload finished: serving with worker 2 (pid {w2})")
     );
 
     // A failed reload: RELOADING, then READY again with the reason.
     std::fs::write(&flag, "exit").unwrap();
     service.signal(Signal::SIGHUP);
-    let reloading = recv(&socket);
+    let reloading = notes.recv();
     assert!(
         reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
         "{reloading}"
@@ -91,7 +81,7 @@ fn notify_sequence_over_start_reload_failed_reload_and_stop() {
         reloading.ends_with("\nSTATUS=reloading (signal SIGHUP): starting worker 3"),
         "{reloading}"
     );
-    let failed = recv(&socket);
+    let failed = notes.recv();
     assert!(
         failed.starts_with("READY=1\nSTATUS=reload failed: worker 3 (pid "),
         "{failed}"
@@ -106,7 +96,7 @@ fn notify_sequence_over_start_reload_failed_reload_and_stop() {
     // Stop.
     service.signal(Signal::SIGTERM);
     assert_eq!(
-        recv(&socket),
+        notes.recv(),
         "STOPPING=1\nEXTEND_TIMEOUT_USEC=21500000\nSTATUS=stopping (SIGTERM): draining 1 worker(s)"
     );
     assert_eq!(service.wait_exit(T).code(), Some(0));
@@ -116,44 +106,36 @@ fn notify_sequence_over_start_reload_failed_reload_and_stop() {
 
 #[test]
 fn abstract_notify_socket() {
-    use std::os::linux::net::SocketAddrExt;
-    let name = format!("graceful-test-notify-{}", std::process::id());
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
-    let socket = UnixDatagram::bind_addr(&addr).unwrap();
-    socket.set_read_timeout(Some(T)).unwrap();
-    let env = format!("@{name}");
+    let notes = Notifications::bind_abstract(T);
+    assert!(notes.address().starts_with('@'));
     let service = Service::start(
         &testapp(),
         &["127.0.0.1:0"],
-        &[("NOTIFY_SOCKET", env.as_str())],
+        &[("NOTIFY_SOCKET", notes.address())],
     );
     let w1 = service.ready_worker(1, T);
     assert_eq!(
-        recv(&socket),
+        notes.recv(),
         format!("READY=1\nSTATUS=serving with worker 1 (pid {w1})")
     );
 }
 
 #[test]
 fn watchdog_keep_alives_while_a_worker_serves() {
-    let dir = temp_dir("watchdog");
-    let path = dir.join("notify.sock");
-    let socket = UnixDatagram::bind(&path).unwrap();
-    socket.set_read_timeout(Some(T)).unwrap();
+    let notes = Notifications::bind("watchdog", T);
     // WATCHDOG_USEC=200 ms: a keep-alive every 100 ms.
     let service = Service::start(
         &testapp(),
         &["127.0.0.1:0"],
         &[
-            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("NOTIFY_SOCKET", notes.address()),
             ("WATCHDOG_USEC", "200000"),
         ],
     );
     service.ready_worker(1, T);
-    assert!(recv(&socket).starts_with("READY=1"));
+    assert!(notes.recv().starts_with("READY=1"));
     for _ in 0..3 {
-        assert_eq!(recv(&socket), "WATCHDOG=1");
+        assert_eq!(notes.recv(), "WATCHDOG=1");
     }
     drop(service);
-    std::fs::remove_dir_all(dir).unwrap();
 }
