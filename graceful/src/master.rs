@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::ffi::OsString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -173,6 +173,46 @@ pub(crate) fn run(server: Server) -> Result<(), Error> {
     result
 }
 
+/// The command that starts the next generation (a worker, or a single-mode
+/// successor): the recorded executable with the original argv. In the child,
+/// between fork and exec, the descriptors in `inherit` are made to survive
+/// exec, the `ignore` signals are ignored (a reload signal sent to the
+/// process group must not kill the child before it installs its own
+/// handlers), and the `default` signal numbers get their default action.
+pub(crate) fn next_generation(
+    executable: &Path,
+    argv: &[OsString],
+    inherit: Vec<RawFd>,
+    ignore: &[Signal],
+    default: Vec<i32>,
+) -> Command {
+    let ignore: Vec<i32> = ignore.iter().map(|s| s.number()).collect();
+    let mut command = Command::new(executable);
+    if let Some(arg0) = argv.first() {
+        command.arg0(arg0);
+    }
+    command.args(argv.iter().skip(1));
+    // SAFETY: between fork and exec only async-signal-safe calls are made
+    // (fcntl, signal), on memory allocated before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            for &fd in &inherit {
+                if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for &sig in &ignore {
+                nix::libc::signal(sig, nix::libc::SIG_IGN);
+            }
+            for &sig in &default {
+                nix::libc::signal(sig, nix::libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
 pub(crate) fn list(signals: &[Signal]) -> String {
     if signals.is_empty() {
         return "graceful::reload() only".into();
@@ -301,48 +341,20 @@ impl Master {
         control::set_nonblocking(mine.as_fd(), true).map_err(spawn_error)?;
         let generation = self.next_generation;
         let child_fd = theirs.as_raw_fd();
-        let ignore: Vec<i32> = self
-            .server
-            .reload_signals
-            .iter()
-            .map(|s| s.number())
-            .collect();
-        let default: Vec<i32> = self
-            .server
-            .stop_signals
-            .iter()
-            .map(|s| s.number())
-            .chain([NixSignal::SIGCHLD as i32])
-            .collect();
-
-        let mut command = Command::new(&self.executable);
-        if let Some(arg0) = self.argv.first() {
-            command.arg0(arg0);
-        }
+        // Our handlers must not run in the child before exec: they write to
+        // the master's pipe.
+        let default = self.server.stop_signals.iter().map(|s| s.number());
+        let default = default.chain([NixSignal::SIGCHLD as i32]).collect();
+        let mut command = next_generation(
+            &self.executable,
+            &self.argv,
+            vec![child_fd],
+            &self.server.reload_signals,
+            default,
+        );
         command
-            .args(self.argv.iter().skip(1))
             .env(ENV_CONTROL_FD, child_fd.to_string())
             .env(ENV_GENERATION, generation.to_string());
-        // SAFETY: between fork and exec only async-signal-safe calls are made
-        // (fcntl, signal), on memory allocated before the fork.
-        unsafe {
-            command.pre_exec(move || {
-                // The worker's end of the control channel survives exec.
-                if nix::libc::fcntl(child_fd, nix::libc::F_SETFD, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // A reload signal sent to the process group must not kill a
-                // worker before it installs its own handlers; our handlers
-                // must not run in the child (they write to the master's pipe).
-                for &sig in &ignore {
-                    nix::libc::signal(sig, nix::libc::SIG_IGN);
-                }
-                for &sig in &default {
-                    nix::libc::signal(sig, nix::libc::SIG_DFL);
-                }
-                Ok(())
-            });
-        }
         let child = command.spawn().map_err(spawn_error)?;
         drop(theirs);
         self.next_generation += 1;

@@ -340,43 +340,20 @@ async fn successor(process: &Process) -> Result<(u32, tokio::process::Child), Ou
         .unwrap_or_else(|e| e.into_inner())
         .export();
     keep.push(theirs.as_raw_fd());
-    let ignore: Vec<i32> = process
-        .server
-        .reload_signals
-        .iter()
-        .map(|s| s.number())
-        .collect();
-
-    let mut command = tokio::process::Command::new(&process.executable);
-    if let Some(arg0) = process.argv.first() {
-        command.arg0(arg0);
-    }
+    let mut command = tokio::process::Command::from(crate::master::next_generation(
+        &process.executable,
+        &process.argv,
+        keep,
+        &process.server.reload_signals,
+        Vec::new(),
+    ));
     command
-        .args(process.argv.iter().skip(1))
         .env(ENV_CONTROL_FD, theirs.as_raw_fd().to_string())
         .env(ENV_GENERATION, (process.generation + 1).to_string())
         .env(ENV_ROLE, "successor")
         .env(ENV_INHERIT, inherit);
     if let Some(systemd) = &process.systemd {
         command.envs(systemd.env.iter().map(|(k, v)| (k, v)));
-    }
-    // SAFETY: between fork and exec only async-signal-safe calls are made
-    // (fcntl, signal), on memory allocated before the fork.
-    unsafe {
-        command.pre_exec(move || {
-            // The listeners and the control socket survive exec.
-            for &fd in &keep {
-                if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            // A reload signal must not kill the successor before it installs
-            // its own handlers.
-            for &sig in &ignore {
-                nix::libc::signal(sig, nix::libc::SIG_IGN);
-            }
-            Ok(())
-        });
     }
     let mut child = command.spawn().map_err(spawn_failed)?;
     drop(theirs);
