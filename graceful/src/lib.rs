@@ -198,11 +198,17 @@ macro_rules! register {
 /// Asks the master to reload, exactly as a reload signal does.
 ///
 /// It goes over the worker's control channel, not through a signal, so it
-/// works when the master is PID 1 in a container. Returns
-/// [`Error::NotManaged`] outside a worker.
+/// works when the master is PID 1 in a container. In single-process mode it
+/// starts a successor, as a reload signal does there. Returns
+/// [`Error::NotManaged`] outside a worker or single-mode process, and
+/// [`Error::Unsupported`] on non-Unix targets.
 pub fn reload() -> Result<(), Error> {
+    // A single-mode process reloads itself; a worker asks its master.
     #[cfg(unix)]
-    return worker::request_reload();
+    return match single::request_reload() {
+        Some(()) => Ok(()),
+        None => worker::request_reload(),
+    };
     #[cfg(not(unix))]
     return Err(Error::Unsupported {
         what: "graceful::reload()",

@@ -103,9 +103,6 @@ impl WorkerEnv {
 static CONTROL: OnceLock<Arc<OwnedFd>> = OnceLock::new();
 
 pub(crate) fn request_reload() -> Result<(), Error> {
-    if crate::single::request_reload().is_some() {
-        return Ok(());
-    }
     let control = CONTROL.get().ok_or(Error::NotManaged)?;
     control::send_to_master(control.as_fd(), &ToMaster::Reload)
         .map_err(|e| Error::io("cannot ask the master to reload", e))
