@@ -24,7 +24,7 @@ use crate::log::log;
 use crate::notify::{monotonic_usec, Notifier};
 use crate::serve;
 use crate::server::MainOutput;
-use crate::worker::{WorkerEnv, ENV_CONTROL_FD, ENV_GENERATION, ENV_ROLE};
+use crate::worker::{self, WorkerEnv, ENV_CONTROL_FD, ENV_GENERATION, ENV_ROLE};
 use crate::{Error, Server};
 
 /// Carries the listener table to a successor.
@@ -123,7 +123,8 @@ where
     let _ = RELOAD.set(reload_tx.clone());
 
     let result = runtime.block_on(async {
-        listen_for_signals(&server, reload_tx)?;
+        // Stop signals drain, as in a worker; reload signals start a successor.
+        worker::listen_for_signals(&server, Some(reload_tx))?;
         let registrations = serve::run_main(&mut server, main).await.map_err(fail)?;
         let mut listeners = listeners;
         let mut keys = std::collections::HashSet::new();
@@ -197,31 +198,6 @@ where
             remove_pid_file(path, std::process::id());
         }
         log!("stopped");
-    }
-    Ok(())
-}
-
-/// Stop signals drain, as in a worker; reload signals start a successor.
-fn listen_for_signals(server: &Server, reload: mpsc::UnboundedSender<String>) -> Result<(), Error> {
-    use tokio::signal::unix::{signal, SignalKind};
-    for sig in server.reload_signals.clone() {
-        let mut stream = signal(SignalKind::from_raw(sig.number()))
-            .map_err(|e| Error::io(format!("cannot handle {sig}"), e))?;
-        let reload = reload.clone();
-        tokio::spawn(async move {
-            while stream.recv().await.is_some() {
-                let _ = reload.send(format!("signal {sig}"));
-            }
-        });
-    }
-    for sig in server.stop_signals.clone() {
-        let mut stream = signal(SignalKind::from_raw(sig.number()))
-            .map_err(|e| Error::io(format!("cannot handle {sig}"), e))?;
-        tokio::spawn(async move {
-            if stream.recv().await.is_some() {
-                crate::drain::global().start(Some(&format!("received {sig}")));
-            }
-        });
     }
     Ok(())
 }

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
+use tokio::sync::mpsc::UnboundedSender;
 
 use crate::control::{self, ToMaster, ToWorker};
 use crate::drain;
 use crate::log::log;
 use crate::serve::{acquire, build_runtime, drain, run_main, start_serving, to_listener};
 use crate::server::MainOutput;
-use crate::{Error, Server};
+use crate::{Error, Server, Signal};
 
 /// Environment variable that carries the worker's end of the control channel.
 pub(crate) const ENV_CONTROL_FD: &str = "GRACEFUL_CONTROL_FD";
@@ -122,7 +123,7 @@ where
     };
     let runtime = build_runtime(&server).map_err(fail)?;
     let result = runtime.block_on(async {
-        listen_for_signals(&server)?;
+        listen_for_signals(&server, None)?;
         let registrations = run_main(&mut server, main).await.map_err(fail)?;
         let served = acquire(registrations, |request| {
             listener_from_master(&control, request).and_then(to_listener)
@@ -142,20 +143,34 @@ where
     result
 }
 
-/// Stop signals sent to the worker directly (as with `KillMode=control-group`
-/// or a terminal's Ctrl-C to the process group) start the drain; reload
-/// signals are the master's business and are ignored here.
-fn listen_for_signals(server: &Server) -> Result<(), Error> {
-    use tokio::signal::unix::{signal, SignalKind};
-    for sig in &server.reload_signals {
-        // Installing the handler replaces the inherited SIG_IGN; the stream is
-        // dropped, so the signal is received and ignored.
-        let _ignored = signal(SignalKind::from_raw(sig.number()))
-            .map_err(|e| Error::io(format!("cannot handle {sig}"), e))?;
+/// Handles the configured signals in a serving process. Stop signals start
+/// the drain, also when sent to a worker directly (as with
+/// `KillMode=control-group` or a terminal's Ctrl-C to the process group).
+/// With `reload` (single mode) each reload signal is sent on it; without it,
+/// reload signals are the master's business, received and ignored.
+pub(crate) fn listen_for_signals(
+    server: &Server,
+    reload: Option<UnboundedSender<String>>,
+) -> Result<(), Error> {
+    use tokio::signal::unix::{signal, Signal as Stream, SignalKind};
+    let handle = |sig: Signal| -> Result<Stream, Error> {
+        signal(SignalKind::from_raw(sig.number()))
+            .map_err(|e| Error::io(format!("cannot handle {sig}"), e))
+    };
+    for &sig in &server.reload_signals {
+        // Installing the handler replaces the inherited SIG_IGN. Without a
+        // receiver the stream is dropped, so the signal is received and ignored.
+        let mut stream = handle(sig)?;
+        if let Some(reload) = reload.clone() {
+            tokio::spawn(async move {
+                while stream.recv().await.is_some() {
+                    let _ = reload.send(format!("signal {sig}"));
+                }
+            });
+        }
     }
-    for sig in server.stop_signals.clone() {
-        let mut stream = signal(SignalKind::from_raw(sig.number()))
-            .map_err(|e| Error::io(format!("cannot handle {sig}"), e))?;
+    for &sig in &server.stop_signals {
+        let mut stream = handle(sig)?;
         tokio::spawn(async move {
             if stream.recv().await.is_some() {
                 drain::global().start(Some(&format!("received {sig}")));
