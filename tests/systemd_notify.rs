@@ -68,6 +68,9 @@ fn notify_sequence_over_start_reload_failed_reload_and_stop() {
         notes.recv(),
         format!("READY=1\nSTATUS=reload finished: serving with worker 2 (pid {w2})")
     );
+    // Worker 1 has drained and exited, so that the stop below finds exactly
+    // one worker to drain (on a busy machine it may otherwise still be there).
+    service.wait_line("after draining", T);
 
     // A failed reload: RELOADING, then READY again with the reason.
     std::fs::write(&flag, "exit").unwrap();
