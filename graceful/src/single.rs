@@ -174,10 +174,14 @@ where
             }
         }
         tokio::spawn(reloads(process.clone(), reload_rx));
-        tokio::spawn(announce_stop(process.clone()));
         if let Some(every) = process.systemd.as_ref().and_then(|s| s.notifier.watchdog) {
             tokio::spawn(watchdog(process.clone(), every));
         }
+        // Announced here, on the way into the drain, and not by a task of its
+        // own: a task could still be waiting to run when a quick drain ends
+        // and the runtime is shut down, and the message would be lost.
+        crate::shutdown_signal().await;
+        announce_stop(&process);
         serve::drain(accepting, &process.server, &process.name()).await;
         Ok::<_, Error>(process)
     });
@@ -395,8 +399,7 @@ async fn answer(control: OwnedFd) -> Result<(), String> {
 }
 
 /// Tells systemd when this process stops (not when it hands over).
-async fn announce_stop(process: Arc<Process>) {
-    crate::shutdown_signal().await;
+fn announce_stop(process: &Process) {
     if process
         .handed_over
         .load(std::sync::atomic::Ordering::SeqCst)
