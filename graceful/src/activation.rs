@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use crate::addr::ListenAddr;
-use crate::control::set_cloexec;
+use crate::fd::set_cloexec;
 use crate::log::log;
 
 /// First descriptor systemd passes (`SD_LISTEN_FDS_START`).
@@ -103,7 +103,7 @@ pub(crate) fn take() -> Vec<Activated> {
                 continue;
             }
         };
-        if let Err(e) = set_cloexec(raw) {
+        if let Err(e) = set_cloexec(borrowed) {
             log!("ignoring activated descriptor {raw}: {e}");
             continue;
         }

@@ -1,4 +1,6 @@
-//! Listener addresses: parsing what the user writes, and binding (master only).
+//! Listener addresses: parsing what the user writes, and binding a new
+//! listening socket (by whichever process holds the listeners: the master, a
+//! single-mode process, or the portable fallback).
 //!
 //! Accepted forms: `"127.0.0.1:8080"`, `"[::1]:8080"`, `":8080"` (every
 //! interface, IPv4 and IPv6, as in Go), `"localhost:8080"`, port `0`, and
@@ -24,6 +26,87 @@ const UNIX_PATH_MAX: usize = 103;
 /// Backlog of every listening socket: connections made while no worker
 /// accepts (during a restart) wait here instead of being refused.
 const BACKLOG: i32 = 1024;
+
+/// Why a listening socket could not be made. Each message names the
+/// address or path and, where one helps, the fix.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BindError {
+    #[error("cannot resolve host `{host}`: {source}")]
+    Resolve { host: String, source: io::Error },
+    #[error("host `{host}` has no address")]
+    NoAddress { host: String },
+    #[error("bind {addr}: {}", describe(source))]
+    Bind { addr: String, source: io::Error },
+    #[cfg(unix)]
+    #[error("{} exists and is not a socket; refusing to remove it", path.display())]
+    NotASocket { path: PathBuf },
+    #[cfg(unix)]
+    #[error("{} is in use by a running listener", path.display())]
+    InUse { path: PathBuf },
+    #[cfg(unix)]
+    #[error("cannot check whether {} is in use: {source}", path.display())]
+    Check { path: PathBuf, source: io::Error },
+    #[cfg(unix)]
+    #[error("cannot {what} {}: {source}", path.display())]
+    Path {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[cfg(not(unix))]
+    #[error("unix:{} needs a Unix system; listen on a TCP address here", path.display())]
+    UnixUnsupported { path: PathBuf },
+    #[error("systemd passed no socket named {name:?} (set FileDescriptorName={name} in the .socket unit)")]
+    NoSystemdSocket { name: String },
+}
+
+/// The operating system's error, with what usually causes it.
+fn describe(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => "address already in use (another process listens there)".into(),
+        io::ErrorKind::PermissionDenied => {
+            "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)".into()
+        }
+        io::ErrorKind::AddrNotAvailable => "the address is not on this machine".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// A request for the listener of one registered address, as a serving
+/// process makes it of whatever holds its listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ListenRequest {
+    pub(crate) addr: ListenAddr,
+    /// The permission bits of a Unix socket file.
+    pub(crate) unix_mode: Option<u32>,
+}
+
+impl ListenRequest {
+    /// The request for a registration's address and options.
+    pub(crate) fn new(addr: &str, unix_mode: Option<u32>) -> Result<ListenRequest, Error> {
+        let parsed = ListenAddr::parse(addr)?;
+        if let Some(mode) = unix_mode {
+            let invalid = |reason: String| Error::InvalidAddress {
+                addr: addr.to_string(),
+                reason,
+            };
+            if !matches!(parsed, ListenAddr::Unix(_)) {
+                return Err(invalid(
+                    "unix_mode applies to \"unix:\" addresses only".into(),
+                ));
+            }
+            if mode > 0o7777 {
+                return Err(invalid(format!(
+                    "unix_mode {mode:#o} is not a file mode (0o0000 to 0o7777)"
+                )));
+            }
+        }
+        Ok(ListenRequest {
+            addr: parsed,
+            unix_mode,
+        })
+    }
+}
 
 /// A parsed listener address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -112,20 +195,15 @@ impl ListenAddr {
     }
 
     /// Binds a new listening socket (CLOEXEC, never SO_REUSEPORT) and returns
-    /// it with the address it is bound to. Run by the master only.
-    pub(crate) fn bind(&self) -> Result<(Socket, String), String> {
+    /// it with the address it is bound to.
+    pub(crate) fn bind(&self) -> Result<(Socket, String), BindError> {
         match self {
             ListenAddr::Tcp { host, port } => bind_tcp(host.as_deref(), *port),
             #[cfg(unix)]
             ListenAddr::Unix(path) => bind_unix(path),
             #[cfg(not(unix))]
-            ListenAddr::Unix(path) => Err(format!(
-                "unix:{} needs a Unix system; listen on a TCP address here",
-                path.display()
-            )),
-            ListenAddr::Systemd(name) => Err(format!(
-                "systemd passed no socket named {name:?} (set FileDescriptorName={name} in the .socket unit)"
-            )),
+            ListenAddr::Unix(path) => Err(BindError::UnixUnsupported { path: path.clone() }),
+            ListenAddr::Systemd(name) => Err(BindError::NoSystemdSocket { name: name.clone() }),
         }
     }
 }
@@ -174,7 +252,11 @@ fn no_ipv6(e: &io::Error) -> bool {
     e.raw_os_error() == Some(code)
 }
 
-fn bind_tcp(host: Option<&str>, port: u16) -> Result<(Socket, String), String> {
+fn bind_tcp(host: Option<&str>, port: u16) -> Result<(Socket, String), BindError> {
+    let bind_error = |addr: &SocketAddr, source| BindError::Bind {
+        addr: addr.to_string(),
+        source,
+    };
     let socket = match host {
         None => {
             // Every interface: one dual-stack socket, or IPv4 only where the
@@ -184,10 +266,9 @@ fn bind_tcp(host: Option<&str>, port: u16) -> Result<(Socket, String), String> {
                 Ok(s) => s,
                 Err(e) if no_ipv6(&e) => {
                     let any4 = SocketAddr::from(([0, 0, 0, 0], port));
-                    listen_on(Domain::IPV4, &any4.into(), None)
-                        .map_err(|e| describe(&any4.to_string(), e))?
+                    listen_on(Domain::IPV4, &any4.into(), None).map_err(|e| bind_error(&any4, e))?
                 }
-                Err(e) => return Err(describe(&any6.to_string(), e)),
+                Err(e) => return Err(bind_error(&any6, e)),
             }
         }
         Some(host) => {
@@ -196,13 +277,16 @@ fn bind_tcp(host: Option<&str>, port: u16) -> Result<(Socket, String), String> {
                 Err(_) => {
                     let mut found: Vec<SocketAddr> = (host, port)
                         .to_socket_addrs()
-                        .map_err(|e| format!("cannot resolve host `{host}`: {e}"))?
+                        .map_err(|source| BindError::Resolve {
+                            host: host.to_string(),
+                            source,
+                        })?
                         .collect();
                     // Like Go, prefer IPv4 when a name has both.
                     found.sort_by_key(|a| a.is_ipv6());
-                    *found
-                        .first()
-                        .ok_or_else(|| format!("host `{host}` has no address"))?
+                    *found.first().ok_or_else(|| BindError::NoAddress {
+                        host: host.to_string(),
+                    })?
                 }
             };
             let domain = if addr.is_ipv6() {
@@ -211,7 +295,7 @@ fn bind_tcp(host: Option<&str>, port: u16) -> Result<(Socket, String), String> {
                 Domain::IPV4
             };
             let v6_only = addr.is_ipv6().then_some(true);
-            listen_on(domain, &addr.into(), v6_only).map_err(|e| describe(&addr.to_string(), e))?
+            listen_on(domain, &addr.into(), v6_only).map_err(|e| bind_error(&addr, e))?
         }
     };
     let local = socket
@@ -223,48 +307,50 @@ fn bind_tcp(host: Option<&str>, port: u16) -> Result<(Socket, String), String> {
     Ok((socket, local))
 }
 
-fn describe(addr: &str, e: io::Error) -> String {
-    match e.kind() {
-        io::ErrorKind::AddrInUse => {
-            format!("bind {addr}: address already in use (another process listens there)")
-        }
-        io::ErrorKind::PermissionDenied => format!(
-            "bind {addr}: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
-        ),
-        io::ErrorKind::AddrNotAvailable => {
-            format!("bind {addr}: the address is not on this machine")
-        }
-        _ => format!("bind {addr}: {e}"),
-    }
-}
-
 #[cfg(unix)]
-fn bind_unix(path: &Path) -> Result<(Socket, String), String> {
-    let shown = path.display();
+fn bind_unix(path: &Path) -> Result<(Socket, String), BindError> {
+    let path_error = |what, source| BindError::Path {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
             use std::os::unix::fs::FileTypeExt;
             if !meta.file_type().is_socket() {
-                return Err(format!(
-                    "{shown} exists and is not a socket; refusing to remove it"
-                ));
+                return Err(BindError::NotASocket {
+                    path: path.to_path_buf(),
+                });
             }
             // A socket file is stale if nothing accepts on it any more.
             match std::os::unix::net::UnixStream::connect(path) {
-                Ok(_) => return Err(format!("{shown} is in use by a running listener")),
+                Ok(_) => {
+                    return Err(BindError::InUse {
+                        path: path.to_path_buf(),
+                    })
+                }
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                     std::fs::remove_file(path)
-                        .map_err(|e| format!("cannot remove the stale socket {shown}: {e}"))?;
+                        .map_err(|e| path_error("remove the stale socket", e))?;
                 }
-                Err(e) => return Err(format!("cannot check whether {shown} is in use: {e}")),
+                Err(source) => {
+                    return Err(BindError::Check {
+                        path: path.to_path_buf(),
+                        source,
+                    })
+                }
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot inspect {shown}: {e}")),
+        Err(e) => return Err(path_error("inspect", e)),
     }
-    let addr = SockAddr::unix(path).map_err(|e| format!("{shown}: {e}"))?;
-    let socket = listen_on(Domain::UNIX, &addr, None).map_err(|e| format!("bind {shown}: {e}"))?;
-    Ok((socket, format!("unix:{shown}")))
+    let bind_error = |source| BindError::Bind {
+        addr: path.display().to_string(),
+        source,
+    };
+    let addr = SockAddr::unix(path).map_err(bind_error)?;
+    let socket = listen_on(Domain::UNIX, &addr, None).map_err(bind_error)?;
+    Ok((socket, format!("unix:{}", path.display())))
 }
 
 #[cfg(test)]
@@ -329,6 +415,19 @@ mod tests {
     }
 
     #[test]
+    fn unix_mode_is_checked_against_the_address() {
+        let reason = |addr: &str, mode| match ListenRequest::new(addr, Some(mode)) {
+            Err(Error::InvalidAddress { reason, .. }) => reason,
+            other => panic!("{addr}: expected an error, got {other:?}"),
+        };
+        assert!(reason(":80", 0o600).contains("\"unix:\" addresses only"));
+        assert!(reason("unix:/a", 0o10000).contains("not a file mode"));
+        let ok = ListenRequest::new("unix:/a", Some(0o7777)).unwrap();
+        assert_eq!(ok.unix_mode, Some(0o7777));
+        assert_eq!(ListenRequest::new(":80", None).unwrap().addr, tcp(None, 80));
+    }
+
+    #[test]
     fn binds_port_zero_and_reports_the_port() {
         let (_fd, local) = ListenAddr::parse("127.0.0.1:0").unwrap().bind().unwrap();
         assert!(local.starts_with("127.0.0.1:"));
@@ -345,20 +444,26 @@ mod tests {
         let (fd, local) = addr.bind().unwrap();
         assert_eq!(local, format!("unix:{}", sock.display()));
         // Live listener: never removed.
-        assert!(addr.bind().unwrap_err().contains("in use"));
+        assert!(addr.bind().unwrap_err().to_string().contains("in use"));
         drop(fd);
         // Stale file: replaced.
         let (_fd, _) = addr.bind().unwrap();
         // A regular file is never removed.
         let file = dir.join("plain");
         std::fs::write(&file, b"x").unwrap();
-        let err = ListenAddr::Unix(file.clone()).bind().unwrap_err();
+        let err = ListenAddr::Unix(file.clone())
+            .bind()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a socket"), "{err}");
         assert!(file.exists());
         // Nor is a directory.
         let sub = dir.join("sub");
         std::fs::create_dir(&sub).unwrap();
-        let err = ListenAddr::Unix(sub.clone()).bind().unwrap_err();
+        let err = ListenAddr::Unix(sub.clone())
+            .bind()
+            .unwrap_err()
+            .to_string();
         let expected = format!("{} exists and is not a socket", sub.display());
         assert!(err.contains(&expected), "{err}");
         assert!(sub.is_dir());

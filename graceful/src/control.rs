@@ -1,47 +1,195 @@
-//! The control channel between the master and one worker.
+//! The control channel between a process and the one it started (the master
+//! and a worker, or a single-mode process and its successor): the typed
+//! messages in each direction, their encoding, and the socket they cross.
 //!
-//! One `socketpair(AF_UNIX, SOCK_SEQPACKET)` per worker: message boundaries are
-//! kept, file descriptors travel as `SCM_RIGHTS`, and EOF tells either side
-//! that the other is gone, with no polling. A message is one tag byte followed
-//! by UTF-8 text.
+//! One `socketpair(AF_UNIX, SOCK_SEQPACKET)` per child: message boundaries
+//! are kept, file descriptors travel as `SCM_RIGHTS`, and EOF tells either
+//! side that the other is gone, with no polling. A message is one tag byte
+//! and a payload that depends on the tag.
 
+use std::fmt;
 use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{
     recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
     SockFlag, SockType,
 };
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use crate::addr::{ListenAddr, ListenRequest};
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+use crate::fd::set_cloexec;
+use crate::fd::set_nonblocking;
 
 /// Largest message either side sends (addresses and failure reasons).
 const MAX_MESSAGE: usize = 16 * 1024;
 
-/// Worker to master.
+/// Child to parent: a worker to its master, or a successor to its
+/// predecessor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ToMaster {
-    /// Give me the listener for this address (canonical form).
-    Listen(String),
+    /// Give me the listener for this address.
+    Listen(ListenRequest),
     /// Every listener accepts and `main` returned successfully.
     Ready,
-    /// The start failed; the worker exits next.
+    /// The start failed, for this reason; the child exits next.
     Failed(String),
     /// `graceful::reload()` was called.
     Reload,
 }
 
-/// Master to worker.
+/// Parent to child. `Fd` is the listener: borrowed when sent, owned when
+/// received.
 #[derive(Debug)]
-pub(crate) enum ToWorker {
-    /// The listener asked for, and the address it is bound to.
-    Listener(OwnedFd, String),
-    /// The listener asked for could not be had.
+pub(crate) enum ToWorker<Fd> {
+    /// The listener asked for.
+    Listener(Fd),
+    /// The listener asked for could not be had, for this reason.
     ListenError(String),
     /// Drain and exit.
     Stop,
 }
 
-/// Creates the pair: (master's end, worker's end). Both are CLOEXEC; the
-/// master clears the flag on the worker's end in the child only.
+/// Why received bytes are not a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DecodeError {
+    #[error("empty control message")]
+    Empty,
+    #[error("unknown control message tag {0:#04x}")]
+    UnknownTag(u8),
+    #[error("control message {tag:?} is malformed: {why}")]
+    Malformed { tag: char, why: String },
+    #[error("listener message without a file descriptor")]
+    MissingDescriptor,
+}
+
+const LISTEN: u8 = b'L';
+const READY: u8 = b'R';
+const FAILED: u8 = b'F';
+const RELOAD: u8 = b'H';
+const LISTENER: u8 = b'O';
+const LISTEN_ERROR: u8 = b'E';
+const STOP: u8 = b'S';
+
+/// A message as it is sent.
+pub(crate) trait Encode {
+    /// The bytes, and the descriptor that goes with them.
+    fn encode(&self) -> (Vec<u8>, Option<BorrowedFd<'_>>);
+}
+
+/// A message as it is received.
+pub(crate) trait Decode: Sized {
+    /// The message in `bytes`, with the descriptor that came with them (a
+    /// descriptor the message does not expect is closed).
+    fn decode(bytes: &[u8], fd: Option<OwnedFd>) -> Result<Self, DecodeError>;
+}
+
+/// `tag` followed by `text`, cut at a character boundary so that the message
+/// fits and stays valid UTF-8.
+fn tagged(tag: u8, text: &str) -> Vec<u8> {
+    let mut end = text.len().min(MAX_MESSAGE - 1);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut bytes = Vec::with_capacity(1 + end);
+    bytes.push(tag);
+    bytes.extend_from_slice(&text.as_bytes()[..end]);
+    bytes
+}
+
+/// A human-readable reason: invalid UTF-8 is replaced, never a reason to
+/// lose the text.
+fn reason(payload: &[u8]) -> String {
+    String::from_utf8_lossy(payload).into_owned()
+}
+
+fn no_payload<M>(tag: u8, payload: &[u8], message: M) -> Result<M, DecodeError> {
+    if payload.is_empty() {
+        Ok(message)
+    } else {
+        Err(DecodeError::Malformed {
+            tag: char::from(tag),
+            why: format!("{} unexpected byte(s)", payload.len()),
+        })
+    }
+}
+
+impl Encode for ToMaster {
+    fn encode(&self) -> (Vec<u8>, Option<BorrowedFd<'_>>) {
+        let bytes = match self {
+            ToMaster::Listen(request) => {
+                // Tag, then a 0/1 byte and 4 bytes of mode, then the address.
+                let mut bytes = vec![LISTEN, u8::from(request.unix_mode.is_some())];
+                bytes.extend_from_slice(&request.unix_mode.unwrap_or(0).to_be_bytes());
+                bytes.extend_from_slice(request.addr.to_string().as_bytes());
+                bytes
+            }
+            ToMaster::Ready => vec![READY],
+            ToMaster::Failed(why) => tagged(FAILED, why),
+            ToMaster::Reload => vec![RELOAD],
+        };
+        (bytes, None)
+    }
+}
+
+impl Decode for ToMaster {
+    fn decode(bytes: &[u8], _stray: Option<OwnedFd>) -> Result<ToMaster, DecodeError> {
+        let (&tag, payload) = bytes.split_first().ok_or(DecodeError::Empty)?;
+        match tag {
+            LISTEN => {
+                let malformed = |why: String| DecodeError::Malformed { tag: 'L', why };
+                let Some((&[has_mode, m0, m1, m2, m3], addr)) = payload.split_first_chunk::<5>()
+                else {
+                    return Err(malformed("shorter than its header".into()));
+                };
+                let unix_mode = match has_mode {
+                    0 => None,
+                    1 => Some(u32::from_be_bytes([m0, m1, m2, m3])),
+                    other => return Err(malformed(format!("mode flag {other}"))),
+                };
+                let addr = std::str::from_utf8(addr)
+                    .map_err(|_| malformed("the address is not UTF-8".into()))?;
+                let addr = ListenAddr::parse(addr).map_err(|e| malformed(e.to_string()))?;
+                Ok(ToMaster::Listen(ListenRequest { addr, unix_mode }))
+            }
+            READY => no_payload(tag, payload, ToMaster::Ready),
+            FAILED => Ok(ToMaster::Failed(reason(payload))),
+            RELOAD => no_payload(tag, payload, ToMaster::Reload),
+            other => Err(DecodeError::UnknownTag(other)),
+        }
+    }
+}
+
+impl Encode for ToWorker<BorrowedFd<'_>> {
+    fn encode(&self) -> (Vec<u8>, Option<BorrowedFd<'_>>) {
+        match self {
+            ToWorker::Listener(fd) => (vec![LISTENER], Some(*fd)),
+            ToWorker::ListenError(why) => (tagged(LISTEN_ERROR, why), None),
+            ToWorker::Stop => (vec![STOP], None),
+        }
+    }
+}
+
+impl Decode for ToWorker<OwnedFd> {
+    fn decode(bytes: &[u8], fd: Option<OwnedFd>) -> Result<ToWorker<OwnedFd>, DecodeError> {
+        let (&tag, payload) = bytes.split_first().ok_or(DecodeError::Empty)?;
+        match tag {
+            LISTENER => {
+                let fd = fd.ok_or(DecodeError::MissingDescriptor)?;
+                no_payload(tag, payload, ToWorker::Listener(fd))
+            }
+            LISTEN_ERROR => Ok(ToWorker::ListenError(reason(payload))),
+            STOP => no_payload(tag, payload, ToWorker::Stop),
+            other => Err(DecodeError::UnknownTag(other)),
+        }
+    }
+}
+
+/// Creates the pair: (parent's end, child's end). Both are close-on-exec;
+/// the child's end is made inheritable in the child only, between fork and
+/// exec.
 pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
     let flags = SockFlag::SOCK_CLOEXEC;
@@ -50,29 +198,9 @@ pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, flags)?;
     #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
     for fd in [&a, &b] {
-        set_cloexec(fd.as_raw_fd())?;
+        set_cloexec(fd.as_fd())?;
     }
     Ok((a, b))
-}
-
-pub(crate) fn set_cloexec(fd: RawFd) -> io::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    // SAFETY: the caller owns `fd` for the duration of the call.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
-    Ok(())
-}
-
-pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
-    let flags = if on {
-        flags | OFlag::O_NONBLOCK
-    } else {
-        flags - OFlag::O_NONBLOCK
-    };
-    fcntl(fd, FcntlArg::F_SETFL(flags))?;
-    Ok(())
 }
 
 fn send_flags() -> MsgFlags {
@@ -82,19 +210,11 @@ fn send_flags() -> MsgFlags {
     return MsgFlags::empty();
 }
 
-fn send_raw(fd: BorrowedFd<'_>, tag: u8, text: &str, pass: Option<RawFd>) -> io::Result<()> {
-    let mut bytes = Vec::with_capacity(1 + text.len());
-    bytes.push(tag);
-    bytes.extend_from_slice(&text.as_bytes()[..text.len().min(MAX_MESSAGE - 1)]);
-    let iov = [IoSlice::new(&bytes)];
-    let fds;
-    let cmsgs: &[ControlMessage<'_>] = match pass {
-        Some(fd) => {
-            fds = [fd];
-            &[ControlMessage::ScmRights(&fds)]
-        }
-        None => &[],
-    };
+fn send_raw(fd: BorrowedFd<'_>, bytes: &[u8], pass: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    let iov = [IoSlice::new(bytes)];
+    let fds: Vec<RawFd> = pass.iter().map(|fd| fd.as_raw_fd()).collect();
+    let rights = [ControlMessage::ScmRights(&fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
     loop {
         match sendmsg::<()>(fd.as_raw_fd(), &iov, cmsgs, send_flags(), None) {
             Ok(_) => return Ok(()),
@@ -104,11 +224,15 @@ fn send_raw(fd: BorrowedFd<'_>, tag: u8, text: &str, pass: Option<RawFd>) -> io:
     }
 }
 
-/// One received message: tag, text, and the descriptor that came with it.
-type Raw = (u8, String, Option<OwnedFd>);
+/// Sends `message` on `fd`.
+pub(crate) fn send<M: Encode>(fd: BorrowedFd<'_>, message: &M) -> io::Result<()> {
+    let (bytes, pass) = message.encode();
+    send_raw(fd, &bytes, pass)
+}
 
-/// Receives one message; `Ok(None)` is EOF (the peer is gone).
-fn recv_raw(fd: BorrowedFd<'_>) -> io::Result<Option<Raw>> {
+/// Receives one message's bytes and descriptor; `Ok(None)` is EOF (the peer
+/// is gone).
+fn recv_raw(fd: BorrowedFd<'_>) -> io::Result<Option<(Vec<u8>, Option<OwnedFd>)>> {
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut cmsg = nix::cmsg_space!([RawFd; 4]);
     #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
@@ -140,102 +264,192 @@ fn recv_raw(fd: BorrowedFd<'_>) -> io::Result<Option<Raw>> {
     }
     #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
     for fd in &fds {
-        set_cloexec(fd.as_raw_fd())?;
+        set_cloexec(fd.as_fd())?;
     }
-    let text = String::from_utf8(buf[1..len].to_vec())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "control message is not UTF-8"))?;
-    Ok(Some((buf[0], text, fds.into_iter().next())))
+    buf.truncate(len);
+    // One descriptor per message; any more are closed here.
+    Ok(Some((buf, fds.into_iter().next())))
 }
 
-fn invalid(tag: u8) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("unknown control message tag {tag:#04x}"),
-    )
-}
-
-pub(crate) fn send_to_master(fd: BorrowedFd<'_>, msg: &ToMaster) -> io::Result<()> {
-    match msg {
-        ToMaster::Listen(addr) => send_raw(fd, b'L', addr, None),
-        ToMaster::Ready => send_raw(fd, b'R', "", None),
-        ToMaster::Failed(reason) => send_raw(fd, b'F', reason, None),
-        ToMaster::Reload => send_raw(fd, b'H', "", None),
-    }
-}
-
-pub(crate) fn recv_from_worker(fd: BorrowedFd<'_>) -> io::Result<Option<ToMaster>> {
-    let Some((tag, text, _stray_fd)) = recv_raw(fd)? else {
+/// Receives one message; `Ok(None)` is EOF. Bytes that are not a message
+/// are an `InvalidData` error that says why.
+pub(crate) fn recv<M: Decode>(fd: BorrowedFd<'_>) -> io::Result<Option<M>> {
+    let Some((bytes, passed)) = recv_raw(fd)? else {
         return Ok(None);
     };
-    Ok(Some(match tag {
-        b'L' => ToMaster::Listen(text),
-        b'R' => ToMaster::Ready,
-        b'F' => ToMaster::Failed(text),
-        b'H' => ToMaster::Reload,
-        other => return Err(invalid(other)),
-    }))
+    M::decode(&bytes, passed)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-pub(crate) fn send_listener(
-    fd: BorrowedFd<'_>,
-    listener: BorrowedFd<'_>,
-    local: &str,
-) -> io::Result<()> {
-    send_raw(fd, b'O', local, Some(listener.as_raw_fd()))
+/// One end of a channel, on the async runtime: the only reader of a
+/// serving process's control socket.
+pub(crate) struct Channel {
+    fd: AsyncFd<OwnedFd>,
 }
 
-pub(crate) fn send_listen_error(fd: BorrowedFd<'_>, reason: &str) -> io::Result<()> {
-    send_raw(fd, b'E', reason, None)
+impl fmt::Debug for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Channel").field(self.fd.get_ref()).finish()
+    }
 }
 
-pub(crate) fn send_stop(fd: BorrowedFd<'_>) -> io::Result<()> {
-    send_raw(fd, b'S', "", None)
-}
+impl Channel {
+    /// Takes `fd` onto the current runtime (non-blocking from here on).
+    pub(crate) fn new(fd: OwnedFd) -> io::Result<Channel> {
+        set_nonblocking(fd.as_fd())?;
+        // SAFETY: the AsyncFd owns the OwnedFd, which keeps the descriptor
+        // open, and pointing at the same socket, for as long as it is
+        // registered.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(Channel { fd })
+    }
 
-pub(crate) fn recv_from_master(fd: BorrowedFd<'_>) -> io::Result<Option<ToWorker>> {
-    let Some((tag, text, passed)) = recv_raw(fd)? else {
-        return Ok(None);
-    };
-    Ok(Some(match (tag, passed) {
-        (b'O', Some(listener)) => ToWorker::Listener(listener, text),
-        (b'O', None) => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "listener message without a file descriptor",
-            ))
+    /// The socket, for a plain send from outside the runtime.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.get_ref().as_fd()
+    }
+
+    /// Sends without waiting: messages are small, and the peer reads its
+    /// end whenever it is readable.
+    pub(crate) fn send<M: Encode>(&self, message: &M) -> io::Result<()> {
+        send(self.fd.get_ref().as_fd(), message)
+    }
+
+    /// Waits for the next message; `Ok(None)` is EOF.
+    pub(crate) async fn recv<M: Decode>(&self) -> io::Result<Option<M>> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|fd| recv(fd.get_ref().as_fd())) {
+                Err(_would_block) => continue,
+                Ok(result) => return result,
+            }
         }
-        (b'E', _) => ToWorker::ListenError(text),
-        (b'S', _) => ToWorker::Stop,
-        (other, _) => return Err(invalid(other)),
-    }))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
+
+    fn listen(addr: &str, unix_mode: Option<u32>) -> ToMaster {
+        ToMaster::Listen(ListenRequest {
+            addr: ListenAddr::parse(addr).unwrap(),
+            unix_mode,
+        })
+    }
+
+    fn round_trip(message: &ToMaster) -> ToMaster {
+        let (bytes, fd) = message.encode();
+        assert!(fd.is_none());
+        ToMaster::decode(&bytes, None).unwrap()
+    }
+
+    #[test]
+    fn every_message_to_the_master_round_trips() {
+        for message in [
+            listen(":8080", None),
+            listen("[::1]:0", None),
+            listen("unix:/run/a b;c\td.sock", Some(0o660)),
+            listen("systemd:web", None),
+            ToMaster::Ready,
+            ToMaster::Failed("main panicked: wé".into()),
+            ToMaster::Failed(String::new()),
+            ToMaster::Reload,
+        ] {
+            assert_eq!(round_trip(&message), message);
+        }
+    }
+
+    #[test]
+    fn a_long_reason_is_cut_at_a_character_boundary() {
+        // 'é' is two bytes: the cut must not fall between them.
+        let long = format!("x{}", "é".repeat(MAX_MESSAGE));
+        let (bytes, _) = ToMaster::Failed(long.clone()).encode();
+        assert!(bytes.len() <= MAX_MESSAGE);
+        let ToMaster::Failed(got) = ToMaster::decode(&bytes, None).unwrap() else {
+            panic!("not a failure");
+        };
+        assert!(
+            long.starts_with(&got) && got.len() >= MAX_MESSAGE - 2,
+            "{}",
+            got.len()
+        );
+    }
+
+    #[test]
+    fn malformed_messages_are_typed_errors() {
+        let decode = |bytes: &[u8]| ToMaster::decode(bytes, None).unwrap_err();
+        assert_eq!(decode(b""), DecodeError::Empty);
+        assert_eq!(decode(b"?"), DecodeError::UnknownTag(b'?'));
+        assert_eq!(
+            decode(b"Rx"),
+            DecodeError::Malformed {
+                tag: 'R',
+                why: "1 unexpected byte(s)".into()
+            }
+        );
+        assert!(matches!(
+            decode(b"L\0\0"),
+            DecodeError::Malformed { tag: 'L', .. }
+        ));
+        assert!(matches!(
+            decode(b"L\x07\0\0\0\0:80"),
+            DecodeError::Malformed { tag: 'L', .. }
+        ));
+        let bad_addr = decode(b"L\0\0\0\0\0:http");
+        assert!(bad_addr.to_string().contains("not a number"), "{bad_addr}");
+        assert!(matches!(
+            decode(b"L\0\0\0\0\0\xff\xfe"),
+            DecodeError::Malformed { tag: 'L', .. }
+        ));
+        let to_worker = |bytes: &[u8]| ToWorker::<OwnedFd>::decode(bytes, None).unwrap_err();
+        assert_eq!(to_worker(b"O"), DecodeError::MissingDescriptor);
+        let (_, stray) = pair().unwrap();
+        assert!(matches!(
+            ToWorker::<OwnedFd>::decode(b"Ox", Some(stray)),
+            Err(DecodeError::Malformed { tag: 'O', .. })
+        ));
+        assert_eq!(to_worker(b"L"), DecodeError::UnknownTag(b'L'));
+        assert!(matches!(
+            to_worker(b"S!"),
+            DecodeError::Malformed { tag: 'S', .. }
+        ));
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_reason_still_reaches_the_reader() {
+        assert_eq!(
+            ToMaster::decode(b"Fbad \xff byte", None).unwrap(),
+            ToMaster::Failed("bad \u{fffd} byte".into())
+        );
+        match ToWorker::<OwnedFd>::decode(b"Ein \xc3", None).unwrap() {
+            ToWorker::ListenError(reason) => assert_eq!(reason, "in \u{fffd}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 
     #[test]
     fn messages_and_descriptors_cross_the_pair() {
         let (master, worker) = pair().unwrap();
-        send_to_master(worker.as_fd(), &ToMaster::Listen("127.0.0.1:0".into())).unwrap();
-        send_to_master(worker.as_fd(), &ToMaster::Ready).unwrap();
+        send(worker.as_fd(), &listen("127.0.0.1:0", None)).unwrap();
+        send(worker.as_fd(), &ToMaster::Ready).unwrap();
         assert_eq!(
-            recv_from_worker(master.as_fd()).unwrap(),
-            Some(ToMaster::Listen("127.0.0.1:0".into()))
+            recv(master.as_fd()).unwrap(),
+            Some(listen("127.0.0.1:0", None))
         );
         assert_eq!(
-            recv_from_worker(master.as_fd()).unwrap(),
+            recv::<ToMaster>(master.as_fd()).unwrap(),
             Some(ToMaster::Ready)
         );
 
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let fd: OwnedFd = listener.into();
-        send_listener(master.as_fd(), fd.as_fd(), "x").unwrap();
-        match recv_from_master(worker.as_fd()).unwrap() {
-            Some(ToWorker::Listener(fd, local)) => {
-                assert_eq!(local, "x");
+        send(master.as_fd(), &ToWorker::Listener(fd.as_fd())).unwrap();
+        match recv::<ToWorker<OwnedFd>>(worker.as_fd()).unwrap() {
+            Some(ToWorker::Listener(fd)) => {
                 let got = std::net::TcpListener::from(fd);
                 assert_eq!(got.local_addr().unwrap().port(), port);
             }
@@ -243,15 +457,20 @@ mod tests {
         }
         drop(master);
         assert!(
-            recv_from_master(worker.as_fd()).unwrap().is_none(),
+            recv::<ToWorker<OwnedFd>>(worker.as_fd()).unwrap().is_none(),
             "EOF after the peer closes"
         );
     }
 
     #[test]
-    fn garbage_is_an_error_not_a_crash() {
+    fn garbage_on_the_socket_is_an_error_not_a_crash() {
         let (master, worker) = pair().unwrap();
-        send_raw(worker.as_fd(), b'?', "", None).unwrap();
-        assert!(recv_from_worker(master.as_fd()).is_err());
+        send_raw(worker.as_fd(), b"?", None).unwrap();
+        let err = recv::<ToMaster>(master.as_fd()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            err.to_string().contains("unknown control message tag 0x3f"),
+            "{err}"
+        );
     }
 }

@@ -19,7 +19,9 @@ pub enum Error {
         /// Why it is invalid, and how to write it instead.
         reason: String,
     },
-    /// The master could not bind or hand over the listener for an address.
+    /// The listener for an address could not be bound or handed over (by the
+    /// master, or by the process itself in single mode and on non-Unix
+    /// platforms).
     #[error("cannot listen on {addr:?}: {reason}")]
     Listen {
         /// The address as the user wrote it.
@@ -68,8 +70,9 @@ pub enum Error {
         /// The reason, also reported to the master.
         reason: String,
     },
-    /// The environment that marks a worker is present but malformed.
-    #[error("invalid worker environment {var}={value:?}: {reason}; this variable is set by the graceful master and must not be set by hand")]
+    /// The environment that marks a process graceful started (a worker or a
+    /// single-mode successor) is present but malformed.
+    #[error("invalid worker environment {var}={value:?}: {reason}; this variable is set by graceful for the processes it starts and must not be set by hand")]
     WorkerEnv {
         /// The environment variable.
         var: &'static str,
@@ -87,8 +90,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// `graceful::reload()` was called in a process that no graceful master runs.
-    #[error("graceful::reload() was called outside a worker started by a graceful master")]
+    /// `graceful::reload()` was called in a process graceful does not run: not
+    /// a worker, and not a single-mode process.
+    #[error("graceful::reload() was called outside a process graceful runs (a worker started by a graceful master, or a single-mode process)")]
     NotManaged,
     /// A TLS certificate or key file cannot be read, parsed or used.
     #[error("TLS file {path:?}: {reason}")]

@@ -47,14 +47,20 @@
 
 // Master/worker processes, reloads, systemd and the successor handover are
 // Unix-only; elsewhere the crate serves in one process without reload
-// (`portable`).
+// (`portable`). Modules are listed from the public surface down to the
+// leaves; ARCHITECTURE.md has the map of who uses whom.
 #[cfg(unix)]
 mod activation;
 mod addr;
+mod config;
 #[cfg(unix)]
 mod control;
 mod drain;
 mod error;
+#[cfg(unix)]
+mod exec;
+#[cfg(unix)]
+mod fd;
 mod handler;
 #[cfg(unix)]
 mod listeners;
@@ -63,22 +69,30 @@ mod log;
 mod master;
 #[cfg(unix)]
 mod notify;
+#[cfg(unix)]
+mod pidfile;
 #[cfg(not(unix))]
 mod portable;
+mod registration;
+#[cfg(unix)]
+mod role;
 mod serve;
 mod server;
 mod signal;
 #[cfg(unix)]
 mod single;
+mod status;
 #[cfg(feature = "tls")]
 mod tls;
 #[cfg(unix)]
 mod worker;
 
+pub use config::Mode;
 pub use drain::{is_shutting_down, shutdown_signal};
 pub use error::Error;
 pub use handler::{marker, BoxError, Handler, IntoHandler};
-pub use server::{MainOutput, Mode, Registration, Server};
+pub use registration::{MainOutput, Registration};
+pub use server::Server;
 pub use signal::Signal;
 #[cfg(feature = "tls")]
 pub use tls::TlsConfig;
@@ -205,9 +219,10 @@ macro_rules! register {
 pub fn reload() -> Result<(), Error> {
     // A single-mode process reloads itself; a worker asks its master.
     #[cfg(unix)]
-    return match single::request_reload() {
-        Some(()) => Ok(()),
-        None => worker::request_reload(),
+    return match (single::request_reload(), worker::request_reload()) {
+        (Some(()), _) => Ok(()),
+        (None, Some(asked)) => asked,
+        (None, None) => Err(Error::NotManaged),
     };
     #[cfg(not(unix))]
     return Err(Error::Unsupported {
@@ -268,7 +283,7 @@ pub mod __private {
     use crate::{Error, MainOutput, Registration, Server};
 
     pub fn register(registration: Registration) {
-        crate::server::register(registration);
+        crate::registration::register(registration);
     }
 
     /// Runs the service and exits the process with its status.

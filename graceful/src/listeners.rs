@@ -11,15 +11,54 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use crate::activation::{Activated, Local};
-use crate::addr::ListenAddr;
-use crate::control::set_cloexec;
+use crate::addr::{BindError, ListenAddr, ListenRequest};
+use crate::fd::set_cloexec;
 use crate::log::log;
+
+/// Why a listener could not be had.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ListenError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("systemd passed no socket named {name:?}; it passed: {}", passed_names(.passed))]
+    NoActivatedSocket { name: String, passed: Vec<String> },
+    #[error("cannot set mode {mode:#o} on {}: {source}", path.display())]
+    SetMode {
+        mode: u32,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn passed_names(names: &[String]) -> String {
+    if names.is_empty() {
+        "none (is the service socket-activated?)".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Why an inherited table cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ImportError {
+    #[error("malformed entry {0:?}")]
+    Malformed(String),
+    #[error("descriptor {fd} for {key:?} is not a socket: {source}")]
+    NotASocket {
+        fd: RawFd,
+        key: String,
+        source: std::io::Error,
+    },
+    #[error("descriptor {fd}: {source}")]
+    Flags { fd: RawFd, source: std::io::Error },
+}
 
 /// A listening socket held across generations.
 #[derive(Debug)]
 pub(crate) struct Held {
-    pub(crate) fd: OwnedFd,
-    pub(crate) local: String,
+    fd: OwnedFd,
+    /// Where it listens, for the log.
+    local: String,
     /// Generations that asked for it and are alive.
     users: HashSet<u64>,
     /// A Unix socket file to remove when the socket is closed for good, with
@@ -35,6 +74,9 @@ pub(crate) struct Held {
 #[derive(Debug, Default)]
 pub(crate) struct Listeners {
     map: HashMap<String, Held>,
+    /// Keys of the last generation that serves: kept open even while no
+    /// process uses them (after a crash), so clients wait in the backlog.
+    kept: HashSet<String>,
 }
 
 impl Listeners {
@@ -59,69 +101,63 @@ impl Listeners {
         listeners
     }
 
-    pub(crate) fn get(&self, key: &str) -> Option<&Held> {
-        self.map.get(key)
-    }
-
-    /// Serves one request, `"ADDR"` or `"ADDR\tmode=NNN"`: finds or makes the
-    /// listener and records `user` as a user of it. Returns the key it is
-    /// held under: the address itself, or the key of an activated socket
-    /// that listens there.
-    pub(crate) fn acquire(&mut self, user: u64, request: &str) -> Result<String, String> {
-        let (key, mode) = match request.split_once('\t') {
-            Some((key, option)) => (
-                key,
-                option
-                    .strip_prefix("mode=")
-                    .and_then(|m| m.parse::<u32>().ok()),
-            ),
-            None => (request, None),
-        };
-        let key = self.find_or_bind(user, key)?;
-        if let (Some(mode), Some((path, _, _))) = (mode, &self.map[&key].unix_path) {
+    /// Finds or makes the listener for `request` and records `user` as a
+    /// user of it.
+    pub(crate) fn acquire(
+        &mut self,
+        user: u64,
+        request: &ListenRequest,
+    ) -> Result<&OwnedFd, ListenError> {
+        let key = self.find_or_bind(user, &request.addr)?;
+        let held = &self.map[&key];
+        if let (Some(mode), Some((path, _, _))) = (request.unix_mode, &held.unix_path) {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-                .map_err(|e| format!("cannot set mode {mode:#o} on {}: {e}", path.display()))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(
+                |source| ListenError::SetMode {
+                    mode,
+                    path: path.clone(),
+                    source,
+                },
+            )?;
         }
-        Ok(key)
+        Ok(&held.fd)
     }
 
-    fn find_or_bind(&mut self, user: u64, key: &str) -> Result<String, String> {
-        if let Some(held) = self.map.get_mut(key) {
+    /// The key `addr` is held under: the address in canonical form, or the
+    /// key of an activated socket that listens there.
+    fn find_or_bind(&mut self, user: u64, addr: &ListenAddr) -> Result<String, ListenError> {
+        let key = addr.to_string();
+        if let Some(held) = self.map.get_mut(&key) {
             held.users.insert(user);
-            return Ok(key.to_string());
+            return Ok(key);
         }
-        let addr = ListenAddr::parse(key).map_err(|e| e.to_string())?;
         // An address that an activated socket listens on means that socket.
         let activated = self.map.iter_mut().find(|(_, held)| {
             held.activated
                 .as_ref()
-                .is_some_and(|local| local.matches(&addr))
+                .is_some_and(|local| local.matches(addr))
         });
         if let Some((activated_key, held)) = activated {
             held.users.insert(user);
             return Ok(activated_key.clone());
         }
-        if let ListenAddr::Systemd(name) = &addr {
-            let mut names: Vec<&str> = self
+        if let ListenAddr::Systemd(name) = addr {
+            let mut passed: Vec<String> = self
                 .map
                 .keys()
                 .filter_map(|k| k.strip_prefix("systemd:"))
+                .map(str::to_string)
                 .collect();
-            names.sort_unstable();
-            return Err(format!(
-                "systemd passed no socket named {name:?}; it passed: {}",
-                if names.is_empty() {
-                    "none (is the service socket-activated?)".to_string()
-                } else {
-                    names.join(", ")
-                }
-            ));
+            passed.sort_unstable();
+            return Err(ListenError::NoActivatedSocket {
+                name: name.clone(),
+                passed,
+            });
         }
         let (socket, local) = addr.bind()?;
         let fd = OwnedFd::from(socket);
         log!("listening on {local} (registered as {key:?})");
-        let unix_path = match &addr {
+        let unix_path = match addr {
             ListenAddr::Unix(path) => file_id(path).map(|(dev, ino)| (path.clone(), dev, ino)),
             ListenAddr::Tcp { .. } | ListenAddr::Systemd(_) => None,
         };
@@ -132,8 +168,19 @@ impl Listeners {
             unix_path,
             activated: None,
         };
-        self.map.insert(key.to_string(), held);
-        Ok(key.to_string())
+        self.map.insert(key.clone(), held);
+        Ok(key)
+    }
+
+    /// `user` serves now: its listeners are the ones kept open from here on,
+    /// and the others close once no live user has them.
+    pub(crate) fn keep(&mut self, user: u64) {
+        self.kept = self
+            .map
+            .iter()
+            .filter(|(_, held)| held.users.contains(&user))
+            .map(|(key, _)| key.clone())
+            .collect();
     }
 
     /// `user` has exited: it no longer keeps anything open.
@@ -143,14 +190,14 @@ impl Listeners {
         }
     }
 
-    /// Closes listeners that no live user has and `keep` does not name.
-    /// Activated sockets are kept.
-    pub(crate) fn collect(&mut self, keep: &HashSet<String>) {
+    /// Closes listeners that no live user has and the serving user (see
+    /// [`keep`](Listeners::keep)) does not have. Activated sockets are kept.
+    pub(crate) fn collect(&mut self) {
         let unused: Vec<String> = self
             .map
             .iter()
             .filter(|(key, held)| {
-                held.users.is_empty() && !keep.contains(*key) && held.activated.is_none()
+                held.users.is_empty() && !self.kept.contains(*key) && held.activated.is_none()
             })
             .map(|(key, _)| key.clone())
             .collect();
@@ -196,10 +243,10 @@ impl Listeners {
 
     /// The table a predecessor exported. The descriptors are checked, made
     /// close-on-exec, and owned from here on.
-    pub(crate) fn import(value: &str) -> Result<Listeners, String> {
+    pub(crate) fn import(value: &str) -> Result<Listeners, ImportError> {
         let mut listeners = Listeners::default();
         for entry in value.split(';').filter(|e| !e.is_empty()) {
-            let bad = || format!("malformed entry {entry:?}");
+            let bad = || ImportError::Malformed(entry.to_string());
             let fields: Vec<&str> = entry.split(',').collect();
             let [fd, kind, dev, ino, key, path] = fields[..] else {
                 return Err(bad());
@@ -212,9 +259,13 @@ impl Listeners {
             }
             // SAFETY: borrowed only to inspect it; an error means it is not
             // an open socket and it is not taken.
-            let local = Local::of(unsafe { BorrowedFd::borrow_raw(fd) })
-                .map_err(|e| format!("descriptor {fd} for {key:?} is not a socket: {e}"))?;
-            set_cloexec(fd).map_err(|e| format!("descriptor {fd}: {e}"))?;
+            let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+            let local = Local::of(borrowed).map_err(|source| ImportError::NotASocket {
+                fd,
+                key: key.clone(),
+                source,
+            })?;
+            set_cloexec(borrowed).map_err(|source| ImportError::Flags { fd, source })?;
             // SAFETY: the predecessor passed this open socket to this process
             // alone, under this one entry.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -286,29 +337,84 @@ mod tests {
         assert_eq!(unhex("zz"), None);
     }
 
+    fn request(addr: &str) -> ListenRequest {
+        ListenRequest {
+            addr: ListenAddr::parse(addr).unwrap(),
+            unix_mode: None,
+        }
+    }
+
     #[test]
     fn an_exported_table_imports_with_the_same_keys_and_sockets() {
         let mut table = Listeners::default();
-        let key = table.acquire(1, "127.0.0.1:0").unwrap();
+        let fd = table
+            .acquire(1, &request("127.0.0.1:0"))
+            .unwrap()
+            .as_raw_fd();
         let (value, fds) = table.export();
-        assert_eq!(fds, vec![table.get(&key).unwrap().fd.as_raw_fd()]);
+        assert_eq!(fds, vec![fd]);
         // Import a duplicate, as a successor inherits its own copy.
-        let dup = nix::unistd::dup(&table.get(&key).unwrap().fd).unwrap();
+        let dup = nix::unistd::dup(&table.map["127.0.0.1:0"].fd).unwrap();
         let value = value.replacen(&fds[0].to_string(), &dup.as_raw_fd().to_string(), 1);
         std::mem::forget(dup);
         let imported = Listeners::import(&value).unwrap();
-        let held = imported.get(&key).unwrap();
-        assert_eq!(held.local, table.get(&key).unwrap().local);
+        let held = &imported.map["127.0.0.1:0"];
+        assert_eq!(held.local, table.map["127.0.0.1:0"].local);
         assert!(held.activated.is_none() && held.unix_path.is_none());
+    }
+
+    #[test]
+    fn the_serving_generations_listeners_outlive_it_and_others_close() {
+        let mut table = Listeners::default();
+        let first = table
+            .acquire(1, &request("127.0.0.1:0"))
+            .unwrap()
+            .as_raw_fd();
+        table.keep(1);
+        // Generation 1 crashed: its listener stays open for the next one.
+        table.release(1);
+        table.collect();
+        assert_eq!(
+            table
+                .acquire(2, &request("127.0.0.1:0"))
+                .unwrap()
+                .as_raw_fd(),
+            first
+        );
+        // Generation 2 also listens elsewhere, then generation 3 serves
+        // without that address: it closes once 2 is gone.
+        table.acquire(2, &request("[::1]:0").clone()).ok();
+        table.acquire(3, &request("127.0.0.1:0")).unwrap();
+        table.keep(3);
+        table.collect();
+        assert_eq!(
+            table.map.len(),
+            1 + usize::from(table.map.contains_key("[::1]:0"))
+        );
+        table.release(2);
+        table.collect();
+        assert_eq!(table.map.keys().collect::<Vec<_>>(), ["127.0.0.1:0"]);
+    }
+
+    #[test]
+    fn a_missing_activated_name_lists_the_names_passed() {
+        let err = Listeners::default()
+            .acquire(1, &request("systemd:web"))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "systemd passed no socket named \"web\"; it passed: none (is the service socket-activated?)"
+        );
     }
 
     #[test]
     fn a_malformed_or_closed_entry_is_an_error() {
         assert!(Listeners::import("garbage")
             .unwrap_err()
+            .to_string()
             .contains("malformed entry"));
         let closed = format!("999,t,0,0,{},", hex(":1"));
-        let err = Listeners::import(&closed).unwrap_err();
+        let err = Listeners::import(&closed).unwrap_err().to_string();
         assert!(
             err.contains("descriptor 999 for \":1\" is not a socket"),
             "{err}"

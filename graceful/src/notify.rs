@@ -1,11 +1,14 @@
-//! systemd `Type=notify` messages, sent by the master (the main PID, so the
-//! default `NotifyAccess=main` is enough).
+//! systemd `Type=notify` messages, sent by the process systemd watches: the
+//! master (the main PID, so the default `NotifyAccess=main` is enough), or
+//! in single mode the serving process, which passes the socket on to its
+//! successor (`NotifyAccess=all`). What each lifecycle event says is in
+//! `status.rs`.
 //!
 //! `READY=1` once the first worker is ready; `RELOADING=1` with
 //! `MONOTONIC_USEC=` when a reload starts and `READY=1` when it ends, whether
 //! it succeeded or was rolled back; `STATUS=` lines naming the generation, the
 //! worker PID and the last reload's result; `STOPPING=1` and
-//! `EXTEND_TIMEOUT_USEC=` on stop; `WATCHDOG=1` while a worker serves, when
+//! `EXTEND_TIMEOUT_USEC=` on stop; `WATCHDOG=1` while a process serves, when
 //! `WATCHDOG_USEC` asks for it.
 
 use std::os::unix::net::UnixDatagram;
@@ -23,7 +26,8 @@ pub(crate) struct Notifier {
 
 impl Notifier {
     /// Reads and removes `NOTIFY_SOCKET` (and the watchdog variables), so
-    /// that workers, which are not the main PID, never send.
+    /// that the processes this one starts never send unless it passes them
+    /// on (single mode does, to its successor).
     pub(crate) fn from_env() -> Option<Notifier> {
         let path = std::env::var_os("NOTIFY_SOCKET")?;
         let watchdog = watchdog_from_env();

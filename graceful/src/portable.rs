@@ -1,17 +1,25 @@
-//! The fallback for systems without Unix processes and signals (Windows):
-//! one process serves every listener, with no master and no reload, and
-//! Ctrl-C drains it exactly as a stop signal drains a worker. It says so once
-//! at start.
+//! The fallback for systems without Unix processes and signals (Windows),
+//! as an adapter over [`serve::run`]: one process serves every listener,
+//! with no master and no reload, and Ctrl-C drains it exactly as a stop
+//! signal drains a worker. It says so once at start.
 
 use std::future::Future;
+use std::time::Instant;
 
-use crate::addr::ListenAddr;
+use crate::addr::ListenRequest;
+use crate::config::Config;
 use crate::log::log;
-use crate::serve::{self, Listener};
-use crate::server::MainOutput;
-use crate::{Error, Server};
+use crate::registration::{MainOutput, Registration};
+use crate::serve::{self, Adapter, Listener, StartError};
+use crate::status::Report;
+use crate::{drain, Error};
 
-pub(crate) fn run<F, Fut>(mut server: Server, main: F) -> Result<(), Error>
+/// Runs the one process of this platform.
+pub(crate) fn run<F, Fut>(
+    config: &Config,
+    registrations: Vec<Registration>,
+    main: F,
+) -> Result<(), Error>
 where
     F: FnOnce() -> Fut,
     Fut: Future,
@@ -21,40 +29,56 @@ where
         "this platform has no Unix processes and signals: serving in one process without \
          reloads; Ctrl-C drains and stops"
     );
-    let fail = |reason: String| {
-        log!("start failed: {reason}");
-        Error::StartFailed { reason }
-    };
-    let runtime = serve::build_runtime(&server).map_err(fail)?;
-    let result = runtime.block_on(async {
-        tokio::spawn(async {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                crate::drain::global().start(Some("received Ctrl-C"));
-            }
-        });
-        let registrations = serve::run_main(&mut server, main).await.map_err(fail)?;
-        let served = serve::acquire(registrations, bind).map_err(fail)?;
-        let accepting = serve::start_serving(served, server.idle_grace);
-        let name = format!("process (pid {})", std::process::id());
-        log!("{name} ready and serving");
-        serve::drain(accepting, &server, &name).await;
-        Ok(())
-    });
-    runtime.shutdown_timeout(std::time::Duration::ZERO);
-    result
+    serve::run(config, registrations, main, Portable)
 }
 
-/// Binds the listener for one request (`"ADDR"`; Unix-only options are
-/// refused by the address parser and by `bind`).
-fn bind(request: &str) -> Result<Listener, String> {
-    let addr = ListenAddr::parse(request).map_err(|e| e.to_string())?;
-    let (socket, local) = addr.bind()?;
-    log!("listening on {local} (registered as {request:?})");
-    let listener = std::net::TcpListener::from(socket);
-    let ready = listener
-        .set_nonblocking(true)
-        .and_then(|()| tokio::net::TcpListener::from_std(listener));
-    ready
-        .map(Listener::Tcp)
-        .map_err(|e| format!("cannot use the listener: {e}"))
+struct Portable;
+
+impl Adapter for Portable {
+    fn name(&self) -> String {
+        format!("process (pid {})", std::process::id())
+    }
+
+    fn install(&mut self, _config: &Config) -> Result<(), Error> {
+        tokio::spawn(async {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                drain::global().start(Some("received Ctrl-C"));
+            }
+        });
+        Ok(())
+    }
+
+    /// Binds the listener itself (Unix-only addresses are refused by the
+    /// address parser and by `bind`).
+    async fn listener(&mut self, request: &ListenRequest) -> Result<Listener, String> {
+        let (socket, local) = request.addr.bind().map_err(|e| e.to_string())?;
+        log!(
+            "listening on {local} (registered as {:?})",
+            request.addr.to_string()
+        );
+        let listener = std::net::TcpListener::from(socket);
+        let ready = listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener));
+        ready
+            .map(Listener::Tcp)
+            .map_err(|e| format!("cannot use the listener: {e}"))
+    }
+
+    async fn ready(&mut self, _config: &Config, _started: Instant) -> Result<(), StartError> {
+        log!("{} ready and serving", self.name());
+        Ok(())
+    }
+
+    fn fail(&self, error: StartError) -> Error {
+        let reason = error.to_string();
+        if let Some(line) = (Report::StartFailed {
+            reason: reason.clone(),
+        })
+        .log_line()
+        {
+            log!("{line}");
+        }
+        Error::StartFailed { reason }
+    }
 }

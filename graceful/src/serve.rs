@@ -1,5 +1,9 @@
-//! Serving: the runtime, the user's `main`, the accept loops and the drain,
-//! shared by workers, single-mode processes and the portable fallback.
+//! The one serving skeleton, [`run`], shared by workers, single-mode
+//! processes and the portable fallback: build the runtime, run the user's
+//! `main`, acquire every listener, serve, announce readiness, wait for the
+//! drain, and wind down. Each role is an [`Adapter`] that supplies only what
+//! differs: where listeners come from, how readiness is announced, how a
+//! stop arrives and how a failed start is reported.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,103 +13,177 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::task::JoinHandle;
 
-use crate::addr::ListenAddr;
+use crate::addr::ListenRequest;
+use crate::config::Config;
 use crate::drain::{self, Tracked};
 use crate::handler::{CatchUnwind, Handler};
 use crate::log::log;
-use crate::server::{take_registrations, MainOutput, Registration};
-use crate::{Error, Server};
+use crate::registration::{self, MainOutput, Registration};
+use crate::Error;
 
 /// How long a slow client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why a serving process could not start. Typed here; it becomes text only
+/// when it is reported to another process or the log.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    #[error("cannot build the tokio runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("main panicked: {0}")]
+    Panicked(String),
+    /// What `main` returned, as [`MainOutput`] describes it.
+    #[error("{0}")]
+    Main(String),
+    #[error(transparent)]
+    Setup(#[from] Error),
+    /// Every registration that failed, each naming its address.
+    #[error("{}", join(.0))]
+    Listeners(Vec<Error>),
+    /// Readiness could not be announced.
+    #[cfg(unix)]
+    #[error("{0}")]
+    Announce(String),
+}
+
+fn join(errors: &[Error]) -> String {
+    let texts: Vec<String> = errors.iter().map(Error::to_string).collect();
+    texts.join("; ")
+}
+
+/// What one kind of serving process supplies to [`run`].
+pub(crate) trait Adapter {
+    /// The process in log lines: "worker 3 (pid 42)".
+    fn name(&self) -> String;
+
+    /// Runs first on the runtime, before `main`: signal handlers and the
+    /// like. An error here ends the process as it is.
+    fn install(&mut self, config: &Config) -> Result<(), Error>;
+
+    /// The listener for one registration.
+    async fn listener(&mut self, request: &ListenRequest) -> Result<Listener, String>;
+
+    /// Every listener accepts: announce it, and start watching for whatever
+    /// stops this process. `started` is when the process began to start.
+    async fn ready(&mut self, config: &Config, started: Instant) -> Result<(), StartError>;
+
+    /// Reports a failed start where it belongs; returns the error [`run`]
+    /// returns.
+    fn fail(&self, error: StartError) -> Error;
+
+    /// On the way into the drain.
+    fn draining(&self, _config: &Config) {}
+
+    /// After the runtime has shut down.
+    fn finish(self, _config: &Config) -> Result<(), Error>
+    where
+        Self: Sized,
+    {
+        Ok(())
+    }
+}
+
+/// Serves `registrations` (and those `register!` makes while `main` runs)
+/// until the drain ends.
+pub(crate) fn run<A, F, Fut>(
+    config: &Config,
+    registrations: Vec<Registration>,
+    main: F,
+    mut adapter: A,
+) -> Result<(), Error>
+where
+    A: Adapter,
+    F: FnOnce() -> Fut,
+    Fut: Future,
+    Fut::Output: MainOutput,
+{
+    let started = Instant::now();
+    let runtime = match build_runtime(config) {
+        Ok(runtime) => runtime,
+        Err(e) => return Err(adapter.fail(e)),
+    };
+    let result = runtime.block_on(async {
+        adapter.install(config)?;
+        let registrations = run_main(registrations, main)
+            .await
+            .map_err(|e| adapter.fail(e))?;
+        let served = acquire(registrations, &mut adapter)
+            .await
+            .map_err(|e| adapter.fail(e))?;
+        let accepting = start_serving(served, config.idle_grace);
+        adapter
+            .ready(config, started)
+            .await
+            .map_err(|e| adapter.fail(e))?;
+        crate::shutdown_signal().await;
+        adapter.draining(config);
+        wait_drained(accepting, config, &adapter.name()).await;
+        Ok(())
+    });
+    // Connections still open past the deadline are dropped here; do not wait
+    // for handlers that never yield.
+    runtime.shutdown_timeout(Duration::ZERO);
+    result?;
+    adapter.finish(config)
+}
+
 /// The runtime a serving process runs on.
-pub(crate) fn build_runtime(server: &Server) -> Result<tokio::runtime::Runtime, String> {
+fn build_runtime(config: &Config) -> Result<tokio::runtime::Runtime, StartError> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    if let Some(n) = server.worker_threads {
-        builder.worker_threads(n);
+    if let Some(n) = config.worker_threads {
+        builder.worker_threads(n.get());
     }
-    builder
-        .build()
-        .map_err(|e| format!("cannot build the tokio runtime: {e}"))
+    builder.build().map_err(StartError::Runtime)
 }
 
 /// Runs the user's `main` and returns every registration: the builder's and
 /// those `register!` made while `main` ran.
-pub(crate) async fn run_main<F, Fut>(
-    server: &mut Server,
+async fn run_main<F, Fut>(
+    mut registrations: Vec<Registration>,
     main: F,
-) -> Result<Vec<Registration>, String>
+) -> Result<Vec<Registration>, StartError>
 where
     F: FnOnce() -> Fut,
     Fut: Future,
     Fut::Output: MainOutput,
 {
     match CatchUnwind(Box::pin(main())).await {
-        Err(panic) => return Err(format!("main panicked: {panic}")),
-        Ok(output) => output.into_result()?,
+        Err(panic) => return Err(StartError::Panicked(panic)),
+        Ok(output) => output.into_result().map_err(StartError::Main)?,
     }
-    let mut registrations = std::mem::take(&mut server.registrations);
-    registrations.extend(take_registrations());
+    registrations.extend(registration::take());
     if registrations.is_empty() {
-        return Err(Error::NoListeners.to_string());
+        return Err(Error::NoListeners.into());
     }
     Ok(registrations)
 }
 
-/// Serves every listener, each on its own accept loop.
-pub(crate) fn start_serving(served: Vec<Served>, idle_grace: Duration) -> Vec<JoinHandle<()>> {
-    let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    http.http2().timer(TokioTimer::new());
-    let http = Arc::new(http);
-    served
-        .into_iter()
-        .map(|served| tokio::spawn(accept_loop(served, http.clone(), idle_grace)))
-        .collect()
-}
-
-/// Waits for the drain to start, then for every connection to close, for up
-/// to `stop_timeout`, and logs what happened under `name`.
-pub(crate) async fn drain(accepting: Vec<JoinHandle<()>>, server: &Server, name: &str) {
-    drain::global().subscribe().wait_for(|s| *s).await.ok();
-    let started = Instant::now();
-    // A connection accepted at the moment the drain starts must be counted
-    // before the count is read: wait for every accept loop to have ended
-    // (and dropped its listener) first.
-    for accept in accepting {
-        let _ = accept.await;
-    }
-    let finished = tokio::time::timeout(server.stop_timeout, drain::global().idle())
-        .await
-        .is_ok();
-    let cut = if finished {
-        0
-    } else {
-        drain::global().active()
-    };
-    let open = drain::global().handled();
-    log!(
-        "{name} drained {} connection(s) in {} ms, {} cut at the {:?} stop_timeout",
-        open - cut.min(open),
-        started.elapsed().as_millis(),
-        cut,
-        server.stop_timeout,
-    );
-}
-
 /// A listening socket on the runtime.
+#[derive(Debug)]
 pub(crate) enum Listener {
     Tcp(tokio::net::TcpListener),
     #[cfg(unix)]
     Unix(tokio::net::UnixListener),
 }
 
+/// A listening socket, as the runtime's listener.
+#[cfg(unix)]
+pub(crate) fn to_listener(fd: std::os::fd::OwnedFd) -> std::io::Result<Listener> {
+    let is_unix = socket2::SockRef::from(&fd).local_addr()?.is_unix();
+    if is_unix {
+        let std = std::os::unix::net::UnixListener::from(fd);
+        std.set_nonblocking(true)?;
+        Ok(Listener::Unix(tokio::net::UnixListener::from_std(std)?))
+    } else {
+        let std = std::net::TcpListener::from(fd);
+        std.set_nonblocking(true)?;
+        Ok(Listener::Tcp(tokio::net::TcpListener::from_std(std)?))
+    }
+}
+
 /// A listener, its handler, and its TLS acceptor if it serves TLS.
-pub(crate) struct Served {
+struct Served {
     listener: Listener,
     handler: Handler,
     tls: Option<Tls>,
@@ -131,63 +209,84 @@ fn load_tls(_: &Registration) -> Result<Option<Tls>, Error> {
     Ok(None)
 }
 
-/// Gets a listener for every registration from `source`, which answers a
-/// request (`"ADDR"` or `"ADDR\tmode=NNN"`) with a listener. All or
-/// nothing: any failure fails the start, with every failing address named.
-pub(crate) fn acquire(
+/// Gets a listener for every registration from the adapter. All or nothing:
+/// any failure fails the start, with every failing address named.
+async fn acquire<A: Adapter>(
     registrations: Vec<Registration>,
-    mut source: impl FnMut(&str) -> Result<Listener, String>,
-) -> Result<Vec<Served>, String> {
+    adapter: &mut A,
+) -> Result<Vec<Served>, StartError> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for registration in registrations {
-        let served = load_tls(&registration).and_then(|tls| {
-            let addr = &registration.addr;
-            let listen_error = |reason: String| Error::Listen {
-                addr: addr.to_string(),
-                reason,
-            };
-            let request = request_for(addr, registration.unix_mode)?;
-            let listener = source(&request).map_err(listen_error)?;
-            Ok(Served {
+        let served = async {
+            let tls = load_tls(&registration)?;
+            let request = ListenRequest::new(&registration.addr, registration.unix_mode)?;
+            let listener = adapter
+                .listener(&request)
+                .await
+                .map_err(|reason| Error::Listen {
+                    addr: registration.addr.clone(),
+                    reason,
+                })?;
+            Ok::<_, Error>(Served {
                 listener,
-                handler: registration.handler,
+                handler: registration.handler.clone(),
                 tls,
             })
-        });
-        match served {
+        };
+        match served.await {
             Ok(served) => out.push(served),
-            Err(e) => errors.push(e.to_string()),
+            Err(e) => errors.push(e),
         }
     }
     if errors.is_empty() {
         Ok(out)
     } else {
-        Err(errors.join("; "))
+        Err(StartError::Listeners(errors))
     }
 }
 
-/// The listener request for an address: `"ADDR"` in canonical form, with
-/// `"\tmode=NNN"` for a Unix socket's mode.
-fn request_for(addr: &str, unix_mode: Option<u32>) -> Result<String, Error> {
-    let parsed = ListenAddr::parse(addr)?;
-    let mut request = parsed.to_string();
-    if let Some(mode) = unix_mode {
-        if !matches!(parsed, ListenAddr::Unix(_)) {
-            return Err(Error::InvalidAddress {
-                addr: addr.to_string(),
-                reason: "unix_mode applies to \"unix:\" addresses only".into(),
-            });
-        }
-        if mode > 0o7777 {
-            return Err(Error::InvalidAddress {
-                addr: addr.to_string(),
-                reason: format!("unix_mode {mode:#o} is not a file mode (0o0000 to 0o7777)"),
-            });
-        }
-        request.push_str(&format!("\tmode={mode}"));
+/// Serves every listener, each on its own accept loop.
+fn start_serving(served: Vec<Served>, idle_grace: Duration) -> Vec<JoinHandle<()>> {
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    http.http2().timer(TokioTimer::new());
+    let http = Arc::new(http);
+    served
+        .into_iter()
+        .map(|served| tokio::spawn(accept_loop(served, http.clone(), idle_grace)))
+        .collect()
+}
+
+/// Waits for the drain to start, then for every connection to close, for up
+/// to `stop_timeout`, and logs what happened under `name`.
+async fn wait_drained(accepting: Vec<JoinHandle<()>>, config: &Config, name: &str) {
+    drain::global().subscribe().wait_for(|s| *s).await.ok();
+    let started = Instant::now();
+    // A connection accepted at the moment the drain starts must be counted
+    // before the count is read: wait for every accept loop to have ended
+    // (and dropped its listener) first.
+    for accept in accepting {
+        let _ = accept.await;
     }
-    Ok(request)
+    let finished = tokio::time::timeout(config.stop_timeout, drain::global().idle())
+        .await
+        .is_ok();
+    let cut = if finished {
+        0
+    } else {
+        drain::global().active()
+    };
+    let open = drain::global().handled();
+    log!(
+        "{name} drained {} connection(s) in {} ms, {} cut at the {:?} stop_timeout",
+        open - cut.min(open),
+        started.elapsed().as_millis(),
+        cut,
+        config.stop_timeout,
+    );
 }
 
 /// Errors from `accept` that concern one connection, not the listener.
@@ -239,8 +338,9 @@ async fn accept_loop(
             }
         }
     }
-    // Dropping the listener closes this worker's copy; the master's copy keeps
-    // the accept queue for the next generation.
+    // Dropping the listener closes this process's copy; the copy whoever
+    // holds the listeners keeps holds the accept queue for the next
+    // generation.
 }
 
 /// What serving one accepted connection needs.
@@ -308,25 +408,5 @@ async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
         Listener::Tcp(l) => l.accept().await.map(|(s, _)| Accepted::Tcp(s)),
         #[cfg(unix)]
         Listener::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
-    }
-}
-
-/// A listening socket, as the runtime's listener.
-#[cfg(unix)]
-pub(crate) fn to_listener(fd: std::os::fd::OwnedFd) -> Result<Listener, String> {
-    to_runtime(fd).map_err(|e| format!("cannot use the listener: {e}"))
-}
-
-#[cfg(unix)]
-fn to_runtime(fd: std::os::fd::OwnedFd) -> std::io::Result<Listener> {
-    let is_unix = socket2::SockRef::from(&fd).local_addr()?.is_unix();
-    if is_unix {
-        let std = std::os::unix::net::UnixListener::from(fd);
-        std.set_nonblocking(true)?;
-        Ok(Listener::Unix(tokio::net::UnixListener::from_std(std)?))
-    } else {
-        let std = std::net::TcpListener::from(fd);
-        std.set_nonblocking(true)?;
-        Ok(Listener::Tcp(tokio::net::TcpListener::from_std(std)?))
     }
 }

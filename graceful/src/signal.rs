@@ -1,13 +1,17 @@
-//! The signals graceful can reload or stop on, and the master's self-pipe.
+//! The signals graceful can reload or stop on: the public [`Signal`], the
+//! master's self-pipe, and the handlers of a serving process.
 //!
 //! The master runs no async runtime: a signal handler writes the signal number
 //! into a non-blocking pipe that the master's `poll` loop watches. Nothing else
-//! happens in the handler, which keeps it async-signal-safe.
+//! happens in the handler, which keeps it async-signal-safe. Serving
+//! processes use tokio's signal streams instead ([`handle_in_serving`]).
 
 use std::fmt;
 
 #[cfg(unix)]
 pub(crate) use pipe::SignalPipe;
+#[cfg(unix)]
+pub(crate) use serving::handle_in_serving;
 
 /// A signal that graceful can install a handler for.
 ///
@@ -101,6 +105,54 @@ impl std::str::FromStr for Signal {
 }
 
 #[cfg(unix)]
+mod serving {
+    use tokio::signal::unix::{signal, Signal as Stream, SignalKind};
+    use tokio::sync::mpsc::UnboundedSender;
+
+    use super::Signal;
+    use crate::{drain, Error};
+
+    /// Handles the configured signals in a serving process. Stop signals
+    /// start the drain, also when sent to a worker directly (as with
+    /// `KillMode=control-group` or a terminal's Ctrl-C to the process
+    /// group). With `reload` (single mode) each reload signal is sent on it;
+    /// without it, reload signals are the master's business, received and
+    /// ignored.
+    pub(crate) fn handle_in_serving(
+        reload_signals: &[Signal],
+        stop_signals: &[Signal],
+        reload: Option<UnboundedSender<String>>,
+    ) -> Result<(), Error> {
+        let handle = |sig: Signal| -> Result<Stream, Error> {
+            signal(SignalKind::from_raw(sig.number()))
+                .map_err(|e| Error::io(format!("cannot handle {sig}"), e))
+        };
+        for &sig in reload_signals {
+            // Installing the handler replaces the inherited SIG_IGN. Without a
+            // receiver the stream is dropped, so the signal is received and
+            // ignored.
+            let mut stream = handle(sig)?;
+            if let Some(reload) = reload.clone() {
+                tokio::spawn(async move {
+                    while stream.recv().await.is_some() {
+                        let _ = reload.send(format!("signal {sig}"));
+                    }
+                });
+            }
+        }
+        for &sig in stop_signals {
+            let mut stream = handle(sig)?;
+            tokio::spawn(async move {
+                if stream.recv().await.is_some() {
+                    drain::global().start(Some(&format!("received {sig}")));
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(unix)]
 mod pipe {
     use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
     use std::sync::atomic::{AtomicI32, Ordering};
@@ -176,7 +228,7 @@ mod pipe {
         }
 
         /// Returns the signal numbers received since the last call.
-        pub(crate) fn drain(&self) -> Vec<i32> {
+        pub(crate) fn pending(&self) -> Vec<i32> {
             let mut out = Vec::new();
             let mut buf = [0u8; 64];
             loop {

@@ -1,0 +1,205 @@
+//! The options of a service as one plain value, [`Config`]: what every role
+//! reads, and all that the master is ever given.
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::{Error, Signal};
+
+/// How a service runs: a master and workers (the default), or one process.
+///
+/// | | `Master` (default) | `Single` |
+/// | --- | --- | --- |
+/// | processes | a master (no user code) and one worker; two during a reload | one; two during a reload |
+/// | PID across reloads | the same | changes: announced to systemd with `MAINPID=` and written to `pid_file` |
+/// | process managers | any (systemd, supervisor, a container's PID 1) | systemd (`Type=notify`, `NotifyAccess=all`) or none; not supervisor or a container's PID 1, which lose track of it |
+///
+/// `GRACEFUL_MODE=single` or `GRACEFUL_MODE=master` in the environment
+/// overrides the mode set in code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Mode {
+    /// A master keeps the PID and the sockets; workers serve.
+    #[default]
+    Master,
+    /// One process binds and serves; a reload starts a successor that
+    /// inherits the sockets, and the old process drains once it is ready.
+    Single,
+}
+
+/// The environment variable that overrides the mode set in code.
+pub(crate) const ENV_MODE: &str = "GRACEFUL_MODE";
+
+impl Mode {
+    /// The mode `GRACEFUL_MODE` names, if it is set; any value but `master`
+    /// or `single` is an error.
+    pub(crate) fn from_env() -> Result<Option<Mode>, Error> {
+        let Some(value) = std::env::var_os(ENV_MODE) else {
+            return Ok(None);
+        };
+        match value.to_str() {
+            Some("master") => Ok(Some(Mode::Master)),
+            Some("single") => Ok(Some(Mode::Single)),
+            _ => Err(Error::InvalidMode {
+                value: value.to_string_lossy().into_owned(),
+            }),
+        }
+    }
+}
+
+/// The validated options. Made by [`Config::validate`] from what the builder
+/// (or the macro) collected; read, never changed, by every role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Config {
+    pub(crate) stop_timeout: Duration,
+    pub(crate) ready_timeout: Duration,
+    pub(crate) idle_grace: Duration,
+    pub(crate) reload_signals: Vec<Signal>,
+    pub(crate) stop_signals: Vec<Signal>,
+    /// Threads of each serving runtime; `None`: one per core.
+    pub(crate) worker_threads: Option<NonZeroUsize>,
+    pub(crate) mode: Mode,
+    pub(crate) pid_file: Option<PathBuf>,
+}
+
+/// The options as the builder collects them, before they are checked.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    pub(crate) stop_timeout: Duration,
+    pub(crate) ready_timeout: Duration,
+    pub(crate) idle_grace: Duration,
+    pub(crate) reload_signals: Vec<Signal>,
+    pub(crate) stop_signals: Vec<Signal>,
+    pub(crate) worker_threads: Option<usize>,
+    pub(crate) mode: Mode,
+    pub(crate) pid_file: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            stop_timeout: Duration::from_secs(20),
+            ready_timeout: Duration::from_secs(30),
+            idle_grace: Duration::from_millis(500),
+            reload_signals: vec![Signal::SIGHUP, Signal::SIGUSR1],
+            stop_signals: vec![Signal::SIGTERM, Signal::SIGINT],
+            worker_threads: None,
+            mode: Mode::Master,
+            pid_file: None,
+        }
+    }
+}
+
+impl Options {
+    /// Checks the options; the first mistake is the error.
+    pub(crate) fn validate(self) -> Result<Config, Error> {
+        let worker_threads = match self.worker_threads {
+            None => None,
+            Some(n) => Some(NonZeroUsize::new(n).ok_or_else(|| Error::InvalidOption {
+                option: "worker_threads",
+                reason: "a runtime needs at least 1 thread".into(),
+            })?),
+        };
+        if self.stop_signals.is_empty() {
+            return Err(Error::NoStopSignal);
+        }
+        if let Some(signal) = self
+            .reload_signals
+            .iter()
+            .find(|s| self.stop_signals.contains(s))
+        {
+            return Err(Error::SignalConflict { signal: *signal });
+        }
+        Ok(Config {
+            stop_timeout: self.stop_timeout,
+            ready_timeout: self.ready_timeout,
+            idle_grace: self.idle_grace,
+            reload_signals: self.reload_signals,
+            stop_signals: self.stop_signals,
+            worker_threads,
+            mode: self.mode,
+            pid_file: self.pid_file,
+        })
+    }
+}
+
+/// A list of signals as the start line shows it.
+#[cfg(unix)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SignalList<'a>(pub(crate) &'a [Signal]);
+
+#[cfg(unix)]
+impl std::fmt::Display for SignalList<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("graceful::reload() only");
+        }
+        for (i, signal) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(signal.name())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The defaults, validated: what most unit tests start from.
+    pub(crate) fn config() -> Config {
+        Options::default().validate().unwrap()
+    }
+
+    #[test]
+    fn bad_options_are_refused_with_the_option_named() {
+        let threads = Options {
+            worker_threads: Some(0),
+            ..Options::default()
+        };
+        assert_eq!(
+            threads.validate().unwrap_err().to_string(),
+            "invalid option worker_threads: a runtime needs at least 1 thread"
+        );
+        let no_stop = Options {
+            stop_signals: vec![],
+            ..Options::default()
+        };
+        assert!(matches!(no_stop.validate(), Err(Error::NoStopSignal)));
+        let both = Options {
+            reload_signals: vec![Signal::SIGUSR2, Signal::SIGTERM],
+            ..Options::default()
+        };
+        assert!(matches!(
+            both.validate(),
+            Err(Error::SignalConflict {
+                signal: Signal::SIGTERM
+            })
+        ));
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let config = config();
+        assert_eq!(config.stop_timeout, Duration::from_secs(20));
+        assert_eq!(config.ready_timeout, Duration::from_secs(30));
+        assert_eq!(config.idle_grace, Duration::from_millis(500));
+        assert_eq!(config.reload_signals, [Signal::SIGHUP, Signal::SIGUSR1]);
+        assert_eq!(config.stop_signals, [Signal::SIGTERM, Signal::SIGINT]);
+        assert_eq!(config.worker_threads, None);
+        assert_eq!(config.mode, Mode::Master);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn signal_lists_read_as_in_the_start_line() {
+        assert_eq!(
+            SignalList(&[Signal::SIGHUP, Signal::SIGUSR1]).to_string(),
+            "SIGHUP, SIGUSR1"
+        );
+        assert_eq!(SignalList(&[]).to_string(), "graceful::reload() only");
+    }
+}

@@ -1,0 +1,1167 @@
+//! The master's decisions: events in, actions out, and no I/O.
+//!
+//! [`Core::handle`] takes what happened (a signal, a message from generation
+//! N, a child's exit, a timer) at a given instant and returns what to do
+//! (start generation N, tell N to stop, kill a PID, report, exit). The loop in
+//! the parent module does the I/O both ways. Everything the master decides
+//! is therefore tested here without processes.
+
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::status::Report;
+use crate::Signal;
+
+/// How long after `stop_timeout` the master waits before it kills a worker
+/// that is still draining (the worker cuts its own connections at
+/// `stop_timeout`; this is for one that is stuck).
+pub(crate) const KILL_GRACE: Duration = Duration::from_millis(500);
+/// Restart backoff after a crash: doubles from the first to the last value.
+pub(crate) const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A worker that served this long before it crashed resets the backoff.
+pub(crate) const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// How long a starting worker that closed its control channel may take to
+/// exit before it is killed.
+const CLOSED_GRACE: Duration = Duration::from_secs(1);
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// A signal the master handles.
+    Signal(Signal),
+    /// Generation N was started as process `pid`.
+    Spawned { generation: u64, pid: u32 },
+    /// Generation N could not be started.
+    SpawnFailed { generation: u64, reason: String },
+    /// Generation N is ready: `main` returned and every listener accepts.
+    Ready { generation: u64 },
+    /// Generation N reports why its start failed; it exits next.
+    Failed { generation: u64, reason: String },
+    /// `graceful::reload()` was called in generation N.
+    ReloadRequested { generation: u64 },
+    /// Generation N's control channel reached EOF or broke.
+    ControlClosed { generation: u64 },
+    /// A child was reaped; `how` is "exited with status 3", "was killed by
+    /// SIGKILL".
+    Exited { pid: u32, how: String },
+    /// Time passed: deadlines up to now are due.
+    Tick,
+}
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Start generation N (answered by `Spawned` or `SpawnFailed`).
+    Spawn { generation: u64 },
+    /// Tell generation N to drain and exit.
+    Stop { generation: u64 },
+    /// SIGKILL this child.
+    Kill { pid: u32 },
+    /// A lifecycle event for the log and systemd.
+    Report(Report),
+    /// A log line.
+    Log(String),
+    /// `WATCHDOG=1` to systemd.
+    Watchdog,
+    /// Generation N serves: keep its listeners open even while no worker
+    /// runs (after a crash), so that clients wait in the backlog.
+    KeepListeners { generation: u64 },
+    /// Generation N is gone: close its channel, release its listeners.
+    Release { generation: u64 },
+    /// The master is done: `Err` with the reason the first start failed.
+    Exit(Result<(), String>),
+}
+
+/// Where the service stands. Together with the queued flag, this is the
+/// whole of the master's state apart from its table of workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// No worker has been ready yet; `starting` is the first.
+    Booting { starting: u64 },
+    /// `current` serves; `starting` is a reload in flight.
+    Serving {
+        current: u64,
+        starting: Option<u64>,
+        streak: u32,
+    },
+    /// No worker serves since one died; `next` replaces it. `streak` counts
+    /// crashes in a row, for the backoff.
+    Recovering { next: Next, streak: u32 },
+    /// Every worker is told to stop; `current` was serving.
+    Stopping { current: Option<u64> },
+    /// The exit action has been given.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// A new worker starts at this instant.
+    At(Instant),
+    /// This generation is starting.
+    Starting(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Started; not ready yet. Killed at the deadline.
+    Starting { deadline: Instant },
+    /// Ready; serving, or the current generation until the next is ready.
+    Serving,
+    /// Told to stop; killed at the deadline if still alive.
+    Draining { kill_at: Instant },
+    /// SIGKILL sent; waiting to reap it.
+    Killed,
+}
+
+#[derive(Debug)]
+struct Worker {
+    generation: u64,
+    /// `None` between `Spawn` and `Spawned`.
+    pid: Option<u32>,
+    state: State,
+    started: Instant,
+    ready_at: Option<Instant>,
+    /// Whether its control channel is still open.
+    connected: bool,
+    /// What the worker reported before it exited, or why it was killed.
+    failure: Option<String>,
+}
+
+impl Worker {
+    fn name(&self) -> String {
+        match self.pid {
+            Some(pid) => format!("worker {} (pid {pid})", self.generation),
+            None => format!("worker {}", self.generation),
+        }
+    }
+}
+
+/// The master's state and decisions.
+#[derive(Debug)]
+pub(crate) struct Core {
+    stop_timeout: Duration,
+    ready_timeout: Duration,
+    reload_signals: Vec<Signal>,
+    stop_signals: Vec<Signal>,
+    /// Interval of `WATCHDOG=1`, and when the next is due.
+    watchdog: Option<(Duration, Instant)>,
+    workers: Vec<Worker>,
+    next_generation: u64,
+    phase: Phase,
+    /// A reload was asked for while one was in flight: it runs next.
+    queued: bool,
+    out: Vec<Action>,
+}
+
+impl Core {
+    /// A master that starts its first worker: `Spawn { generation: 1 }`.
+    pub(crate) fn start(
+        config: &Config,
+        watchdog: Option<Duration>,
+        now: Instant,
+    ) -> (Core, Vec<Action>) {
+        let mut core = Core {
+            stop_timeout: config.stop_timeout,
+            ready_timeout: config.ready_timeout,
+            reload_signals: config.reload_signals.clone(),
+            stop_signals: config.stop_signals.clone(),
+            watchdog: watchdog.map(|every| (every, now + every)),
+            workers: Vec::new(),
+            next_generation: 1,
+            phase: Phase::Done,
+            queued: false,
+            out: Vec::new(),
+        };
+        let first = core.spawn(now);
+        core.phase = Phase::Booting { starting: first };
+        let actions = std::mem::take(&mut core.out);
+        (core, actions)
+    }
+
+    /// Decides what `event`, at `now`, calls for.
+    pub(crate) fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        match event {
+            Event::Signal(signal) => {
+                if self.stop_signals.contains(&signal) {
+                    self.stop(now, signal);
+                } else if self.reload_signals.contains(&signal) {
+                    self.request_reload(now, &format!("signal {signal}"));
+                }
+            }
+            Event::Spawned { generation, pid } => {
+                if let Some(w) = self.worker(generation) {
+                    w.pid = Some(pid);
+                    let name = w.name();
+                    self.log(format!("{name} starting"));
+                }
+            }
+            Event::SpawnFailed { generation, reason } => {
+                self.workers.retain(|w| w.generation != generation);
+                self.failed_start(now, generation, reason);
+            }
+            Event::Ready { generation } => self.ready(now, generation),
+            Event::Failed { generation, reason } => {
+                if let Some(w) = self.worker(generation) {
+                    w.failure = Some(reason);
+                }
+            }
+            Event::ReloadRequested { generation } => {
+                let why = format!("graceful::reload() in worker {generation}");
+                self.request_reload(now, &why);
+            }
+            Event::ControlClosed { generation } => {
+                // The worker is exiting (or broke the protocol): it is reaped
+                // by waitpid. One that lingers before it was ready is killed.
+                if let Some(w) = self.worker(generation) {
+                    w.connected = false;
+                    if let State::Starting { deadline } = &mut w.state {
+                        *deadline = (*deadline).min(now + CLOSED_GRACE);
+                    }
+                }
+            }
+            Event::Exited { pid, how } => self.exited(now, pid, &how),
+            Event::Tick => self.tick(now),
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// When the loop must wake up next with a `Tick`; `None`: only an event
+    /// wakes it (an idle master sleeps).
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let workers = self.workers.iter().filter_map(|w| match w.state {
+            State::Starting { deadline } => Some(deadline),
+            State::Draining { kill_at } => Some(kill_at),
+            State::Serving | State::Killed => None,
+        });
+        let restart = match self.phase {
+            Phase::Recovering {
+                next: Next::At(at), ..
+            } => Some(at),
+            _ => None,
+        };
+        let watchdog = self.watchdog.map(|(_, at)| at).filter(|_| self.serving());
+        workers.chain(restart).chain(watchdog).min()
+    }
+
+    /// Keep-alives go to systemd only while a worker serves, so that its
+    /// watchdog notices a service that cannot get a worker up.
+    fn serving(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Serving { .. } | Phase::Stopping { current: Some(_) }
+        )
+    }
+
+    fn worker(&mut self, generation: u64) -> Option<&mut Worker> {
+        self.workers.iter_mut().find(|w| w.generation == generation)
+    }
+
+    fn name_of(&self, generation: u64) -> String {
+        self.workers
+            .iter()
+            .find(|w| w.generation == generation)
+            .map_or_else(|| format!("worker {generation}"), Worker::name)
+    }
+
+    fn log(&mut self, line: String) {
+        self.out.push(Action::Log(line));
+    }
+
+    fn report(&mut self, report: Report) {
+        self.out.push(Action::Report(report));
+    }
+
+    /// The generation starting now, if any.
+    fn starting(&self) -> Option<u64> {
+        match self.phase {
+            Phase::Booting { starting } => Some(starting),
+            Phase::Serving { starting, .. } => starting,
+            Phase::Recovering {
+                next: Next::Starting(g),
+                ..
+            } => Some(g),
+            _ => None,
+        }
+    }
+
+    fn spawn(&mut self, now: Instant) -> u64 {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.workers.push(Worker {
+            generation,
+            pid: None,
+            state: State::Starting {
+                deadline: now + self.ready_timeout,
+            },
+            started: now,
+            ready_at: None,
+            connected: true,
+            failure: None,
+        });
+        self.out.push(Action::Spawn { generation });
+        generation
+    }
+
+    fn request_reload(&mut self, now: Instant, why: &str) {
+        if matches!(self.phase, Phase::Stopping { .. } | Phase::Done) {
+            self.log(format!("reload requested ({why}) while stopping; ignored"));
+            return;
+        }
+        if self.starting().is_some() {
+            if !self.queued {
+                self.log(format!(
+                    "reload requested ({why}) while another is in progress; it will run next"
+                ));
+            }
+            // At most one queued: later requests are covered by it.
+            self.queued = true;
+            return;
+        }
+        self.report(Report::ReloadStarted {
+            why: why.to_string(),
+            starting: Some(format!("worker {}", self.next_generation)),
+        });
+        let generation = self.spawn(now);
+        self.phase = match self.phase {
+            Phase::Serving {
+                current, streak, ..
+            } => Phase::Serving {
+                current,
+                starting: Some(generation),
+                streak,
+            },
+            Phase::Recovering { streak, .. } => Phase::Recovering {
+                next: Next::Starting(generation),
+                streak,
+            },
+            other => other,
+        };
+    }
+
+    fn run_queued(&mut self, now: Instant) {
+        if std::mem::take(&mut self.queued) {
+            self.request_reload(now, "queued request");
+        }
+    }
+
+    fn ready(&mut self, now: Instant, generation: u64) {
+        let Some(worker) = self.worker(generation) else {
+            return;
+        };
+        if !matches!(worker.state, State::Starting { .. }) {
+            return;
+        }
+        worker.state = State::Serving;
+        worker.ready_at = Some(now);
+        let took = now.duration_since(worker.started);
+        let name = worker.name();
+        let (previous, streak) = match self.phase {
+            Phase::Booting { .. } => (None, 0),
+            Phase::Serving {
+                current, streak, ..
+            } => (Some(current), streak),
+            Phase::Recovering { streak, .. } => (None, streak),
+            Phase::Stopping { .. } | Phase::Done => return,
+        };
+        self.phase = Phase::Serving {
+            current: generation,
+            starting: None,
+            streak,
+        };
+        match previous {
+            Some(old) => {
+                let kill_at = now + self.stop_timeout + KILL_GRACE;
+                if let Some(w) = self.worker(old) {
+                    w.state = State::Draining { kill_at };
+                }
+                self.out.push(Action::Stop { generation: old });
+                let old = self.name_of(old);
+                self.report(Report::ReloadFinished { name, took, old });
+            }
+            None => self.report(Report::Ready {
+                name,
+                took,
+                note: String::new(),
+            }),
+        }
+        self.out.push(Action::KeepListeners { generation });
+        self.run_queued(now);
+    }
+
+    /// Generation `generation` will never be ready: it is gone, or could not
+    /// be started.
+    fn failed_start(&mut self, now: Instant, generation: u64, reason: String) {
+        if self.starting() != Some(generation) {
+            return;
+        }
+        match self.phase {
+            Phase::Booting { .. } => {
+                self.report(Report::StartFailed {
+                    reason: reason.clone(),
+                });
+                self.phase = Phase::Done;
+                self.out.push(Action::Exit(Err(reason)));
+            }
+            Phase::Serving {
+                current, streak, ..
+            } => {
+                self.phase = Phase::Serving {
+                    current,
+                    starting: None,
+                    streak,
+                };
+                let still = self.name_of(current);
+                self.report(Report::ReloadFailed { reason, still });
+                self.run_queued(now);
+            }
+            Phase::Recovering { streak, .. } => self.schedule_restart(now, streak, reason),
+            Phase::Stopping { .. } | Phase::Done => {}
+        }
+    }
+
+    fn schedule_restart(&mut self, now: Instant, streak: u32, reason: String) {
+        let delay = BACKOFF_FIRST
+            .saturating_mul(1u32 << streak.min(16))
+            .min(BACKOFF_MAX);
+        self.phase = Phase::Recovering {
+            next: Next::At(now + delay),
+            streak: streak + 1,
+        };
+        self.report(Report::NoWorker { reason, delay });
+    }
+
+    fn exited(&mut self, now: Instant, pid: u32, how: &str) {
+        // Children that are not workers (orphans re-parented to a master
+        // that is PID 1) are reaped and nothing else.
+        let Some(index) = self.workers.iter().position(|w| w.pid == Some(pid)) else {
+            return;
+        };
+        let worker = self.workers.remove(index);
+        let name = worker.name();
+        let generation = worker.generation;
+        let detail = |when: &str| match &worker.failure {
+            Some(failure) => format!("{name} {how} {when}: {failure}"),
+            None => format!("{name} {how} {when}"),
+        };
+        match self.phase {
+            Phase::Stopping { .. } | Phase::Done => self.log(format!("{name} {how}")),
+            _ if worker.ready_at.is_none() => {
+                self.failed_start(now, generation, detail("before it was ready"))
+            }
+            Phase::Serving {
+                current,
+                starting,
+                streak,
+            } if current == generation => {
+                let stable = worker
+                    .ready_at
+                    .is_some_and(|at| now.duration_since(at) >= STABLE_AFTER);
+                let streak = if stable { 0 } else { streak };
+                self.log(detail("unexpectedly"));
+                match starting {
+                    // A reload in flight replaces it.
+                    Some(g) => {
+                        self.phase = Phase::Recovering {
+                            next: Next::Starting(g),
+                            streak,
+                        }
+                    }
+                    None => self.schedule_restart(now, streak, format!("{name} {how}")),
+                }
+            }
+            _ => self.log(format!("{name} {how} after draining")),
+        }
+        self.out.push(Action::Release { generation });
+        if matches!(self.phase, Phase::Stopping { .. }) && self.workers.is_empty() {
+            self.phase = Phase::Done;
+            self.out.push(Action::Exit(Ok(())));
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        if let Some((every, at)) = self.watchdog {
+            if at <= now && self.serving() {
+                self.out.push(Action::Watchdog);
+                self.watchdog = Some((every, now + every));
+            }
+        }
+        if let Phase::Recovering {
+            next: Next::At(at),
+            streak,
+        } = self.phase
+        {
+            if at <= now {
+                self.log("restarting".into());
+                let generation = self.spawn(now);
+                self.phase = Phase::Recovering {
+                    next: Next::Starting(generation),
+                    streak,
+                };
+            }
+        }
+        let ready_timeout = self.ready_timeout;
+        let mut kills = Vec::new();
+        for w in &mut self.workers {
+            let why = match w.state {
+                State::Starting { deadline } if deadline <= now => {
+                    if w.failure.is_none() {
+                        w.failure = Some(if w.connected {
+                            format!("was not ready within the {ready_timeout:?} ready_timeout")
+                        } else {
+                            "closed its control channel before it was ready and did not exit"
+                                .to_string()
+                        });
+                    }
+                    "it did not become ready in time"
+                }
+                State::Draining { kill_at } if kill_at <= now => {
+                    "it was still running after stop_timeout"
+                }
+                _ => continue,
+            };
+            if let Some(pid) = w.pid {
+                w.state = State::Killed;
+                kills.push((format!("killing {} with SIGKILL: {why}", w.name()), pid));
+            }
+        }
+        for (line, pid) in kills {
+            self.log(line);
+            self.out.push(Action::Kill { pid });
+        }
+    }
+
+    fn stop(&mut self, now: Instant, signal: Signal) {
+        if let Phase::Stopping { .. } = self.phase {
+            self.log(format!(
+                "{signal} received again while stopping; killing every worker now"
+            ));
+            self.kill_all(|_| true);
+            return;
+        }
+        let current = match self.phase {
+            Phase::Serving { current, .. } => Some(current),
+            _ => None,
+        };
+        self.phase = Phase::Stopping { current };
+        self.queued = false;
+        self.report(Report::Stopping {
+            signal,
+            workers: self.workers.len(),
+            stop_timeout: self.stop_timeout,
+            // Ask systemd for the whole drain, so a long stop_timeout is not
+            // cut short by TimeoutStopSec.
+            extend: self.stop_timeout + KILL_GRACE + Duration::from_secs(1),
+        });
+        // Starting workers serve nothing yet: nothing to drain.
+        self.kill_all(|state| matches!(state, State::Starting { .. }));
+        let kill_at = now + self.stop_timeout + KILL_GRACE;
+        let mut stops = Vec::new();
+        for w in &mut self.workers {
+            if w.state == State::Serving {
+                w.state = State::Draining { kill_at };
+                stops.push(Action::Stop {
+                    generation: w.generation,
+                });
+            }
+        }
+        self.out.extend(stops);
+        if self.workers.is_empty() {
+            self.phase = Phase::Done;
+            self.out.push(Action::Exit(Ok(())));
+        }
+    }
+
+    fn kill_all(&mut self, which: impl Fn(State) -> bool) {
+        for w in &mut self.workers {
+            if let (true, Some(pid)) = (which(w.state), w.pid) {
+                w.state = State::Killed;
+                self.out.push(Action::Kill { pid });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::config;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// A core at a fixed start instant, with the default options (ready
+    /// timeout 30 s, stop timeout 20 s).
+    struct Run {
+        core: Core,
+        t0: Instant,
+    }
+
+    impl Run {
+        /// Started, with worker 1 spawned as pid 101 and ready at +5 ms.
+        fn serving() -> Run {
+            let mut run = Run::booting();
+            run.at(
+                0,
+                Event::Spawned {
+                    generation: 1,
+                    pid: 101,
+                },
+            );
+            run.at(5, Event::Ready { generation: 1 });
+            run
+        }
+
+        /// Started; worker 1 is about to be spawned.
+        fn booting() -> Run {
+            Run::with_watchdog(None)
+        }
+
+        fn with_watchdog(watchdog: Option<Duration>) -> Run {
+            let t0 = Instant::now();
+            let (core, actions) = Core::start(&config(), watchdog, t0);
+            assert_eq!(actions, [Action::Spawn { generation: 1 }]);
+            Run { core, t0 }
+        }
+
+        fn at(&mut self, ms: u64, event: Event) -> Vec<Action> {
+            self.core.handle(self.t0 + MS * ms as u32, event)
+        }
+
+        /// A reload by SIGHUP that spawns `generation` as `pid`.
+        fn reload(&mut self, ms: u64, generation: u64, pid: u32) {
+            let actions = self.at(ms, Event::Signal(Signal::SIGHUP));
+            assert!(
+                actions.contains(&Action::Spawn { generation }),
+                "{actions:?}"
+            );
+            self.at(ms, Event::Spawned { generation, pid });
+        }
+    }
+
+    fn exited(pid: u32, code: i32) -> Event {
+        Event::Exited {
+            pid,
+            how: format!("exited with status {code}"),
+        }
+    }
+
+    fn spawns(actions: &[Action]) -> usize {
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Spawn { .. }))
+            .count()
+    }
+
+    fn no_worker_delay(actions: &[Action]) -> Option<Duration> {
+        actions.iter().find_map(|a| match a {
+            Action::Report(Report::NoWorker { delay, .. }) => Some(*delay),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn the_first_ready_worker_serves_and_its_listeners_are_kept() {
+        let mut run = Run::booting();
+        assert_eq!(
+            run.at(
+                0,
+                Event::Spawned {
+                    generation: 1,
+                    pid: 101
+                }
+            ),
+            [Action::Log("worker 1 (pid 101) starting".into())]
+        );
+        assert_eq!(
+            run.at(7, Event::Ready { generation: 1 }),
+            [
+                Action::Report(Report::Ready {
+                    name: "worker 1 (pid 101)".into(),
+                    took: 7 * MS,
+                    note: String::new(),
+                }),
+                Action::KeepListeners { generation: 1 },
+            ]
+        );
+        // Serving and idle: nothing to wake up for.
+        assert_eq!(run.core.next_deadline(), None);
+    }
+
+    #[test]
+    fn the_old_worker_serves_until_the_new_one_is_ready() {
+        let mut run = Run::serving();
+        let actions = run.at(1000, Event::Signal(Signal::SIGHUP));
+        assert_eq!(
+            actions,
+            [
+                Action::Report(Report::ReloadStarted {
+                    why: "signal SIGHUP".into(),
+                    starting: Some("worker 2".into()),
+                }),
+                Action::Spawn { generation: 2 },
+            ]
+        );
+        run.at(
+            1000,
+            Event::Spawned {
+                generation: 2,
+                pid: 102,
+            },
+        );
+        // However long the new worker takes, the old one is not told to stop.
+        assert_eq!(run.at(1900, Event::Tick), []);
+        let actions = run.at(2000, Event::Ready { generation: 2 });
+        assert_eq!(
+            actions,
+            [
+                Action::Stop { generation: 1 },
+                Action::Report(Report::ReloadFinished {
+                    name: "worker 2 (pid 102)".into(),
+                    took: 1000 * MS,
+                    old: "worker 1 (pid 101)".into(),
+                }),
+                Action::KeepListeners { generation: 2 },
+            ]
+        );
+        // The old one exits after its drain: released, nothing else.
+        assert_eq!(
+            run.at(2500, exited(101, 0)),
+            [
+                Action::Log("worker 1 (pid 101) exited with status 0 after draining".into()),
+                Action::Release { generation: 1 },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_hundred_reload_requests_make_one_reload_in_flight_and_one_queued() {
+        let mut run = Run::serving();
+        run.reload(1000, 2, 102);
+        let mut actions = Vec::new();
+        for i in 0..100 {
+            let event = if i % 2 == 0 {
+                Event::Signal(Signal::SIGUSR1)
+            } else {
+                Event::ReloadRequested { generation: 1 }
+            };
+            actions.extend(run.at(1001 + i, event));
+        }
+        assert_eq!(spawns(&actions), 0, "{actions:?}");
+        assert_eq!(
+            actions,
+            [Action::Log(
+                "reload requested (signal SIGUSR1) while another is in progress; it will run next"
+                    .into()
+            )]
+        );
+        // The reload in flight finishes: exactly one more starts.
+        let actions = run.at(1200, Event::Ready { generation: 2 });
+        assert_eq!(spawns(&actions), 1, "{actions:?}");
+        assert!(actions.contains(&Action::Report(Report::ReloadStarted {
+            why: "queued request".into(),
+            starting: Some("worker 3".into()),
+        })));
+        run.at(
+            1200,
+            Event::Spawned {
+                generation: 3,
+                pid: 103,
+            },
+        );
+        // And after that one, none.
+        assert_eq!(spawns(&run.at(1300, Event::Ready { generation: 3 })), 0);
+    }
+
+    #[test]
+    fn a_worker_that_exits_before_it_is_ready_is_rolled_back_with_its_reason() {
+        let mut run = Run::serving();
+        run.reload(1000, 2, 102);
+        run.at(
+            1010,
+            Event::Failed {
+                generation: 2,
+                reason: "main panicked: boom".into(),
+            },
+        );
+        let actions = run.at(1011, exited(102, 1));
+        assert_eq!(
+            actions,
+            [
+                Action::Report(Report::ReloadFailed {
+                    reason: "worker 2 (pid 102) exited with status 1 before it was ready: \
+                             main panicked: boom"
+                        .into(),
+                    still: "worker 1 (pid 101)".into(),
+                }),
+                Action::Release { generation: 2 },
+            ]
+        );
+        // Worker 1 was never told to stop, and a later reload works.
+        run.reload(2000, 3, 103);
+    }
+
+    #[test]
+    fn a_worker_not_ready_within_ready_timeout_is_killed_and_rolled_back() {
+        let mut run = Run::serving();
+        run.reload(1000, 2, 102);
+        assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 31_000));
+        assert_eq!(run.at(30_999, Event::Tick), []);
+        assert_eq!(
+            run.at(31_000, Event::Tick),
+            [
+                Action::Log(
+                    "killing worker 2 (pid 102) with SIGKILL: it did not become ready in time"
+                        .into()
+                ),
+                Action::Kill { pid: 102 },
+            ]
+        );
+        let actions = run.at(
+            31_001,
+            Event::Exited {
+                pid: 102,
+                how: "was killed by SIGKILL".into(),
+            },
+        );
+        assert_eq!(
+            actions[0],
+            Action::Report(Report::ReloadFailed {
+                reason: "worker 2 (pid 102) was killed by SIGKILL before it was ready: \
+                         was not ready within the 30s ready_timeout"
+                    .into(),
+                still: "worker 1 (pid 101)".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn a_worker_that_closes_its_channel_but_lingers_is_killed_after_a_second() {
+        let mut run = Run::serving();
+        run.reload(1000, 2, 102);
+        run.at(1100, Event::ControlClosed { generation: 2 });
+        assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 2100));
+        assert_eq!(run.at(2100, Event::Tick)[1], Action::Kill { pid: 102 });
+        let actions = run.at(2101, exited(102, 0));
+        let Action::Report(Report::ReloadFailed { reason, .. }) = &actions[0] else {
+            panic!("{actions:?}");
+        };
+        assert!(
+            reason.ends_with("closed its control channel before it was ready and did not exit"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_worker_that_cannot_be_spawned_is_a_failed_reload() {
+        let mut run = Run::serving();
+        run.at(1000, Event::Signal(Signal::SIGHUP));
+        let actions = run.at(
+            1000,
+            Event::SpawnFailed {
+                generation: 2,
+                reason: "cannot start a worker from /app: No such file or directory".into(),
+            },
+        );
+        assert_eq!(
+            actions,
+            [Action::Report(Report::ReloadFailed {
+                reason: "cannot start a worker from /app: No such file or directory".into(),
+                still: "worker 1 (pid 101)".into(),
+            })]
+        );
+        // Nothing is starting any more: the next request reloads at once.
+        assert_eq!(spawns(&run.at(1001, Event::Signal(Signal::SIGHUP))), 1);
+    }
+
+    #[test]
+    fn a_request_queued_during_a_failed_reload_runs_after_it() {
+        let mut run = Run::serving();
+        run.reload(1000, 2, 102);
+        run.at(1001, Event::Signal(Signal::SIGHUP));
+        let actions = run.at(1002, exited(102, 3));
+        assert!(matches!(
+            actions[0],
+            Action::Report(Report::ReloadFailed { .. })
+        ));
+        assert!(
+            actions.contains(&Action::Spawn { generation: 3 }),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn the_first_worker_failing_ends_the_master_with_its_reason() {
+        let mut run = Run::booting();
+        run.at(
+            0,
+            Event::Spawned {
+                generation: 1,
+                pid: 101,
+            },
+        );
+        run.at(
+            3,
+            Event::Failed {
+                generation: 1,
+                reason: "cannot listen on \":80\": permission denied".into(),
+            },
+        );
+        let reason = "worker 1 (pid 101) exited with status 1 before it was ready: \
+                      cannot listen on \":80\": permission denied";
+        assert_eq!(
+            run.at(4, exited(101, 1)),
+            [
+                Action::Report(Report::StartFailed {
+                    reason: reason.into()
+                }),
+                Action::Exit(Err(reason.into())),
+                Action::Release { generation: 1 },
+            ]
+        );
+    }
+
+    #[test]
+    fn crashes_back_off_from_100_ms_doubling_to_10_s() {
+        let mut run = Run::serving();
+        let mut now = 1000;
+        let mut delays = Vec::new();
+        for generation in 2..=10 {
+            // Worker N runs as pid 100 + N; the one before it crashes.
+            let actions = run.at(now, exited(100 + generation as u32 - 1, 101));
+            let delay = no_worker_delay(&actions).expect("a restart is scheduled");
+            delays.push(delay.as_millis());
+            // Not before the delay; at it, a new worker.
+            now += delay.as_millis() as u64;
+            assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * now as u32));
+            assert_eq!(spawns(&run.at(now - 1, Event::Tick)), 0);
+            let actions = run.at(now, Event::Tick);
+            assert_eq!(actions[0], Action::Log("restarting".into()));
+            assert_eq!(actions[1], Action::Spawn { generation });
+            let pid = 100 + generation as u32;
+            run.at(now, Event::Spawned { generation, pid });
+            run.at(now + 5, Event::Ready { generation });
+            now += 10;
+        }
+        assert_eq!(
+            delays,
+            [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]
+        );
+    }
+
+    #[test]
+    fn a_worker_that_served_10_s_before_it_crashed_resets_the_backoff() {
+        let mut run = Run::serving();
+        let first = run.at(1000, exited(101, 1));
+        assert_eq!(no_worker_delay(&first), Some(100 * MS));
+        run.at(1100, Event::Tick);
+        run.at(
+            1100,
+            Event::Spawned {
+                generation: 2,
+                pid: 102,
+            },
+        );
+        run.at(1105, Event::Ready { generation: 2 });
+        // A quick second crash doubles the delay...
+        assert_eq!(
+            no_worker_delay(&run.at(2000, exited(102, 1))),
+            Some(200 * MS)
+        );
+        run.at(2200, Event::Tick);
+        run.at(
+            2200,
+            Event::Spawned {
+                generation: 3,
+                pid: 103,
+            },
+        );
+        run.at(2205, Event::Ready { generation: 3 });
+        // ...a crash after 10 s of service starts it over.
+        let late = run.at(12_205, exited(103, 1));
+        assert_eq!(no_worker_delay(&late), Some(100 * MS));
+    }
+
+    #[test]
+    fn a_crash_during_a_reload_is_replaced_by_the_reload_in_flight() {
+        let mut run = Run::serving();
+        run.reload(1000, 2, 102);
+        let actions = run.at(
+            1001,
+            Event::Exited {
+                pid: 101,
+                how: "was killed by SIGSEGV".into(),
+            },
+        );
+        assert_eq!(
+            actions,
+            [
+                Action::Log("worker 1 (pid 101) was killed by SIGSEGV unexpectedly".into()),
+                Action::Release { generation: 1 },
+            ]
+        );
+        // No restart of its own: worker 2 takes over when ready, with no
+        // one to stop.
+        assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 31_000));
+        let actions = run.at(1100, Event::Ready { generation: 2 });
+        assert_eq!(
+            actions[0],
+            Action::Report(Report::Ready {
+                name: "worker 2 (pid 102)".into(),
+                took: 100 * MS,
+                note: String::new(),
+            })
+        );
+        assert!(!actions.iter().any(|a| matches!(a, Action::Stop { .. })));
+    }
+
+    #[test]
+    fn a_crash_during_a_reload_that_then_fails_schedules_a_restart() {
+        let mut run = Run::serving();
+        run.reload(1000, 2, 102);
+        run.at(1001, exited(101, 1));
+        let actions = run.at(1002, exited(102, 1));
+        assert_eq!(no_worker_delay(&actions), Some(100 * MS), "{actions:?}");
+        assert_eq!(spawns(&run.at(1102, Event::Tick)), 1);
+    }
+
+    #[test]
+    fn stop_during_a_reload_kills_the_starting_worker_and_drains_the_serving_one() {
+        let mut run = Run::serving();
+        run.reload(1000, 2, 102);
+        let actions = run.at(1500, Event::Signal(Signal::SIGTERM));
+        assert_eq!(
+            actions,
+            [
+                Action::Report(Report::Stopping {
+                    signal: Signal::SIGTERM,
+                    workers: 2,
+                    stop_timeout: Duration::from_secs(20),
+                    extend: Duration::from_millis(21_500),
+                }),
+                Action::Kill { pid: 102 },
+                Action::Stop { generation: 1 },
+            ]
+        );
+        // A reload asked for now is refused; a late Ready changes nothing.
+        assert_eq!(
+            run.at(1501, Event::Signal(Signal::SIGHUP)),
+            [Action::Log(
+                "reload requested (signal SIGHUP) while stopping; ignored".into()
+            )]
+        );
+        assert_eq!(run.at(1502, Event::Ready { generation: 2 }), []);
+        assert_eq!(
+            run.at(1503, exited(102, 0)).last(),
+            Some(&Action::Release { generation: 2 })
+        );
+        let last = run.at(1600, exited(101, 0));
+        assert_eq!(
+            last,
+            [
+                Action::Log("worker 1 (pid 101) exited with status 0".into()),
+                Action::Release { generation: 1 },
+                Action::Exit(Ok(())),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_draining_worker_is_killed_at_stop_timeout_plus_the_grace() {
+        let mut run = Run::serving();
+        run.at(1000, Event::Signal(Signal::SIGINT));
+        let kill_at = 1000 + 20_000 + 500;
+        assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * kill_at));
+        assert_eq!(run.at(kill_at as u64 - 1, Event::Tick), []);
+        assert_eq!(
+            run.at(kill_at as u64, Event::Tick),
+            [
+                Action::Log(
+                    "killing worker 1 (pid 101) with SIGKILL: it was still running after stop_timeout"
+                        .into()
+                ),
+                Action::Kill { pid: 101 },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_second_stop_signal_kills_every_worker_at_once() {
+        let mut run = Run::serving();
+        run.reload(1000, 2, 102);
+        run.at(1100, Event::Ready { generation: 2 });
+        run.at(1200, Event::Signal(Signal::SIGTERM));
+        let actions = run.at(1300, Event::Signal(Signal::SIGINT));
+        assert_eq!(
+            actions[0],
+            Action::Log("SIGINT received again while stopping; killing every worker now".into())
+        );
+        let mut killed: Vec<_> = actions[1..].to_vec();
+        killed.sort_by_key(|a| format!("{a:?}"));
+        assert_eq!(
+            killed,
+            [Action::Kill { pid: 101 }, Action::Kill { pid: 102 }]
+        );
+    }
+
+    #[test]
+    fn stop_with_no_worker_alive_exits_at_once() {
+        let mut run = Run::serving();
+        run.at(1000, exited(101, 1));
+        let actions = run.at(1050, Event::Signal(Signal::SIGTERM));
+        assert_eq!(actions.last(), Some(&Action::Exit(Ok(()))));
+        // The restart that was scheduled never happens.
+        assert_eq!(run.core.next_deadline(), None);
+    }
+
+    #[test]
+    fn signals_that_are_not_configured_and_unknown_children_change_nothing() {
+        let mut run = Run::serving();
+        assert_eq!(run.at(10, Event::Signal(Signal::SIGUSR2)), []);
+        assert_eq!(run.at(11, Event::Signal(Signal::SIGWINCH)), []);
+        // An orphan reaped by a master that is PID 1.
+        assert_eq!(run.at(12, exited(999, 0)), []);
+        assert_eq!(run.core.next_deadline(), None);
+    }
+
+    #[test]
+    fn the_watchdog_is_fed_only_while_a_worker_serves() {
+        let every = Duration::from_secs(5);
+        let mut run = Run::with_watchdog(Some(every));
+        run.at(
+            0,
+            Event::Spawned {
+                generation: 1,
+                pid: 101,
+            },
+        );
+        // Booting: the deadline is the ready timeout, not the watchdog.
+        assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 30_000));
+        assert_eq!(run.at(5000, Event::Tick), []);
+        run.at(5001, Event::Ready { generation: 1 });
+        assert_eq!(run.at(5002, Event::Tick), [Action::Watchdog]);
+        assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 10_002));
+        // No worker serves after a crash: no keep-alive until one does.
+        run.at(6000, exited(101, 1));
+        run.at(6100, Event::Tick);
+        run.at(
+            6100,
+            Event::Spawned {
+                generation: 2,
+                pid: 102,
+            },
+        );
+        assert!(!run.at(10_002, Event::Tick).contains(&Action::Watchdog));
+        run.at(10_003, Event::Ready { generation: 2 });
+        assert_eq!(run.at(10_004, Event::Tick), [Action::Watchdog]);
+    }
+
+    #[test]
+    fn a_reload_during_the_restart_backoff_starts_at_once() {
+        let mut run = Run::serving();
+        run.at(1000, exited(101, 1));
+        let actions = run.at(1010, Event::Signal(Signal::SIGHUP));
+        assert_eq!(spawns(&actions), 1);
+        // The backoff timer is gone: the only deadline is the new worker's.
+        assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 31_010));
+    }
+}

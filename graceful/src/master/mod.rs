@@ -1,0 +1,331 @@
+//! The master: keeps the PID and the listening sockets, starts workers,
+//! switches generations on reload, and runs no user code: it is given the
+//! [`Config`] alone, never the registrations.
+//!
+//! What to do is decided by [`core::Core`], which has no I/O. This module is
+//! the loop around it: one thread with no async runtime, a `poll` over the
+//! signal self-pipe and each worker's control socket, with a timeout to the
+//! core's nearest deadline. When nothing happens it sleeps in `poll` without
+//! waking up.
+
+mod core;
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal as NixSignal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use self::core::{Action, Core, Event};
+use crate::config::{Config, SignalList};
+use crate::control::{self, ToMaster, ToWorker};
+use crate::exec::Executable;
+use crate::listeners::Listeners;
+use crate::log::log;
+use crate::notify::Notifier;
+use crate::signal::SignalPipe;
+use crate::status::Report;
+use crate::{activation, pidfile, Error, Signal};
+
+/// A started worker, as the loop knows it: its PID and its channel.
+#[derive(Debug)]
+struct Child {
+    pid: u32,
+    /// `None` once the channel reached EOF.
+    control: Option<OwnedFd>,
+}
+
+struct Master {
+    config: Config,
+    executable: Executable,
+    signals: SignalPipe,
+    listeners: Listeners,
+    notify: Option<Notifier>,
+    children: HashMap<u64, Child>,
+    core: Core,
+    exit: Option<Result<(), String>>,
+}
+
+/// Runs the master until the service has stopped.
+pub(crate) fn run(config: Config) -> Result<(), Error> {
+    // Before anything else: the activated sockets and their variables.
+    let activated = activation::take();
+    let executable = Executable::current()?;
+    let mut handled: Vec<Signal> = config.reload_signals.clone();
+    handled.extend(config.stop_signals.iter().copied());
+    let signals = SignalPipe::install(&handled)?;
+    // Before any worker is started: workers must not see NOTIFY_SOCKET.
+    let notify = Notifier::from_env();
+    log!(
+        "master started (pid {}, executable {}); reload with {}, stop with {}",
+        std::process::id(),
+        executable.path().display(),
+        SignalList(&config.reload_signals),
+        SignalList(&config.stop_signals),
+    );
+    if let Some(path) = &config.pid_file {
+        pidfile::write(path, std::process::id())?;
+    }
+    let watchdog = notify.as_ref().and_then(|n| n.watchdog);
+    let (core, actions) = Core::start(&config, watchdog, Instant::now());
+    let mut master = Master {
+        config,
+        executable,
+        signals,
+        listeners: Listeners::new(activated),
+        notify,
+        children: HashMap::new(),
+        core,
+        exit: None,
+    };
+    master.perform(actions);
+    let result = master.event_loop();
+    master.listeners.close_all();
+    if let Some(path) = &master.config.pid_file {
+        pidfile::remove(path, std::process::id());
+    }
+    match &result {
+        Ok(()) => log!("stopped"),
+        Err(e) => log!("exiting: {e}"),
+    }
+    result
+}
+
+impl Master {
+    fn event_loop(&mut self) -> Result<(), Error> {
+        loop {
+            if let Some(exit) = self.exit.take() {
+                return exit.map_err(|reason| Error::StartFailed { reason });
+            }
+            let timeout = match self.core.next_deadline() {
+                None => PollTimeout::NONE,
+                Some(at) => {
+                    let wait = at.saturating_duration_since(Instant::now());
+                    // Round up so the loop does not spin just before a deadline.
+                    let ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+                }
+            };
+            let readable: Vec<u64> = {
+                let mut fds = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
+                let mut owners = Vec::new();
+                for (&generation, child) in &self.children {
+                    if let Some(control) = &child.control {
+                        fds.push(PollFd::new(control.as_fd(), PollFlags::POLLIN));
+                        owners.push(generation);
+                    }
+                }
+                match poll(&mut fds, timeout) {
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => return Err(Error::io("poll failed in the master", e.into())),
+                }
+                fds[1..]
+                    .iter()
+                    .zip(owners)
+                    .filter(|(fd, _)| fd.revents().is_some_and(|r| !r.is_empty()))
+                    .map(|(_, generation)| generation)
+                    .collect()
+            };
+            for number in self.signals.pending() {
+                // SIGCHLD is not configurable: reaping happens on every turn.
+                if let Some(signal) = Signal::from_number(number) {
+                    self.handle(Event::Signal(signal));
+                }
+            }
+            for generation in readable {
+                self.read_control(generation);
+            }
+            self.reap();
+            self.handle(Event::Tick);
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        let actions = self.core.handle(Instant::now(), event);
+        self.perform(actions);
+    }
+
+    fn perform(&mut self, actions: Vec<Action>) {
+        let mut queue = VecDeque::from(actions);
+        while let Some(action) = queue.pop_front() {
+            let answer = match action {
+                Action::Spawn { generation } => Some(self.spawn(generation)),
+                Action::Stop { generation } => {
+                    if let Some(control) = self.control(generation) {
+                        let _ = control::send(control, &ToWorker::Stop);
+                    }
+                    None
+                }
+                // Only our own, unreaped child: its PID cannot have been reused.
+                Action::Kill { pid } => {
+                    let _ = kill(Pid::from_raw(pid as i32), NixSignal::SIGKILL);
+                    None
+                }
+                Action::Report(report) => {
+                    self.report(&report);
+                    None
+                }
+                Action::Log(line) => {
+                    log!("{line}");
+                    None
+                }
+                Action::Watchdog => {
+                    self.notify("WATCHDOG=1");
+                    None
+                }
+                Action::KeepListeners { generation } => {
+                    self.listeners.keep(generation);
+                    self.listeners.collect();
+                    None
+                }
+                Action::Release { generation } => {
+                    self.children.remove(&generation);
+                    self.listeners.release(generation);
+                    self.listeners.collect();
+                    None
+                }
+                Action::Exit(result) => {
+                    self.exit = Some(result);
+                    None
+                }
+            };
+            if let Some(event) = answer {
+                queue.extend(self.core.handle(Instant::now(), event));
+            }
+        }
+    }
+
+    fn notify(&self, message: &str) {
+        if let Some(notify) = &self.notify {
+            notify.send(message);
+        }
+    }
+
+    fn report(&self, report: &Report) {
+        if let Some(line) = report.log_line() {
+            log!("{line}");
+        }
+        if let Some(notify) = &self.notify {
+            if let Some(message) = report.notification(crate::notify::monotonic_usec()) {
+                notify.send(&message);
+            }
+        }
+    }
+
+    fn control(&self, generation: u64) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.children
+            .get(&generation)?
+            .control
+            .as_ref()
+            .map(|c| c.as_fd())
+    }
+
+    /// Starts a worker; returns how that went, for the core.
+    fn spawn(&mut self, generation: u64) -> Event {
+        // Our handlers must not run in the child before exec: they write to
+        // the master's pipe.
+        let default = self.config.stop_signals.iter().map(|s| s.number());
+        let default = default.chain([NixSignal::SIGCHLD as i32]).collect();
+        let started = self
+            .executable
+            .prepare(generation, Vec::new(), &self.config.reload_signals, default)
+            .and_then(|prepared| prepared.spawn());
+        match started {
+            Ok((child, control)) => {
+                let pid = child.id();
+                // The master reaps with waitpid itself; the std handle is not needed.
+                drop(child);
+                let control = Some(control);
+                self.children.insert(generation, Child { pid, control });
+                Event::Spawned { generation, pid }
+            }
+            Err(source) => Event::SpawnFailed {
+                generation,
+                reason: Error::Spawn {
+                    path: self.executable.path().to_path_buf(),
+                    source,
+                }
+                .to_string(),
+            },
+        }
+    }
+
+    /// Reads every message generation N has queued.
+    fn read_control(&mut self, generation: u64) {
+        loop {
+            let Some(control) = self.control(generation) else {
+                return;
+            };
+            let event = match control::recv::<ToMaster>(control) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Ok(Some(ToMaster::Listen(request))) => {
+                    let answer = self.listeners.acquire(generation, &request);
+                    // Disjoint from the table's borrow: the channel, by field.
+                    let child = self.children.get(&generation);
+                    let Some(control) = child.and_then(|c| c.control.as_ref()) else {
+                        return;
+                    };
+                    let sent = match &answer {
+                        Ok(held) => {
+                            control::send(control.as_fd(), &ToWorker::Listener(held.as_fd()))
+                        }
+                        Err(e) => {
+                            control::send(control.as_fd(), &ToWorker::ListenError(e.to_string()))
+                        }
+                    };
+                    if let Err(e) = sent {
+                        log!("cannot answer worker {generation}: {e}");
+                    }
+                    continue;
+                }
+                Ok(Some(ToMaster::Ready)) => Event::Ready { generation },
+                Ok(Some(ToMaster::Failed(reason))) => Event::Failed { generation, reason },
+                Ok(Some(ToMaster::Reload)) => Event::ReloadRequested { generation },
+                Ok(None) | Err(_) => {
+                    if let Some(child) = self.children.get_mut(&generation) {
+                        child.control = None;
+                    }
+                    Event::ControlClosed { generation }
+                }
+            };
+            self.handle(event);
+        }
+    }
+
+    fn reap(&mut self) {
+        loop {
+            // waitpid(-1) also reaps orphans re-parented to us when the
+            // master is PID 1 in a container; the core ignores those.
+            let (pid, how) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, format!("exited with status {code}")),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => {
+                    (pid, format!("was killed by {signal}"))
+                }
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Err(Errno::EINTR) => continue,
+                Ok(_) => continue,
+                Err(e) => {
+                    log!("waitpid failed: {e}");
+                    return;
+                }
+            };
+            let pid = pid.as_raw() as u32;
+            // The worker may have sent its last messages (the reason its
+            // start failed) just before it exited: read them before the core
+            // judges the exit.
+            let generation = self
+                .children
+                .iter()
+                .find(|(_, child)| child.pid == pid)
+                .map(|(&generation, _)| generation);
+            if let Some(generation) = generation {
+                self.read_control(generation);
+            }
+            self.handle(Event::Exited { pid, how });
+        }
+    }
+}

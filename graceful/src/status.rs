@@ -1,0 +1,198 @@
+//! The lifecycle events an operator is told about: each renders its log
+//! line and its systemd notification (`READY=1`, `STATUS=`, ...) from one
+//! definition, for master and single mode alike.
+
+// Off Unix there is no master, single mode or systemd: the one process
+// reports only its failed start.
+#![cfg_attr(not(unix), allow(dead_code))]
+
+use std::time::Duration;
+
+use crate::Signal;
+
+/// One event worth a line in the log and, under systemd, a notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Report {
+    /// A reload begins. `starting` names what it starts, where known
+    /// (`"worker 7"`).
+    ReloadStarted {
+        why: String,
+        starting: Option<String>,
+    },
+    /// The first process of the service serves. `note` follows the log
+    /// line's standard text.
+    Ready {
+        name: String,
+        took: Duration,
+        note: String,
+    },
+    /// A reload's new worker serves; the old one drains.
+    ReloadFinished {
+        name: String,
+        took: Duration,
+        old: String,
+    },
+    /// Single mode: the successor `pid` serves; `old` (this process) drains.
+    HandedOver { pid: u32, old: String },
+    /// A reload was rolled back; `still` serves.
+    ReloadFailed { reason: String, still: String },
+    /// The first start failed: the service exits.
+    StartFailed { reason: String },
+    /// No worker serves; a new one starts after `delay`.
+    NoWorker { reason: String, delay: Duration },
+    /// The master stops on `signal`, draining `workers` for up to
+    /// `stop_timeout`, and asks systemd for `extend` more time.
+    Stopping {
+        signal: Signal,
+        workers: usize,
+        stop_timeout: Duration,
+        extend: Duration,
+    },
+    /// Single mode: `name` (this process) drains before it exits, and asks
+    /// systemd for `extend` more time. The drain itself logs why.
+    Draining { name: String, extend: Duration },
+}
+
+impl Report {
+    /// The log line, if the event has one.
+    pub(crate) fn log_line(&self) -> Option<String> {
+        Some(match self {
+            Report::ReloadStarted { why, .. } => format!("reload started ({why})"),
+            Report::Ready { name, took, note } => {
+                format!("{name} ready in {} ms and serving{note}", took.as_millis())
+            }
+            Report::ReloadFinished { name, took, old } => format!(
+                "reload finished: {name} ready in {} ms and serving; {old} draining",
+                took.as_millis()
+            ),
+            Report::HandedOver { pid, old } => {
+                format!("reload finished: successor (pid {pid}) is serving; {old} draining")
+            }
+            Report::ReloadFailed { reason, still } => {
+                format!("reload failed: {reason}; still serving with {still}")
+            }
+            Report::StartFailed { reason } => format!("start failed: {reason}"),
+            Report::NoWorker { reason, delay } => format!(
+                "no worker is serving ({reason}); starting a new one in {} ms",
+                delay.as_millis()
+            ),
+            Report::Stopping {
+                signal,
+                workers,
+                stop_timeout,
+                ..
+            } => format!(
+                "stopping ({signal}): draining {workers} worker(s) for up to {stop_timeout:?}"
+            ),
+            Report::Draining { .. } => return None,
+        })
+    }
+
+    /// The systemd notification, if the event has one. `monotonic_usec` is
+    /// the time for `RELOADING=1`.
+    pub(crate) fn notification(&self, monotonic_usec: u64) -> Option<String> {
+        Some(match self {
+            Report::ReloadStarted { why, starting } => {
+                let starting = starting
+                    .as_ref()
+                    .map(|s| format!(": starting {s}"))
+                    .unwrap_or_default();
+                format!("RELOADING=1\nMONOTONIC_USEC={monotonic_usec}\nSTATUS=reloading ({why}){starting}")
+            }
+            Report::Ready { name, .. } => format!("READY=1\nSTATUS=serving with {name}"),
+            Report::ReloadFinished { name, .. } => {
+                format!("READY=1\nSTATUS=reload finished: serving with {name}")
+            }
+            Report::HandedOver { pid, .. } => {
+                format!("MAINPID={pid}\nREADY=1\nSTATUS=reload finished: serving with pid {pid}")
+            }
+            Report::ReloadFailed { .. } => format!("READY=1\nSTATUS={}", self.log_line()?),
+            Report::StartFailed { .. } => return None,
+            Report::NoWorker { .. } => format!("STATUS={}", self.log_line()?),
+            Report::Stopping {
+                signal,
+                workers,
+                extend,
+                ..
+            } => format!(
+                "STOPPING=1\nEXTEND_TIMEOUT_USEC={}\nSTATUS=stopping ({signal}): draining {workers} worker(s)",
+                extend.as_micros()
+            ),
+            Report::Draining { name, extend } => format!(
+                "STOPPING=1\nEXTEND_TIMEOUT_USEC={}\nSTATUS=stopping: draining {name}",
+                extend.as_micros()
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_reload_reads_the_same_in_the_log_and_in_systemd() {
+        let report = Report::ReloadFailed {
+            reason: "worker 2 (pid 9) exited with status 3 before it was ready".into(),
+            still: "worker 1 (pid 8)".into(),
+        };
+        let line = report.log_line().unwrap();
+        assert_eq!(
+            line,
+            "reload failed: worker 2 (pid 9) exited with status 3 before it was ready; \
+             still serving with worker 1 (pid 8)"
+        );
+        assert_eq!(
+            report.notification(0).unwrap(),
+            format!("READY=1\nSTATUS={line}")
+        );
+    }
+
+    #[test]
+    fn reload_started_carries_the_monotonic_time() {
+        let report = Report::ReloadStarted {
+            why: "signal SIGHUP".into(),
+            starting: Some("worker 2".into()),
+        };
+        assert_eq!(report.log_line().unwrap(), "reload started (signal SIGHUP)");
+        assert_eq!(
+            report.notification(1234).unwrap(),
+            "RELOADING=1\nMONOTONIC_USEC=1234\nSTATUS=reloading (signal SIGHUP): starting worker 2"
+        );
+        let single = Report::ReloadStarted {
+            why: "graceful::reload()".into(),
+            starting: None,
+        };
+        assert_eq!(
+            single.notification(5).unwrap(),
+            "RELOADING=1\nMONOTONIC_USEC=5\nSTATUS=reloading (graceful::reload())"
+        );
+    }
+
+    #[test]
+    fn stopping_asks_systemd_for_the_whole_drain() {
+        let report = Report::Stopping {
+            signal: Signal::SIGTERM,
+            workers: 2,
+            stop_timeout: Duration::from_secs(20),
+            extend: Duration::from_millis(21_500),
+        };
+        assert_eq!(
+            report.log_line().unwrap(),
+            "stopping (SIGTERM): draining 2 worker(s) for up to 20s"
+        );
+        assert_eq!(
+            report.notification(0).unwrap(),
+            "STOPPING=1\nEXTEND_TIMEOUT_USEC=21500000\nSTATUS=stopping (SIGTERM): draining 2 worker(s)"
+        );
+        let single = Report::Draining {
+            name: "process 1 (pid 7)".into(),
+            extend: Duration::from_secs(21),
+        };
+        assert_eq!(single.log_line(), None);
+        assert!(single
+            .notification(0)
+            .unwrap()
+            .ends_with("STATUS=stopping: draining process 1 (pid 7)"));
+    }
+}
