@@ -4,10 +4,33 @@
 
 #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+pub mod http;
 pub mod load;
 pub mod notify;
 pub mod process;
+pub mod procfs;
 pub mod tls;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The bound on every wait in the tests: a process that is not ready, a
+/// line that is not logged, a request that is not answered by then is a
+/// failure, never a hang.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The application the integration tests drive (`src/bin/testapp.rs`).
+pub fn testapp() -> PathBuf {
+    built("testapp")
+}
+
+/// A fresh temporary directory for one test: `graceful-test-NAME-PID`.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("graceful-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
 
 /// Path of a binary built next to the test binary: `examples/NAME` or `NAME`.
 pub fn built(name: &str) -> std::path::PathBuf {

@@ -22,7 +22,7 @@ impl Notifications {
     /// A socket at `notify.sock` in a fresh temporary directory for `name`;
     /// each receive waits up to `timeout`.
     pub fn bind(name: &str, timeout: Duration) -> Notifications {
-        let dir = crate::process::temp_dir(name);
+        let dir = crate::temp_dir(name);
         let path = dir.join("notify.sock");
         let socket = UnixDatagram::bind(&path).unwrap();
         Notifications::new(

@@ -1,14 +1,15 @@
 //! An axum app (a tower service) reloaded under load: zero failures.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use graceful_dev::built;
+use graceful_dev::http::{get, pid_of};
 use graceful_dev::load::{Load, Mode};
-use graceful_dev::process::{get, pid_of, wait_gone, Service};
+use graceful_dev::process::Service;
+use graceful_dev::procfs::wait_gone;
 use nix::sys::signal::Signal;
 
-const T: Duration = Duration::from_secs(30);
+use graceful_dev::TIMEOUT as T;
 
 #[test]
 fn an_axum_router_reloads_under_load_with_zero_failures() {

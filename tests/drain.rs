@@ -2,20 +2,17 @@
 //! HTTP/2 clients get GOAWAY while their open streams complete.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use graceful_dev::process::{wait_gone, Service};
+use graceful_dev::process::Service;
+use graceful_dev::procfs::wait_gone;
+use graceful_dev::testapp;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use nix::sys::signal::Signal;
 
-const T: Duration = Duration::from_secs(20);
-
-fn testapp() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_testapp"))
-}
+use graceful_dev::TIMEOUT as T;
 
 #[test]
 fn a_stream_ends_cleanly_when_its_handler_sees_shutdown_signal() {

@@ -3,21 +3,19 @@
 //! always ends every process.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use graceful_dev::http::{get, pid_of};
 use graceful_dev::load::{Load, Mode};
-use graceful_dev::process::{
-    children_of, cpu_time, get, is_alive, pid_of, temp_dir, wait_gone, Service,
-};
+use graceful_dev::process::Service;
+use graceful_dev::procfs::{children_of, cpu_time, is_alive, wait_gone};
+use graceful_dev::temp_dir;
+use graceful_dev::testapp;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-const T: Duration = Duration::from_secs(30);
-
-fn testapp() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_testapp"))
-}
+use graceful_dev::TIMEOUT as T;
 
 struct Flag(PathBuf);
 
@@ -346,7 +344,7 @@ fn tampered_worker_markers_are_clear_errors() {
         );
     }
     // An open descriptor that is not a control socket (a regular file).
-    let file = std::fs::File::open(Path::new(env!("CARGO_BIN_EXE_testapp"))).unwrap();
+    let file = std::fs::File::open(testapp()).unwrap();
     use std::os::fd::AsRawFd;
     let fd = file.as_raw_fd();
     let out = unsafe_inherit(fd);

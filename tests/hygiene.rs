@@ -1,16 +1,12 @@
 //! Resource hygiene across many reloads, and descriptor hygiene in workers.
 
-use std::path::PathBuf;
-use std::time::Duration;
-
-use graceful_dev::process::{children_of, fd_count, get, status_value, zombies_of, Service};
+use graceful_dev::http::get;
+use graceful_dev::process::Service;
+use graceful_dev::procfs::{children_of, fd_count, status_value, zombies_of};
+use graceful_dev::testapp;
 use nix::sys::signal::Signal;
 
-const T: Duration = Duration::from_secs(30);
-
-fn testapp() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_testapp"))
-}
+use graceful_dev::TIMEOUT as T;
 
 #[test]
 fn a_thousand_reloads_leak_nothing_in_the_master() {

@@ -1,18 +1,17 @@
 //! The core lifecycle with real binaries and real signals: serve, reload,
 //! drain, stop, stop_timeout, binary replacement, reload from code.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use graceful_dev::built;
-use graceful_dev::process::{curl, get, is_alive, pid_of, temp_dir, wait_gone, Service};
+use graceful_dev::http::{curl, get, pid_of};
+use graceful_dev::process::Service;
+use graceful_dev::procfs::{is_alive, wait_gone};
+use graceful_dev::temp_dir;
+use graceful_dev::testapp;
 use nix::sys::signal::Signal;
 
-const T: Duration = Duration::from_secs(20);
-
-fn testapp() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_testapp"))
-}
+use graceful_dev::TIMEOUT as T;
 
 #[test]
 fn hello_example_serves_http1_and_h2() {

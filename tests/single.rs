@@ -7,19 +7,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use graceful_dev::http::{get, pid_of};
 use graceful_dev::load::{Load, Mode};
 use graceful_dev::notify::Notifications;
-use graceful_dev::process::{
-    children_of, fd_count, get, is_alive, pid_of, temp_dir, wait_gone, Service,
-};
+use graceful_dev::process::Service;
+use graceful_dev::procfs::{children_of, fd_count, is_alive, wait_gone};
+use graceful_dev::temp_dir;
+use graceful_dev::testapp;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-const T: Duration = Duration::from_secs(30);
-
-fn testapp() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_testapp"))
-}
+use graceful_dev::TIMEOUT as T;
 
 fn signal(pid: i32, signal: Signal) {
     kill(Pid::from_raw(pid), signal).unwrap();

@@ -9,12 +9,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use graceful_dev::built;
+use graceful_dev::http::get;
 use graceful_dev::load::{Load, Mode};
-use graceful_dev::process::{children_of, get, wait_gone};
+use graceful_dev::procfs::{children_of, wait_gone};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-const T: Duration = Duration::from_secs(30);
+use graceful_dev::TIMEOUT as T;
 
 struct Supervisor {
     dir: PathBuf,

@@ -2,19 +2,18 @@
 //! activated socket is used (by name or by address), survives reloads, and
 //! the PID stays the same. systemd itself is never started.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use graceful_dev::process::{get, pid_of, wait_gone, Service};
+use graceful_dev::http::{get, pid_of};
+use graceful_dev::process::Service;
+use graceful_dev::procfs::wait_gone;
+use graceful_dev::testapp;
 use nix::sys::signal::kill;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-const T: Duration = Duration::from_secs(20);
-
-fn testapp() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_testapp"))
-}
+use graceful_dev::TIMEOUT as T;
 
 fn activate() -> &'static Path {
     let path = Path::new("/usr/bin/systemd-socket-activate");

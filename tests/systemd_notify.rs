@@ -2,18 +2,13 @@
 //! NOTIFY_SOCKET datagram listener that the test creates (systemd itself is
 //! never started).
 
-use std::path::PathBuf;
-use std::time::Duration;
-
 use graceful_dev::notify::Notifications;
-use graceful_dev::process::{temp_dir, Service};
+use graceful_dev::process::Service;
+use graceful_dev::temp_dir;
+use graceful_dev::testapp;
 use nix::sys::signal::Signal;
 
-const T: Duration = Duration::from_secs(20);
-
-fn testapp() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_testapp"))
-}
+use graceful_dev::TIMEOUT as T;
 
 fn monotonic_usec() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();

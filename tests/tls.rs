@@ -7,16 +7,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use graceful_dev::built;
+use graceful_dev::http::curl;
 use graceful_dev::load::{Load, Mode};
-use graceful_dev::process::{curl, fd_count, temp_dir, wait_gone, Service};
+use graceful_dev::process::Service;
+use graceful_dev::procfs::{fd_count, wait_gone};
+use graceful_dev::temp_dir;
+use graceful_dev::testapp;
 use graceful_dev::tls::{fetch, TestCa};
 use nix::sys::signal::Signal;
 
-const T: Duration = Duration::from_secs(30);
-
-fn testapp() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_testapp"))
-}
+use graceful_dev::TIMEOUT as T;
 
 fn s(path: &Path) -> &str {
     path.to_str().unwrap()
@@ -71,10 +71,7 @@ fn the_tls_example_speaks_http1_and_h2_to_curl_and_rustls() {
     }
 
     // Plain HTTP on the TLS port is not answered as HTTP.
-    assert!(!matches!(
-        graceful_dev::process::get(&addr, "/"),
-        Ok((200, _))
-    ));
+    assert!(!matches!(graceful_dev::http::get(&addr, "/"), Ok((200, _))));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1,16 +1,15 @@
 //! The WebSocket example: on reload each open socket gets close 1012, and
 //! the client that reconnects lands on the new worker.
 
-use std::time::Duration;
-
 use futures_util::{SinkExt, StreamExt};
 use graceful_dev::built;
-use graceful_dev::process::{wait_gone, Service};
+use graceful_dev::process::Service;
+use graceful_dev::procfs::wait_gone;
 use nix::sys::signal::Signal;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-const T: Duration = Duration::from_secs(30);
+use graceful_dev::TIMEOUT as T;
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

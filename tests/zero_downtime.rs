@@ -6,25 +6,20 @@
 //! new one. Every failure is counted by kind and printed if any occurs.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
 
 use graceful_dev::load::{Load, Mode};
 use graceful_dev::process::Service;
+use graceful_dev::testapp;
 use nix::sys::signal::Signal;
 
-const T: Duration = Duration::from_secs(30);
+use graceful_dev::TIMEOUT as T;
 const RELOADS: usize = 30;
 const CLIENTS: usize = 4;
 
 fn reloads_under_load(mode: Mode) {
     let grace = std::env::var("TESTAPP_IDLE_GRACE_MS").unwrap_or_else(|_| "500".into());
     let env = [("TESTAPP_IDLE_GRACE_MS", grace.as_str())];
-    let service = Service::start(
-        &PathBuf::from(env!("CARGO_BIN_EXE_testapp")),
-        &["127.0.0.1:0"],
-        &env,
-    );
+    let service = Service::start(&testapp(), &["127.0.0.1:0"], &env);
     let addr: SocketAddr = service.addr(T).parse().unwrap();
     service.ready_worker(1, T);
     let load = Load::start(addr, mode, CLIENTS, "/");

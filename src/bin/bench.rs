@@ -18,13 +18,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use graceful_dev::load::{Load, Mode, Report};
-use graceful_dev::process::{cpu_time, status_value, wait_gone, Service};
+use graceful_dev::process::Service;
+use graceful_dev::procfs::{cpu_time, status_value, wait_gone};
 use graceful_dev::tls::TestCa;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use nix::sys::signal::Signal;
 
-const T: Duration = Duration::from_secs(30);
+use graceful_dev::TIMEOUT as T;
 
 async fn hello(req: Request<Incoming>) -> Result<Response<String>, Infallible> {
     let host = req
