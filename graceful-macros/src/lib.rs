@@ -1,4 +1,5 @@
-//! Procedural macros for [`graceful`](https://docs.rs/graceful).
+//! The `#[graceful::main]` attribute of
+//! [`graceful-reload`](https://docs.rs/graceful-reload).
 //!
 //! Use them through the runtime crate: `#[graceful::main]`. Everything the
 //! attribute does is also reachable without it, through `graceful::Server`.
