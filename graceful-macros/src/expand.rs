@@ -1,7 +1,7 @@
 //! Expansion of `#[graceful::main]` from a validated [`Config`].
 //!
 //! The expansion only calls the public API of the runtime crate (plus
-//! `::graceful::__private::start`), so that everything the attribute does can be
+//! `::graceful::Server::run_and_exit`), so that everything the attribute does can be
 //! written by hand.
 
 use proc_macro2::TokenStream;
@@ -137,7 +137,7 @@ fn bootstrap(func: &ItemFn, config: &Config) -> TokenStream {
         #(#attrs)*
         #vis fn #ident() {
             async fn __graceful_main() #output #block
-            ::graceful::__private::start(#builder, __graceful_main)
+            #builder.run_and_exit(__graceful_main)
         }
     }
 }

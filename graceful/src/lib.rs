@@ -44,6 +44,12 @@
 //! - On non-Unix targets the crate serves in one process without reloads.
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The crate's README (its crates.io page), doc-tested with the crate.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 // Master/worker processes, reloads, systemd and the successor handover are
 // Unix-only; elsewhere the crate serves in one process without reload
@@ -95,10 +101,12 @@ pub use registration::{MainOutput, Registration};
 pub use server::Server;
 pub use signal::Signal;
 #[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use tls::TlsConfig;
 /// The rustls version graceful serves TLS with, for building a
 /// [`rustls::ServerConfig`] by hand.
 #[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use tokio_rustls::rustls;
 
 /// Turns `async fn main` into the master/worker bootstrap.
@@ -149,7 +157,7 @@ pub use tokio_rustls::rustls;
 ///         .stop_timeout(Duration::from_secs(5))
 ///         .reload_signals([Signal::SIGHUP])
 ///         .stop_signals([Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT]);
-///     graceful::__private::start(server, || async {
+///     server.run_and_exit(|| async {
 ///         let addr = std::env::args().nth(1).unwrap_or_else(|| ":9222".into());
 ///         graceful::register!(addr, hello);
 ///         Ok::<(), std::io::Error>(())
@@ -260,6 +268,7 @@ where
 /// }
 /// ```
 #[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub fn listen_and_serve_tls<H, M>(
     addr: &str,
     cert: impl AsRef<std::path::Path>,
@@ -275,33 +284,12 @@ where
         .run()
 }
 
-/// Used by the macros' expansions. Not public API.
+/// Used by the `register!` expansion. Not public API.
 #[doc(hidden)]
 pub mod __private {
-    use std::future::Future;
-
-    use crate::{Error, MainOutput, Registration, Server};
+    use crate::Registration;
 
     pub fn register(registration: Registration) {
         crate::registration::register(registration);
-    }
-
-    /// Runs the service and exits the process with its status.
-    pub fn start<F, Fut>(server: Server, main: F) -> !
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future,
-        Fut::Output: MainOutput,
-    {
-        let code = match server.run_with(main) {
-            Ok(()) => 0,
-            // Already reported (by the master, or to it).
-            Err(e @ (Error::WorkerStart { .. } | Error::StartFailed { .. })) => e.exit_code(),
-            Err(e) => {
-                crate::log::log!("{e}");
-                e.exit_code()
-            }
-        };
-        std::process::exit(code)
     }
 }

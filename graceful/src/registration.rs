@@ -48,6 +48,7 @@ impl Registration {
     /// every new worker, so a reload picks up rotated certificates; a
     /// `rustls::ServerConfig` is used as given.
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls(mut self, tls: impl Into<crate::TlsConfig>) -> Registration {
         self.tls = Some(tls.into());
         self

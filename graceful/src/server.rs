@@ -133,6 +133,39 @@ impl Server {
         self
     }
 
+    /// Runs the service like [`run_with`](Server::run_with), then exits the
+    /// process with its status: 0 after a clean stop; otherwise the error is
+    /// logged once (a failed start is already reported where it belongs) and
+    /// the status is [`Error::exit_code`]. This is what `#[graceful::main]`
+    /// expands to, and the way to write the same `main` without the macro:
+    ///
+    /// ```no_run
+    /// # use std::convert::Infallible;
+    /// # async fn hello(_: http::Request<hyper::body::Incoming>) -> Result<http::Response<String>, Infallible> { todo!() }
+    /// fn main() {
+    ///     graceful::Server::new().run_and_exit(|| async {
+    ///         graceful::register!(":9222", hello);
+    ///     })
+    /// }
+    /// ```
+    pub fn run_and_exit<F, Fut>(self, main: F) -> !
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future,
+        Fut::Output: MainOutput,
+    {
+        let code = match self.run_with(main) {
+            Ok(()) => 0,
+            // Already reported (by the master, or to it).
+            Err(e @ (Error::WorkerStart { .. } | Error::StartFailed { .. })) => e.exit_code(),
+            Err(e) => {
+                crate::log::log!("{e}");
+                e.exit_code()
+            }
+        };
+        std::process::exit(code)
+    }
+
     /// Runs the service: as the master in the process you started, as a
     /// worker in the processes the master starts.
     ///

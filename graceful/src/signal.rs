@@ -63,6 +63,7 @@ impl Signal {
 
     /// The signal number on this platform.
     #[cfg(unix)]
+    #[cfg_attr(docsrs, doc(cfg(unix)))]
     pub fn number(self) -> i32 {
         self.to_nix() as i32
     }

@@ -184,5 +184,5 @@ fn main() {
     if let Some(path) = std::env::var_os("TESTAPP_PID_FILE") {
         server = server.pid_file(path);
     }
-    graceful::__private::start(server, app)
+    server.run_and_exit(app)
 }
