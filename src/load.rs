@@ -52,6 +52,11 @@ pub struct Report {
     /// its last-stream-id: never processed, safe to retry by RFC 9113 §8.1.4)
     /// and retried on a new connection, as real HTTP/2 clients do.
     pub retried_goaway: u64,
+    /// Requests never written to a connection (it closed first: `ready()`
+    /// failed, or hyper handed the request back) and sent again on a new
+    /// connection. Counted so that a server that drops every connection
+    /// cannot pass as one that lost nothing: see [`Report::assert_clean`].
+    pub retried_unsent: u64,
     pub failures: BTreeMap<String, u64>,
     /// The first few failures in full.
     pub examples: Vec<String>,
@@ -69,6 +74,7 @@ impl Report {
         self.sent += other.sent;
         self.ok += other.ok;
         self.retried_goaway += other.retried_goaway;
+        self.retried_unsent += other.retried_unsent;
         for (k, v) in other.failures {
             *self.failures.entry(k).or_default() += v;
         }
@@ -82,14 +88,35 @@ impl Report {
 
     pub fn summary(&self) -> String {
         format!(
-            "sent {} ok {} (retried after GOAWAY refused them: {}) failed {} {:?}; examples: {:#?}",
+            "sent {} ok {} (retried after GOAWAY refused them: {}; retried unsent: {}) failed {} {:?}; examples: {:#?}",
             self.sent,
             self.ok,
             self.retried_goaway,
+            self.retried_unsent,
             self.failed(),
             self.failures,
             self.examples
         )
+    }
+
+    /// The load made progress and lost nothing: some requests answered, none
+    /// failed, and requests retried because they were never sent stayed
+    /// fewer than those answered (a server that accepts and drops every
+    /// connection fails this).
+    /// `what` names the load in the message.
+    #[track_caller]
+    pub fn assert_clean(&self, what: &str) {
+        assert!(
+            self.ok > 0,
+            "{what}: no request was answered: {}",
+            self.summary()
+        );
+        assert_eq!(self.failed(), 0, "{what}: {}", self.summary());
+        assert!(
+            self.retried_unsent < self.ok,
+            "{what}: more requests retried unsent than answered: {}",
+            self.summary()
+        );
     }
 
     fn fail(&mut self, kind: &str, detail: String) {
@@ -374,6 +401,7 @@ async fn client(
                 sender = None;
             }
             Ok(Err(None)) => {
+                report.retried_unsent += 1;
                 sender = None;
                 continue;
             }

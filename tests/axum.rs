@@ -44,7 +44,7 @@ fn an_axum_router_reloads_under_load_with_zero_failures() {
     }
     for load in loads {
         let report = load.stop();
-        assert_eq!(report.failed(), 0, "{}", report.summary());
+        report.assert_clean("load");
     }
     assert!(wait_gone(first, T));
     assert_ne!(pid_of(&addr), first);

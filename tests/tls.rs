@@ -118,7 +118,7 @@ fn a_reload_serves_rotated_certificates_with_zero_failures() {
         let report = load.stop();
         eprintln!("{}: {}", mode.name(), report.summary());
         assert!(report.ok > 0, "{}: {}", mode.name(), report.summary());
-        assert_eq!(report.failed(), 0, "{}: {}", mode.name(), report.summary());
+        report.assert_clean(mode.name());
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -167,7 +167,7 @@ fn a_broken_certificate_is_rolled_back_and_named() {
         assert_eq!(got.body.trim(), serving.to_string(), "{name}");
     }
     let report = load.stop();
-    assert_eq!(report.failed(), 0, "{}", report.summary());
+    report.assert_clean("load");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
