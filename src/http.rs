@@ -51,7 +51,7 @@ pub fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
 
 /// Runs `curl` with `args` and returns its stdout; panics with stderr on failure.
 pub fn curl<S: AsRef<OsStr>>(args: &[S]) -> String {
-    let out = Command::new("curl")
+    let out = Command::new(crate::tool("curl"))
         .args(["-sS", "--max-time", "30"])
         .args(args)
         .output()

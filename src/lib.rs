@@ -19,6 +19,30 @@ use std::time::Duration;
 /// failure, never a hang.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The path of a system tool a test drives. A missing tool fails the test
+/// with its name and the command that installs it (`scripts/test` installs
+/// them all), never with a bare "No such file".
+pub fn tool(name: &str) -> PathBuf {
+    let install = match name {
+        "curl" => "apt-get install curl",
+        "systemd-socket-activate" => "apt-get install systemd (installing it starts nothing)",
+        "unshare" => "apt-get install util-linux",
+        "supervisord" | "supervisorctl" => "python3 -m pip install supervisor",
+        _ => "see scripts/test",
+    };
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/bin", "/usr/sbin", "/lib/systemd"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is not installed, and this test drives it: run `scripts/test`, \
+                 which installs every tool the tests need, or `{install}`"
+            )
+        })
+}
+
 /// The application the integration tests drive (`src/bin/testapp.rs`).
 pub fn testapp() -> PathBuf {
     built("testapp")

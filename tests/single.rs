@@ -105,7 +105,7 @@ fn reloads_under_load_lose_nothing_and_the_pid_file_follows() {
         let report = load.stop();
         eprintln!("{}: {}", mode.name(), report.summary());
         assert!(report.ok > 0, "{}: {}", mode.name(), report.summary());
-        assert_eq!(report.failed(), 0, "{}: {}", mode.name(), report.summary());
+        report.assert_clean(mode.name());
     }
     // The first process exited 0 after handing over.
     assert!(service.wait_exit(T).success());
@@ -157,7 +157,7 @@ fn a_failed_successor_leaves_the_old_process_serving() {
     assert!(wait_gone(first, T));
     assert_eq!(pid_of(&addr), second);
     let report = load.stop();
-    assert_eq!(report.failed(), 0, "{}", report.summary());
+    report.assert_clean("load");
     signal(second, Signal::SIGTERM);
     assert!(wait_gone(second, T));
     let _ = std::fs::remove_dir_all(&dir);
@@ -254,7 +254,7 @@ fn as_pid_1_a_reload_is_refused_and_the_process_keeps_serving() {
     // the test fail early, testapp gets SIGTERM when unshare is killed.
     let testapp = testapp();
     let service = Service::start(
-        Path::new("unshare"),
+        &graceful_dev::tool("unshare"),
         &[
             "--fork",
             "--pid",
@@ -340,7 +340,7 @@ fn reload_requests_during_a_reload_are_coalesced_and_passed_on() {
     assert_eq!(service.count_lines("passing a reload request on"), 1);
     assert_eq!(pid_of(&addr), third);
     let report = load.stop();
-    assert_eq!(report.failed(), 0, "{}", report.summary());
+    report.assert_clean("load");
     signal(third, Signal::SIGTERM);
     assert!(wait_gone(third, T));
     let _ = std::fs::remove_dir_all(&dir);

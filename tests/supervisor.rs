@@ -46,18 +46,18 @@ impl Supervisor {
             hello = built("hello").display(),
         );
         std::fs::write(dir.join("supervisord.conf"), config).unwrap();
-        let daemon = Command::new("supervisord")
+        let daemon = Command::new(graceful_dev::tool("supervisord"))
             .args(["-n", "-c"])
             .arg(dir.join("supervisord.conf"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("supervisord is installed (pip install supervisor; .ci/run does it)");
+            .expect("start supervisord");
         Supervisor { dir, daemon, addr }
     }
 
     fn ctl(&self, args: &[&str]) -> String {
-        let out = Command::new("supervisorctl")
+        let out = Command::new(graceful_dev::tool("supervisorctl"))
             .arg("-c")
             .arg(self.dir.join("supervisord.conf"))
             .args(args)
@@ -148,7 +148,7 @@ fn supervisorctl_signal_hup_reloads_under_load_and_stop_leaves_nothing() {
         assert!(load.wait_progress(50, T));
     }
     let report = load.stop();
-    assert_eq!(report.failed(), 0, "{}", report.summary());
+    report.assert_clean("load");
     assert_eq!(sup.pid(), master, "the PID supervisor watches changed");
 
     let log = sup.log();

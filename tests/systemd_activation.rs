@@ -2,7 +2,7 @@
 //! activated socket is used (by name or by address), survives reloads, and
 //! the PID stays the same. systemd itself is never started.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use graceful_dev::http::{get, pid_of};
@@ -15,13 +15,8 @@ use nix::unistd::Pid;
 
 use graceful_dev::TIMEOUT as T;
 
-fn activate() -> &'static Path {
-    let path = Path::new("/usr/bin/systemd-socket-activate");
-    assert!(
-        path.exists(),
-        "systemd-socket-activate is missing: .ci/run installs the systemd package"
-    );
-    path
+fn activate() -> PathBuf {
+    graceful_dev::tool("systemd-socket-activate")
 }
 
 /// A port that was free a moment ago (systemd-socket-activate needs a number).
@@ -92,7 +87,7 @@ fn activated(fdname: Option<&str>, register: impl FnOnce(&str) -> String) -> (Se
     let mut args = vec!["-l", addr.as_str()];
     args.extend(fdname.as_deref());
     args.extend([testapp.to_str().unwrap(), register.as_str()]);
-    let service = Service::start(activate(), &args, &[]);
+    let service = Service::start(&activate(), &args, &[]);
     service.wait_line(&format!("Listening on {addr} as 3."), T);
     wait_listening(&addr);
     (service, addr)
@@ -154,7 +149,7 @@ fn single_mode_hands_the_activated_socket_to_each_successor() {
         testapp.to_str().unwrap(),
         "systemd:web",
     ];
-    let service = Service::start(activate(), &args, &[]);
+    let service = Service::start(&activate(), &args, &[]);
     service.wait_line(&format!("Listening on {addr} as 3."), T);
     wait_listening(&addr);
     let mut current = pid_of(&addr);
