@@ -17,6 +17,8 @@ use crate::procfs::is_alive;
 #[derive(Default)]
 struct Log {
     lines: Vec<String>,
+    /// When each line was read, for tests that time the service by its log.
+    read_at: Vec<Instant>,
     closed: bool,
 }
 
@@ -62,7 +64,10 @@ impl Service {
                     eprintln!("  | {line}");
                 }
                 let (lock, cond) = &*sink;
-                lock.lock().unwrap().lines.push(line);
+                let mut log = lock.lock().unwrap();
+                log.lines.push(line);
+                log.read_at.push(Instant::now());
+                drop(log);
                 cond.notify_all();
             }
             let (lock, cond) = &*sink;
@@ -91,16 +96,28 @@ impl Service {
 
     /// Waits until the `nth` (0-based) line containing `needle` appears.
     pub fn wait_line_n(&self, needle: &str, nth: usize, timeout: Duration) -> String {
+        self.wait_line_n_at(needle, nth, timeout).0
+    }
+
+    /// Like [`wait_line_n`](Service::wait_line_n), with the instant the line
+    /// was read (within a millisecond of when it was written: the reader
+    /// thread blocks on the pipe).
+    pub fn wait_line_n_at(&self, needle: &str, nth: usize, timeout: Duration) -> (String, Instant) {
         let deadline = Instant::now() + timeout;
         let (lock, cond) = &*self.log;
         let mut log = lock.lock().unwrap();
         loop {
-            let found: Vec<&String> = log.lines.iter().filter(|l| l.contains(needle)).collect();
-            if let Some(line) = found.get(nth) {
-                let line = (*line).clone();
+            let found = log
+                .lines
+                .iter()
+                .zip(&log.read_at)
+                .filter(|(l, _)| l.contains(needle))
+                .nth(nth)
+                .map(|(l, at)| (l.clone(), *at));
+            if let Some(found) = found {
                 drop(log);
                 self.note_workers();
-                return line;
+                return found;
             }
             let now = Instant::now();
             if now >= deadline || log.closed {
