@@ -79,6 +79,14 @@ pub fn cpu_time(pid: i32) -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 1000 / hz)
 }
 
+/// The rest of the `/proc/PID/status` line that starts with `key`, such as
+/// `"NSpid:"`.
+pub fn status_line(pid: i32, key: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    Some(line[key.len()..].trim().to_string())
+}
+
 /// A numeric field of `/proc/PID/status`, such as `"VmRSS:"` (KiB) or `"Threads:"`.
 pub fn status_value(pid: i32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -494,6 +494,93 @@ fn back_to_back_reloads_under_load_lose_nothing() {
 }
 
 #[test]
+fn a_second_stop_signal_kills_every_worker_at_once() {
+    let mut service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[("TESTAPP_STOP_TIMEOUT_MS", "20000")],
+    );
+    let addr = service.addr(T);
+    let worker = service.ready_worker(1, T);
+    // A request that would hold the drain for 20 s.
+    let slow = std::thread::spawn(move || get(&addr, "/slow?ms=20000"));
+    service.wait_line("slow request started", T);
+    service.signal(Signal::SIGTERM);
+    service.wait_line("stopping (SIGTERM)", T);
+    let began = Instant::now();
+    service.signal(Signal::SIGTERM);
+    assert_eq!(service.wait_exit(T).code(), Some(0));
+    let took = began.elapsed();
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    service.wait_line(
+        "SIGTERM received again while stopping; killing every worker now",
+        T,
+    );
+    service.wait_line(&format!("worker 1 (pid {worker}) was killed by SIGKILL"), T);
+    assert!(
+        slow.join().unwrap().is_err(),
+        "the cut request got an answer"
+    );
+}
+
+#[test]
+fn master_mode_as_pid_1_reloads_and_reaps_orphans() {
+    // A new PID namespace makes the master PID 1, as in a container.
+    let testapp = testapp();
+    let mut service = Service::start(
+        &graceful_dev::tool("unshare"),
+        &[
+            "--fork",
+            "--pid",
+            "--kill-child=SIGTERM",
+            testapp.to_str().unwrap(),
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let addr = service.addr(T);
+    service.wait_line("master started (pid 1,", T);
+    let first = pid_of(&addr);
+    // The master as the host sees it: unshare's only child.
+    let master = children_of(service.pid());
+    assert_eq!(master.len(), 1, "{master:?}");
+    let master = master[0];
+    kill(Pid::from_raw(master), Signal::SIGHUP).unwrap();
+    service.wait_line("reload finished", T);
+    assert_ne!(pid_of(&addr), first);
+    // An orphan (a 1 s sleep whose parent shell exits at once) is
+    // re-parented to PID 1, the master, which reaps it when it exits: it
+    // does not stay a zombie. Its PID is answered as the namespace numbers
+    // it; the host's is found by NSpid among the master's children.
+    let orphan: i32 = get(&addr, "/orphan").unwrap().1.trim().parse().unwrap();
+    let deadline = Instant::now() + T;
+    let host_pid = loop {
+        let found = children_of(master).into_iter().find(|&child| {
+            graceful_dev::procfs::status_line(child, "NSpid:")
+                .is_some_and(|ids| ids.split_whitespace().last() == Some(&orphan.to_string()))
+        });
+        if let Some(pid) = found {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orphan {orphan} never became the master's child"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    while std::path::Path::new(&format!("/proc/{host_pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "orphan {host_pid} was not reaped; zombies of the master: {:?}",
+            graceful_dev::procfs::zombies_of(master)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill(Pid::from_raw(master), Signal::SIGTERM).unwrap();
+    assert_eq!(service.wait_exit(T).code(), Some(0));
+}
+
+#[test]
 fn the_old_worker_answers_while_the_new_one_takes_a_second_to_start() {
     let flag = Flag::new("gate");
     let service = Service::start(&testapp(), &["127.0.0.1:0"], &[flag.env()]);

@@ -233,6 +233,33 @@ fn bad_addresses_fail_the_start_with_a_clear_error() {
 }
 
 #[test]
+fn a_unix_path_that_is_not_a_stale_socket_is_never_removed() {
+    let dir = temp_dir("unix-taken");
+    let file = dir.join("plain");
+    std::fs::write(&file, b"keep me").unwrap();
+    let live = dir.join("live.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    for (path, expected) in [
+        (&file, "exists and is not a socket; refusing to remove it"),
+        (&dir, "exists and is not a socket; refusing to remove it"),
+        (&live, "is in use by a running listener"),
+    ] {
+        let addr = format!("unix:{}", path.display());
+        let mut service = Service::start(&testapp(), &[&addr], &[]);
+        assert_eq!(service.wait_exit(T).code(), Some(1));
+        let log = service.log_text();
+        assert!(
+            log.contains(&format!("cannot listen on {addr:?}"))
+                && log.contains(&format!("{} {expected}", path.display())),
+            "{addr}: {log}"
+        );
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    assert!(live.exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn several_listeners_in_one_process() {
     let dir = temp_dir("multi");
     let sock = dir.join("admin.sock");

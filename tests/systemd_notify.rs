@@ -91,6 +91,22 @@ fn notify_sequence_over_start_reload_failed_reload_and_stop() {
         "{failed}"
     );
 
+    // The serving worker crashes: no worker serves until the next is ready.
+    std::fs::remove_file(&flag).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(w2), Signal::SIGKILL).unwrap();
+    assert_eq!(
+        notes.recv(),
+        format!(
+            "STATUS=no worker is serving (worker 2 (pid {w2}) was killed by SIGKILL); \
+             starting a new one in 100 ms"
+        )
+    );
+    let w4 = service.ready_worker(4, T);
+    assert_eq!(
+        notes.recv(),
+        format!("READY=1\nSTATUS=serving with worker 4 (pid {w4})")
+    );
+
     // Stop.
     service.signal(Signal::SIGTERM);
     assert_eq!(

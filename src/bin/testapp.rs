@@ -14,6 +14,7 @@
 //!
 //! Routes: `/` (version and worker pid), `/slow?ms=N` (answers after N ms),
 //! `/pid` (worker pid only), `/reload` (calls `graceful::reload()`),
+//! `/orphan` (starts a process that outlives its parent; answers its PID),
 //! `/panic` (the handler panics), `/error` (the handler returns `Err`), `/abort` (the worker aborts), `/stream`
 //! (ticks until `graceful::shutdown_signal()`, then `event: bye`), `/upgrade`
 //! (an upgraded connection that ends on `shutdown_signal()`, or never with
@@ -115,6 +116,19 @@ async fn handle_text(req: Request<Incoming>) -> Result<Response<String>, Infalli
             Ok(Response::new(format!("slow {ms} done by {pid}\n")))
         }
         "/pid" => Ok(Response::new(format!("{pid}\n"))),
+        // A grandchild that outlives its parent: orphaned, it is re-parented
+        // to the nearest reaper (the master, when the master is PID 1).
+        "/orphan" => {
+            let out = std::process::Command::new("sh")
+                // Its output goes elsewhere, so that this answers as soon as
+                // the shell exits, while the orphan still runs.
+                .args(["-c", "sleep 1 >/dev/null 2>&1 & echo $!"])
+                .output()
+                .expect("run sh");
+            Ok(Response::new(
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            ))
+        }
         "/panic" => panic!("handler panicked on purpose"),
         "/abort" => std::process::abort(),
         "/reload" => match graceful::reload() {
