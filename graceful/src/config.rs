@@ -11,7 +11,7 @@ use crate::{Error, Signal};
 ///
 /// | | `Master` (default) | `Single` |
 /// | --- | --- | --- |
-/// | processes | a master (no user code) and one worker; two during a reload | one; two during a reload |
+/// | processes | a master (no user code) and one worker; during a reload, also the new worker, and old workers until they have drained | one; during a reload, also the successor, and old processes until they have drained |
 /// | PID across reloads | the same | changes: announced to systemd with `MAINPID=` and written to `pid_file` |
 /// | process managers | any (systemd, supervisor, a container's PID 1) | systemd (`Type=notify`, `NotifyAccess=all`) or none; not supervisor or a container's PID 1, which lose track of it |
 ///
