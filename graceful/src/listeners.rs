@@ -108,24 +108,14 @@ impl Listeners {
         user: u64,
         request: &ListenRequest,
     ) -> Result<&OwnedFd, ListenError> {
-        let key = self.find_or_bind(user, &request.addr)?;
-        let held = &self.map[&key];
-        if let (Some(mode), Some((path, _, _))) = (request.unix_mode, &held.unix_path) {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(
-                |source| ListenError::SetMode {
-                    mode,
-                    path: path.clone(),
-                    source,
-                },
-            )?;
-        }
-        Ok(&held.fd)
+        let key = self.find_or_bind(user, request)?;
+        Ok(&self.map[&key].fd)
     }
 
     /// The key `addr` is held under: the address in canonical form, or the
     /// key of an activated socket that listens there.
-    fn find_or_bind(&mut self, user: u64, addr: &ListenAddr) -> Result<String, ListenError> {
+    fn find_or_bind(&mut self, user: u64, request: &ListenRequest) -> Result<String, ListenError> {
+        let addr = &request.addr;
         let key = addr.to_string();
         if let Some(held) = self.map.get_mut(&key) {
             held.users.insert(user);
@@ -156,11 +146,20 @@ impl Listeners {
         }
         let (socket, local) = addr.bind()?;
         let fd = OwnedFd::from(socket);
-        log!("listening on {local} (registered as {key:?})");
         let unix_path = match addr {
-            ListenAddr::Unix(path) => file_id(path).map(|(dev, ino)| (path.clone(), dev, ino)),
+            ListenAddr::Unix(path) => {
+                // The mode is set once, here, on the file this process has
+                // just created, and never through a symlink: a later
+                // acquire does not touch the path, which anyone who can
+                // write to its directory may have replaced meanwhile.
+                if let Some(mode) = request.unix_mode {
+                    set_mode(path, mode)?;
+                }
+                file_id(path).map(|(dev, ino)| (path.clone(), dev, ino))
+            }
             ListenAddr::Tcp { .. } | ListenAddr::Systemd(_) => None,
         };
+        log!("listening on {local} (registered as {key:?})");
         let held = Held {
             fd,
             local,
@@ -307,6 +306,31 @@ fn unhex(text: &str) -> Option<String> {
     String::from_utf8(bytes?).ok()
 }
 
+/// Sets the permission bits of the socket file at `path`, refusing a
+/// symlink there (`AT_SYMLINK_NOFOLLOW`) and anything that is not a socket.
+fn set_mode(path: &Path, mode: u32) -> Result<(), ListenError> {
+    use nix::sys::stat::{fchmodat, FchmodatFlags, Mode};
+    use std::os::unix::fs::FileTypeExt;
+    let error = |source: std::io::Error| ListenError::SetMode {
+        mode,
+        path: path.to_path_buf(),
+        source,
+    };
+    let kind = std::fs::symlink_metadata(path).map_err(error)?.file_type();
+    if !kind.is_socket() {
+        return Err(error(std::io::Error::other(
+            "it is no longer the socket that was bound there",
+        )));
+    }
+    fchmodat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        Mode::from_bits_truncate(mode),
+        FchmodatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| error(e.into()))
+}
+
 fn file_id(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::symlink_metadata(path)
@@ -394,6 +418,58 @@ mod tests {
         table.release(2);
         table.collect();
         assert_eq!(table.map.keys().collect::<Vec<_>>(), ["127.0.0.1:0"]);
+    }
+
+    #[test]
+    fn unix_mode_is_set_once_at_bind_and_never_through_a_later_path() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("graceful-mode-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("app.sock");
+        let request = ListenRequest {
+            addr: ListenAddr::Unix(sock.clone()),
+            unix_mode: Some(0o660),
+        };
+        let mut table = Listeners::default();
+        table.acquire(1, &request).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&sock), 0o660);
+        // A tmp cleaner removes the file and someone puts a symlink to a
+        // file of theirs there: the next generation's acquire must neither
+        // fail nor change that file's mode.
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"x").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::remove_file(&sock).unwrap();
+        std::os::unix::fs::symlink(&victim, &sock).unwrap();
+        table.acquire(2, &request).unwrap();
+        assert_eq!(mode(&victim), 0o600);
+        // Nor is the symlink removed as if it were the socket.
+        table.release(1);
+        table.release(2);
+        table.collect();
+        assert!(std::fs::symlink_metadata(&sock).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_mode_is_never_set_through_a_symlink() {
+        let dir = std::env::temp_dir().join(format!("graceful-nofollow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"x").unwrap();
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let err = set_mode(&link, 0o666).unwrap_err().to_string();
+        assert!(err.contains("no longer the socket"), "{err}");
+        use std::os::unix::fs::PermissionsExt;
+        assert_ne!(
+            std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777,
+            0o666
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
