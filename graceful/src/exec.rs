@@ -38,7 +38,9 @@ impl Executable {
 
     /// Prepares generation `generation`: a control socket pair and the
     /// command, with the child's end of the socket and `inherit` made
-    /// inheritable in the child only.
+    /// inheritable in the child only. With `own_group` the child leads a
+    /// process group of its own, so that a kill of that group reaches every
+    /// process it started.
     ///
     /// Between fork and exec the child also ignores `ignore` (a reload
     /// signal sent to the process group must not kill it before it installs
@@ -50,6 +52,7 @@ impl Executable {
         mut inherit: Vec<RawFd>,
         ignore: &[Signal],
         default: Vec<i32>,
+        own_group: bool,
     ) -> std::io::Result<Prepared> {
         let (mine, theirs) = control::pair()?;
         set_nonblocking(mine.as_fd())?;
@@ -64,9 +67,12 @@ impl Executable {
             .env(ENV_GENERATION, generation.to_string());
         let ignore: Vec<i32> = ignore.iter().map(|s| s.number()).collect();
         // SAFETY: between fork and exec only async-signal-safe calls are made
-        // (fcntl, signal), on memory allocated before the fork.
+        // (setpgid, fcntl, signal), on memory allocated before the fork.
         unsafe {
             command.pre_exec(move || {
+                if own_group && nix::libc::setpgid(0, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 for &fd in &inherit {
                     if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) == -1 {
                         return Err(std::io::Error::last_os_error());

@@ -380,7 +380,15 @@ async fn successor(shared: &Shared) -> Result<(u32, tokio::process::Child), NoHa
     let generation = shared.generation + 1;
     let mut prepared = shared
         .executable
-        .prepare(generation, fds, &shared.config.reload_signals, Vec::new())
+        // The successor stays in this process's group: it becomes the
+        // service, which a terminal or a process manager signals as a group.
+        .prepare(
+            generation,
+            fds,
+            &shared.config.reload_signals,
+            Vec::new(),
+            false,
+        )
         .map_err(spawn_failed)?;
     prepared
         .command

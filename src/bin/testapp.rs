@@ -14,6 +14,7 @@
 //!
 //! Routes: `/` (version and worker pid), `/slow?ms=N` (answers after N ms),
 //! `/pid` (worker pid only), `/reload` (calls `graceful::reload()`),
+//! `/child` (starts a process that runs for a minute; answers its PID),
 //! `/orphan` (starts a process that outlives its parent; answers its PID),
 //! `/panic` (the handler panics), `/error` (the handler returns `Err`), `/abort` (the worker aborts), `/stream`
 //! (ticks until `graceful::shutdown_signal()`, then `event: bye`), `/upgrade`
@@ -116,6 +117,17 @@ async fn handle_text(req: Request<Incoming>) -> Result<Response<String>, Infalli
             Ok(Response::new(format!("slow {ms} done by {pid}\n")))
         }
         "/pid" => Ok(Response::new(format!("{pid}\n"))),
+        // A child process that runs for a minute; answers its PID.
+        "/child" => {
+            let child = std::process::Command::new("sleep")
+                .arg("60")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("run sleep");
+            Ok(Response::new(format!("{}\n", child.id())))
+        }
         // A grandchild that outlives its parent: orphaned, it is re-parented
         // to the nearest reaper (the master, when the master is PID 1).
         "/orphan" => {

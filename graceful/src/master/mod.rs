@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, Signal as NixSignal};
+use nix::sys::signal::{killpg, Signal as NixSignal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
@@ -160,9 +160,11 @@ impl Master {
                     }
                     None
                 }
-                // Only our own, unreaped child: its PID cannot have been reused.
+                // Only our own, unreaped child, which leads its own process
+                // group: neither can have been reused. The whole group, so
+                // that nothing the worker started outlives it.
                 Action::Kill { pid } => {
-                    let _ = kill(Pid::from_raw(pid as i32), NixSignal::SIGKILL);
+                    let _ = killpg(Pid::from_raw(pid as i32), NixSignal::SIGKILL);
                     None
                 }
                 Action::Report(report) => {
@@ -232,7 +234,13 @@ impl Master {
         let default = default.chain([NixSignal::SIGCHLD as i32]).collect();
         let started = self
             .executable
-            .prepare(generation, Vec::new(), &self.config.reload_signals, default)
+            .prepare(
+                generation,
+                Vec::new(),
+                &self.config.reload_signals,
+                default,
+                true,
+            )
             .and_then(|prepared| prepared.spawn());
         match started {
             Ok((child, control)) => {
@@ -324,6 +332,10 @@ impl Master {
                 .map(|(&generation, _)| generation);
             if let Some(generation) = generation {
                 self.read_control(generation);
+                // Whatever the worker started and left behind goes with it,
+                // now, while the group still has members and so its number
+                // cannot have been reused.
+                let _ = killpg(Pid::from_raw(pid as i32), NixSignal::SIGKILL);
             }
             self.handle(Event::Exited { pid, how });
         }
