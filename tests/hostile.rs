@@ -40,3 +40,30 @@ fn nothing_a_worker_started_outlives_the_service() {
         "process {child} outlived the service"
     );
 }
+
+#[test]
+fn a_stray_role_marker_is_ignored_and_reloads_and_stops_work() {
+    let mut service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[
+            ("GRACEFUL_ROLE", "successor"),
+            ("GRACEFUL_INHERIT", "garbage"),
+        ],
+    );
+    let addr = service.addr(T);
+    service.ready_worker(1, T);
+    service.wait_line("ignoring GRACEFUL_ROLE from the environment", T);
+    service.wait_line("ignoring GRACEFUL_INHERIT from the environment", T);
+    service.signal(Signal::SIGHUP);
+    service.wait_line("reload finished", T);
+    assert_eq!(get(&addr, "/").unwrap().0, 200);
+    let began = std::time::Instant::now();
+    service.signal(Signal::SIGTERM);
+    assert_eq!(service.wait_exit(T).code(), Some(0));
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        began.elapsed()
+    );
+}

@@ -7,7 +7,7 @@
 //! inheritance ([`Listeners::export`] and [`Listeners::import`]).
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use crate::activation::{Activated, Local};
@@ -51,6 +51,8 @@ pub(crate) enum ImportError {
     },
     #[error("descriptor {fd}: {source}")]
     Flags { fd: RawFd, source: std::io::Error },
+    #[error("descriptor {fd} for {key:?} is refused: {why}")]
+    Refused { fd: RawFd, key: String, why: String },
 }
 
 /// A listening socket held across generations.
@@ -240,10 +242,14 @@ impl Listeners {
         (entries.join(";"), fds)
     }
 
-    /// The table a predecessor exported. The descriptors are checked, made
-    /// close-on-exec, and owned from here on.
-    pub(crate) fn import(value: &str) -> Result<Listeners, ImportError> {
-        let mut listeners = Listeners::default();
+    /// The table a predecessor exported. Every entry is checked before any
+    /// descriptor is taken: a listening stream socket of the kind the entry
+    /// states (a Unix socket at the entry's path, a TCP socket), each
+    /// descriptor once, and never `control`. Then the descriptors are made
+    /// close-on-exec and owned from here on.
+    pub(crate) fn import(value: &str, control: RawFd) -> Result<Listeners, ImportError> {
+        let mut checked = Vec::new();
+        let mut seen = HashSet::from([control]);
         for entry in value.split(';').filter(|e| !e.is_empty()) {
             let bad = || ImportError::Malformed(entry.to_string());
             let fields: Vec<&str> = entry.split(',').collect();
@@ -256,28 +262,52 @@ impl Listeners {
             if fd < 3 {
                 return Err(bad());
             }
-            // SAFETY: borrowed only to inspect it; an error means it is not
-            // an open socket and it is not taken.
+            if !seen.insert(fd) {
+                return Err(ImportError::Refused {
+                    fd,
+                    key,
+                    why: "the descriptor is named twice, or is the control socket".into(),
+                });
+            }
+            // SAFETY: borrowed only to inspect it; nothing is taken until
+            // every entry has passed.
             let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
             let local = Local::of(borrowed).map_err(|source| ImportError::NotASocket {
                 fd,
                 key: key.clone(),
                 source,
             })?;
-            set_cloexec(borrowed).map_err(|source| ImportError::Flags { fd, source })?;
-            // SAFETY: the predecessor passed this open socket to this process
-            // alone, under this one entry.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            let (unix_path, activated) = match kind {
-                "a" => (None, Some(local.clone())),
-                "u" => {
+            let refused = |why: &str| ImportError::Refused {
+                fd,
+                key: key.clone(),
+                why: why.to_string(),
+            };
+            if !is_listening_stream(borrowed) {
+                return Err(refused("not a listening stream socket"));
+            }
+            let (unix_path, activated) = match (kind, &local) {
+                ("a", _) => (None, Some(local.clone())),
+                ("u", Local::Unix(bound)) if *bound == Path::new(&path) => {
                     let dev = dev.parse().map_err(|_| bad())?;
                     let ino = ino.parse().map_err(|_| bad())?;
                     (Some((PathBuf::from(path), dev, ino)), None)
                 }
-                "t" => (None, None),
+                ("u", _) => return Err(refused("not a Unix socket bound at the entry's path")),
+                ("t", Local::Tcp(_)) => (None, None),
+                ("t", _) => return Err(refused("not a TCP socket")),
                 _ => return Err(bad()),
             };
+            checked.push((fd, key, local, unix_path, activated));
+        }
+        let mut listeners = Listeners::default();
+        for (fd, key, local, unix_path, activated) in checked {
+            // SAFETY: the predecessor passed this open socket to this process
+            // alone, under this one entry (each descriptor once, checked).
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            set_cloexec(fd.as_fd()).map_err(|source| ImportError::Flags {
+                fd: fd.as_raw_fd(),
+                source,
+            })?;
             let held = Held {
                 fd,
                 local: local.describe(),
@@ -289,6 +319,13 @@ impl Listeners {
         }
         Ok(listeners)
     }
+}
+
+/// Whether `fd` is a stream socket that listens.
+fn is_listening_stream(fd: BorrowedFd<'_>) -> bool {
+    use nix::sys::socket::{getsockopt, sockopt};
+    getsockopt(&fd, sockopt::SockType) == Ok(nix::sys::socket::SockType::Stream)
+        && getsockopt(&fd, sockopt::AcceptConn) == Ok(true)
 }
 
 fn hex(text: &str) -> String {
@@ -381,7 +418,7 @@ mod tests {
         let dup = nix::unistd::dup(&table.map["127.0.0.1:0"].fd).unwrap();
         let value = value.replacen(&fds[0].to_string(), &dup.as_raw_fd().to_string(), 1);
         std::mem::forget(dup);
-        let imported = Listeners::import(&value).unwrap();
+        let imported = Listeners::import(&value, -1).unwrap();
         let held = &imported.map["127.0.0.1:0"];
         assert_eq!(held.local, table.map["127.0.0.1:0"].local);
         assert!(held.activated.is_none() && held.unix_path.is_none());
@@ -484,13 +521,55 @@ mod tests {
     }
 
     #[test]
+    fn only_listening_stream_sockets_of_the_stated_kind_are_taken() {
+        use std::os::fd::IntoRawFd;
+        let entry = |fd: RawFd, kind: &str, path: &str| {
+            format!("{fd},{kind},0,0,{},{}", hex("k"), hex(path))
+        };
+        let refused = |value: &str, control: RawFd| match Listeners::import(value, control) {
+            Err(ImportError::Refused { why, .. }) => why,
+            other => panic!("{value}: expected a refusal, got {other:?}"),
+        };
+        // A UDP socket and a connected TCP socket are not listeners.
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(refused(&entry(udp.as_raw_fd(), "t", ""), -1).contains("not a listening stream"));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let connected = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        assert!(
+            refused(&entry(connected.as_raw_fd(), "t", ""), -1).contains("not a listening stream")
+        );
+        // A TCP listener stated as a Unix socket at some path: refused, so
+        // that its closing can never remove that path.
+        let victim = std::env::temp_dir().join(format!("graceful-victim-{}", std::process::id()));
+        std::fs::write(&victim, b"x").unwrap();
+        let as_unix = entry(listener.as_raw_fd(), "u", victim.to_str().unwrap());
+        assert!(refused(&as_unix, -1).contains("not a Unix socket bound at the entry's path"));
+        assert!(victim.exists());
+        std::fs::remove_file(&victim).unwrap();
+        // One descriptor twice, or the control socket: refused, and nothing
+        // is taken (the descriptors stay open, owned by their owners).
+        let fd = listener.as_raw_fd();
+        let twice = format!("{};{}", entry(fd, "t", ""), entry(fd, "t", ""));
+        assert!(refused(&twice, -1).contains("named twice"));
+        assert!(refused(&entry(fd, "t", ""), fd).contains("control socket"));
+        assert!(
+            Local::of(listener.as_fd()).is_ok(),
+            "the listener was closed"
+        );
+        // The real thing is taken.
+        let taken = Listeners::import(&entry(listener.into_raw_fd(), "t", ""), -1).unwrap();
+        assert_eq!(taken.map.len(), 1);
+        drop(udp);
+    }
+
+    #[test]
     fn a_malformed_or_closed_entry_is_an_error() {
-        assert!(Listeners::import("garbage")
+        assert!(Listeners::import("garbage", -1)
             .unwrap_err()
             .to_string()
             .contains("malformed entry"));
         let closed = format!("999,t,0,0,{},", hex(":1"));
-        let err = Listeners::import(&closed).unwrap_err().to_string();
+        let err = Listeners::import(&closed, -1).unwrap_err().to_string();
         assert!(
             err.contains("descriptor 999 for \":1\" is not a socket"),
             "{err}"

@@ -50,7 +50,8 @@ impl Role {
     pub(crate) fn detect(mode: Mode) -> Result<Role, Error> {
         let control = std::env::var_os(ENV_CONTROL_FD);
         let generation = std::env::var(ENV_GENERATION).unwrap_or_default();
-        let successor = std::env::var_os(ENV_ROLE).is_some_and(|role| role == "successor");
+        let role = std::env::var_os(ENV_ROLE);
+        let successor = role.as_ref().is_some_and(|role| role == "successor");
         let inherited = std::env::var(ENV_INHERIT).unwrap_or_default();
         // Removed so that processes the app starts are not mistaken for
         // graceful's own.
@@ -58,6 +59,22 @@ impl Role {
             std::env::remove_var(var);
         }
         let Some(control) = control else {
+            // Markers without a control socket were not set by graceful for
+            // this process (a stray export in a shell, a copied unit file):
+            // they are removed above, so no child sees them either.
+            let stray = [
+                (ENV_GENERATION, !generation.is_empty()),
+                (ENV_ROLE, role.is_some()),
+                (ENV_INHERIT, !inherited.is_empty()),
+            ];
+            for (var, present) in stray {
+                if present {
+                    crate::log::log!(
+                        "ignoring {var} from the environment: graceful sets it only for the \
+                         processes it starts, with {ENV_CONTROL_FD}"
+                    );
+                }
+            }
             return Ok(match Mode::from_env()?.unwrap_or(mode) {
                 Mode::Master => Role::Master,
                 Mode::Single => Role::Single,

@@ -10,7 +10,7 @@
 
 use std::ffi::OsString;
 use std::future::Future;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -114,11 +114,13 @@ where
     let (listeners, generation, predecessor) = match predecessor {
         None => (Listeners::new(activation::take()), 1, None),
         Some((parent, inherited)) => {
-            let listeners = Listeners::import(&inherited).map_err(|e| Error::WorkerEnv {
-                var: ENV_INHERIT,
-                value: inherited.clone(),
-                reason: e.to_string(),
-            })?;
+            let control = parent.control.as_raw_fd();
+            let listeners =
+                Listeners::import(&inherited, control).map_err(|e| Error::WorkerEnv {
+                    var: ENV_INHERIT,
+                    value: inherited.clone(),
+                    reason: e.to_string(),
+                })?;
             (listeners, parent.generation, Some(parent.control))
         }
     };
