@@ -3,7 +3,9 @@
 //! behaviour that must hold. Timeouts come from options set small, never
 //! from sleeping.
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use graceful_dev::http::get;
 use graceful_dev::process::Service;
@@ -65,5 +67,111 @@ fn a_stray_role_marker_is_ignored_and_reloads_and_stops_work() {
         began.elapsed() < Duration::from_secs(2),
         "took {:?}",
         began.elapsed()
+    );
+}
+
+/// Lets this test process open more sockets than a default soft limit.
+fn raise_own_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+}
+
+#[test]
+fn silent_connections_are_closed_and_a_normal_client_is_served() {
+    raise_own_open_file_limit();
+    // As under systemd's default soft limit: 1024 descriptors, 1,100
+    // clients that connect and send nothing.
+    let testapp = testapp();
+    let service = Service::start(
+        &graceful_dev::tool("prlimit"),
+        &["--nofile=1024", testapp.to_str().unwrap(), "127.0.0.1:0"],
+        &[("TESTAPP_HEADER_TIMEOUT_MS", "1000")],
+    );
+    let addr = service.addr(T);
+    service.ready_worker(1, T);
+    let mut silent: Vec<TcpStream> = (0..1100)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    // A normal client is served once the header timeout has closed the
+    // connections ahead of it.
+    let began = Instant::now();
+    let (status, _) = get(&addr, "/").unwrap();
+    assert_eq!(status, 200);
+    println!("a normal client was served after {:?}", began.elapsed());
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+    // And every silent connection is closed by the server, none left open.
+    let mut buf = [0u8; 16];
+    for (i, conn) in silent.iter_mut().enumerate() {
+        conn.set_read_timeout(Some(T)).unwrap();
+        match conn.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("silent connection {i}: {other:?}"),
+        }
+    }
+    println!(
+        "all 1100 silent connections closed after {:?}",
+        began.elapsed()
+    );
+    assert!(service
+        .log_text()
+        .contains("connections open, the most this process serves at once"));
+}
+
+#[test]
+fn a_partial_http2_preface_or_an_idle_http2_connection_is_closed() {
+    let service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[
+            ("TESTAPP_HEADER_TIMEOUT_MS", "1000"),
+            ("TESTAPP_IDLE_TIMEOUT_MS", "1000"),
+        ],
+    );
+    let addr = service.addr(T);
+    service.ready_worker(1, T);
+    // Half the preface, then nothing.
+    let mut partial = TcpStream::connect(&addr).unwrap();
+    partial.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+    partial.set_read_timeout(Some(T)).unwrap();
+    let began = Instant::now();
+    let mut buf = [0u8; 64];
+    assert_eq!(partial.read(&mut buf).unwrap_or(0), 0);
+    assert!(
+        began.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        began.elapsed()
+    );
+    // An HTTP/2 connection that made one request, then idles: GOAWAY and
+    // closed after the idle timeout.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let took = runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        let conn = tokio::spawn(conn);
+        let request = http::Request::get(format!("http://{addr}/"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        assert_eq!(sender.send_request(request).await.unwrap().status(), 200);
+        let idle = Instant::now();
+        tokio::time::timeout(T, conn)
+            .await
+            .expect("the idle connection stays open")
+            .ok();
+        idle.elapsed()
+    });
+    println!("an idle HTTP/2 connection was closed after {took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
     );
 }

@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use graceful_dev::http::get;
 use graceful_dev::process::Service;
@@ -70,6 +70,65 @@ fn every_attribute_option_takes_effect() {
         failed.contains("was not ready within the 1.5s ready_timeout"),
         "{failed}"
     );
+
+    // header_timeout = "2s": a connection that sends nothing is closed.
+    let began = Instant::now();
+    let mut silent = TcpStream::connect(&addr).unwrap();
+    silent.set_read_timeout(Some(T)).unwrap();
+    assert_eq!(
+        silent.read(&mut buf).unwrap_or(0),
+        0,
+        "closed without a byte"
+    );
+    let closed = began.elapsed();
+    println!("header_timeout: a silent connection was closed after {closed:?}");
+    assert!(
+        closed >= Duration::from_millis(1900) && closed < Duration::from_millis(2900),
+        "{closed:?}"
+    );
+
+    // idle_timeout = "1s": a keep-alive connection idle after a request is
+    // closed politely. (For HTTP/1 the header timeout bounds the wait for
+    // the next request head too: the shorter of the two applies.)
+    let mut idle = TcpStream::connect(&addr).unwrap();
+    idle.set_read_timeout(Some(T)).unwrap();
+    write!(idle, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(idle.read(&mut buf).unwrap() > 0);
+    let answered = Instant::now();
+    assert_eq!(idle.read(&mut buf).unwrap_or(0), 0);
+    let kept = answered.elapsed();
+    println!("idle_timeout: an idle connection was closed after {kept:?}");
+    assert!(
+        kept >= Duration::from_millis(900) && kept < Duration::from_millis(1900),
+        "{kept:?}"
+    );
+
+    // max_header_size = 16384: a larger request head gets 431.
+    let mut big = TcpStream::connect(&addr).unwrap();
+    write!(
+        big,
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = big.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+
+    // max_connections = 20: with 20 silent connections open, a 21st waits
+    // in the backlog until the header timeout frees their slots.
+    let silent: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    let began = Instant::now();
+    assert_eq!(get(&addr, "/").unwrap().0, 200);
+    let waited = began.elapsed();
+    println!("max_connections: the 21st connection was served after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(500),
+        "served at once: {waited:?}"
+    );
+    drop(silent);
 
     // stop_timeout = "3s", and SIGQUIT stops
     service.signal(Signal::SIGQUIT);

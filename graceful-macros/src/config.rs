@@ -25,7 +25,14 @@ const KEYS: &[&str] = &[
     "worker_threads",
     "mode",
     "pid_file",
+    "header_timeout",
+    "idle_timeout",
+    "max_connections",
+    "max_header_size",
 ];
+
+/// The smallest `max_header_size` the runtime accepts (hyper's read buffer).
+const MIN_HEADER_SIZE: usize = 8192;
 
 /// Values of `mode`.
 const MODES: &[&str] = &["master", "single"];
@@ -48,6 +55,10 @@ pub(crate) struct Config {
     /// `"master"` or `"single"`.
     pub(crate) mode: Option<String>,
     pub(crate) pid_file: Option<syn::LitStr>,
+    pub(crate) header_timeout: Option<u64>,
+    pub(crate) idle_timeout: Option<u64>,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) max_header_size: Option<usize>,
 }
 
 /// Collects errors so that every mistake is reported, not just the first.
@@ -100,7 +111,21 @@ impl Config {
                 "idle_grace" => config.idle_grace = duration(&key, &value, true, &mut errors),
                 "reload" => config.reload = signals(&key, &value, true, &mut errors),
                 "stop" => config.stop = signals(&key, &value, false, &mut errors),
-                "worker_threads" => config.worker_threads = threads(&key, &value, &mut errors),
+                "worker_threads" => {
+                    config.worker_threads = count(&key, &value, "threads", 1, "4", &mut errors)
+                }
+                "header_timeout" => {
+                    config.header_timeout = duration(&key, &value, false, &mut errors)
+                }
+                "idle_timeout" => config.idle_timeout = duration(&key, &value, false, &mut errors),
+                "max_connections" => {
+                    config.max_connections =
+                        count(&key, &value, "connections", 1, "10000", &mut errors)
+                }
+                "max_header_size" => {
+                    config.max_header_size =
+                        count(&key, &value, "bytes", MIN_HEADER_SIZE, "65536", &mut errors)
+                }
                 "mode" => config.mode = mode(&key, &value, &mut errors),
                 "pid_file" => config.pid_file = path(&key, &value, &mut errors),
                 _ => unreachable!("every key in KEYS is handled"),
@@ -254,26 +279,34 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-fn threads(key: &Ident, value: &RawValue, errors: &mut Errors) -> Option<usize> {
+/// A whole number of `unit`, at least `least`, like `example`.
+fn count(
+    key: &Ident,
+    value: &RawValue,
+    unit: &str,
+    least: usize,
+    example: &str,
+    errors: &mut Errors,
+) -> Option<usize> {
     let RawValue::Int(lit) = value else {
         errors.push(
             value.span(),
             format!(
-                "`{key}` takes a number of threads like `4`, not {}",
+                "`{key}` takes a number of {unit} like `{example}`, not {}",
                 value.kind()
             ),
         );
         return None;
     };
     match lit.base10_parse::<usize>() {
-        Ok(0) | Err(_) => {
+        Ok(n) if n >= least => Some(n),
+        _ => {
             errors.push(
                 lit.span(),
-                format!("`{key}` must be a whole number of threads, at least 1"),
+                format!("`{key}` must be a whole number of {unit}, at least {least}"),
             );
             None
         }
-        Ok(n) => Some(n),
     }
 }
 

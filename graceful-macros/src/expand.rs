@@ -102,6 +102,8 @@ fn bootstrap(func: &ItemFn, config: &Config) -> TokenStream {
         (config.stop_timeout, "stop_timeout"),
         (config.ready_timeout, "ready_timeout"),
         (config.idle_grace, "idle_grace"),
+        (config.header_timeout, "header_timeout"),
+        (config.idle_timeout, "idle_timeout"),
     ];
     for (ms, method) in durations {
         if let Some(ms) = ms {
@@ -123,8 +125,16 @@ fn bootstrap(func: &ItemFn, config: &Config) -> TokenStream {
             builder.extend(quote! { .#method([#(#items),*]) });
         }
     }
-    if let Some(n) = config.worker_threads {
-        builder.extend(quote! { .worker_threads(#n) });
+    let counts = [
+        (config.worker_threads, "worker_threads"),
+        (config.max_connections, "max_connections"),
+        (config.max_header_size, "max_header_size"),
+    ];
+    for (n, method) in counts {
+        if let Some(n) = n {
+            let method = format_ident!("{method}");
+            builder.extend(quote! { .#method(#n) });
+        }
     }
     if config.mode.as_deref() == Some("single") {
         builder.extend(quote! { .mode(::graceful::Mode::Single) });

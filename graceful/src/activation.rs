@@ -68,6 +68,22 @@ impl Local {
     }
 }
 
+/// The number of descriptors `LISTEN_FDS` passes: a number from 0 up to what
+/// this process may have open (`limit`, the soft `RLIMIT_NOFILE`) less the
+/// three standard ones.
+fn parse_count(text: &str, limit: u64) -> Result<i32, String> {
+    let count: u64 = text.parse().map_err(|_| "not a number".to_string())?;
+    let most = limit
+        .saturating_sub(FIRST_FD as u64)
+        .min(i32::MAX as u64 - FIRST_FD as u64);
+    if count > most {
+        return Err(format!(
+            "more descriptors than this process may have open ({most} at most)"
+        ));
+    }
+    Ok(count as i32)
+}
+
 /// Takes the activated sockets, if they are for this process, and removes
 /// the variables so that workers do not see them.
 pub(crate) fn take() -> Vec<Activated> {
@@ -84,15 +100,20 @@ pub(crate) fn take() -> Vec<Activated> {
         log!("ignoring LISTEN_FDS={count}: LISTEN_PID={pid:?} is not this process");
         return Vec::new();
     }
-    let Ok(count) = count.parse::<i32>() else {
-        log!("ignoring LISTEN_FDS={count:?}: not a number");
-        return Vec::new();
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    let count = match parse_count(&count, limit) {
+        Ok(count) => count,
+        Err(why) => {
+            log!("ignoring LISTEN_FDS={count:?}: {why}");
+            return Vec::new();
+        }
     };
     let names: Vec<String> = names
         .map(|n| n.split(':').map(str::to_string).collect())
         .unwrap_or_default();
     let mut out = Vec::new();
-    for (index, raw) in (FIRST_FD..FIRST_FD + count.max(0)).enumerate() {
+    for (index, raw) in (FIRST_FD..FIRST_FD + count).enumerate() {
         // SAFETY: borrowed only to inspect it; systemd passed it to this
         // process and nothing else here refers to it.
         let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
@@ -123,4 +144,26 @@ pub(crate) fn take() -> Vec<Activated> {
         out.push(Activated { name, fd, local });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_fds_is_a_bounded_number() {
+        assert_eq!(parse_count("0", 1024), Ok(0));
+        assert_eq!(parse_count("2", 1024), Ok(2));
+        assert_eq!(parse_count("1021", 1024), Ok(1021));
+        let too_many = parse_count("1022", 1024).unwrap_err();
+        assert_eq!(
+            too_many,
+            "more descriptors than this process may have open (1021 at most)"
+        );
+        assert!(parse_count("100000", 1024).is_err());
+        // 3 + i32::MAX would overflow: refused even with no limit.
+        assert!(parse_count(&(i32::MAX as u64).to_string(), u64::MAX).is_err());
+        assert_eq!(parse_count("-1", 1024), Err("not a number".to_string()));
+        assert_eq!(parse_count("two", 1024), Err("not a number".to_string()));
+    }
 }

@@ -61,7 +61,27 @@ pub(crate) struct Config {
     pub(crate) worker_threads: Option<NonZeroUsize>,
     pub(crate) mode: Mode,
     pub(crate) pid_file: Option<PathBuf>,
+    pub(crate) limits: Limits,
 }
+
+/// What one connection may cost: the limits a hostile client meets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// How long a new connection may take to start its first request
+    /// (protocol sniff, HTTP/2 preface, TLS after the handshake included).
+    pub(crate) header_timeout: Duration,
+    /// How long a connection may go without a new request before it is
+    /// closed politely.
+    pub(crate) idle_timeout: Duration,
+    /// Connections one serving process holds open at most; more wait in the
+    /// listening socket's backlog.
+    pub(crate) max_connections: usize,
+    /// The largest request head, in bytes.
+    pub(crate) max_header_size: usize,
+}
+
+/// hyper's smallest read buffer: a request head limit below it cannot work.
+pub(crate) const MIN_HEADER_SIZE: usize = 8192;
 
 /// The options as the builder collects them, before they are checked.
 #[derive(Debug, Clone)]
@@ -74,6 +94,10 @@ pub(crate) struct Options {
     pub(crate) worker_threads: Option<usize>,
     pub(crate) mode: Mode,
     pub(crate) pid_file: Option<PathBuf>,
+    pub(crate) header_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) max_header_size: usize,
 }
 
 impl Default for Options {
@@ -87,6 +111,10 @@ impl Default for Options {
             worker_threads: None,
             mode: Mode::Master,
             pid_file: None,
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_header_size: 64 * 1024,
         }
     }
 }
@@ -101,6 +129,37 @@ impl Options {
                 reason: "a runtime needs at least 1 thread".into(),
             })?),
         };
+        let invalid = |option, reason: &str| Error::InvalidOption {
+            option,
+            reason: reason.into(),
+        };
+        if self.header_timeout.is_zero() {
+            return Err(invalid(
+                "header_timeout",
+                "a connection needs some time to send a request",
+            ));
+        }
+        if self.idle_timeout.is_zero() {
+            return Err(invalid(
+                "idle_timeout",
+                "a keep-alive connection needs some time between requests",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid(
+                "max_connections",
+                "at least 1 connection must be served",
+            ));
+        }
+        if self.max_header_size < MIN_HEADER_SIZE {
+            return Err(invalid(
+                "max_header_size",
+                &format!(
+                    "{} bytes is below the smallest request head buffer, {MIN_HEADER_SIZE} bytes",
+                    self.max_header_size
+                ),
+            ));
+        }
         if self.stop_signals.is_empty() {
             return Err(Error::NoStopSignal);
         }
@@ -120,6 +179,12 @@ impl Options {
             worker_threads,
             mode: self.mode,
             pid_file: self.pid_file,
+            limits: Limits {
+                header_timeout: self.header_timeout,
+                idle_timeout: self.idle_timeout,
+                max_connections: self.max_connections,
+                max_header_size: self.max_header_size,
+            },
         })
     }
 }
@@ -179,6 +244,45 @@ pub(crate) mod tests {
                 signal: Signal::SIGTERM
             })
         ));
+        for (options, expected) in [
+            (
+                Options {
+                    header_timeout: Duration::ZERO,
+                    ..Options::default()
+                },
+                "invalid option header_timeout",
+            ),
+            (
+                Options {
+                    idle_timeout: Duration::ZERO,
+                    ..Options::default()
+                },
+                "invalid option idle_timeout",
+            ),
+            (
+                Options {
+                    max_connections: 0,
+                    ..Options::default()
+                },
+                "invalid option max_connections",
+            ),
+            (
+                Options {
+                    max_header_size: 8191,
+                    ..Options::default()
+                },
+                "8191 bytes is below the smallest request head buffer, 8192 bytes",
+            ),
+        ] {
+            let err = options.validate().unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        }
+        assert!(Options {
+            max_header_size: 8192,
+            ..Options::default()
+        }
+        .validate()
+        .is_ok());
     }
 
     #[test]
@@ -191,6 +295,15 @@ pub(crate) mod tests {
         assert_eq!(config.stop_signals, [Signal::SIGTERM, Signal::SIGINT]);
         assert_eq!(config.worker_threads, None);
         assert_eq!(config.mode, Mode::Master);
+        assert_eq!(
+            config.limits,
+            Limits {
+                header_timeout: Duration::from_secs(30),
+                idle_timeout: Duration::from_secs(60),
+                max_connections: 10_000,
+                max_header_size: 65_536,
+            }
+        );
     }
 
     #[cfg(unix)]

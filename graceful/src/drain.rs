@@ -140,17 +140,20 @@ impl Drop for Guard {
     }
 }
 
-/// A socket that counts as one open connection until it is dropped.
+/// A socket that counts as one open connection, and holds one of the
+/// process's connection slots, until it is dropped.
 pub(crate) struct Tracked<T> {
     io: T,
     _guard: Guard,
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl<T> Tracked<T> {
-    pub(crate) fn new(io: T) -> Tracked<T> {
+    pub(crate) fn new(io: T, slot: tokio::sync::OwnedSemaphorePermit) -> Tracked<T> {
         Tracked {
             io,
             _guard: global().track(),
+            _slot: slot,
         }
     }
 }
@@ -195,29 +198,74 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     }
 }
 
-/// Serves one accepted connection until it closes or the drain ends it.
-/// `io` is (or wraps) a [`Tracked`] socket, so it counts in the drain.
+/// The timers of one connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timers {
+    /// How long an idle HTTP/1 connection is kept once the drain starts.
+    pub(crate) idle_grace: Duration,
+    /// How long a new connection may take to start its first request.
+    pub(crate) header_timeout: Duration,
+    /// How long a connection may go without a new request.
+    pub(crate) idle_timeout: Duration,
+}
+
+/// Requests a connection has seen, how many are being handled, and when a
+/// request last started or ended (milliseconds since `epoch`).
+struct Activity {
+    epoch: tokio::time::Instant,
+    started: AtomicUsize,
+    handling: AtomicUsize,
+    last: std::sync::atomic::AtomicU64,
+    h2: AtomicBool,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last.store(ms, Ordering::Relaxed);
+    }
+}
+
+/// Serves one accepted connection until it closes, a timer ends it, or the
+/// drain ends it. `io` is (or wraps) a [`Tracked`] socket, so it counts in
+/// the drain.
+///
+/// A connection that has not started a request within `header_timeout` is
+/// dropped: a client that sends nothing, or part of the HTTP/2 preface, or
+/// nothing after its TLS handshake. One that then starts no new request for
+/// `idle_timeout` is shut down politely (a response in progress finishes;
+/// HTTP/2 gets GOAWAY).
 pub(crate) async fn serve_connection<T>(
     io: T,
     handler: Handler,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    idle_grace: Duration,
+    builder: &auto::Builder<TokioExecutor>,
+    timers: Timers,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let drain = global();
-    let h2 = Arc::new(AtomicBool::new(false));
+    let activity = Arc::new(Activity {
+        epoch: tokio::time::Instant::now(),
+        started: AtomicUsize::new(0),
+        handling: AtomicUsize::new(0),
+        last: std::sync::atomic::AtomicU64::new(0),
+        h2: AtomicBool::new(false),
+    });
     let service = {
-        let h2 = h2.clone();
+        let activity = activity.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let handler = handler.clone();
-            let h2 = h2.clone();
+            let activity = activity.clone();
             async move {
                 let http1 = req.version() < Version::HTTP_2;
                 if !http1 {
-                    h2.store(true, Ordering::Relaxed);
+                    activity.h2.store(true, Ordering::Relaxed);
                 }
+                activity.started.fetch_add(1, Ordering::Relaxed);
+                activity.handling.fetch_add(1, Ordering::Relaxed);
                 let mut response = handler.serve(req).await;
+                activity.handling.fetch_sub(1, Ordering::Relaxed);
+                activity.touch();
                 if http1
                     && is_shutting_down()
                     && response.status() != StatusCode::SWITCHING_PROTOCOLS
@@ -233,14 +281,47 @@ pub(crate) async fn serve_connection<T>(
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut started = drain.subscribe();
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = started.wait_for(|s| *s) => {}
-    }
-    if !h2.load(Ordering::Relaxed) {
+    // Until the first request, the header timeout; then the idle timeout
+    // from the last request's end, pushed back while one is being handled.
+    // The first check comes at the earlier of the two.
+    let first_check = timers.header_timeout.min(timers.idle_timeout);
+    let mut deadline = activity.epoch + first_check;
+    loop {
         tokio::select! {
             _ = conn.as_mut() => return,
-            _ = tokio::time::sleep(idle_grace) => {}
+            // The guard `wait_for` returns is not `Send`: drop it inside.
+            _ = async { drop(started.wait_for(|s| *s).await) } => break,
+            _ = tokio::time::sleep_until(deadline) => {
+                let now = tokio::time::Instant::now();
+                if activity.started.load(Ordering::Relaxed) == 0 {
+                    let limit = activity.epoch + timers.header_timeout;
+                    if now < limit {
+                        deadline = limit;
+                        continue;
+                    }
+                    // Nothing worth keeping: drop the connection.
+                    return;
+                }
+                if activity.handling.load(Ordering::Relaxed) > 0 {
+                    deadline = now + timers.idle_timeout;
+                    continue;
+                }
+                let last = Duration::from_millis(activity.last.load(Ordering::Relaxed));
+                let idle_until = activity.epoch + last + timers.idle_timeout;
+                if now < idle_until {
+                    deadline = idle_until;
+                    continue;
+                }
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+                return;
+            }
+        }
+    }
+    if !activity.h2.load(Ordering::Relaxed) {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = tokio::time::sleep(timers.idle_grace) => {}
         }
     }
     conn.as_mut().graceful_shutdown();

@@ -1,4 +1,5 @@
-//! Descriptor flags: close-on-exec and non-blocking mode.
+//! Descriptors: close-on-exec and non-blocking flags, and the limit on how
+//! many a process may open.
 
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -17,4 +18,18 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
     fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
+}
+
+/// Raises the soft limit on open descriptors to the hard limit, as Go's
+/// runtime does: the soft limit many systems start services with (1024) is
+/// what a few hundred idle clients exhaust. Returns the limits before and
+/// after when it changed them.
+pub(crate) fn raise_open_file_limit() -> Option<(u64, u64)> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft >= hard {
+        return None;
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).ok()?;
+    Some((soft, hard))
 }

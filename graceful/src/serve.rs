@@ -11,18 +11,24 @@ use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::addr::ListenRequest;
 use crate::config::Config;
 use crate::drain::{self, Tracked};
 use crate::handler::{CatchUnwind, Handler};
-use crate::log::log;
+use crate::log::{log, Throttled};
 use crate::registration::{self, MainOutput, Registration};
 use crate::Error;
 
-/// How long a slow client may take to send a request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 keep-alive: a ping this often, and the connection closed if one
+/// goes unanswered this long (a peer that vanished without a FIN).
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// Descriptors kept free of connections, for listeners, the control socket,
+/// files the application opens, and the runtime itself.
+const SPARE_DESCRIPTORS: usize = 64;
 
 /// Why a serving process could not start. Typed here; it becomes text only
 /// when it is reported to another process or the log.
@@ -110,7 +116,7 @@ where
         let served = acquire(registrations, &mut adapter)
             .await
             .map_err(|e| adapter.fail(e))?;
-        let accepting = start_serving(served, config.idle_grace);
+        let accepting = start_serving(served, config);
         adapter
             .ready(config, started)
             .await
@@ -246,19 +252,74 @@ async fn acquire<A: Adapter>(
     }
 }
 
-/// Serves every listener, each on its own accept loop.
-fn start_serving(served: Vec<Served>, idle_grace: Duration) -> Vec<JoinHandle<()>> {
+/// Serves every listener, each on its own accept loop, all within one
+/// connection limit.
+fn start_serving(served: Vec<Served>, config: &Config) -> Vec<JoinHandle<()>> {
+    let limits = config.limits;
+    let cap = connection_cap(limits.max_connections);
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    http.http2().timer(TokioTimer::new());
-    let http = Arc::new(http);
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_size);
+    http.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT)
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
+    let shared = Arc::new(Shared {
+        http,
+        timers: drain::Timers {
+            idle_grace: config.idle_grace,
+            header_timeout: limits.header_timeout,
+            idle_timeout: limits.idle_timeout,
+        },
+        slots: Arc::new(Semaphore::new(cap)),
+        cap,
+    });
     served
         .into_iter()
-        .map(|served| tokio::spawn(accept_loop(served, http.clone(), idle_grace)))
+        .map(|served| tokio::spawn(accept_loop(served, shared.clone())))
         .collect()
 }
+
+/// Connections one process may hold: `max_connections`, lowered to fit the
+/// open-file limit with some to spare.
+fn connection_cap(max_connections: usize) -> usize {
+    #[cfg(unix)]
+    let fits = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(
+        usize::MAX,
+        |(soft, _)| {
+            usize::try_from(soft)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(SPARE_DESCRIPTORS)
+                .max(1)
+        },
+    );
+    #[cfg(not(unix))]
+    let fits = usize::MAX;
+    let cap = max_connections.min(fits).min(Semaphore::MAX_PERMITS);
+    if cap < max_connections {
+        log!(
+            "serving at most {cap} connections at once, not max_connections {max_connections}: \
+             the open-file limit leaves room for no more"
+        );
+    }
+    cap
+}
+
+/// What every accept loop of a process shares.
+struct Shared {
+    http: auto::Builder<TokioExecutor>,
+    timers: drain::Timers,
+    /// One permit per open connection, `cap` in all.
+    slots: Arc<Semaphore>,
+    cap: usize,
+}
+
+/// Failed accepts and a full connection limit can each come in a flood.
+static ACCEPT_FAILED: Throttled = Throttled::new(Duration::from_secs(10));
+static LIMIT_REACHED: Throttled = Throttled::new(Duration::from_secs(10));
 
 /// Waits for the drain to start, then for every connection to close, for up
 /// to `stop_timeout`, and logs what happened under `name`.
@@ -300,11 +361,7 @@ fn is_connection_error(e: &std::io::Error) -> bool {
     )
 }
 
-async fn accept_loop(
-    served: Served,
-    http: Arc<auto::Builder<TokioExecutor>>,
-    idle_grace: Duration,
-) {
+async fn accept_loop(served: Served, shared: Arc<Shared>) {
     let Served {
         listener,
         handler,
@@ -312,6 +369,23 @@ async fn accept_loop(
     } = served;
     let mut stopping = drain::global().subscribe();
     loop {
+        // A slot first: at the limit, new connections wait in the backlog.
+        let slot = match shared.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                LIMIT_REACHED.line(format_args!(
+                    "pid {}: {} connections open, the most this process serves at once; \
+                     new ones wait in the backlog",
+                    std::process::id(),
+                    shared.cap
+                ));
+                tokio::select! {
+                    biased;
+                    _ = stopping.wait_for(|s| *s) => break,
+                    slot = shared.slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                }
+            }
+        };
         let accepted = tokio::select! {
             biased;
             _ = stopping.wait_for(|s| *s) => break,
@@ -319,21 +393,20 @@ async fn accept_loop(
         };
         let conn = Conn {
             handler: handler.clone(),
-            http: http.clone(),
-            idle_grace,
+            shared: shared.clone(),
         };
         match accepted {
             Ok(Accepted::Tcp(stream)) => {
                 let _ = stream.set_nodelay(true);
-                conn.spawn(Tracked::new(stream), tls.as_ref());
+                conn.spawn(Tracked::new(stream, slot), tls.as_ref());
             }
             #[cfg(unix)]
-            Ok(Accepted::Unix(stream)) => conn.spawn(Tracked::new(stream), tls.as_ref()),
+            Ok(Accepted::Unix(stream)) => conn.spawn(Tracked::new(stream, slot), tls.as_ref()),
             Err(e) if is_connection_error(&e) => {}
             Err(e) => {
                 // Out of file descriptors or memory: back off briefly rather
                 // than spin; the connection stays queued in the backlog.
-                log!("accept failed: {e}; retrying in 50 ms");
+                ACCEPT_FAILED.line(format_args!("accept failed: {e}; retrying in 50 ms"));
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -346,8 +419,7 @@ async fn accept_loop(
 /// What serving one accepted connection needs.
 struct Conn {
     handler: Handler,
-    http: Arc<auto::Builder<TokioExecutor>>,
-    idle_grace: Duration,
+    shared: Arc<Shared>,
 }
 
 impl Conn {
@@ -359,14 +431,13 @@ impl Conn {
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let Conn {
-            handler,
-            http,
-            idle_grace,
-        } = self;
+        let Conn { handler, shared } = self;
+        let idle_grace = shared.timers.idle_grace;
         match tls {
             None => {
-                tokio::spawn(drain::serve_connection(io, handler, http, idle_grace));
+                tokio::spawn(async move {
+                    drain::serve_connection(io, handler, &shared.http, shared.timers).await
+                });
             }
             #[cfg(feature = "tls")]
             Some(acceptor) => {
@@ -387,7 +458,7 @@ impl Conn {
                         _ = drained => return,
                     };
                     if let Ok(Ok(stream)) = stream {
-                        drain::serve_connection(stream, handler, http, idle_grace).await;
+                        drain::serve_connection(stream, handler, &shared.http, shared.timers).await;
                     }
                 });
             }

@@ -100,6 +100,42 @@ impl Server {
         self
     }
 
+    /// How long a new connection may take to start its first request
+    /// (default 30 s), and a request head to arrive once it has started.
+    /// This covers the protocol sniff, the HTTP/2 preface, and a TLS
+    /// connection after its handshake: a client that connects and sends
+    /// nothing is closed after it.
+    pub fn header_timeout(mut self, timeout: Duration) -> Server {
+        self.options.header_timeout = timeout;
+        self
+    }
+
+    /// How long a keep-alive connection (HTTP/1 or HTTP/2) may go without a
+    /// new request before it is closed politely (default 60 s): a response
+    /// in progress finishes first, and an HTTP/2 client gets GOAWAY. HTTP/2
+    /// connections are also pinged every 20 s and closed if a ping goes
+    /// unanswered for 20 s.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Server {
+        self.options.idle_timeout = timeout;
+        self
+    }
+
+    /// Connections each serving process holds open at most (default
+    /// 10,000; lowered to fit the open-file limit). Beyond it, new
+    /// connections wait in the listening socket's backlog instead of
+    /// exhausting descriptors.
+    pub fn max_connections(mut self, connections: usize) -> Server {
+        self.options.max_connections = connections;
+        self
+    }
+
+    /// The largest request head, in bytes (default 64 KiB, at least 8 KiB);
+    /// a larger one is answered `431 Request Header Fields Too Large`.
+    pub fn max_header_size(mut self, bytes: usize) -> Server {
+        self.options.max_header_size = bytes;
+        self
+    }
+
     /// Master/worker processes (the default) or a single process; see
     /// [`Mode`]. The environment variable `GRACEFUL_MODE` overrides it.
     pub fn mode(mut self, mode: Mode) -> Server {

@@ -112,7 +112,13 @@ where
 {
     // Before anything else: what systemd and the predecessor passed.
     let (listeners, generation, predecessor) = match predecessor {
-        None => (Listeners::new(activation::take()), 1, None),
+        None => {
+            let activated = activation::take();
+            if let Some((soft, hard)) = crate::fd::raise_open_file_limit() {
+                log!("raised the limit on open files from {soft} to {hard} (the hard limit)");
+            }
+            (Listeners::new(activated), 1, None)
+        }
         Some((parent, inherited)) => {
             let control = parent.control.as_raw_fd();
             let listeners =

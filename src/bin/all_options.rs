@@ -30,7 +30,11 @@ async fn handle(req: Request<Incoming>) -> Result<Response<String>, Infallible> 
     reload = [SIGUSR2],
     stop = [SIGTERM, SIGQUIT],
     worker_threads = 3,
-    pid_file = "all-options.pid"
+    pid_file = "all-options.pid",
+    header_timeout = "2s",
+    idle_timeout = "1s",
+    max_connections = 20,
+    max_header_size = 16384
 )]
 async fn main() {
     if let Some(path) = std::env::var_os("ALL_OPTIONS_HANG_IF_EXISTS") {

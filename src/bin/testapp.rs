@@ -6,7 +6,9 @@
 //! - `TESTAPP_FAIL_IF_EXISTS=PATH`: when PATH exists at start, fail in the
 //!   way PATH's content names: `exit`, `panic`, `error`, `hang`, `bad-addr`,
 //!   `port-in-use:ADDR`; or, with `slow:MS`, start MS milliseconds late.
-//! - `TESTAPP_STOP_TIMEOUT_MS`, `TESTAPP_IDLE_GRACE_MS`: override those options.
+//! - `TESTAPP_STOP_TIMEOUT_MS`, `TESTAPP_IDLE_GRACE_MS`,
+//!   `TESTAPP_HEADER_TIMEOUT_MS`, `TESTAPP_IDLE_TIMEOUT_MS`,
+//!   `TESTAPP_MAX_CONNECTIONS`: override those options.
 //! - `TESTAPP_TLS_CERT`, `TESTAPP_TLS_KEY`: serve over TLS with these PEM files.
 //! - `TESTAPP_PID_FILE`: the `pid_file` option.
 //!
@@ -119,14 +121,17 @@ async fn handle_text(req: Request<Incoming>) -> Result<Response<String>, Infalli
         "/pid" => Ok(Response::new(format!("{pid}\n"))),
         // A child process that runs for a minute; answers its PID.
         "/child" => {
-            let child = std::process::Command::new("sleep")
+            let mut child = tokio::process::Command::new("sleep")
                 .arg("60")
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .expect("run sleep");
-            Ok(Response::new(format!("{}\n", child.id())))
+            let id = child.id().unwrap_or(0);
+            // Reaped here when it ends, so that it is never left a zombie.
+            tokio::spawn(async move { child.wait().await });
+            Ok(Response::new(format!("{id}\n")))
         }
         // A grandchild that outlives its parent: orphaned, it is re-parented
         // to the nearest reaper (the master, when the master is PID 1).
@@ -200,6 +205,24 @@ fn main() {
         .and_then(|v| v.parse().ok())
     {
         server = server.stop_timeout(Duration::from_millis(ms));
+    }
+    if let Some(ms) = std::env::var("TESTAPP_HEADER_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        server = server.header_timeout(Duration::from_millis(ms));
+    }
+    if let Some(ms) = std::env::var("TESTAPP_IDLE_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        server = server.idle_timeout(Duration::from_millis(ms));
+    }
+    if let Some(n) = std::env::var("TESTAPP_MAX_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        server = server.max_connections(n);
     }
     if let Some(ms) = std::env::var("TESTAPP_IDLE_GRACE_MS")
         .ok()

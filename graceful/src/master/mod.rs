@@ -54,6 +54,7 @@ struct Master {
 pub(crate) fn run(config: Config) -> Result<(), Error> {
     // Before anything else: the activated sockets and their variables.
     let activated = activation::take();
+    let raised = crate::fd::raise_open_file_limit();
     let executable = Executable::current()?;
     let mut handled: Vec<Signal> = config.reload_signals.clone();
     handled.extend(config.stop_signals.iter().copied());
@@ -67,6 +68,9 @@ pub(crate) fn run(config: Config) -> Result<(), Error> {
         SignalList(&config.reload_signals),
         SignalList(&config.stop_signals),
     );
+    if let Some((soft, hard)) = raised {
+        log!("raised the limit on open files from {soft} to {hard} (the hard limit)");
+    }
     if let Some(path) = &config.pid_file {
         pidfile::write(path, std::process::id())?;
     }
