@@ -175,3 +175,47 @@ fn a_partial_http2_preface_or_an_idle_http2_connection_is_closed() {
         "{took:?}"
     );
 }
+
+#[test]
+fn draining_workers_are_bounded_and_the_oldest_is_cut() {
+    let service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[("TESTAPP_MAX_DRAINING", "1")],
+    );
+    let addr = service.addr(T);
+    // Each generation holds a long request when it is replaced. Right after
+    // a reload the old worker may still accept a connection or two: send
+    // requests until one starts on the new worker.
+    let mut held = Vec::new();
+    let mut started = 0;
+    for generation in 1..=3u64 {
+        let worker = service.ready_worker(generation, T);
+        loop {
+            let addr = addr.clone();
+            held.push(std::thread::spawn(move || get(&addr, "/slow?ms=20000")));
+            let line = service.wait_line_n("slow request started", started, T);
+            started += 1;
+            if line.ends_with(&format!("in pid {worker}")) {
+                break;
+            }
+        }
+        if generation < 3 {
+            service.signal(Signal::SIGHUP);
+        }
+    }
+    // Worker 3 serves and worker 2 drains; worker 1 was cut when worker 3
+    // became ready, instead of a third process piling up.
+    service.wait_line(
+        "with SIGKILL: more than max_draining (1) workers were draining (1 cut so far)",
+        T,
+    );
+    let cut = service.wait_line("killing worker 1 (pid", T);
+    assert!(cut.contains("more than max_draining"), "{cut}");
+    service.wait_line("was killed by SIGKILL after draining", T);
+    assert_eq!(graceful_dev::procfs::children_of(service.pid()).len(), 2);
+    drop(service);
+    for request in held {
+        let _ = request.join();
+    }
+}

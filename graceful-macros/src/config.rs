@@ -29,6 +29,7 @@ const KEYS: &[&str] = &[
     "idle_timeout",
     "max_connections",
     "max_header_size",
+    "max_draining",
 ];
 
 /// The smallest `max_header_size` the runtime accepts (hyper's read buffer).
@@ -59,6 +60,7 @@ pub(crate) struct Config {
     pub(crate) idle_timeout: Option<u64>,
     pub(crate) max_connections: Option<usize>,
     pub(crate) max_header_size: Option<usize>,
+    pub(crate) max_draining: Option<usize>,
 }
 
 /// Collects errors so that every mistake is reported, not just the first.
@@ -121,6 +123,9 @@ impl Config {
                 "max_connections" => {
                     config.max_connections =
                         count(&key, &value, "connections", 1, "10000", &mut errors)
+                }
+                "max_draining" => {
+                    config.max_draining = count(&key, &value, "workers", 1, "4", &mut errors)
                 }
                 "max_header_size" => {
                     config.max_header_size =

@@ -129,6 +129,7 @@ fn bootstrap(func: &ItemFn, config: &Config) -> TokenStream {
         (config.worker_threads, "worker_threads"),
         (config.max_connections, "max_connections"),
         (config.max_header_size, "max_header_size"),
+        (config.max_draining, "max_draining"),
     ];
     for (n, method) in counts {
         if let Some(n) = n {

@@ -428,6 +428,82 @@ mod tests {
     }
 
     #[test]
+    fn edges_of_the_address_rules() {
+        // The longest Unix path is accepted, one byte more is not.
+        let longest = format!("unix:/{}", "a".repeat(UNIX_PATH_MAX - 1));
+        assert!(ListenAddr::parse(&longest).is_ok());
+        let longer = format!("unix:/{}", "a".repeat(UNIX_PATH_MAX));
+        assert!(ListenAddr::parse(&longer).is_err());
+        assert_eq!(ListenAddr::parse(":65535").unwrap(), tcp(None, 65535));
+        // Each character that cannot be in a host, alone.
+        for bad in ["[a:80", "a]:80", "a:b:80"] {
+            let err = ListenAddr::parse(bad).unwrap_err().to_string();
+            assert!(err.contains("need brackets"), "{bad}: {err}");
+        }
+        for bad in ["a b:80", "a/b:80"] {
+            let err = ListenAddr::parse(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("is not a host name or IP address"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn bind_errors_say_what_usually_causes_them() {
+        let bind = |kind: io::ErrorKind| {
+            BindError::Bind {
+                addr: "127.0.0.1:81".into(),
+                source: io::Error::from(kind),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            bind(io::ErrorKind::AddrInUse),
+            "bind 127.0.0.1:81: address already in use (another process listens there)"
+        );
+        assert_eq!(
+            bind(io::ErrorKind::PermissionDenied),
+            "bind 127.0.0.1:81: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+        );
+        assert_eq!(
+            bind(io::ErrorKind::AddrNotAvailable),
+            "bind 127.0.0.1:81: the address is not on this machine"
+        );
+        assert!(bind(io::ErrorKind::TimedOut).starts_with("bind 127.0.0.1:81: "));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn only_a_missing_ipv6_stack_falls_back_to_ipv4() {
+        assert!(no_ipv6(&io::Error::from_raw_os_error(
+            nix::libc::EAFNOSUPPORT
+        )));
+        assert!(!no_ipv6(&io::Error::from_raw_os_error(
+            nix::libc::EADDRINUSE
+        )));
+        // A port in use on every interface is an error naming the
+        // dual-stack address, not a silent retry on IPv4.
+        let (taken, local) = ListenAddr::parse(":0").unwrap().bind().unwrap();
+        let port: u16 = local.rsplit(':').next().unwrap().parse().unwrap();
+        let err = ListenAddr::Tcp { host: None, port }
+            .bind()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("bind [::]:{port}: address already in use")),
+            "{err}"
+        );
+        drop(taken);
+    }
+
+    #[test]
+    fn tcp_listeners_reuse_addresses_in_time_wait() {
+        let (socket, _) = ListenAddr::parse("127.0.0.1:0").unwrap().bind().unwrap();
+        assert!(socket.reuse_address().unwrap());
+    }
+
+    #[test]
     fn binds_port_zero_and_reports_the_port() {
         let (_fd, local) = ListenAddr::parse("127.0.0.1:0").unwrap().bind().unwrap();
         assert!(local.starts_with("127.0.0.1:"));
@@ -467,6 +543,20 @@ mod tests {
         let expected = format!("{} exists and is not a socket", sub.display());
         assert!(err.contains(&expected), "{err}");
         assert!(sub.is_dir());
+        // A socket file someone else uses for datagrams: connecting fails
+        // with another error than "refused", so it is not stale either.
+        let dgram = dir.join("dgram.sock");
+        let _datagram = std::os::unix::net::UnixDatagram::bind(&dgram).unwrap();
+        let err = ListenAddr::Unix(dgram.clone())
+            .bind()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot check whether"), "{err}");
+        assert!(dgram.exists());
+        // A path that cannot be inspected (its parent is a file).
+        let under_file = file.join("x.sock");
+        let err = ListenAddr::Unix(under_file).bind().unwrap_err().to_string();
+        assert!(err.starts_with("cannot inspect"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

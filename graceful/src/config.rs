@@ -35,7 +35,12 @@ impl Mode {
     /// The mode `GRACEFUL_MODE` names, if it is set; any value but `master`
     /// or `single` is an error.
     pub(crate) fn from_env() -> Result<Option<Mode>, Error> {
-        let Some(value) = std::env::var_os(ENV_MODE) else {
+        Mode::from_value(std::env::var_os(ENV_MODE).as_deref())
+    }
+
+    /// The mode a value of `GRACEFUL_MODE` names.
+    fn from_value(value: Option<&std::ffi::OsStr>) -> Result<Option<Mode>, Error> {
+        let Some(value) = value else {
             return Ok(None);
         };
         match value.to_str() {
@@ -62,6 +67,8 @@ pub(crate) struct Config {
     pub(crate) mode: Mode,
     pub(crate) pid_file: Option<PathBuf>,
     pub(crate) limits: Limits,
+    /// Old workers that may drain at once; beyond it the oldest is cut.
+    pub(crate) max_draining: usize,
 }
 
 /// What one connection may cost: the limits a hostile client meets.
@@ -98,6 +105,7 @@ pub(crate) struct Options {
     pub(crate) idle_timeout: Duration,
     pub(crate) max_connections: usize,
     pub(crate) max_header_size: usize,
+    pub(crate) max_draining: usize,
 }
 
 impl Default for Options {
@@ -115,6 +123,7 @@ impl Default for Options {
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             max_header_size: 64 * 1024,
+            max_draining: 4,
         }
     }
 }
@@ -151,6 +160,12 @@ impl Options {
                 "at least 1 connection must be served",
             ));
         }
+        if self.max_draining == 0 {
+            return Err(invalid(
+                "max_draining",
+                "at least 1 old worker must be allowed to drain, or every reload would cut requests",
+            ));
+        }
         if self.max_header_size < MIN_HEADER_SIZE {
             return Err(invalid(
                 "max_header_size",
@@ -185,6 +200,7 @@ impl Options {
                 max_connections: self.max_connections,
                 max_header_size: self.max_header_size,
             },
+            max_draining: self.max_draining,
         })
     }
 }
@@ -283,6 +299,25 @@ pub(crate) mod tests {
         }
         .validate()
         .is_ok());
+    }
+
+    #[test]
+    fn graceful_mode_names_a_mode_or_is_an_error() {
+        use std::ffi::OsStr;
+        assert_eq!(Mode::from_value(None).unwrap(), None);
+        assert_eq!(
+            Mode::from_value(Some(OsStr::new("master"))).unwrap(),
+            Some(Mode::Master)
+        );
+        assert_eq!(
+            Mode::from_value(Some(OsStr::new("single"))).unwrap(),
+            Some(Mode::Single)
+        );
+        let err = Mode::from_value(Some(OsStr::new("solo"))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid GRACEFUL_MODE=\"solo\": use \"master\" or \"single\""
+        );
     }
 
     #[test]

@@ -363,11 +363,21 @@ mod tests {
     }
 
     #[test]
+    fn a_reason_under_16_kib_crosses_whole() {
+        let reason = "r".repeat(10_000);
+        assert_eq!(
+            round_trip(&ToMaster::Failed(reason.clone())),
+            ToMaster::Failed(reason)
+        );
+    }
+
+    #[test]
     fn a_long_reason_is_cut_at_a_character_boundary() {
-        // 'é' is two bytes: the cut must not fall between them.
-        let long = format!("x{}", "é".repeat(MAX_MESSAGE));
+        // 'é' is two bytes, at even offsets: 16 KiB less the tag byte is
+        // odd, so the cut must step back one byte.
+        let long = "é".repeat(MAX_MESSAGE);
         let (bytes, _) = ToMaster::Failed(long.clone()).encode();
-        assert!(bytes.len() <= MAX_MESSAGE);
+        assert_eq!(bytes.len(), 16 * 1024 - 1);
         let ToMaster::Failed(got) = ToMaster::decode(&bytes, None).unwrap() else {
             panic!("not a failure");
         };
@@ -460,6 +470,23 @@ mod tests {
             recv::<ToWorker<OwnedFd>>(worker.as_fd()).unwrap().is_none(),
             "EOF after the peer closes"
         );
+    }
+
+    #[test]
+    fn the_async_channel_sends_and_receives() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (a, b) = pair().unwrap();
+            let (a, b) = (Channel::new(a).unwrap(), Channel::new(b).unwrap());
+            assert!(format!("{a:?}").starts_with("Channel("));
+            a.send(&ToMaster::Reload).unwrap();
+            assert_eq!(b.recv::<ToMaster>().await.unwrap(), Some(ToMaster::Reload));
+            drop(a);
+            assert_eq!(b.recv::<ToMaster>().await.unwrap(), None);
+        });
     }
 
     #[test]

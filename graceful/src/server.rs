@@ -136,6 +136,17 @@ impl Server {
         self
     }
 
+    /// Old workers that may drain at once (default 4). A reload that would
+    /// leave more cuts the oldest draining worker (SIGKILL), logged and
+    /// counted, so that reloads in quick succession while clients hold long
+    /// requests cannot pile up processes: with the default, a service has
+    /// at most the master, one serving worker, one starting and four
+    /// draining.
+    pub fn max_draining(mut self, workers: usize) -> Server {
+        self.options.max_draining = workers;
+        self
+    }
+
     /// Master/worker processes (the default) or a single process; see
     /// [`Mode`]. The environment variable `GRACEFUL_MODE` overrides it.
     pub fn mode(mut self, mode: Mode) -> Server {

@@ -34,7 +34,8 @@ async fn handle(req: Request<Incoming>) -> Result<Response<String>, Infallible> 
     header_timeout = "2s",
     idle_timeout = "1s",
     max_connections = 20,
-    max_header_size = 16384
+    max_header_size = 16384,
+    max_draining = 2
 )]
 async fn main() {
     if let Some(path) = std::env::var_os("ALL_OPTIONS_HANG_IF_EXISTS") {

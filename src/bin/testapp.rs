@@ -8,7 +8,7 @@
 //!   `port-in-use:ADDR`; or, with `slow:MS`, start MS milliseconds late.
 //! - `TESTAPP_STOP_TIMEOUT_MS`, `TESTAPP_IDLE_GRACE_MS`,
 //!   `TESTAPP_HEADER_TIMEOUT_MS`, `TESTAPP_IDLE_TIMEOUT_MS`,
-//!   `TESTAPP_MAX_CONNECTIONS`: override those options.
+//!   `TESTAPP_MAX_CONNECTIONS`, `TESTAPP_MAX_DRAINING`: override those options.
 //! - `TESTAPP_TLS_CERT`, `TESTAPP_TLS_KEY`: serve over TLS with these PEM files.
 //! - `TESTAPP_PID_FILE`: the `pid_file` option.
 //!
@@ -217,6 +217,12 @@ fn main() {
         .and_then(|v| v.parse().ok())
     {
         server = server.idle_timeout(Duration::from_millis(ms));
+    }
+    if let Some(n) = std::env::var("TESTAPP_MAX_DRAINING")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        server = server.max_draining(n);
     }
     if let Some(n) = std::env::var("TESTAPP_MAX_CONNECTIONS")
         .ok()

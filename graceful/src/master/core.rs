@@ -142,6 +142,9 @@ impl Worker {
 pub(crate) struct Core {
     stop_timeout: Duration,
     ready_timeout: Duration,
+    max_draining: usize,
+    /// Draining workers cut because more than `max_draining` were draining.
+    cut_draining: u64,
     reload_signals: Vec<Signal>,
     stop_signals: Vec<Signal>,
     /// Interval of `WATCHDOG=1`, and when the next is due.
@@ -164,6 +167,8 @@ impl Core {
         let mut core = Core {
             stop_timeout: config.stop_timeout,
             ready_timeout: config.ready_timeout,
+            max_draining: config.max_draining,
+            cut_draining: 0,
             reload_signals: config.reload_signals.clone(),
             stop_signals: config.stop_signals.clone(),
             watchdog: watchdog.map(|every| (every, now + every)),
@@ -378,6 +383,7 @@ impl Core {
                 self.out.push(Action::Stop { generation: old });
                 let old = self.name_of(old);
                 self.report(Report::ReloadFinished { name, took, old });
+                self.cut_excess_draining();
             }
             None => self.report(Report::Ready {
                 name,
@@ -572,6 +578,32 @@ impl Core {
         }
     }
 
+    /// Cuts the oldest draining workers while more than `max_draining`
+    /// drain.
+    fn cut_excess_draining(&mut self) {
+        let mut draining: Vec<(u64, u32)> = self
+            .workers
+            .iter()
+            .filter(|w| matches!(w.state, State::Draining { .. }))
+            .filter_map(|w| Some((w.generation, w.pid?)))
+            .collect();
+        draining.sort_unstable();
+        let excess = draining.len().saturating_sub(self.max_draining);
+        for &(generation, pid) in &draining[..excess] {
+            self.cut_draining += 1;
+            let name = self.name_of(generation);
+            if let Some(w) = self.worker(generation) {
+                w.state = State::Killed;
+            }
+            self.log(format!(
+                "killing {name} with SIGKILL: more than max_draining ({}) workers were draining \
+                 ({} cut so far)",
+                self.max_draining, self.cut_draining
+            ));
+            self.out.push(Action::Kill { pid });
+        }
+    }
+
     fn kill_all(&mut self, which: impl Fn(State) -> bool) {
         for w in &mut self.workers {
             if let (true, Some(pid)) = (which(w.state), w.pid) {
@@ -723,6 +755,8 @@ mod tests {
                 Action::KeepListeners { generation: 2 },
             ]
         );
+        // Worker 1 is killed if still there at stop_timeout + the grace.
+        assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 22_500));
         // The old one exits after its drain: released, nothing else.
         assert_eq!(
             run.at(2500, exited(101, 0)),
@@ -982,6 +1016,39 @@ mod tests {
     }
 
     #[test]
+    fn beyond_max_draining_the_oldest_draining_worker_is_cut() {
+        // The default allows 4 draining workers: reloads 2 to 5 leave
+        // workers 1 to 4 draining, reload 6 cuts worker 1, reload 7 worker 2.
+        let mut run = Run::serving();
+        let mut cut = Vec::new();
+        for generation in 2..=7u64 {
+            let at = generation * 1000;
+            run.reload(at, generation, 100 + generation as u32);
+            let actions = run.at(at + 10, Event::Ready { generation });
+            cut.extend(actions.iter().filter_map(|a| match a {
+                Action::Kill { pid } => Some(*pid),
+                _ => None,
+            }));
+            if generation == 6 {
+                assert!(actions.contains(&Action::Log(
+                    "killing worker 1 (pid 101) with SIGKILL: more than max_draining (4) \
+                     workers were draining (1 cut so far)"
+                        .into()
+                )));
+            }
+        }
+        assert_eq!(cut, [101, 102]);
+        // A worker that finished draining in time is not counted.
+        run.at(8000, exited(103, 0));
+        run.reload(9000, 8, 108);
+        let actions = run.at(9010, Event::Ready { generation: 8 });
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Kill { .. })),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
     fn a_crash_during_a_reload_is_replaced_by_the_reload_in_flight() {
         let mut run = Run::serving();
         run.reload(1000, 2, 102);
@@ -1153,6 +1220,36 @@ mod tests {
         assert!(!run.at(10_002, Event::Tick).contains(&Action::Watchdog));
         run.at(10_003, Event::Ready { generation: 2 });
         assert_eq!(run.at(10_004, Event::Tick), [Action::Watchdog]);
+    }
+
+    #[test]
+    fn the_first_watchdog_keep_alive_comes_one_period_after_start() {
+        let mut run = Run::with_watchdog(Some(Duration::from_secs(5)));
+        run.at(
+            0,
+            Event::Spawned {
+                generation: 1,
+                pid: 101,
+            },
+        );
+        run.at(10, Event::Ready { generation: 1 });
+        assert_eq!(run.at(20, Event::Tick), []);
+        assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 5000));
+    }
+
+    #[test]
+    fn the_watchdog_is_fed_while_the_serving_worker_drains_at_stop() {
+        let mut run = Run::with_watchdog(Some(Duration::from_secs(5)));
+        run.at(
+            0,
+            Event::Spawned {
+                generation: 1,
+                pid: 101,
+            },
+        );
+        run.at(10, Event::Ready { generation: 1 });
+        run.at(1000, Event::Signal(Signal::SIGTERM));
+        assert_eq!(run.at(5000, Event::Tick), [Action::Watchdog]);
     }
 
     #[test]
