@@ -234,7 +234,11 @@ pub(crate) fn send<M: Encode>(fd: BorrowedFd<'_>, message: &M) -> io::Result<()>
 /// is gone).
 fn recv_raw(fd: BorrowedFd<'_>) -> io::Result<Option<(Vec<u8>, Option<OwnedFd>)>> {
     let mut buf = vec![0u8; MAX_MESSAGE];
-    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    // Room for the most descriptors one message can carry (Linux's
+    // SCM_MAX_FD), so that the control data is never truncated: nix does not
+    // hand out a truncated buffer's descriptors, which would then leak. Each
+    // one is owned here and closed unless the message wants it.
+    let mut cmsg = nix::cmsg_space!([RawFd; 253]);
     #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
     let flags = MsgFlags::MSG_CMSG_CLOEXEC;
     #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
@@ -487,6 +491,37 @@ mod tests {
             drop(a);
             assert_eq!(b.recv::<ToMaster>().await.unwrap(), None);
         });
+    }
+
+    #[test]
+    fn descriptors_a_message_does_not_want_are_closed_not_leaked() {
+        use std::os::fd::IntoRawFd;
+        let (master, worker) = pair().unwrap();
+        // 50 copies of a pipe's write end, sent with one message that wants
+        // none (a fake worker's doing).
+        let (read, write) = nix::unistd::pipe().unwrap();
+        let copies: Vec<RawFd> = (0..50)
+            .map(|_| write.try_clone().unwrap().into_raw_fd())
+            .collect();
+        let iov = [IoSlice::new(&[READY])];
+        sendmsg::<()>(
+            worker.as_raw_fd(),
+            &iov,
+            &[ControlMessage::ScmRights(&copies)],
+            send_flags(),
+            None,
+        )
+        .unwrap();
+        for fd in copies {
+            // SAFETY: each is a copy made above and owned by nobody else.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        drop(write);
+        assert_eq!(recv::<ToMaster>(master.as_fd()).unwrap(), Some(ToMaster::Ready));
+        // Every write end is closed again: the pipe reads end of file. A
+        // leaked copy would keep it open (EAGAIN on a non-blocking read).
+        set_nonblocking(read.as_fd()).unwrap();
+        assert_eq!(nix::unistd::read(&read, &mut [0u8; 1]), Ok(0));
     }
 
     #[test]
