@@ -219,3 +219,57 @@ fn draining_workers_are_bounded_and_the_oldest_is_cut() {
         let _ = request.join();
     }
 }
+
+#[test]
+fn started_through_path_a_switched_symlink_is_followed_at_reload() {
+    let dir = graceful_dev::temp_dir("through-path");
+    let (bin, releases) = (dir.join("bin"), dir.join("releases"));
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&releases).unwrap();
+    for release in ["1", "2"] {
+        std::fs::copy(testapp(), releases.join(release)).unwrap();
+    }
+    std::os::unix::fs::symlink(releases.join("1"), bin.join("app")).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let service = Service::start(
+        std::path::Path::new("app"),
+        &["127.0.0.1:0"],
+        &[("PATH", &path)],
+    );
+    let first = service.ready_worker(1, T);
+    let started = service.wait_line("master started", T);
+    assert!(
+        started.contains(&format!("executable {}", bin.join("app").display())),
+        "{started}"
+    );
+    let exe = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe(first), releases.join("1"));
+    // A deploy: a new symlink renamed over the old one.
+    std::os::unix::fs::symlink(releases.join("2"), bin.join("app.new")).unwrap();
+    std::fs::rename(bin.join("app.new"), bin.join("app")).unwrap();
+    service.signal(Signal::SIGHUP);
+    let second = service.ready_worker(2, T);
+    assert_eq!(exe(second), releases.join("2"));
+    drop(service);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn sigusr2_does_not_kill_the_master_and_sigquit_stops_it_properly() {
+    let mut service = Service::start(&testapp(), &["127.0.0.1:0"], &[]);
+    let addr = service.addr(T);
+    service.ready_worker(1, T);
+    service.signal(Signal::SIGUSR2);
+    service.wait_line(
+        "received SIGUSR2, which is neither a reload nor a stop signal here; ignored",
+        T,
+    );
+    assert_eq!(get(&addr, "/").unwrap().0, 200);
+    service.signal(Signal::SIGQUIT);
+    service.wait_line("stopping (SIGQUIT): draining 1 worker(s)", T);
+    assert_eq!(service.wait_exit(T).code(), Some(0));
+}

@@ -194,6 +194,20 @@ impl ListenAddr {
         Ok(ListenAddr::Tcp { host, port })
     }
 
+    /// What the listener is held under: the address as it will be bound,
+    /// so that `"localhost:8080"` and `"127.0.0.1:8080"` (or a name whose
+    /// address changed, between two versions) find the same socket.
+    pub(crate) fn key(&self) -> Result<String, BindError> {
+        Ok(match self {
+            ListenAddr::Tcp { host: None, port } => format!(":{port}"),
+            ListenAddr::Tcp {
+                host: Some(host),
+                port,
+            } => resolve(host, *port)?.to_string(),
+            ListenAddr::Unix(_) | ListenAddr::Systemd(_) => self.to_string(),
+        })
+    }
+
     /// Binds a new listening socket (CLOEXEC, never SO_REUSEPORT) and returns
     /// it with the address it is bound to.
     pub(crate) fn bind(&self) -> Result<(Socket, String), BindError> {
@@ -252,6 +266,25 @@ fn no_ipv6(e: &io::Error) -> bool {
     e.raw_os_error() == Some(code)
 }
 
+/// The socket address `host:port` means: the IP address itself, or the
+/// first address of the name, IPv4 preferred (as Go does).
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, BindError> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let mut found: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|source| BindError::Resolve {
+            host: host.to_string(),
+            source,
+        })?
+        .collect();
+    found.sort_by_key(|a| a.is_ipv6());
+    found.first().copied().ok_or_else(|| BindError::NoAddress {
+        host: host.to_string(),
+    })
+}
+
 fn bind_tcp(host: Option<&str>, port: u16) -> Result<(Socket, String), BindError> {
     let bind_error = |addr: &SocketAddr, source| BindError::Bind {
         addr: addr.to_string(),
@@ -272,23 +305,7 @@ fn bind_tcp(host: Option<&str>, port: u16) -> Result<(Socket, String), BindError
             }
         }
         Some(host) => {
-            let addr = match host.parse::<IpAddr>() {
-                Ok(ip) => SocketAddr::new(ip, port),
-                Err(_) => {
-                    let mut found: Vec<SocketAddr> = (host, port)
-                        .to_socket_addrs()
-                        .map_err(|source| BindError::Resolve {
-                            host: host.to_string(),
-                            source,
-                        })?
-                        .collect();
-                    // Like Go, prefer IPv4 when a name has both.
-                    found.sort_by_key(|a| a.is_ipv6());
-                    *found.first().ok_or_else(|| BindError::NoAddress {
-                        host: host.to_string(),
-                    })?
-                }
-            };
+            let addr = resolve(host, port)?;
             let domain = if addr.is_ipv6() {
                 Domain::IPV6
             } else {

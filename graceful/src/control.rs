@@ -517,7 +517,10 @@ mod tests {
             drop(unsafe { OwnedFd::from_raw_fd(fd) });
         }
         drop(write);
-        assert_eq!(recv::<ToMaster>(master.as_fd()).unwrap(), Some(ToMaster::Ready));
+        assert_eq!(
+            recv::<ToMaster>(master.as_fd()).unwrap(),
+            Some(ToMaster::Ready)
+        );
         // Every write end is closed again: the pipe reads end of file. A
         // leaked copy would keep it open (EAGAIN on a non-blocking read).
         set_nonblocking(read.as_fd()).unwrap();

@@ -128,9 +128,21 @@ impl Prepared {
 }
 
 fn path_of_this_executable() -> Result<PathBuf, Error> {
+    let current = std::env::current_exe()
+        .map_err(|e| Error::io("cannot find the path of this executable", e))?;
     if let Some(arg0) = std::env::args_os().next() {
         let path = Path::new(&arg0);
-        if arg0.to_string_lossy().contains('/') {
+        if !arg0.to_string_lossy().contains('/') {
+            // Started through PATH, as a shell or a process manager does: the
+            // file found there, as found (a symlink is kept, so switching it
+            // to a new release is followed at the next reload), if it is
+            // the program running now.
+            let cwd = std::env::current_dir().unwrap_or_default();
+            let found = search_path(&arg0, &std::env::var_os("PATH").unwrap_or_default(), &cwd);
+            if let Some(found) = found.filter(|found| same_file(found, &current)) {
+                return Ok(found);
+            }
+        } else {
             let absolute = if path.is_absolute() {
                 path.to_path_buf()
             } else {
@@ -145,5 +157,58 @@ fn path_of_this_executable() -> Result<PathBuf, Error> {
             }
         }
     }
-    std::env::current_exe().map_err(|e| Error::io("cannot find the path of this executable", e))
+    Ok(current)
+}
+
+/// The first executable file named `name` in the directories of `path` (the
+/// value of `PATH`), made absolute against `cwd`, as `execvp` finds it.
+fn search_path(name: &std::ffi::OsStr, path: &std::ffi::OsStr, cwd: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path)
+        .map(|dir| cwd.join(dir).join(name))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// Whether two paths lead to the same file (after symlinks).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_name_is_found_through_path_and_a_symlink_is_kept_as_found() {
+        let dir = std::env::temp_dir().join(format!("graceful-path-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (bin, releases, empty) = (dir.join("bin"), dir.join("releases"), dir.join("empty"));
+        for d in [&bin, &releases, &empty] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let release = releases.join("app-1");
+        std::fs::write(&release, b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&release, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink(&release, bin.join("app")).unwrap();
+        // Not executable: skipped, as execvp skips it.
+        std::fs::write(empty.join("app"), b"").unwrap();
+        let path = std::env::join_paths([&empty, &bin]).unwrap();
+        let found = search_path(OsStr::new("app"), &path, &dir).unwrap();
+        assert_eq!(found, bin.join("app"), "the symlink itself, not its target");
+        assert!(same_file(&found, &release));
+        // A relative PATH entry is taken against the working directory.
+        let found = search_path(OsStr::new("app"), OsStr::new("bin"), &dir).unwrap();
+        assert_eq!(found, bin.join("app"));
+        assert_eq!(search_path(OsStr::new("other"), &path, &dir), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

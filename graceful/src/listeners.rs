@@ -118,7 +118,7 @@ impl Listeners {
     /// key of an activated socket that listens there.
     fn find_or_bind(&mut self, user: u64, request: &ListenRequest) -> Result<String, ListenError> {
         let addr = &request.addr;
-        let key = addr.to_string();
+        let key = addr.key()?;
         if let Some(held) = self.map.get_mut(&key) {
             held.users.insert(user);
             return Ok(key);
@@ -507,6 +507,21 @@ mod tests {
             0o666
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_host_name_and_its_address_find_the_same_socket() {
+        let mut table = Listeners::default();
+        let by_name = table
+            .acquire(1, &request("localhost:0"))
+            .unwrap()
+            .as_raw_fd();
+        let by_address = table
+            .acquire(2, &request("127.0.0.1:0"))
+            .unwrap()
+            .as_raw_fd();
+        assert_eq!(by_name, by_address);
+        assert_eq!(table.map.keys().collect::<Vec<_>>(), ["127.0.0.1:0"]);
     }
 
     #[test]

@@ -192,6 +192,14 @@ impl Core {
                     self.stop(now, signal);
                 } else if self.reload_signals.contains(&signal) {
                     self.request_reload(now, &format!("signal {signal}"));
+                } else if signal == Signal::SIGQUIT {
+                    // Its default action would kill the master and leave the
+                    // workers to notice: a stop, done properly.
+                    self.stop(now, signal);
+                } else {
+                    self.log(format!(
+                        "received {signal}, which is neither a reload nor a stop signal here; ignored"
+                    ));
                 }
             }
             Event::Spawned { generation, pid } => {
@@ -1183,8 +1191,13 @@ mod tests {
     #[test]
     fn signals_that_are_not_configured_and_unknown_children_change_nothing() {
         let mut run = Run::serving();
-        assert_eq!(run.at(10, Event::Signal(Signal::SIGUSR2)), []);
-        assert_eq!(run.at(11, Event::Signal(Signal::SIGWINCH)), []);
+        assert_eq!(
+            run.at(10, Event::Signal(Signal::SIGUSR2)),
+            [Action::Log(
+                "received SIGUSR2, which is neither a reload nor a stop signal here; ignored"
+                    .into()
+            )]
+        );
         // An orphan reaped by a master that is PID 1.
         assert_eq!(run.at(12, exited(999, 0)), []);
         assert_eq!(run.core.next_deadline(), None);
@@ -1220,6 +1233,20 @@ mod tests {
         assert!(!run.at(10_002, Event::Tick).contains(&Action::Watchdog));
         run.at(10_003, Event::Ready { generation: 2 });
         assert_eq!(run.at(10_004, Event::Tick), [Action::Watchdog]);
+    }
+
+    #[test]
+    fn an_unconfigured_sigquit_stops_gracefully() {
+        let mut run = Run::serving();
+        let actions = run.at(10, Event::Signal(Signal::SIGQUIT));
+        assert!(matches!(
+            actions[0],
+            Action::Report(Report::Stopping {
+                signal: Signal::SIGQUIT,
+                ..
+            })
+        ));
+        assert!(actions.contains(&Action::Stop { generation: 1 }));
     }
 
     #[test]

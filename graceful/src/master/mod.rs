@@ -50,15 +50,27 @@ struct Master {
     exit: Option<Result<(), String>>,
 }
 
+/// The signals the master handles: the configured ones, and those whose
+/// default action would kill it (SIGQUIT stops; SIGUSR2 is logged and
+/// ignored unless configured). SIGWINCH is ignored by default and left so.
+fn caught_signals(config: &Config) -> Vec<Signal> {
+    let mut caught: Vec<Signal> = config.reload_signals.clone();
+    caught.extend(config.stop_signals.iter().copied());
+    for signal in [Signal::SIGQUIT, Signal::SIGUSR2] {
+        if !caught.contains(&signal) {
+            caught.push(signal);
+        }
+    }
+    caught
+}
+
 /// Runs the master until the service has stopped.
 pub(crate) fn run(config: Config) -> Result<(), Error> {
     // Before anything else: the activated sockets and their variables.
     let activated = activation::take();
     let raised = crate::fd::raise_open_file_limit();
     let executable = Executable::current()?;
-    let mut handled: Vec<Signal> = config.reload_signals.clone();
-    handled.extend(config.stop_signals.iter().copied());
-    let signals = SignalPipe::install(&handled)?;
+    let signals = SignalPipe::install(&caught_signals(&config))?;
     // Before any worker is started: workers must not see NOTIFY_SOCKET.
     let notify = Notifier::from_env();
     log!(
@@ -233,8 +245,11 @@ impl Master {
     /// Starts a worker; returns how that went, for the core.
     fn spawn(&mut self, generation: u64) -> Event {
         // Our handlers must not run in the child before exec: they write to
-        // the master's pipe.
-        let default = self.config.stop_signals.iter().map(|s| s.number());
+        // the master's pipe. Reload signals are ignored there instead.
+        let caught = caught_signals(&self.config).into_iter();
+        let default = caught
+            .filter(|s| !self.config.reload_signals.contains(s))
+            .map(|s| s.number());
         let default = default.chain([NixSignal::SIGCHLD as i32]).collect();
         let started = self
             .executable
