@@ -273,3 +273,103 @@ fn sigusr2_does_not_kill_the_master_and_sigquit_stops_it_properly() {
     service.wait_line("stopping (SIGQUIT): draining 1 worker(s)", T);
     assert_eq!(service.wait_exit(T).code(), Some(0));
 }
+
+#[test]
+fn a_stalled_stderr_blocks_neither_requests_nor_signals() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = graceful_dev::temp_dir("stalled-stderr");
+    let fifo = dir.join("stderr");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // A reader that holds the FIFO open and reads nothing: writes fill the
+    // pipe's buffer and then would block.
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let sock = dir.join("app.sock");
+    let child = std::process::Command::new(testapp())
+        .arg(format!("unix:{}", sock.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(writer)
+        .spawn()
+        .unwrap();
+    let master = Pid::from_raw(child.id() as i32);
+    // Ended by its PID whatever happens; its workers follow it (EOF).
+    struct Ends(std::process::Child);
+    impl Drop for Ends {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Ends(child);
+    let ask = |path: &str| -> String {
+        let answer = || -> std::io::Result<String> {
+            let mut stream = std::os::unix::net::UnixStream::connect(&sock)?;
+            stream.set_read_timeout(Some(T))?;
+            write!(
+                stream,
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer)?;
+            Ok(answer)
+        };
+        answer().unwrap_or_else(|e| format!("error: {e}"))
+    };
+    let deadline = Instant::now() + T;
+    while !ask("/pid").starts_with("HTTP/1.1 200") {
+        assert!(Instant::now() < deadline, "the service never answered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Each handler panic writes a log line: far more than the pipe holds.
+    // Every request is still answered, promptly.
+    let began = Instant::now();
+    for i in 0..1500 {
+        let answer = ask("/panic");
+        assert!(
+            answer.starts_with("HTTP/1.1 500"),
+            "request {i}: {answer:?}"
+        );
+    }
+    println!("1500 panicking requests answered in {:?}", began.elapsed());
+    // The master logs too, and must not block: a reload, then a stop.
+    let first = ask("/pid");
+    kill(master, Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + T;
+    while ask("/pid") == first {
+        assert!(Instant::now() < deadline, "the reload never finished");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Room again: the next line says how many could not be written.
+    let mut drained = Vec::new();
+    let _ = reader.read_to_end(&mut drained);
+    kill(master, Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + T;
+    let mut text = String::new();
+    while !text.contains("could not be written") {
+        assert!(Instant::now() < deadline, "no count of lost lines:\n{text}");
+        let mut more = Vec::new();
+        let _ = reader.read_to_end(&mut more);
+        text.push_str(&String::from_utf8_lossy(&more));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Stalled again? Stop anyway, promptly.
+    kill(master, Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIGTERM did not stop the master within 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -149,9 +149,61 @@ pub(crate) fn take() -> Vec<Activated> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
+
+    fn tcp(addr: &str) -> ListenAddr {
+        ListenAddr::parse(addr).unwrap()
+    }
+
+    #[test]
+    fn an_activated_socket_is_meant_by_its_address() {
+        let any = Local::Tcp("0.0.0.0:8080".parse().unwrap());
+        let any6 = Local::Tcp("[::]:8080".parse().unwrap());
+        let lo = Local::Tcp("127.0.0.1:8080".parse().unwrap());
+        for every in [&any, &any6] {
+            assert!(every.matches(&tcp(":8080")));
+            assert!(!every.matches(&tcp(":8081")));
+            assert!(!every.matches(&tcp(":0")), "port 0 means a new socket");
+            assert!(!every.matches(&tcp("127.0.0.1:8080")));
+        }
+        assert!(!lo.matches(&tcp(":8080")), "not every interface");
+        assert!(lo.matches(&tcp("127.0.0.1:8080")));
+        assert!(!lo.matches(&tcp("127.0.0.2:8080")));
+        assert!(!lo.matches(&tcp("127.0.0.1:8081")));
+        assert!(!lo.matches(&tcp("127.0.0.1:0")));
+        assert!(
+            !lo.matches(&tcp("localhost:8080")),
+            "names are not resolved here"
+        );
+        let unix = Local::Unix("/run/app.sock".into());
+        assert!(unix.matches(&tcp("unix:/run/app.sock")));
+        assert!(!unix.matches(&tcp("unix:/run/other.sock")));
+        assert!(!unix.matches(&tcp(":8080")));
+        assert!(!lo.matches(&tcp("unix:/run/app.sock")));
+        assert!(!Local::Other.matches(&tcp(":8080")));
+    }
+
+    #[test]
+    fn where_a_socket_listens() {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = tcp.local_addr().unwrap();
+        assert_eq!(Local::of(tcp.as_fd()).unwrap(), Local::Tcp(addr));
+        let path = std::env::temp_dir().join(format!("graceful-local-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert_eq!(Local::of(unix.as_fd()).unwrap(), Local::Unix(path.clone()));
+        std::fs::remove_file(&path).unwrap();
+        let (unnamed, _) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(Local::of(unnamed.as_fd()).unwrap(), Local::Other);
+        assert_eq!(Local::Other.describe(), "?");
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(Local::of(file.as_fd()).is_err(), "not a socket");
+    }
 
     #[test]
     fn listen_fds_is_a_bounded_number() {
+        // With no limit, the most that 3 + count can hold.
+        assert_eq!(parse_count("2147483644", u64::MAX), Ok(i32::MAX - 3));
         assert_eq!(parse_count("0", 1024), Ok(0));
         assert_eq!(parse_count("2", 1024), Ok(2));
         assert_eq!(parse_count("1021", 1024), Ok(1021));

@@ -1,14 +1,138 @@
-//! Lifecycle messages on stderr.
+//! Lifecycle messages on stderr, written so that a stalled reader never
+//! blocks the process.
 //!
 //! Each message is formatted first and written with one `write` call, so lines
 //! from the master and its workers, which share stderr, never interleave.
+//! Whatever reads stderr (a terminal, a pipe to a logger, journald's socket)
+//! may stop reading: a blocking write would then stall the master's loop, or
+//! a worker's threads on every handler panic. So the write never blocks:
+//! stderr is written through a descriptor of its own in non-blocking mode (a
+//! pipe or terminal is reopened through `/proc/self/fd/2`, which gives a new
+//! open file description; a socket is sent to with `MSG_DONTWAIT`), and a
+//! line that does not fit is counted, not waited for. The count is reported
+//! with the next line that is written.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(unix)]
+use std::sync::OnceLock;
+
+/// Lines that could not be written since the last one that was.
+static LOST: AtomicU64 = AtomicU64::new(0);
+
+/// The longest line written whole: a pipe writes up to `PIPE_BUF` bytes at
+/// once or not at all, so longer lines are cut, never split.
+const LONGEST: usize = 4096;
 
 pub(crate) fn line(args: std::fmt::Arguments<'_>) {
-    let mut text = format!("graceful: {args}");
+    write_line(format!("graceful: {args}"));
+}
+
+/// Makes panics print through the same writer, so that a panic in a handler
+/// (which a client can cause at will) cannot block on a stalled stderr as
+/// the standard hook would. Installed by serving processes before `main`,
+/// which may replace it. The backtrace follows `RUST_BACKTRACE`, as with
+/// the standard hook.
+pub(crate) fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("<unnamed>");
+        let backtrace = std::backtrace::Backtrace::capture();
+        let mut text = format!("thread '{name}' {info}");
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            text.push_str(&format!("\nstack backtrace:\n{backtrace}"));
+        }
+        write_line(text);
+    }));
+}
+
+/// Writes one line, whole or not at all, without blocking.
+fn write_line(mut text: String) {
+    cut(&mut text, LONGEST - 1);
     text.push('\n');
-    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    let lost = LOST.load(Ordering::Relaxed);
+    if lost > 0 {
+        let note = format!(
+            "graceful: {lost} log line(s) could not be written: stderr was not being read\n"
+        );
+        if write(note.as_bytes()) {
+            LOST.fetch_sub(lost, Ordering::Relaxed);
+        } else {
+            LOST.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    }
+    if !write(text.as_bytes()) {
+        LOST.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Cuts `text` to at most `max` bytes, at a character boundary.
+fn cut(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
+/// How stderr is written without blocking.
+#[cfg(unix)]
+enum Sink {
+    /// A descriptor of our own on the same pipe or terminal, non-blocking.
+    Reopened(std::fs::File),
+    /// A socket: each send is `MSG_DONTWAIT`.
+    Socket,
+    /// Anything else (a file: writes do not wait on a reader).
+    Plain,
+}
+
+#[cfg(unix)]
+fn sink() -> &'static Sink {
+    static SINK: OnceLock<Sink> = OnceLock::new();
+    SINK.get_or_init(|| {
+        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+        let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+            return Sink::Plain;
+        };
+        let kind = meta.file_type();
+        if kind.is_socket() {
+            Sink::Socket
+        } else if kind.is_fifo() || kind.is_char_device() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+                .open("/proc/self/fd/2")
+                .map_or(Sink::Plain, Sink::Reopened)
+        } else {
+            Sink::Plain
+        }
+    })
+}
+
+/// Writes `bytes` whole, at once, or not at all; `false` if it would block
+/// or failed.
+#[cfg(unix)]
+fn write(bytes: &[u8]) -> bool {
+    match sink() {
+        Sink::Reopened(file) => matches!((&*file).write(bytes), Ok(n) if n == bytes.len()),
+        Sink::Socket => {
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            let flags =
+                nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL;
+            #[cfg(not(any(target_os = "linux", target_os = "android")))]
+            let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT;
+            matches!(nix::sys::socket::send(2, bytes, flags), Ok(n) if n == bytes.len())
+        }
+        Sink::Plain => std::io::stderr().lock().write_all(bytes).is_ok(),
+    }
+}
+
+#[cfg(not(unix))]
+fn write(bytes: &[u8]) -> bool {
+    std::io::stderr().lock().write_all(bytes).is_ok()
 }
 
 macro_rules! log {
@@ -60,6 +184,16 @@ impl Throttled {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_line_is_cut_at_a_character_boundary() {
+        let mut text = "é".repeat(3000);
+        cut(&mut text, 4095);
+        assert_eq!(text.len(), 4094);
+        let mut short = "ok".to_string();
+        cut(&mut short, 4095);
+        assert_eq!(short, "ok");
+    }
 
     #[test]
     fn a_flood_is_one_line_per_period() {

@@ -104,6 +104,7 @@ where
     Fut::Output: MainOutput,
 {
     let started = Instant::now();
+    crate::log::install_panic_hook();
     let runtime = match build_runtime(config) {
         Ok(runtime) => runtime,
         Err(e) => return Err(adapter.fail(e)),
