@@ -194,9 +194,11 @@ impl ListenAddr {
         Ok(ListenAddr::Tcp { host, port })
     }
 
-    /// What the listener is held under: the address as it will be bound,
+    /// What the listener is held under (by the Unix listener table): the
+    /// address as it will be bound,
     /// so that `"localhost:8080"` and `"127.0.0.1:8080"` (or a name whose
     /// address changed, between two versions) find the same socket.
+    #[cfg(unix)]
     pub(crate) fn key(&self) -> Result<String, BindError> {
         Ok(match self {
             ListenAddr::Tcp { host: None, port } => format!(":{port}"),

@@ -28,6 +28,7 @@ const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// Descriptors kept free of connections, for listeners, the control socket,
 /// files the application opens, and the runtime itself.
+#[cfg(unix)]
 const SPARE_DESCRIPTORS: usize = 64;
 
 /// Why a serving process could not start. Typed here; it becomes text only
