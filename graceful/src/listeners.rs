@@ -362,7 +362,9 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), ListenError> {
     fchmodat(
         nix::fcntl::AT_FDCWD,
         path,
-        Mode::from_bits_truncate(mode),
+        // mode_t is narrower than u32 on some systems; the value is at most
+        // 0o7777 (checked when the request was made).
+        Mode::from_bits_truncate(mode as nix::libc::mode_t),
         FchmodatFlags::NoFollowSymlink,
     )
     .map_err(|e| error(e.into()))

@@ -434,7 +434,6 @@ impl Conn {
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let Conn { handler, shared } = self;
-        let idle_grace = shared.timers.idle_grace;
         match tls {
             None => {
                 tokio::spawn(async move {
@@ -444,6 +443,7 @@ impl Conn {
             #[cfg(feature = "tls")]
             Some(acceptor) => {
                 let handshake = acceptor.accept(io);
+                let idle_grace = shared.timers.idle_grace;
                 tokio::spawn(async move {
                     // A failed or slow handshake (a scanner, a client that
                     // distrusts the certificate) ends this connection only.
