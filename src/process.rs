@@ -34,6 +34,20 @@ impl Service {
         Service::start_with(program, args, envs, |_| {})
     }
 
+    /// `program` as PID 1 of a new PID namespace, as in a container (with
+    /// `unshare`, whose PID this service has). Should the test fail early,
+    /// the program gets SIGTERM when unshare is killed.
+    pub fn start_as_pid_1(program: &Path, args: &[&str], envs: &[(&str, &str)]) -> Service {
+        let mut all = vec![
+            "--fork",
+            "--pid",
+            "--kill-child=SIGTERM",
+            program.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        Service::start(&crate::tool("unshare"), &all, envs)
+    }
+
     pub fn start_with(
         program: &Path,
         args: &[&str],

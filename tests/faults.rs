@@ -525,19 +525,7 @@ fn a_second_stop_signal_kills_every_worker_at_once() {
 
 #[test]
 fn master_mode_as_pid_1_reloads_and_reaps_orphans() {
-    // A new PID namespace makes the master PID 1, as in a container.
-    let testapp = testapp();
-    let mut service = Service::start(
-        &graceful_dev::tool("unshare"),
-        &[
-            "--fork",
-            "--pid",
-            "--kill-child=SIGTERM",
-            testapp.to_str().unwrap(),
-            "127.0.0.1:0",
-        ],
-        &[],
-    );
+    let mut service = Service::start_as_pid_1(&testapp(), &["127.0.0.1:0"], &[]);
     let addr = service.addr(T);
     service.wait_line("master started (pid 1,", T);
     let first = pid_of(&addr);

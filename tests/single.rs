@@ -250,20 +250,8 @@ fn bad_mode_and_unwritable_pid_file_are_named_errors() {
 
 #[test]
 fn as_pid_1_a_reload_is_refused_and_the_process_keeps_serving() {
-    // A new PID namespace makes testapp PID 1, as in a container. Should
-    // the test fail early, testapp gets SIGTERM when unshare is killed.
-    let testapp = testapp();
-    let service = Service::start(
-        &graceful_dev::tool("unshare"),
-        &[
-            "--fork",
-            "--pid",
-            "--kill-child=SIGTERM",
-            testapp.to_str().unwrap(),
-            "127.0.0.1:0",
-        ],
-        &[("GRACEFUL_MODE", "single")],
-    );
+    let service =
+        Service::start_as_pid_1(&testapp(), &["127.0.0.1:0"], &[("GRACEFUL_MODE", "single")]);
     let addr = service.addr(T);
     assert_eq!(service.ready("process", 1, T), 1);
     assert_eq!(get(&addr, "/reload").unwrap().1, "reload requested\n");

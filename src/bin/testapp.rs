@@ -198,43 +198,31 @@ async fn app() -> Result<(), String> {
     Ok(())
 }
 
+/// A number from the environment variable `name`, if it is set.
+fn number(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
 fn main() {
     let mut server = graceful::Server::new().ready_timeout(Duration::from_secs(5));
-    if let Some(ms) = std::env::var("TESTAPP_STOP_TIMEOUT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        server = server.stop_timeout(Duration::from_millis(ms));
+    let ms = |name| number(name).map(Duration::from_millis);
+    if let Some(timeout) = ms("TESTAPP_STOP_TIMEOUT_MS") {
+        server = server.stop_timeout(timeout);
     }
-    if let Some(ms) = std::env::var("TESTAPP_HEADER_TIMEOUT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        server = server.header_timeout(Duration::from_millis(ms));
+    if let Some(timeout) = ms("TESTAPP_HEADER_TIMEOUT_MS") {
+        server = server.header_timeout(timeout);
     }
-    if let Some(ms) = std::env::var("TESTAPP_IDLE_TIMEOUT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        server = server.idle_timeout(Duration::from_millis(ms));
+    if let Some(timeout) = ms("TESTAPP_IDLE_TIMEOUT_MS") {
+        server = server.idle_timeout(timeout);
     }
-    if let Some(n) = std::env::var("TESTAPP_MAX_DRAINING")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        server = server.max_draining(n);
+    if let Some(grace) = ms("TESTAPP_IDLE_GRACE_MS") {
+        server = server.idle_grace(grace);
     }
-    if let Some(n) = std::env::var("TESTAPP_MAX_CONNECTIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        server = server.max_connections(n);
+    if let Some(n) = number("TESTAPP_MAX_DRAINING") {
+        server = server.max_draining(n as usize);
     }
-    if let Some(ms) = std::env::var("TESTAPP_IDLE_GRACE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        server = server.idle_grace(Duration::from_millis(ms));
+    if let Some(n) = number("TESTAPP_MAX_CONNECTIONS") {
+        server = server.max_connections(n as usize);
     }
     if let Some(path) = std::env::var_os("TESTAPP_PID_FILE") {
         server = server.pid_file(path);

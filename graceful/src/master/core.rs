@@ -1249,8 +1249,8 @@ mod tests {
         assert!(actions.contains(&Action::Stop { generation: 1 }));
     }
 
-    #[test]
-    fn the_first_watchdog_keep_alive_comes_one_period_after_start() {
+    /// Serving since +10 ms, with a 5 s watchdog period.
+    fn serving_with_watchdog() -> Run {
         let mut run = Run::with_watchdog(Some(Duration::from_secs(5)));
         run.at(
             0,
@@ -1260,21 +1260,19 @@ mod tests {
             },
         );
         run.at(10, Event::Ready { generation: 1 });
+        run
+    }
+
+    #[test]
+    fn the_first_watchdog_keep_alive_comes_one_period_after_start() {
+        let mut run = serving_with_watchdog();
         assert_eq!(run.at(20, Event::Tick), []);
         assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 5000));
     }
 
     #[test]
     fn the_watchdog_is_fed_while_the_serving_worker_drains_at_stop() {
-        let mut run = Run::with_watchdog(Some(Duration::from_secs(5)));
-        run.at(
-            0,
-            Event::Spawned {
-                generation: 1,
-                pid: 101,
-            },
-        );
-        run.at(10, Event::Ready { generation: 1 });
+        let mut run = serving_with_watchdog();
         run.at(1000, Event::Signal(Signal::SIGTERM));
         assert_eq!(run.at(5000, Event::Tick), [Action::Watchdog]);
     }
