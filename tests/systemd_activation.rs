@@ -170,3 +170,41 @@ fn single_mode_hands_the_activated_socket_to_each_successor() {
     service.wait_line("stopped", T);
     assert!(wait_gone(current, T));
 }
+
+#[test]
+fn sockets_passed_without_listen_pid_are_used_as_systemfd_passes_them() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let fd = listener.as_raw_fd();
+    let service = Service::start_with(&testapp(), &[&addr], &[("LISTEN_FDS", "1")], |command| {
+        // SAFETY: dup2 is async-signal-safe; `fd` stays open in the
+        // parent until the child has started.
+        unsafe {
+            command.pre_exec(move || {
+                // At 3 already, dup2 would keep its close-on-exec flag.
+                let done = if fd == 3 {
+                    nix::libc::fcntl(3, nix::libc::F_SETFD, 0)
+                } else {
+                    nix::libc::dup2(fd, 3)
+                };
+                if done == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    service.wait_line("without LISTEN_PID (as systemfd --no-pid passes them)", T);
+    service.ready_worker(1, T);
+    drop(listener);
+    // The socket the test bound serves: the master used it, bound nothing.
+    assert_eq!(get(&addr, "/").unwrap().0, 200);
+    assert!(
+        !service.log_text().contains("listening on"),
+        "{}",
+        service.log_text()
+    );
+    assert!(service.log_text().contains("socket activation: 127.0.0.1:"));
+}

@@ -96,9 +96,17 @@ pub(crate) fn take() -> Vec<Activated> {
     let Some(count) = count else {
         return Vec::new();
     };
-    if pid.as_deref().and_then(|p| p.parse::<u32>().ok()) != Some(std::process::id()) {
-        log!("ignoring LISTEN_FDS={count}: LISTEN_PID={pid:?} is not this process");
-        return Vec::new();
+    match pid.as_deref() {
+        // As `systemfd --no-pid` passes sockets to `cargo watch`, whose
+        // child is this process: the sockets are meant for whoever runs.
+        None => log!(
+            "LISTEN_FDS={count} without LISTEN_PID (as systemfd --no-pid passes them): taking them"
+        ),
+        Some(pid) if pid.parse::<u32>().ok() == Some(std::process::id()) => {}
+        Some(pid) => {
+            log!("ignoring LISTEN_FDS={count}: LISTEN_PID={pid} is not this process");
+            return Vec::new();
+        }
     }
     let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map_or(1024, |(soft, _)| soft);

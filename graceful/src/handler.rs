@@ -1,10 +1,12 @@
 //! What `register!` accepts as a handler, turned into one boxed form.
 //!
-//! Three shapes are accepted: an async fn or closure
+//! Four shapes are accepted: an async fn or closure
 //! `Fn(Request<Incoming>) -> Future<Output = Result<Response<B>, E>>`, any
-//! `hyper::service::Service`, and any `tower::Service` (such as
-//! `axum::Router`). A marker type parameter keeps the three impls apart, as
-//! axum does for its handlers.
+//! `hyper::service::Service`, any `tower::Service` (such as `axum::Router`),
+//! and, for any other protocol, a stream handler
+//! `Fn(Connection, Peer) -> Future<Output = ()>` that is given each accepted
+//! connection. A marker type parameter keeps the impls apart, as axum does
+//! for its handlers.
 //!
 //! Errors returned by a handler and panics inside one become a 500 response
 //! and a log line; they never take the worker down.
@@ -37,7 +39,80 @@ type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxE
 /// A handler in the boxed form the worker serves. Made by [`IntoHandler`].
 #[derive(Clone)]
 pub struct Handler {
-    call: Arc<dyn Fn(Request<Incoming>) -> BoxFuture + Send + Sync>,
+    kind: Kind,
+}
+
+#[derive(Clone)]
+enum Kind {
+    Http(Arc<dyn Fn(Request<Incoming>) -> BoxFuture + Send + Sync>),
+    Stream(Arc<StreamFn>),
+}
+
+/// A stream handler, boxed.
+type StreamFn = dyn Fn(Connection, Peer) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync;
+
+/// An accepted connection, for a stream handler: read and write it with
+/// tokio's `AsyncReadExt`/`AsyncWriteExt`. It counts in the drain until it
+/// is dropped, and is TLS already decrypted when the listener has `tls =`.
+pub struct Connection {
+    io: Pin<Box<dyn Io>>,
+}
+
+/// What a connection is: readable and writable, asynchronously.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send> Io for T {}
+
+impl Connection {
+    pub(crate) fn new<T>(io: T) -> Connection
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        Connection { io: Box::pin(io) }
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection").finish_non_exhaustive()
+    }
+}
+
+impl tokio::io::AsyncRead for Connection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.io.as_mut().poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Connection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.io.as_mut().poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.io.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.io.as_mut().poll_shutdown(cx)
+    }
+}
+
+/// Who is at the other end of a [`Connection`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Peer {
+    /// A TCP client at this address.
+    Tcp(std::net::SocketAddr),
+    /// A Unix socket client (usually unnamed).
+    Unix,
 }
 
 impl fmt::Debug for Handler {
@@ -57,6 +132,21 @@ pub mod marker {
     /// A `tower::Service`.
     #[derive(Debug)]
     pub enum TowerService {}
+    /// A stream handler: `Fn(Connection, Peer) -> impl Future<Output = ()>`.
+    #[derive(Debug)]
+    pub enum Stream {}
+}
+
+impl<F, Fut> IntoHandler<marker::Stream> for F
+where
+    F: Fn(Connection, Peer) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    fn into_handler(self) -> Handler {
+        Handler {
+            kind: Kind::Stream(Arc::new(move |conn, peer| Box::pin(self(conn, peer)))),
+        }
+    }
 }
 
 /// Anything `register!` can serve. `M` is a marker chosen by inference; you
@@ -130,10 +220,10 @@ where
 {
     fn into_handler(self) -> Handler {
         Handler {
-            call: Arc::new(move |req| {
+            kind: Kind::Http(Arc::new(move |req| {
                 let fut = self(req);
                 Box::pin(async move { fut.await.map(box_body).map_err(Into::into) })
-            }),
+            })),
         }
     }
 }
@@ -149,10 +239,10 @@ where
 {
     fn into_handler(self) -> Handler {
         Handler {
-            call: Arc::new(move |req| {
+            kind: Kind::Http(Arc::new(move |req| {
                 let fut = self.call(req);
                 Box::pin(async move { fut.await.map(box_body).map_err(Into::into) })
-            }),
+            })),
         }
     }
 }
@@ -172,7 +262,7 @@ where
 {
     fn into_handler(self) -> Handler {
         Handler {
-            call: Arc::new(move |req| {
+            kind: Kind::Http(Arc::new(move |req| {
                 let mut svc = self.clone();
                 Box::pin(async move {
                     std::future::poll_fn(|cx| svc.poll_ready(cx))
@@ -180,7 +270,7 @@ where
                         .map_err(Into::into)?;
                     svc.call(req).await.map(box_body).map_err(Into::into)
                 })
-            }),
+            })),
         }
     }
 }
@@ -224,13 +314,33 @@ fn internal_error() -> Response<ResponseBody> {
 }
 
 impl Handler {
+    /// Whether this is a stream handler rather than an HTTP one.
+    pub(crate) fn is_stream(&self) -> bool {
+        matches!(self.kind, Kind::Stream(_))
+    }
+
+    /// Gives a connection to a stream handler; a panic in it is logged and
+    /// ends that connection only.
+    pub(crate) async fn serve_stream(&self, conn: Connection, peer: Peer) {
+        let Kind::Stream(call) = &self.kind else {
+            unreachable!("serve_stream is called for stream handlers only");
+        };
+        let shown = format!("{peer:?}");
+        if let Err(message) = CatchUnwind(call(conn, peer)).await {
+            log!("stream handler panicked on a connection from {shown}: {message}; connection closed");
+        }
+    }
+
     /// Calls the handler; errors and panics become a logged 500.
     pub(crate) async fn serve(&self, req: Request<Incoming>) -> Response<ResponseBody> {
         // Kept for the log line on error; both clones are reference counts
         // or inline values, not allocations, for ordinary requests.
         let method = req.method().clone();
         let uri = req.uri().clone();
-        match CatchUnwind((self.call)(req)).await {
+        let Kind::Http(call) = &self.kind else {
+            unreachable!("serve is called for HTTP handlers only");
+        };
+        match CatchUnwind(call(req)).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
                 log!(

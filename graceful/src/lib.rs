@@ -96,7 +96,7 @@ mod worker;
 pub use config::Mode;
 pub use drain::{is_shutting_down, shutdown_signal};
 pub use error::Error;
-pub use handler::{marker, BoxError, Handler, IntoHandler};
+pub use handler::{marker, BoxError, Connection, Handler, IntoHandler, Peer};
 pub use registration::{MainOutput, Registration};
 pub use server::Server;
 pub use signal::Signal;
@@ -189,6 +189,31 @@ pub use graceful_macros::main;
 /// closure of that shape (annotate its argument type), any
 /// `hyper::service::Service`, and any `tower::Service` such as
 /// `axum::Router`. A handler error or panic becomes a logged 500.
+///
+/// For any other protocol over TCP or a Unix socket (and TLS with `tls =`),
+/// a stream handler `async fn(Connection, Peer)` is given each accepted
+/// connection. It gets the same listener handover, readiness gate and drain:
+/// its connections count in the drain, it sees [`shutdown_signal()`] to end
+/// them politely, and it is cut at `stop_timeout`. The HTTP timeouts do not
+/// apply to it.
+///
+/// ```no_run
+/// use graceful::{Connection, Peer};
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+///
+/// async fn banner(mut conn: Connection, peer: Peer) {
+///     let _ = conn.write_all(format!("hello, {peer:?}\n").as_bytes()).await;
+///     let mut buf = [0u8; 1024];
+///     while let Ok(n @ 1..) = conn.read(&mut buf).await {
+///         let _ = conn.write_all(&buf[..n]).await;
+///     }
+/// }
+///
+/// #[graceful::main]
+/// async fn main() {
+///     graceful::register!(":9223", banner);
+/// }
+/// ```
 ///
 /// ```no_run
 /// # use std::convert::Infallible;

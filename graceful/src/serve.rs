@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use crate::addr::ListenRequest;
 use crate::config::Config;
 use crate::drain::{self, Tracked};
-use crate::handler::{CatchUnwind, Handler};
+use crate::handler::{CatchUnwind, Connection, Handler, Peer};
 use crate::log::{log, Throttled};
 use crate::registration::{self, MainOutput, Registration};
 use crate::Error;
@@ -398,12 +398,14 @@ async fn accept_loop(served: Served, shared: Arc<Shared>) {
             shared: shared.clone(),
         };
         match accepted {
-            Ok(Accepted::Tcp(stream)) => {
+            Ok(Accepted::Tcp(stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                conn.spawn(Tracked::new(stream, slot), tls.as_ref());
+                conn.spawn(Tracked::new(stream, slot), Peer::Tcp(peer), tls.as_ref());
             }
             #[cfg(unix)]
-            Ok(Accepted::Unix(stream)) => conn.spawn(Tracked::new(stream, slot), tls.as_ref()),
+            Ok(Accepted::Unix(stream)) => {
+                conn.spawn(Tracked::new(stream, slot), Peer::Unix, tls.as_ref())
+            }
             Err(e) if is_connection_error(&e) => {}
             Err(e) => {
                 // Out of file descriptors or memory: back off briefly rather
@@ -429,16 +431,14 @@ impl Conn {
     /// handshake if the listener has TLS. The connection was counted
     /// (`Tracked`) before this is called, so the drain cannot miss it, the
     /// handshake included.
-    fn spawn<T>(self, io: Tracked<T>, tls: Option<&Tls>)
+    fn spawn<T>(self, io: Tracked<T>, peer: Peer, tls: Option<&Tls>)
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let Conn { handler, shared } = self;
         match tls {
             None => {
-                tokio::spawn(async move {
-                    drain::serve_connection(io, handler, &shared.http, shared.timers).await
-                });
+                tokio::spawn(async move { serve(io, peer, handler, &shared).await });
             }
             #[cfg(feature = "tls")]
             Some(acceptor) => {
@@ -460,7 +460,7 @@ impl Conn {
                         _ = drained => return,
                     };
                     if let Ok(Ok(stream)) = stream {
-                        drain::serve_connection(stream, handler, &shared.http, shared.timers).await;
+                        serve(stream, peer, handler, &shared).await;
                     }
                 });
             }
@@ -470,15 +470,29 @@ impl Conn {
     }
 }
 
+/// Serves one connection: HTTP, or the stream handler's protocol. A stream
+/// connection counts in the drain for as long as the handler holds it; the
+/// handler sees `shutdown_signal()` and is cut at `stop_timeout`.
+async fn serve<T>(io: T, peer: Peer, handler: Handler, shared: &Shared)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if handler.is_stream() {
+        handler.serve_stream(Connection::new(io), peer).await;
+    } else {
+        drain::serve_connection(io, handler, &shared.http, shared.timers).await;
+    }
+}
+
 enum Accepted {
-    Tcp(tokio::net::TcpStream),
+    Tcp(tokio::net::TcpStream, std::net::SocketAddr),
     #[cfg(unix)]
     Unix(tokio::net::UnixStream),
 }
 
 async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
     match listener {
-        Listener::Tcp(l) => l.accept().await.map(|(s, _)| Accepted::Tcp(s)),
+        Listener::Tcp(l) => l.accept().await.map(|(s, peer)| Accepted::Tcp(s, peer)),
         #[cfg(unix)]
         Listener::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
     }
