@@ -21,6 +21,8 @@ pub(crate) enum RawValue {
     Str(LitStr),
     /// `4`
     Int(LitInt),
+    /// `true`
+    Bool(syn::LitBool),
     /// `[SIGHUP, SIGUSR1]`; the span covers the brackets.
     List(Vec<Ident>, Span),
 }
@@ -30,6 +32,7 @@ impl RawValue {
         match self {
             RawValue::Str(s) => s.span(),
             RawValue::Int(i) => i.span(),
+            RawValue::Bool(b) => b.span(),
             RawValue::List(_, span) => *span,
         }
     }
@@ -38,6 +41,7 @@ impl RawValue {
         match self {
             RawValue::Str(_) => "a string",
             RawValue::Int(_) => "an integer",
+            RawValue::Bool(_) => "`true` or `false`",
             RawValue::List(..) => "a list",
         }
     }
@@ -73,6 +77,8 @@ impl Parse for RawArg {
             RawValue::Str(input.parse()?)
         } else if lookahead.peek(LitInt) {
             RawValue::Int(input.parse()?)
+        } else if lookahead.peek(syn::LitBool) {
+            RawValue::Bool(input.parse()?)
         } else if lookahead.peek(syn::token::Bracket) {
             let content;
             let brackets = bracketed!(content in input);

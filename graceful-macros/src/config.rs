@@ -30,6 +30,7 @@ const KEYS: &[&str] = &[
     "max_connections",
     "max_header_size",
     "max_draining",
+    "watch",
 ];
 
 /// The smallest `max_header_size` the runtime accepts (hyper's read buffer).
@@ -61,6 +62,7 @@ pub(crate) struct Config {
     pub(crate) max_connections: Option<usize>,
     pub(crate) max_header_size: Option<usize>,
     pub(crate) max_draining: Option<usize>,
+    pub(crate) watch: Option<bool>,
 }
 
 /// Collects errors so that every mistake is reported, not just the first.
@@ -124,6 +126,7 @@ impl Config {
                     config.max_connections =
                         count(&key, &value, "connections", 1, "10000", &mut errors)
                 }
+                "watch" => config.watch = flag(&key, &value, &mut errors),
                 "max_draining" => {
                     config.max_draining = count(&key, &value, "workers", 1, "4", &mut errors)
                 }
@@ -282,6 +285,20 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
+}
+
+/// `true` or `false`.
+fn flag(key: &Ident, value: &RawValue, errors: &mut Errors) -> Option<bool> {
+    match value {
+        RawValue::Bool(lit) => Some(lit.value),
+        other => {
+            errors.push(
+                other.span(),
+                format!("`{key}` is `true` or `false`, not {}", other.kind()),
+            );
+            None
+        }
+    }
 }
 
 /// A whole number of `unit`, at least `least`, like `example`.

@@ -137,6 +137,9 @@ fn bootstrap(func: &ItemFn, config: &Config) -> TokenStream {
             builder.extend(quote! { .#method(#n) });
         }
     }
+    if config.watch == Some(true) {
+        builder.extend(quote! { .watch(true) });
+    }
     if config.mode.as_deref() == Some("single") {
         builder.extend(quote! { .mode(::graceful::Mode::Single) });
     }

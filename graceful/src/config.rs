@@ -28,6 +28,9 @@ pub enum Mode {
     Single,
 }
 
+/// The environment variable that overrides `watch` set in code.
+pub(crate) const ENV_WATCH: &str = "GRACEFUL_WATCH";
+
 /// The environment variable that overrides the mode set in code.
 pub(crate) const ENV_MODE: &str = "GRACEFUL_MODE";
 
@@ -69,6 +72,8 @@ pub(crate) struct Config {
     pub(crate) limits: Limits,
     /// Old workers that may drain at once; beyond it the oldest is cut.
     pub(crate) max_draining: usize,
+    /// Reload when the executable file is replaced.
+    pub(crate) watch: bool,
 }
 
 /// What one connection may cost: the limits a hostile client meets.
@@ -106,6 +111,7 @@ pub(crate) struct Options {
     pub(crate) max_connections: usize,
     pub(crate) max_header_size: usize,
     pub(crate) max_draining: usize,
+    pub(crate) watch: bool,
 }
 
 impl Default for Options {
@@ -124,6 +130,7 @@ impl Default for Options {
             max_connections: 10_000,
             max_header_size: 64 * 1024,
             max_draining: 4,
+            watch: false,
         }
     }
 }
@@ -201,6 +208,19 @@ impl Options {
                 max_header_size: self.max_header_size,
             },
             max_draining: self.max_draining,
+            watch: match std::env::var_os(ENV_WATCH) {
+                None => self.watch,
+                Some(value) => match value.to_str() {
+                    Some("1" | "true") => true,
+                    Some("0" | "false") => false,
+                    _ => {
+                        return Err(Error::InvalidOption {
+                            option: "watch",
+                            reason: format!("{ENV_WATCH}={value:?} is not 1 or 0 (true or false)"),
+                        })
+                    }
+                },
+            },
         })
     }
 }

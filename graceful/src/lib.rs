@@ -129,6 +129,12 @@ pub use tokio_rustls::rustls;
 /// | `worker_threads = 4` | one per core | threads of each worker's runtime |
 /// | `mode = "single"` | `"master"` | one process and no master; see [`Mode`] (`GRACEFUL_MODE` overrides it) |
 /// | `pid_file = "/run/app.pid"` | none | write the serving PID there; see [`Server::pid_file`] |
+/// | `header_timeout = "30s"` | `"30s"` | a connection must start a request within it; see [`Server::header_timeout`] |
+/// | `idle_timeout = "60s"` | `"60s"` | a connection with no new request for it is closed politely; see [`Server::idle_timeout`] |
+/// | `max_connections = 10000` | `10000` | connections per serving process; see [`Server::max_connections`] |
+/// | `max_header_size = 65536` | `65536` | the largest request head, in bytes; see [`Server::max_header_size`] |
+/// | `max_draining = 4` | `4` | old workers draining at once; see [`Server::max_draining`] |
+/// | `watch = true` | `false` | reload when the executable is replaced; see [`Server::watch`] |
 ///
 /// Durations are written like `"500ms"`, `"20s"`, `"1m30s"` or `"4h"`.
 /// Mistakes are compile errors on the offending token.

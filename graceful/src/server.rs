@@ -147,6 +147,18 @@ impl Server {
         self
     }
 
+    /// Reloads when the executable file is replaced (a new build renamed or
+    /// linked over it), once the file has been quiet for 300 ms, as for a
+    /// development loop (default off). A broken build is rolled back like
+    /// any failed reload. `GRACEFUL_WATCH=1` or `0` overrides it. Master mode
+    /// on Linux only (the master watches the file's directory with inotify,
+    /// with no thread and no periodic wake-up); elsewhere it is logged as
+    /// unavailable.
+    pub fn watch(mut self, on: bool) -> Server {
+        self.options.watch = on;
+        self
+    }
+
     /// Master/worker processes (the default) or a single process; see
     /// [`Mode`]. The environment variable `GRACEFUL_MODE` overrides it.
     pub fn mode(mut self, mode: Mode) -> Server {

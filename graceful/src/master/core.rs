@@ -24,6 +24,9 @@ pub(crate) const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// How long a starting worker that closed its control channel may take to
 /// exit before it is killed.
 const CLOSED_GRACE: Duration = Duration::from_secs(1);
+/// How long a changed executable must be quiet before it is reloaded: a
+/// file still being written triggers one reload, once it is complete.
+pub(crate) const WATCH_QUIET: Duration = Duration::from_millis(300);
 
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +48,10 @@ pub(crate) enum Event {
     /// A child was reaped; `how` is "exited with status 3", "was killed by
     /// SIGKILL".
     Exited { pid: u32, how: String },
+    /// The executable file changed (watched with `watch = true`; only
+    /// Linux has the watch).
+    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
+    ExecutableChanged,
     /// Time passed: deadlines up to now are due.
     Tick,
 }
@@ -154,6 +161,9 @@ pub(crate) struct Core {
     phase: Phase,
     /// A reload was asked for while one was in flight: it runs next.
     queued: bool,
+    /// The executable changed: reload at this instant if nothing else
+    /// changes it before.
+    changed: Option<Instant>,
     out: Vec<Action>,
 }
 
@@ -176,6 +186,7 @@ impl Core {
             next_generation: 1,
             phase: Phase::Done,
             queued: false,
+            changed: None,
             out: Vec::new(),
         };
         let first = core.spawn(now);
@@ -234,6 +245,7 @@ impl Core {
                 }
             }
             Event::Exited { pid, how } => self.exited(now, pid, &how),
+            Event::ExecutableChanged => self.changed = Some(now + WATCH_QUIET),
             Event::Tick => self.tick(now),
         }
         std::mem::take(&mut self.out)
@@ -254,7 +266,11 @@ impl Core {
             _ => None,
         };
         let watchdog = self.watchdog.map(|(_, at)| at).filter(|_| self.serving());
-        workers.chain(restart).chain(watchdog).min()
+        workers
+            .chain(restart)
+            .chain(watchdog)
+            .chain(self.changed)
+            .min()
     }
 
     /// Keep-alives go to systemd only while a worker serves, so that its
@@ -494,6 +510,10 @@ impl Core {
     }
 
     fn tick(&mut self, now: Instant) {
+        if self.changed.is_some_and(|at| at <= now) {
+            self.changed = None;
+            self.request_reload(now, "the executable changed");
+        }
         if let Some((every, at)) = self.watchdog {
             if at <= now && self.serving() {
                 self.out.push(Action::Watchdog);
@@ -1233,6 +1253,28 @@ mod tests {
         assert!(!run.at(10_002, Event::Tick).contains(&Action::Watchdog));
         run.at(10_003, Event::Ready { generation: 2 });
         assert_eq!(run.at(10_004, Event::Tick), [Action::Watchdog]);
+    }
+
+    #[test]
+    fn a_changing_executable_is_reloaded_once_it_has_been_quiet() {
+        let mut run = Run::serving();
+        // A file being written: a change every 100 ms for half a second.
+        for at in (1000..=1500).step_by(100) {
+            assert_eq!(run.at(at, Event::ExecutableChanged), []);
+            assert_eq!(run.at(at + 50, Event::Tick), []);
+        }
+        assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 1800));
+        assert_eq!(run.at(1799, Event::Tick), []);
+        let actions = run.at(1800, Event::Tick);
+        assert_eq!(
+            actions[0],
+            Action::Report(Report::ReloadStarted {
+                why: "the executable changed".into(),
+                starting: Some("worker 2".into()),
+            })
+        );
+        assert_eq!(spawns(&actions), 1);
+        assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 31_800));
     }
 
     #[test]

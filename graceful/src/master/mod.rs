@@ -9,6 +9,8 @@
 //! waking up.
 
 mod core;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod watch;
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
@@ -46,6 +48,8 @@ struct Master {
     listeners: Listeners,
     notify: Option<Notifier>,
     children: HashMap<u64, Child>,
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    watch: Option<watch::ExecutableWatch>,
     core: Core,
     exit: Option<Result<(), String>>,
 }
@@ -62,6 +66,24 @@ fn caught_signals(config: &Config) -> Vec<Signal> {
         }
     }
     caught
+}
+
+/// Starts watching the executable, or says why not.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn watch_executable(path: &std::path::Path) -> Option<watch::ExecutableWatch> {
+    match watch::ExecutableWatch::new(path) {
+        Ok(watch) => {
+            log!("watching {} for a new build to reload", path.display());
+            Some(watch)
+        }
+        Err(e) => {
+            log!(
+                "cannot watch {} ({e}); reload with a signal",
+                path.display()
+            );
+            None
+        }
+    }
 }
 
 /// Runs the master until the service has stopped.
@@ -86,6 +108,15 @@ pub(crate) fn run(config: Config) -> Result<(), Error> {
     if let Some(path) = &config.pid_file {
         pidfile::write(path, std::process::id())?;
     }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let watch = config
+        .watch
+        .then(|| watch_executable(executable.path()))
+        .flatten();
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    if config.watch {
+        log!("watch is not available on this platform (it needs inotify); reload with a signal");
+    }
     let watchdog = notify.as_ref().and_then(|n| n.watchdog);
     let (core, actions) = Core::start(&config, watchdog, Instant::now());
     let mut master = Master {
@@ -95,6 +126,8 @@ pub(crate) fn run(config: Config) -> Result<(), Error> {
         listeners: Listeners::new(activated),
         notify,
         children: HashMap::new(),
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        watch,
         core,
         exit: None,
     };
@@ -126,8 +159,15 @@ impl Master {
                     PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
                 }
             };
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            let mut watched = false;
             let readable: Vec<u64> = {
                 let mut fds = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
+                #[cfg(any(target_os = "linux", target_os = "android"))]
+                if let Some(watch) = &self.watch {
+                    fds.push(PollFd::new(watch.fd(), PollFlags::POLLIN));
+                }
+                let first_child = fds.len();
                 let mut owners = Vec::new();
                 for (&generation, child) in &self.children {
                     if let Some(control) = &child.control {
@@ -139,7 +179,11 @@ impl Master {
                     Ok(_) | Err(Errno::EINTR) => {}
                     Err(e) => return Err(Error::io("poll failed in the master", e.into())),
                 }
-                fds[1..]
+                #[cfg(any(target_os = "linux", target_os = "android"))]
+                if self.watch.is_some() {
+                    watched = fds[1].revents().is_some_and(|r| !r.is_empty());
+                }
+                fds[first_child..]
                     .iter()
                     .zip(owners)
                     .filter(|(fd, _)| fd.revents().is_some_and(|r| !r.is_empty()))
@@ -154,6 +198,10 @@ impl Master {
             }
             for generation in readable {
                 self.read_control(generation);
+            }
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            if watched && self.watch.as_ref().is_some_and(|w| w.changed()) {
+                self.handle(Event::ExecutableChanged);
             }
             self.reap();
             self.handle(Event::Tick);

@@ -1,0 +1,54 @@
+//! Watching the executable file for a new build (`watch = true`): inotify on
+//! its directory, one descriptor in the master's `poll` set, no thread and
+//! no timer of its own. Linux only.
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+
+/// Changes to one file, seen through its directory (a build renamed or
+/// linked over the path replaces the file, which a watch on the file itself
+/// would not follow).
+#[derive(Debug)]
+pub(crate) struct ExecutableWatch {
+    inotify: Inotify,
+    name: OsString,
+}
+
+impl ExecutableWatch {
+    pub(crate) fn new(path: &Path) -> std::io::Result<ExecutableWatch> {
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let name = path
+            .file_name()
+            .ok_or_else(|| std::io::Error::other("the path has no file name"))?
+            .to_owned();
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        let mask = AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_MODIFY
+            | AddWatchFlags::IN_ATTRIB;
+        inotify.add_watch(dir, mask)?;
+        Ok(ExecutableWatch { inotify, name })
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.inotify.as_fd()
+    }
+
+    /// Reads what happened since the last call: whether the file changed.
+    pub(crate) fn changed(&self) -> bool {
+        let mut changed = false;
+        while let Ok(events) = self.inotify.read_events() {
+            if events.is_empty() {
+                break;
+            }
+            changed |= events
+                .iter()
+                .any(|event| event.name.as_deref() == Some(self.name.as_os_str()));
+        }
+        changed
+    }
+}

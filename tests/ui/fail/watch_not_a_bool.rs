@@ -1,0 +1,4 @@
+// `watch` is a flag.
+
+#[graceful::main(watch = "yes")]
+async fn main() {}

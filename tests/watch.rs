@@ -1,0 +1,87 @@
+//! `watch`: the master reloads when its executable is replaced, once the
+//! file has been quiet, and rolls a broken build back like any failed
+//! reload. The development loop: rebuild, and the new code serves.
+#![cfg(target_os = "linux")]
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::Duration;
+
+use graceful_dev::http::get;
+use graceful_dev::process::Service;
+use graceful_dev::{temp_dir, testapp, TIMEOUT as T};
+
+#[test]
+fn a_replaced_executable_is_reloaded_once_and_a_broken_build_rolled_back() {
+    let dir = temp_dir("watch");
+    let app = dir.join("app");
+    std::fs::copy(testapp(), &app).unwrap();
+    let service = Service::start(&app, &["127.0.0.1:0"], &[("GRACEFUL_WATCH", "1")]);
+    let addr = service.addr(T);
+    service.ready_worker(1, T);
+    service.wait_line("for a new build to reload", T);
+
+    // A build renamed over the path: one reload.
+    std::fs::copy(testapp(), dir.join("app.new")).unwrap();
+    std::fs::rename(dir.join("app.new"), &app).unwrap();
+    service.wait_line("reload started (the executable changed)", T);
+    service.ready_worker(2, T);
+    service.wait_line("worker 1 (pid", T);
+    service.wait_line_n("after draining", 0, T);
+    assert_eq!(
+        service.count_lines("reload started"),
+        1,
+        "{}",
+        service.log_text()
+    );
+
+    // A build written slowly in place of a removed file (as a linker or a
+    // copy does): one reload, once the file is complete.
+    std::fs::remove_file(&app).unwrap();
+    let bytes = std::fs::read(testapp()).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o755)
+        .open(&app)
+        .unwrap();
+    for chunk in bytes.chunks(bytes.len() / 5 + 1) {
+        file.write_all(chunk).unwrap();
+        file.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(file);
+    service.ready_worker(3, T);
+    service.wait_line_n("after draining", 1, T);
+    assert_eq!(
+        service.count_lines("reload started"),
+        2,
+        "{}",
+        service.log_text()
+    );
+    assert_eq!(
+        service.count_lines("reload failed"),
+        0,
+        "{}",
+        service.log_text()
+    );
+
+    // A broken build: rolled back, worker 3 keeps serving.
+    std::fs::remove_file(&app).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o755)
+        .open(&app)
+        .unwrap()
+        .write_all(b"#!/bin/sh\nexit 3\n")
+        .unwrap();
+    let failed = service.wait_line("reload failed", T);
+    assert!(
+        failed.contains("exited with status 3 before it was ready"),
+        "{failed}"
+    );
+    assert_eq!(get(&addr, "/").unwrap().0, 200);
+    drop(service);
+    std::fs::remove_dir_all(dir).unwrap();
+}
