@@ -26,7 +26,7 @@ pub fn tool(name: &str) -> PathBuf {
     let install = match name {
         "curl" => "apt-get install curl",
         "systemd-socket-activate" => "apt-get install systemd (installing it starts nothing)",
-        "unshare" | "prlimit" => "apt-get install util-linux",
+        "unshare" | "prlimit" | "taskset" => "apt-get install util-linux",
         "supervisord" | "supervisorctl" => "python3 -m pip install supervisor",
         _ => "see scripts/test",
     };

@@ -11,6 +11,16 @@
 //! Options: `--reloads N` (default 100), `--seconds S` of steady-state load
 //! per server and mode, in alternating 1 s slices (default 5), `--clients C`
 //! (default 32).
+//!
+//! Two more measurements, each on its own:
+//! - `bench --pinned [ROUNDS] [SECONDS]`: throughput with the servers on CPU 0
+//!   and the load generator on CPU 1 (`taskset`, `sched_setaffinity`), so
+//!   that a few percent can be told from noise; the ratio's median and
+//!   spread over the rounds (default 5 rounds of 5 s).
+//! - `bench --idle-connections N`: N idle keep-alive connections open across
+//!   a reload: the worker's memory per connection, the time from the new
+//!   worker ready to the old one gone, and requests on new connections
+//!   meanwhile.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -137,6 +147,97 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// Throughput of graceful against plain hyper-util with the servers pinned
+/// to CPU 0 and this load generator to CPU 1, in interleaved 1 s slices,
+/// several rounds; prints each round's ratio, the median and the spread.
+fn pinned(me: &std::path::Path, rounds: usize, seconds: u64) {
+    let mut mine = nix::sched::CpuSet::new();
+    mine.set(1).expect("CPU 1");
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &mine).expect("pin to CPU 1");
+    let taskset = graceful_dev::tool("taskset");
+    let me = me.to_str().unwrap();
+    println!(
+        "bench --pinned: servers on CPU 0, load generator on CPU 1; {rounds} rounds of {seconds} s per server and mode, 32 clients\n"
+    );
+    println!("| mode | ratio graceful / plain, each round | median | min – max |");
+    println!("| --- | --- | --- | --- |");
+    for mode in Mode::ALL {
+        let mut ratios = Vec::new();
+        for _ in 0..rounds {
+            let plain = Service::start(&taskset, &["-c", "0", me, "--plain", "127.0.0.1:0"], &[]);
+            let plain_addr: SocketAddr = plain.addr(T).parse().unwrap();
+            let service =
+                Service::start(&taskset, &["-c", "0", me, "--graceful", "127.0.0.1:0"], &[]);
+            let addr: SocketAddr = service.addr(T).parse().unwrap();
+            service.ready_worker(1, T);
+            let (mut plain_rate, mut rate) = (Vec::new(), Vec::new());
+            for slice in 0..seconds * 2 {
+                let (target, into) = if slice % 2 == 0 {
+                    (plain_addr, &mut plain_rate)
+                } else {
+                    (addr, &mut rate)
+                };
+                let load = Load::start(target, mode, 32, "/");
+                std::thread::sleep(Duration::from_secs(1));
+                let report = load.stop();
+                report.assert_clean(mode.name());
+                into.push(report.ok as f64 / report.elapsed.as_secs_f64());
+            }
+            let sum = |v: &[f64]| v.iter().sum::<f64>();
+            ratios.push(sum(&rate) / sum(&plain_rate));
+        }
+        let cells: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+        let (min, max) = ratios
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &r| (a.min(r), b.max(r)));
+        println!(
+            "| {} | {} | {:.3} | {min:.3} – {max:.3} |",
+            mode.name(),
+            cells.join(", "),
+            median(ratios.clone())
+        );
+    }
+}
+
+/// `n` idle keep-alive connections across a reload.
+fn idle_connections(me: &std::path::Path, n: usize) {
+    use std::io::{Read, Write};
+    let service = Service::start(me, &["--graceful", "127.0.0.1:0"], &[]);
+    let addr: SocketAddr = service.addr(T).parse().unwrap();
+    let worker = service.ready_worker(1, T);
+    let rss = |pid| status_value(pid, "VmRSS:").unwrap_or(0);
+    let before = rss(worker);
+    let mut idle = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = [0u8; 512];
+        let _ = c.read(&mut buf).unwrap();
+        idle.push(c);
+    }
+    let after = rss(worker);
+    let fresh = Load::start(addr, Mode::NewConnection, 4, "/");
+    assert!(fresh.wait_progress(100, T));
+    service.signal(Signal::SIGHUP);
+    service.wait_line("reload finished", T);
+    let ready = Instant::now();
+    service.wait_line("after draining", T);
+    let gone = ready.elapsed();
+    let report = fresh.stop();
+    report.assert_clean("new connections during the reload");
+    println!("bench --idle-connections {n}\n");
+    println!("| idle keep-alive connections | worker RSS before / after | per connection | new worker ready → old worker gone | requests on new connections meanwhile: ok / failed |");
+    println!("| --- | --- | --- | --- | --- |");
+    println!(
+        "| {n} | {before} / {after} KiB | {:.1} KiB | {:.0} ms | {} / {} |",
+        (after.saturating_sub(before)) as f64 / n as f64,
+        gone.as_secs_f64() * 1000.0,
+        report.ok,
+        report.failed()
+    );
+    drop(idle);
+}
+
 fn main() {
     let first = std::env::args().nth(1);
     if first.as_deref() == Some("--plain") {
@@ -153,7 +254,10 @@ fn main() {
         if let (Some(cert), Some(key)) = (std::env::args().nth(3), std::env::args().nth(4)) {
             registration = registration.tls(graceful::TlsConfig::from_pem_files(cert, key));
         }
-        let server = graceful::Server::new().add_registration(registration);
+        // Room for the scale measurement's 10,000 idle connections.
+        let server = graceful::Server::new()
+            .max_connections(50_000)
+            .add_registration(registration);
         let code = match server.run() {
             Ok(()) => 0,
             Err(e) => {
@@ -182,8 +286,22 @@ fn main() {
         );
         return;
     }
-    let o = options();
     let me = std::env::current_exe().unwrap();
+    if first.as_deref() == Some("--pinned") {
+        let number = |n: usize, default: u64| {
+            std::env::args()
+                .nth(n)
+                .map_or(default, |v| v.parse().expect("a number"))
+        };
+        return pinned(&me, number(2, 5) as usize, number(3, 5));
+    }
+    if first.as_deref() == Some("--idle-connections") {
+        let n = std::env::args()
+            .nth(2)
+            .map_or(10_000, |v| v.parse().expect("a number"));
+        return idle_connections(&me, n);
+    }
+    let o = options();
     println!(
         "bench: {} reloads per mode, {} s steady state per server and mode, {} clients, {} cores",
         o.reloads,
