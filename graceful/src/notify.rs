@@ -15,6 +15,7 @@ use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
 use crate::log::log;
+use crate::status::Report;
 
 #[derive(Debug)]
 pub(crate) struct Notifier {
@@ -95,6 +96,19 @@ fn address(text: &str) -> std::io::Result<std::os::unix::net::SocketAddr> {
         }
     }
     std::os::unix::net::SocketAddr::from_pathname(text)
+}
+
+/// Tells of a lifecycle event: its log line, and its notification to systemd
+/// when there is a notifier.
+pub(crate) fn publish(report: &Report, notifier: Option<&Notifier>) {
+    if let Some(line) = report.log_line() {
+        log!("{line}");
+    }
+    if let Some(notifier) = notifier {
+        if let Some(message) = report.notification(monotonic_usec()) {
+            notifier.send(&message);
+        }
+    }
 }
 
 /// `MONOTONIC_USEC=` for `RELOADING=1`: CLOCK_MONOTONIC in microseconds.

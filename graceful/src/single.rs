@@ -23,7 +23,7 @@ use crate::control::{self, Channel, ToMaster};
 use crate::exec::Executable;
 use crate::listeners::Listeners;
 use crate::log::log;
-use crate::notify::{monotonic_usec, Notifier};
+use crate::notify::{self, Notifier};
 use crate::registration::{MainOutput, Registration};
 use crate::role::{Parent, ENV_INHERIT, ENV_ROLE};
 use crate::serve::{self, Adapter, Listener, StartError};
@@ -80,16 +80,7 @@ impl Shared {
     }
 
     fn report(&self, report: &Report) {
-        if let Some(line) = report.log_line() {
-            log!("{line}");
-        }
-        if let Some(message) = self
-            .systemd
-            .as_ref()
-            .and_then(|_| report.notification(monotonic_usec()))
-        {
-            self.notify(&message);
-        }
+        notify::publish(report, self.systemd.as_ref().map(|s| &s.notifier));
     }
 
     fn listeners(&self) -> std::sync::MutexGuard<'_, Listeners> {

@@ -28,9 +28,8 @@ use crate::control::{self, ToMaster, ToWorker};
 use crate::exec::Executable;
 use crate::listeners::Listeners;
 use crate::log::log;
-use crate::notify::Notifier;
+use crate::notify::{self, Notifier};
 use crate::signal::SignalPipe;
-use crate::status::Report;
 use crate::{activation, pidfile, Error, Signal};
 
 /// A started worker, as the loop knows it: its PID and its channel.
@@ -232,7 +231,7 @@ impl Master {
                     None
                 }
                 Action::Report(report) => {
-                    self.report(&report);
+                    notify::publish(&report, self.notify.as_ref());
                     None
                 }
                 Action::Log(line) => {
@@ -268,17 +267,6 @@ impl Master {
     fn notify(&self, message: &str) {
         if let Some(notify) = &self.notify {
             notify.send(message);
-        }
-    }
-
-    fn report(&self, report: &Report) {
-        if let Some(line) = report.log_line() {
-            log!("{line}");
-        }
-        if let Some(notify) = &self.notify {
-            if let Some(message) = report.notification(crate::notify::monotonic_usec()) {
-                notify.send(&message);
-            }
         }
     }
 
