@@ -43,32 +43,38 @@ where
 {
     let worker = Worker {
         generation: parent.generation,
-        raw: Some(parent.control),
-        channel: None,
+        control: Control::Raw(parent.control),
     };
     serve::run(config, registrations, main, worker)
 }
 
 struct Worker {
     generation: u64,
-    /// The control socket until the runtime takes it as `channel`.
-    raw: Option<OwnedFd>,
-    channel: Option<Arc<Channel>>,
+    control: Control,
+}
+
+/// The control socket: as inherited until the runtime takes it.
+enum Control {
+    Raw(OwnedFd),
+    Channel(Arc<Channel>),
+    /// Taking it onto the runtime failed.
+    Gone,
 }
 
 impl Worker {
     fn control(&self) -> Option<BorrowedFd<'_>> {
-        match (&self.channel, &self.raw) {
-            (Some(channel), _) => Some(channel.fd()),
-            (None, Some(raw)) => Some(raw.as_fd()),
-            (None, None) => None,
+        match &self.control {
+            Control::Raw(raw) => Some(raw.as_fd()),
+            Control::Channel(channel) => Some(channel.fd()),
+            Control::Gone => None,
         }
     }
 
-    fn channel(&self) -> Result<&Channel, String> {
-        self.channel
-            .as_deref()
-            .ok_or_else(|| "the control channel is not set up".to_string())
+    fn channel(&self) -> Result<&Arc<Channel>, String> {
+        match &self.control {
+            Control::Channel(channel) => Ok(channel),
+            _ => Err("the control channel is not set up".to_string()),
+        }
     }
 }
 
@@ -79,12 +85,12 @@ impl Adapter for Worker {
 
     fn install(&mut self, config: &Config) -> Result<(), Error> {
         signal::handle_in_serving(&config.reload_signals, &config.stop_signals, None)?;
-        if let Some(raw) = self.raw.take() {
+        if let Control::Raw(raw) = std::mem::replace(&mut self.control, Control::Gone) {
             let channel =
                 Channel::new(raw).map_err(|e| Error::io("cannot watch the control socket", e))?;
             let channel = Arc::new(channel);
             let _ = CONTROL.set(channel.clone());
-            self.channel = Some(channel);
+            self.control = Control::Channel(channel);
         }
         Ok(())
     }
@@ -105,10 +111,7 @@ impl Adapter for Worker {
     }
 
     async fn ready(&mut self, _config: &Config, _started: Instant) -> Result<(), StartError> {
-        let channel = self
-            .channel
-            .clone()
-            .ok_or_else(|| StartError::Announce("the control channel is not set up".into()))?;
+        let channel = self.channel().map_err(StartError::Announce)?.clone();
         channel.send(&ToMaster::Ready).map_err(|e| {
             StartError::Announce(format!("cannot tell the master this worker is ready: {e}"))
         })?;
