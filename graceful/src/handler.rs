@@ -325,9 +325,10 @@ impl Handler {
         let Kind::Stream(call) = &self.kind else {
             unreachable!("serve_stream is called for stream handlers only");
         };
-        let shown = format!("{peer:?}");
+        // For the log line on a panic only: a copy, formatted then.
+        let from = peer.clone();
         if let Err(message) = CatchUnwind(call(conn, peer)).await {
-            log!("stream handler panicked on a connection from {shown}: {message}; connection closed");
+            log!("stream handler panicked on a connection from {from:?}: {message}; connection closed");
         }
     }
 
