@@ -108,8 +108,7 @@ pub(crate) fn take() -> Vec<Activated> {
             return Vec::new();
         }
     }
-    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map_or(1024, |(soft, _)| soft);
+    let limit = crate::fd::open_file_limit().unwrap_or(1024);
     let count = match parse_count(&count, limit) {
         Ok(count) => count,
         Err(why) => {

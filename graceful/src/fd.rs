@@ -20,6 +20,14 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// The soft limit on open descriptors: how many this process may have.
+pub(crate) fn open_file_limit() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, Resource};
+    getrlimit(Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(soft, _)| soft)
+}
+
 /// Raises the soft limit on open descriptors to the hard limit, as Go's
 /// runtime does: the soft limit many systems start services with (1024) is
 /// what a few hundred idle clients exhaust. Returns the limits before and

@@ -289,15 +289,12 @@ fn start_serving(served: Vec<Served>, config: &Config) -> Vec<JoinHandle<()>> {
 /// open-file limit with some to spare.
 fn connection_cap(max_connections: usize) -> usize {
     #[cfg(unix)]
-    let fits = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(
-        usize::MAX,
-        |(soft, _)| {
-            usize::try_from(soft)
-                .unwrap_or(usize::MAX)
-                .saturating_sub(SPARE_DESCRIPTORS)
-                .max(1)
-        },
-    );
+    let fits = crate::fd::open_file_limit().map_or(usize::MAX, |soft| {
+        usize::try_from(soft)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(SPARE_DESCRIPTORS)
+            .max(1)
+    });
     #[cfg(not(unix))]
     let fits = usize::MAX;
     let cap = max_connections.min(fits).min(Semaphore::MAX_PERMITS);
