@@ -31,10 +31,15 @@ const KEYS: &[&str] = &[
     "max_header_size",
     "max_draining",
     "watch",
+    "control_socket",
+    "watchdog",
 ];
 
 /// The smallest `max_header_size` the runtime accepts (hyper's read buffer).
 const MIN_HEADER_SIZE: usize = 8192;
+
+/// The shortest `watchdog` period the runtime accepts.
+const MIN_WATCHDOG_MS: u64 = 100;
 
 /// Values of `mode`.
 const MODES: &[&str] = &["master", "single"];
@@ -63,6 +68,8 @@ pub(crate) struct Config {
     pub(crate) max_header_size: Option<usize>,
     pub(crate) max_draining: Option<usize>,
     pub(crate) watch: Option<bool>,
+    pub(crate) control_socket: Option<syn::LitStr>,
+    pub(crate) watchdog: Option<u64>,
 }
 
 /// Collects errors so that every mistake is reported, not just the first.
@@ -136,6 +143,18 @@ impl Config {
                 }
                 "mode" => config.mode = mode(&key, &value, &mut errors),
                 "pid_file" => config.pid_file = path(&key, &value, &mut errors),
+                "control_socket" => config.control_socket = path(&key, &value, &mut errors),
+                "watchdog" => {
+                    config.watchdog = duration(&key, &value, false, &mut errors);
+                    if config.watchdog.is_some_and(|ms| ms < MIN_WATCHDOG_MS) {
+                        errors.push(
+                            value.span(),
+                            format!(
+                                "`watchdog` must be at least {MIN_WATCHDOG_MS}ms: a worker needs time to answer a check"
+                            ),
+                        );
+                    }
+                }
                 _ => unreachable!("every key in KEYS is handled"),
             }
         }

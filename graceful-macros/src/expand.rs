@@ -104,6 +104,7 @@ fn bootstrap(func: &ItemFn, config: &Config) -> TokenStream {
         (config.idle_grace, "idle_grace"),
         (config.header_timeout, "header_timeout"),
         (config.idle_timeout, "idle_timeout"),
+        (config.watchdog, "watchdog"),
     ];
     for (ms, method) in durations {
         if let Some(ms) = ms {
@@ -145,6 +146,9 @@ fn bootstrap(func: &ItemFn, config: &Config) -> TokenStream {
     }
     if let Some(path) = &config.pid_file {
         builder.extend(quote! { .pid_file(#path) });
+    }
+    if let Some(path) = &config.control_socket {
+        builder.extend(quote! { .control_socket(#path) });
     }
 
     quote! {

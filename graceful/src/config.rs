@@ -28,6 +28,12 @@ pub enum Mode {
     Single,
 }
 
+/// The environment variable that overrides `control_socket` set in code (an
+/// empty value turns it off). The `graceful` command reads it too.
+pub(crate) const ENV_CONTROL_SOCKET: &str = "GRACEFUL_CONTROL_SOCKET";
+/// The shortest `watchdog` period: a check must have time to be answered.
+pub(crate) const MIN_WATCHDOG: Duration = Duration::from_millis(100);
+
 /// The environment variable that overrides `watch` set in code.
 pub(crate) const ENV_WATCH: &str = "GRACEFUL_WATCH";
 
@@ -74,6 +80,11 @@ pub(crate) struct Config {
     pub(crate) max_draining: usize,
     /// Reload when the executable file is replaced.
     pub(crate) watch: bool,
+    /// Where the master answers the `graceful` command (reload, status).
+    pub(crate) control_socket: Option<PathBuf>,
+    /// How often the master checks that the serving worker's runtime
+    /// answers, when systemd does not set the period (`WATCHDOG_USEC`).
+    pub(crate) watchdog: Option<Duration>,
 }
 
 /// What one connection may cost: the limits a hostile client meets.
@@ -112,6 +123,8 @@ pub(crate) struct Options {
     pub(crate) max_header_size: usize,
     pub(crate) max_draining: usize,
     pub(crate) watch: bool,
+    pub(crate) control_socket: Option<PathBuf>,
+    pub(crate) watchdog: Option<Duration>,
 }
 
 impl Default for Options {
@@ -131,6 +144,8 @@ impl Default for Options {
             max_header_size: 64 * 1024,
             max_draining: 4,
             watch: false,
+            control_socket: None,
+            watchdog: None,
         }
     }
 }
@@ -182,6 +197,12 @@ impl Options {
                 ),
             ));
         }
+        if self.watchdog.is_some_and(|every| every < MIN_WATCHDOG) {
+            return Err(invalid(
+                "watchdog",
+                &format!("a worker needs at least {MIN_WATCHDOG:?} to answer a check"),
+            ));
+        }
         if self.stop_signals.is_empty() {
             return Err(Error::NoStopSignal);
         }
@@ -208,6 +229,12 @@ impl Options {
                 max_header_size: self.max_header_size,
             },
             max_draining: self.max_draining,
+            control_socket: match std::env::var_os(ENV_CONTROL_SOCKET) {
+                None => self.control_socket,
+                Some(value) if value.is_empty() => None,
+                Some(value) => Some(PathBuf::from(value)),
+            },
+            watchdog: self.watchdog,
             watch: match std::env::var_os(ENV_WATCH) {
                 None => self.watch,
                 Some(value) => match value.to_str() {

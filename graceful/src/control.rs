@@ -22,6 +22,7 @@ use crate::addr::{ListenAddr, ListenRequest};
 #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
 use crate::fd::set_cloexec;
 use crate::fd::set_nonblocking;
+use crate::status::Outcome;
 
 /// Largest message either side sends (addresses and failure reasons).
 const MAX_MESSAGE: usize = 16 * 1024;
@@ -36,8 +37,12 @@ pub(crate) enum ToMaster {
     Ready,
     /// The start failed, for this reason; the child exits next.
     Failed(String),
-    /// `graceful::reload()` was called.
+    /// `graceful::reload()` was called; the outcome is answered with
+    /// `Reloaded`.
     Reload,
+    /// The answer to `Check`, from the runtime: it runs, with this many
+    /// connections open.
+    Alive { check: u64, connections: u64 },
 }
 
 /// Parent to child. `Fd` is the listener: borrowed when sent, owned when
@@ -50,6 +55,10 @@ pub(crate) enum ToWorker<Fd> {
     ListenError(String),
     /// Drain and exit.
     Stop,
+    /// Answer with `Alive` from the runtime.
+    Check(u64),
+    /// How the reload this process asked for ended.
+    Reloaded(Outcome),
 }
 
 /// Why received bytes are not a message.
@@ -72,6 +81,9 @@ const RELOAD: u8 = b'H';
 const LISTENER: u8 = b'O';
 const LISTEN_ERROR: u8 = b'E';
 const STOP: u8 = b'S';
+const ALIVE: u8 = b'A';
+const CHECK: u8 = b'C';
+const RELOADED: u8 = b'D';
 
 /// A message as it is sent.
 pub(crate) trait Encode {
@@ -105,6 +117,17 @@ fn reason(payload: &[u8]) -> String {
     String::from_utf8_lossy(payload).into_owned()
 }
 
+/// A big-endian `u64` at the start of `payload`, and the rest.
+fn be_u64(tag: u8, payload: &[u8]) -> Result<(u64, &[u8]), DecodeError> {
+    match payload.split_first_chunk::<8>() {
+        Some((bytes, rest)) => Ok((u64::from_be_bytes(*bytes), rest)),
+        None => Err(DecodeError::Malformed {
+            tag: char::from(tag),
+            why: format!("{} byte(s) where a number of 8 was expected", payload.len()),
+        }),
+    }
+}
+
 fn no_payload<M>(tag: u8, payload: &[u8], message: M) -> Result<M, DecodeError> {
     if payload.is_empty() {
         Ok(message)
@@ -129,6 +152,12 @@ impl Encode for ToMaster {
             ToMaster::Ready => vec![READY],
             ToMaster::Failed(why) => tagged(FAILED, why),
             ToMaster::Reload => vec![RELOAD],
+            ToMaster::Alive { check, connections } => {
+                let mut bytes = vec![ALIVE];
+                bytes.extend_from_slice(&check.to_be_bytes());
+                bytes.extend_from_slice(&connections.to_be_bytes());
+                bytes
+            }
         };
         (bytes, None)
     }
@@ -157,6 +186,11 @@ impl Decode for ToMaster {
             READY => no_payload(tag, payload, ToMaster::Ready),
             FAILED => Ok(ToMaster::Failed(reason(payload))),
             RELOAD => no_payload(tag, payload, ToMaster::Reload),
+            ALIVE => {
+                let (check, rest) = be_u64(tag, payload)?;
+                let (connections, rest) = be_u64(tag, rest)?;
+                no_payload(tag, rest, ToMaster::Alive { check, connections })
+            }
             other => Err(DecodeError::UnknownTag(other)),
         }
     }
@@ -168,6 +202,28 @@ impl Encode for ToWorker<BorrowedFd<'_>> {
             ToWorker::Listener(fd) => (vec![LISTENER], Some(*fd)),
             ToWorker::ListenError(why) => (tagged(LISTEN_ERROR, why), None),
             ToWorker::Stop => (vec![STOP], None),
+            ToWorker::Check(check) => {
+                let mut bytes = vec![CHECK];
+                bytes.extend_from_slice(&check.to_be_bytes());
+                (bytes, None)
+            }
+            ToWorker::Reloaded(Outcome::Reloaded {
+                generation,
+                pid,
+                took,
+            }) => {
+                // 1, then the generation, the PID and the milliseconds.
+                let mut bytes = vec![RELOADED, 1];
+                bytes.extend_from_slice(&generation.to_be_bytes());
+                bytes.extend_from_slice(&pid.to_be_bytes());
+                let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+                bytes.extend_from_slice(&ms.to_be_bytes());
+                (bytes, None)
+            }
+            ToWorker::Reloaded(Outcome::Failed(why)) => {
+                // 0, then the reason.
+                (tagged(RELOADED, &format!("\0{why}")), None)
+            }
         }
     }
 }
@@ -182,6 +238,37 @@ impl Decode for ToWorker<OwnedFd> {
             }
             LISTEN_ERROR => Ok(ToWorker::ListenError(reason(payload))),
             STOP => no_payload(tag, payload, ToWorker::Stop),
+            CHECK => {
+                let (check, rest) = be_u64(tag, payload)?;
+                no_payload(tag, rest, ToWorker::Check(check))
+            }
+            RELOADED => match payload.split_first() {
+                Some((0, why)) => Ok(ToWorker::Reloaded(Outcome::Failed(reason(why)))),
+                Some((1, rest)) => {
+                    let (generation, rest) = be_u64(tag, rest)?;
+                    let Some((pid, rest)) = rest.split_first_chunk::<4>() else {
+                        return Err(DecodeError::Malformed {
+                            tag: 'D',
+                            why: "no PID".into(),
+                        });
+                    };
+                    let (ms, rest) = be_u64(tag, rest)?;
+                    let outcome = Outcome::Reloaded {
+                        generation,
+                        pid: u32::from_be_bytes(*pid),
+                        took: std::time::Duration::from_millis(ms),
+                    };
+                    no_payload(tag, rest, ToWorker::Reloaded(outcome))
+                }
+                Some((other, _)) => Err(DecodeError::Malformed {
+                    tag: 'D',
+                    why: format!("outcome flag {other}"),
+                }),
+                None => Err(DecodeError::Malformed {
+                    tag: 'D',
+                    why: "no outcome".into(),
+                }),
+            },
             other => Err(DecodeError::UnknownTag(other)),
         }
     }
@@ -361,8 +448,48 @@ mod tests {
             ToMaster::Failed("main panicked: wé".into()),
             ToMaster::Failed(String::new()),
             ToMaster::Reload,
+            ToMaster::Alive {
+                check: u64::MAX,
+                connections: 0,
+            },
+            ToMaster::Alive {
+                check: 7,
+                connections: 10_000,
+            },
         ] {
             assert_eq!(round_trip(&message), message);
+        }
+    }
+
+    #[test]
+    fn every_message_to_a_worker_without_a_descriptor_round_trips() {
+        let round_trip = |message: ToWorker<BorrowedFd<'_>>| {
+            let (bytes, fd) = message.encode();
+            assert!(fd.is_none());
+            ToWorker::<OwnedFd>::decode(&bytes, None).unwrap()
+        };
+        assert!(matches!(round_trip(ToWorker::Stop), ToWorker::Stop));
+        assert!(matches!(
+            round_trip(ToWorker::Check(u64::MAX - 1)),
+            ToWorker::Check(n) if n == u64::MAX - 1
+        ));
+        assert!(matches!(
+            round_trip(ToWorker::ListenError("in use".into())),
+            ToWorker::ListenError(why) if why == "in use"
+        ));
+        for outcome in [
+            Outcome::Reloaded {
+                generation: 1 << 40,
+                pid: u32::MAX,
+                took: std::time::Duration::from_millis(1234),
+            },
+            Outcome::Failed("worker 2 (pid 9) exited with status 3: é".into()),
+            Outcome::Failed(String::new()),
+        ] {
+            match round_trip(ToWorker::Reloaded(outcome.clone())) {
+                ToWorker::Reloaded(got) => assert_eq!(got, outcome),
+                other => panic!("unexpected {other:?}"),
+            }
         }
     }
 
@@ -429,6 +556,35 @@ mod tests {
         assert!(matches!(
             to_worker(b"S!"),
             DecodeError::Malformed { tag: 'S', .. }
+        ));
+        // Numbers that are cut short, or followed by more.
+        assert_eq!(
+            to_worker(b"C\0\0\0"),
+            DecodeError::Malformed {
+                tag: 'C',
+                why: "3 byte(s) where a number of 8 was expected".into()
+            }
+        );
+        assert!(matches!(
+            to_worker(b"C\0\0\0\0\0\0\0\x01!"),
+            DecodeError::Malformed { tag: 'C', .. }
+        ));
+        assert!(matches!(
+            decode(b"A\0\0\0\0\0\0\0\x01\0"),
+            DecodeError::Malformed { tag: 'A', .. }
+        ));
+        // An outcome without its flag, with an unknown flag, or cut short.
+        assert!(matches!(
+            to_worker(b"D"),
+            DecodeError::Malformed { tag: 'D', .. }
+        ));
+        assert!(matches!(
+            to_worker(b"D\x02"),
+            DecodeError::Malformed { tag: 'D', .. }
+        ));
+        assert!(matches!(
+            to_worker(b"D\x01\0\0\0\0\0\0\0\x02\0\0"),
+            DecodeError::Malformed { tag: 'D', .. }
         ));
     }
 

@@ -126,6 +126,23 @@ pub enum Error {
     /// The worker registered no listener.
     #[error("no listener was registered; call `graceful::register!(addr, handler)` in main")]
     NoListeners,
+    /// A reload was asked for and waited on, and did not take effect: the
+    /// serving worker (or process) still serves.
+    #[error("{reason}")]
+    ReloadFailed {
+        /// Why, as the log says it (`reload failed: worker 7 (pid 123)
+        /// exited with status 3 before it was ready: ...; still serving with
+        /// worker 6 (pid 120)`).
+        reason: String,
+    },
+    /// The control socket of a service could not be used.
+    #[error("control socket {socket:?}: {reason}")]
+    Control {
+        /// The socket's path.
+        socket: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -61,6 +61,8 @@ mod addr;
 mod config;
 #[cfg(unix)]
 mod control;
+#[cfg(unix)]
+pub mod ctl;
 mod drain;
 mod error;
 #[cfg(unix)]
@@ -248,7 +250,8 @@ macro_rules! register {
     };
 }
 
-/// Asks the master to reload, exactly as a reload signal does.
+/// Asks the master to reload, exactly as a reload signal does, and returns
+/// once the request is sent; [`reload_and_wait`] also waits for the outcome.
 ///
 /// It goes over the worker's control channel, not through a signal, so it
 /// works when the master is PID 1 in a container. In single-process mode it
@@ -258,7 +261,7 @@ macro_rules! register {
 pub fn reload() -> Result<(), Error> {
     // A single-mode process reloads itself; a worker asks its master.
     #[cfg(unix)]
-    return match (single::request_reload(), worker::request_reload()) {
+    return match (single::request_reload(None), worker::request_reload(None)) {
         (Some(()), _) => Ok(()),
         (None, Some(asked)) => asked,
         (None, None) => Err(Error::NotManaged),
@@ -267,6 +270,80 @@ pub fn reload() -> Result<(), Error> {
     return Err(Error::Unsupported {
         what: "graceful::reload()",
     });
+}
+
+/// A reload that took effect: the generation that now serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Reloaded {
+    /// The new worker's generation (1 is the first worker; in single mode,
+    /// the successor's generation).
+    pub generation: u64,
+    /// The PID of the process that now serves.
+    pub pid: u32,
+    /// What the master says about it, for a person: `generation 4 (pid
+    /// 31207) is serving; it was ready in 38 ms`.
+    pub message: String,
+}
+
+/// Asks for a reload, as [`reload`] does, and resolves to its outcome: the
+/// new generation and its PID once it serves, or [`Error::ReloadFailed`]
+/// with the reason once the reload was rolled back.
+///
+/// A request made while a reload runs is covered by the next one (as with
+/// signals), and resolves to that reload's outcome. In master mode the
+/// calling worker is the old one: it is told the outcome before it is told
+/// to drain. In single mode, a request made while a successor starts
+/// resolves to that successor's outcome. The wait is bounded by the
+/// master's `ready_timeout` (twice it, for a request that waits behind
+/// another reload).
+///
+/// ```no_run
+/// # async fn deploy() -> Result<(), graceful::Error> {
+/// let reloaded = graceful::reload_and_wait().await?;
+/// println!("now serving: pid {}", reloaded.pid);
+/// # Ok(())
+/// # }
+/// ```
+pub async fn reload_and_wait() -> Result<Reloaded, Error> {
+    #[cfg(unix)]
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if single::request_reload(Some(tx)).is_none() {
+            let (tx, rx2) = tokio::sync::oneshot::channel();
+            match worker::request_reload(Some(tx)) {
+                None => return Err(Error::NotManaged),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(())) => return outcome(rx2.await),
+            }
+        }
+        outcome(rx.await)
+    }
+    #[cfg(not(unix))]
+    return Err(Error::Unsupported {
+        what: "graceful::reload_and_wait()",
+    });
+}
+
+#[cfg(unix)]
+fn outcome(
+    answer: Result<status::Outcome, tokio::sync::oneshot::error::RecvError>,
+) -> Result<Reloaded, Error> {
+    match answer {
+        Ok(
+            outcome @ status::Outcome::Reloaded {
+                generation, pid, ..
+            },
+        ) => Ok(Reloaded {
+            generation,
+            pid,
+            message: outcome.line(),
+        }),
+        Ok(status::Outcome::Failed(reason)) => Err(Error::ReloadFailed { reason }),
+        Err(_) => Err(Error::ReloadFailed {
+            reason: "no outcome: the master exited, or this process is stopping".into(),
+        }),
+    }
 }
 
 /// The drop-in for Go's `http.ListenAndServe`: serves `handler` on `addr`

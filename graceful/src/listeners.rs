@@ -209,6 +209,13 @@ impl Listeners {
         }
     }
 
+    /// Where each held listener listens, sorted, for a status answer.
+    pub(crate) fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.map.values().map(|held| held.local.clone()).collect();
+        names.sort();
+        names
+    }
+
     /// Closes every listener for good.
     pub(crate) fn close_all(&mut self) {
         for (_, held) in self.map.drain() {

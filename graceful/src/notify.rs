@@ -8,8 +8,9 @@
 //! `MONOTONIC_USEC=` when a reload starts and `READY=1` when it ends, whether
 //! it succeeded or was rolled back; `STATUS=` lines naming the generation, the
 //! worker PID and the last reload's result; `STOPPING=1` and
-//! `EXTEND_TIMEOUT_USEC=` on stop; `WATCHDOG=1` while a process serves, when
-//! `WATCHDOG_USEC` asks for it.
+//! `EXTEND_TIMEOUT_USEC=` on stop; `WATCHDOG=1` when `WATCHDOG_USEC` asks for it: in
+//! master mode each time the serving worker answers the master's check, in
+//! single mode at half the timeout while the process serves.
 
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
@@ -21,7 +22,8 @@ use crate::status::Report;
 pub(crate) struct Notifier {
     socket: UnixDatagram,
     addr: std::os::unix::net::SocketAddr,
-    /// Interval of `WATCHDOG=1` keep-alives: half of `WATCHDOG_USEC`.
+    /// systemd's watchdog timeout, `WATCHDOG_USEC`: `WATCHDOG=1` must come
+    /// more often than this.
     pub(crate) watchdog: Option<Duration>,
 }
 
@@ -74,7 +76,7 @@ fn watchdog_from_env() -> Option<Duration> {
             return None;
         }
     }
-    (usec > 0).then(|| Duration::from_micros(usec / 2))
+    (usec > 0).then(|| Duration::from_micros(usec))
 }
 
 fn address(text: &str) -> std::io::Result<std::os::unix::net::SocketAddr> {

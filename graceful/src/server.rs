@@ -159,6 +159,32 @@ impl Server {
         self
     }
 
+    /// The master's control socket (default none): a Unix socket, created
+    /// owner-only, on which `graceful reload` waits for a reload's outcome
+    /// and `graceful status` reads the service's state (see the README's
+    /// section for operators). `GRACEFUL_CONTROL_SOCKET` overrides it (empty:
+    /// none). A stale socket left by a master that died is replaced; any
+    /// other file at the path, or a socket a running master answers on, is
+    /// an error naming the path. Master mode only.
+    pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Server {
+        self.options.control_socket = Some(path.into());
+        self
+    }
+
+    /// Checks that the serving worker's runtime answers, every `period`
+    /// (default off; at least 100 ms): the master sends a check over the
+    /// worker's control channel, which the worker answers from its async
+    /// runtime. A worker that has not answered by the next check (its
+    /// runtime is wedged, or the process is stopped) is logged, killed with
+    /// its process group and replaced as a crashed worker would be, while
+    /// the listeners stay open. Under systemd with `WatchdogSec=`, the period
+    /// is a quarter of `WATCHDOG_USEC` whatever is set here, and `WATCHDOG=1`
+    /// is sent only when the serving worker answers. Master mode only.
+    pub fn watchdog(mut self, period: Duration) -> Server {
+        self.options.watchdog = Some(period);
+        self
+    }
+
     /// Master/worker processes (the default) or a single process; see
     /// [`Mode`]. The environment variable `GRACEFUL_MODE` overrides it.
     pub fn mode(mut self, mode: Mode) -> Server {

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::addr::ListenRequest;
 use crate::config::{Config, SignalList};
@@ -27,17 +27,44 @@ use crate::notify::{self, Notifier};
 use crate::registration::{MainOutput, Registration};
 use crate::role::{Parent, ENV_INHERIT, ENV_ROLE};
 use crate::serve::{self, Adapter, Listener, StartError};
-use crate::status::Report;
+use crate::status::{Outcome, Report};
 use crate::{activation, drain, pidfile, signal, Error};
 
 /// Where `graceful::reload()` sends its request in single mode.
 static RELOAD: OnceLock<mpsc::UnboundedSender<String>> = OnceLock::new();
 
-/// `graceful::reload()` in a single-mode process. `None`: not single mode.
-pub(crate) fn request_reload() -> Option<()> {
+/// Who waits for the outcome of a reload asked for with
+/// `reload_and_wait()`. A reload that starts takes those waiting then; those
+/// that come during it are covered by it (or, if it fails, by the next).
+static WAITERS: Mutex<Vec<oneshot::Sender<Outcome>>> = Mutex::new(Vec::new());
+
+fn take_waiters() -> Vec<oneshot::Sender<Outcome>> {
+    std::mem::take(&mut *WAITERS.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// `graceful::reload()` (without `waiter`) or `reload_and_wait()` in a
+/// single-mode process. `None`: not single mode.
+pub(crate) fn request_reload(waiter: Option<oneshot::Sender<Outcome>>) -> Option<()> {
     let sender = RELOAD.get()?;
-    let _ = sender.send("graceful::reload()".to_string());
+    let why = match waiter {
+        Some(waiter) => {
+            // Before the request: the reload it starts must find it.
+            WAITERS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(waiter);
+            "graceful::reload_and_wait()"
+        }
+        None => "graceful::reload()",
+    };
+    let _ = sender.send(why.to_string());
     Some(())
+}
+
+fn tell(waiters: Vec<oneshot::Sender<Outcome>>, outcome: &Outcome) {
+    for waiter in waiters {
+        let _ = waiter.send(outcome.clone());
+    }
 }
 
 /// What a single-mode process knows about systemd, to pass on to successors.
@@ -101,6 +128,20 @@ where
     Fut: Future,
     Fut::Output: MainOutput,
 {
+    // Options that need a master are refused, not ignored.
+    for (option, set) in [
+        ("control_socket", config.control_socket.is_some()),
+        ("watchdog", config.watchdog.is_some()),
+    ] {
+        if set {
+            return Err(Error::InvalidOption {
+                option,
+                reason: "it needs master mode (the default): in single mode no process \
+                         outlives a reload to own it"
+                    .into(),
+            });
+        }
+    }
     // Before anything else: what systemd and the predecessor passed.
     let (listeners, generation, predecessor) = match predecessor {
         None => {
@@ -215,8 +256,8 @@ impl Adapter for Single {
         if let Some(requests) = self.reloads.take() {
             tokio::spawn(reloads(shared.clone(), requests));
         }
-        if let Some(every) = shared.systemd.as_ref().and_then(|s| s.notifier.watchdog) {
-            tokio::spawn(watchdog(shared.clone(), every));
+        if let Some(timeout) = shared.systemd.as_ref().and_then(|s| s.notifier.watchdog) {
+            tokio::spawn(watchdog(shared.clone(), timeout / 2));
         }
         Ok(())
     }
@@ -289,12 +330,18 @@ async fn reloads(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<Stri
                 "reload requested ({why}) but this process is PID 1, and its successor would \
                  end with it; still serving. Use master mode (the default) for in-place reloads here"
             );
+            tell(
+                take_waiters(),
+                &Outcome::Failed("this process is PID 1: use master mode to reload here".into()),
+            );
             continue;
         }
         shared.report(&Report::ReloadStarted {
             why,
             starting: None,
         });
+        let waiting = take_waiters();
+        let started = Instant::now();
         let outcome = successor(&shared).await;
         // Requests that came in meanwhile are covered by one more reload.
         let mut queued = false;
@@ -310,6 +357,15 @@ async fn reloads(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<Stri
                     pid,
                     old: shared.name(),
                 });
+                let reloaded = Outcome::Reloaded {
+                    generation: shared.generation + 1,
+                    pid,
+                    took: started.elapsed(),
+                };
+                // Those who asked meanwhile are covered too: their request
+                // is passed on to the successor below.
+                tell(waiting, &reloaded);
+                tell(take_waiters(), &reloaded);
                 if let Some(path) = &shared.config.pid_file {
                     if let Err(e) = pidfile::write(path, pid) {
                         log!("{e}");
@@ -327,12 +383,21 @@ async fn reloads(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<Stri
                 }
                 break;
             }
-            Err(NoHandover::Stopped) => break,
+            Err(NoHandover::Stopped) => {
+                let stopping = Outcome::Failed("this process is stopping".into());
+                tell(waiting, &stopping);
+                tell(take_waiters(), &stopping);
+                break;
+            }
             Err(NoHandover::Failed(reason)) => {
-                shared.report(&Report::ReloadFailed {
+                let report = Report::ReloadFailed {
                     reason,
                     still: shared.name(),
-                });
+                };
+                if let Some(line) = report.log_line() {
+                    tell(waiting, &Outcome::Failed(line));
+                }
+                shared.report(&report);
                 if queued {
                     log!("running the reload requested during the failed one");
                     let _ = RELOAD.get().map(|r| r.send("queued request".into()));

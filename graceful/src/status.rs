@@ -6,9 +6,66 @@
 // reports only its failed start.
 #![cfg_attr(not(unix), allow(dead_code))]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::Signal;
+
+/// How a reload ended, told to whoever asked for it (the `graceful reload`
+/// command, or `graceful::reload_and_wait()`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Generation `generation`, process `pid`, serves; it was ready in
+    /// `took`.
+    Reloaded {
+        generation: u64,
+        pid: u32,
+        took: Duration,
+    },
+    /// The reload did not take effect, for this reason (as the log says it).
+    Failed(String),
+}
+
+impl Outcome {
+    /// One line for a person.
+    pub(crate) fn line(&self) -> String {
+        match self {
+            Outcome::Reloaded {
+                generation,
+                pid,
+                took,
+            } => format!(
+                "generation {generation} (pid {pid}) is serving; it was ready in {} ms",
+                took.as_millis()
+            ),
+            Outcome::Failed(reason) => reason.clone(),
+        }
+    }
+}
+
+/// One worker in a status answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WorkerStatus {
+    pub(crate) generation: u64,
+    pub(crate) pid: Option<u32>,
+    /// Started, or ready for a serving worker, or told to stop for a
+    /// draining one.
+    pub(crate) since: Instant,
+    /// Open connections, as the worker answered; `None`: no answer.
+    pub(crate) connections: Option<u64>,
+}
+
+/// The master's part of a status answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Status {
+    /// `starting`, `serving`, `reloading`, `recovering` or `stopping`.
+    pub(crate) state: &'static str,
+    pub(crate) serving: Option<WorkerStatus>,
+    pub(crate) starting: Option<WorkerStatus>,
+    pub(crate) draining: Vec<WorkerStatus>,
+    /// When the last reload ended, and how.
+    pub(crate) last_reload: Option<(Instant, Outcome)>,
+    pub(crate) reloads_queued: bool,
+}
 
 /// One event worth a line in the log and, under systemd, a notification.
 #[derive(Debug, Clone, PartialEq, Eq)]

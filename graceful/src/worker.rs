@@ -2,9 +2,12 @@
 //! the control channel, readiness is a `Ready` message, and a stop is a
 //! `Stop` message, a stop signal, or the master's exit (EOF).
 
+use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
+
+use tokio::sync::oneshot;
 
 use crate::addr::ListenRequest;
 use crate::config::Config;
@@ -13,20 +16,50 @@ use crate::log::log;
 use crate::registration::{MainOutput, Registration};
 use crate::role::Parent;
 use crate::serve::{self, Adapter, Listener, StartError};
+use crate::status::Outcome;
 use crate::{drain, signal, Error};
 
 /// This worker's control channel, for [`request_reload`].
 static CONTROL: OnceLock<Arc<Channel>> = OnceLock::new();
 
-/// `graceful::reload()` in a worker: asks the master. `None`: this process
-/// is not a worker.
-pub(crate) fn request_reload() -> Option<Result<(), Error>> {
+/// Who waits for the answers to this worker's reload requests, in the order
+/// the requests were sent: the master answers each request once, in that
+/// order. `None` for a request nobody waits on (`graceful::reload()`).
+static WAITERS: Mutex<VecDeque<Option<oneshot::Sender<Outcome>>>> = Mutex::new(VecDeque::new());
+
+fn waiters() -> std::sync::MutexGuard<'static, VecDeque<Option<oneshot::Sender<Outcome>>>> {
+    WAITERS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `graceful::reload()` (without `waiter`) or `reload_and_wait()` in a
+/// worker: asks the master. `None`: this process is not a worker.
+pub(crate) fn request_reload(
+    waiter: Option<oneshot::Sender<Outcome>>,
+) -> Option<Result<(), Error>> {
     let control = CONTROL.get()?;
-    Some(
-        control
-            .send(&ToMaster::Reload)
-            .map_err(|e| Error::io("cannot ask the master to reload", e)),
-    )
+    // Held across the send, so that the queue's order is the requests'.
+    let mut waiters = waiters();
+    Some(match control.send(&ToMaster::Reload) {
+        Ok(()) => {
+            waiters.push_back(waiter);
+            Ok(())
+        }
+        Err(e) => Err(Error::io("cannot ask the master to reload", e)),
+    })
+}
+
+/// The master's answer to the oldest reload request.
+fn deliver(outcome: Outcome) {
+    if let Some(Some(waiter)) = waiters().pop_front() {
+        let _ = waiter.send(outcome);
+    }
+}
+
+/// Answers a check from the master: from this task, on the runtime, so a
+/// runtime that cannot run tasks does not answer.
+fn answer_check(channel: &Channel, check: u64) {
+    let connections = drain::global().active() as u64;
+    let _ = channel.send(&ToMaster::Alive { check, connections });
 }
 
 /// Runs a worker started by the master.
@@ -100,12 +133,17 @@ impl Adapter for Worker {
         channel
             .send(&ToMaster::Listen(request.clone()))
             .map_err(|e| format!("cannot ask the master: {e}"))?;
-        let fd = match channel.recv::<ToWorker<OwnedFd>>().await {
-            Ok(Some(ToWorker::Listener(fd))) => fd,
-            Ok(Some(ToWorker::ListenError(reason))) => return Err(reason),
-            Ok(Some(ToWorker::Stop)) => return Err("the master is stopping".into()),
-            Ok(None) => return Err("the master exited".into()),
-            Err(e) => return Err(format!("control channel: {e}")),
+        let fd = loop {
+            match channel.recv::<ToWorker<OwnedFd>>().await {
+                Ok(Some(ToWorker::Listener(fd))) => break fd,
+                Ok(Some(ToWorker::ListenError(reason))) => return Err(reason),
+                Ok(Some(ToWorker::Stop)) => return Err("the master is stopping".into()),
+                // `main` may have asked for a reload already.
+                Ok(Some(ToWorker::Reloaded(outcome))) => deliver(outcome),
+                Ok(Some(ToWorker::Check(check))) => answer_check(channel, check),
+                Ok(None) => return Err("the master exited".into()),
+                Err(e) => return Err(format!("control channel: {e}")),
+            }
         };
         serve::to_listener(fd).map_err(|e| format!("cannot use the listener: {e}"))
     }
@@ -128,16 +166,24 @@ impl Adapter for Worker {
     }
 }
 
-/// Reads the control channel after the start: `Stop`, or EOF when the master
-/// is gone. Either starts the drain. No polling: the read waits in epoll.
+/// Reads the control channel after the start until the master is gone
+/// (EOF): `Stop` starts the drain, and the master's checks and reload
+/// outcomes are answered while the worker serves and while it drains. EOF
+/// starts the drain too. No polling: the read waits in epoll.
 async fn watch_master(channel: Arc<Channel>) {
     let why = loop {
         match channel.recv::<ToWorker<OwnedFd>>().await {
-            Ok(Some(ToWorker::Stop)) => break None,
+            Ok(Some(ToWorker::Stop)) => drain::global().start(None),
+            Ok(Some(ToWorker::Check(check))) => answer_check(&channel, check),
+            Ok(Some(ToWorker::Reloaded(outcome))) => deliver(outcome),
             Ok(Some(other)) => log!("unexpected control message {other:?}; ignored"),
-            Ok(None) => break Some("the master exited".to_string()),
-            Err(e) => break Some(format!("the control socket failed: {e}")),
+            Ok(None) => break "the master exited".to_string(),
+            Err(e) => break format!("the control socket failed: {e}"),
         }
     };
-    drain::global().start(why.as_deref());
+    // Nobody will answer the reloads asked for: their waiters are told so
+    // by the dropped senders.
+    waiters().clear();
+    // Once: a worker told to stop is draining already, and says nothing.
+    drain::global().start(Some(&why));
 }

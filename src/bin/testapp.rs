@@ -11,6 +11,8 @@
 //!   `TESTAPP_MAX_CONNECTIONS`, `TESTAPP_MAX_DRAINING`: override those options.
 //! - `TESTAPP_TLS_CERT`, `TESTAPP_TLS_KEY`: serve over TLS with these PEM files.
 //! - `TESTAPP_PID_FILE`: the `pid_file` option.
+//! - `TESTAPP_WATCHDOG_MS`: the `watchdog` option. (`control_socket` is set
+//!   with `GRACEFUL_CONTROL_SOCKET`.)
 //!
 //! `GRACEFUL_MODE=single` runs it in single-process mode.
 //!
@@ -152,6 +154,13 @@ async fn handle_text(req: Request<Incoming>) -> Result<Response<String>, Infalli
             Ok(()) => Ok(Response::new("reload requested\n".to_string())),
             Err(e) => Ok(Response::new(format!("reload failed: {e}\n"))),
         },
+        "/reload-and-wait" => match graceful::reload_and_wait().await {
+            Ok(done) => Ok(Response::new(format!(
+                "reloaded generation {} pid {}: {}\n",
+                done.generation, done.pid, done.message
+            ))),
+            Err(e) => Ok(Response::new(format!("not reloaded: {e}\n"))),
+        },
         _ => Ok(Response::new(format!("testapp {version} pid {pid}\n"))),
     }
 }
@@ -226,6 +235,9 @@ fn main() {
     }
     if let Some(path) = std::env::var_os("TESTAPP_PID_FILE") {
         server = server.pid_file(path);
+    }
+    if let Some(period) = ms("TESTAPP_WATCHDOG_MS") {
+        server = server.watchdog(period);
     }
     server.run_and_exit(app)
 }

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::status::Report;
+use crate::status::{Outcome, Report, Status, WorkerStatus};
 use crate::Signal;
 
 /// How long after `stop_timeout` the master waits before it kills a worker
@@ -27,6 +27,51 @@ const CLOSED_GRACE: Duration = Duration::from_secs(1);
 /// How long a changed executable must be quiet before it is reloaded: a
 /// file still being written triggers one reload, once it is complete.
 pub(crate) const WATCH_QUIET: Duration = Duration::from_millis(300);
+/// How long a status query waits for the workers' connection counts.
+pub(crate) const STATUS_WAIT: Duration = Duration::from_secs(1);
+
+/// Who waits for a reload's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Waiter {
+    /// `graceful::reload()` or `reload_and_wait()` in generation N.
+    Worker(u64),
+    /// A connection to the control socket, by the loop's number for it.
+    Client(u64),
+}
+
+impl Waiter {
+    fn why(self) -> String {
+        match self {
+            Waiter::Worker(generation) => format!("graceful::reload() in worker {generation}"),
+            Waiter::Client(_) => "graceful reload command".to_string(),
+        }
+    }
+}
+
+/// The worker watchdog: how often the serving worker is checked, and
+/// whether an answer is passed on to systemd as `WATCHDOG=1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WatchdogConfig {
+    pub(crate) every: Duration,
+    pub(crate) systemd: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Watchdog {
+    config: WatchdogConfig,
+    /// When the next check is due.
+    next: Instant,
+    /// The check in flight: the generation asked, and the check's number.
+    pending: Option<(u64, u64)>,
+}
+
+/// A status query waiting for the workers' answers.
+#[derive(Debug, Clone, Copy)]
+struct Query {
+    client: u64,
+    check: u64,
+    deadline: Instant,
+}
 
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,8 +86,17 @@ pub(crate) enum Event {
     Ready { generation: u64 },
     /// Generation N reports why its start failed; it exits next.
     Failed { generation: u64, reason: String },
-    /// `graceful::reload()` was called in generation N.
-    ReloadRequested { generation: u64 },
+    /// A reload is asked for by someone who waits for its outcome.
+    ReloadRequested { by: Waiter },
+    /// The control socket's client asks for the status.
+    StatusRequested { client: u64 },
+    /// Generation N answered check `check`: its runtime runs, with
+    /// `connections` open.
+    Alive {
+        generation: u64,
+        check: u64,
+        connections: u64,
+    },
     /// Generation N's control channel reached EOF or broke.
     ControlClosed { generation: u64 },
     /// A child was reaped; `how` is "exited with status 3", "was killed by
@@ -71,6 +125,13 @@ pub(crate) enum Action {
     Log(String),
     /// `WATCHDOG=1` to systemd.
     Watchdog,
+    /// Ask generation N's runtime to answer check `check` (answered by
+    /// `Alive`).
+    Check { generation: u64, check: u64 },
+    /// Tell a waiter how the reload it asked for ended.
+    Answer { to: Waiter, outcome: Outcome },
+    /// Give the control socket's client the status.
+    Status { client: u64, status: Status },
     /// Generation N serves: keep its listeners open even while no worker
     /// runs (after a crash), so that clients wait in the backlog.
     KeepListeners { generation: u64 },
@@ -131,6 +192,10 @@ struct Worker {
     ready_at: Option<Instant>,
     /// Whether its control channel is still open.
     connected: bool,
+    /// When it was told to stop.
+    stopped_at: Option<Instant>,
+    /// The last check it answered, and its open connections then.
+    answered: Option<(u64, u64)>,
     /// What the worker reported before it exited, or why it was killed.
     failure: Option<String>,
 }
@@ -154,8 +219,14 @@ pub(crate) struct Core {
     cut_draining: u64,
     reload_signals: Vec<Signal>,
     stop_signals: Vec<Signal>,
-    /// Interval of `WATCHDOG=1`, and when the next is due.
-    watchdog: Option<(Duration, Instant)>,
+    watchdog: Option<Watchdog>,
+    /// Numbers the checks sent to workers.
+    checks: u64,
+    queries: Vec<Query>,
+    /// Who waits for the reload in flight, and for the queued one.
+    waiting: Vec<Waiter>,
+    waiting_queued: Vec<Waiter>,
+    last_reload: Option<(Instant, Outcome)>,
     workers: Vec<Worker>,
     next_generation: u64,
     phase: Phase,
@@ -171,7 +242,7 @@ impl Core {
     /// A master that starts its first worker: `Spawn { generation: 1 }`.
     pub(crate) fn start(
         config: &Config,
-        watchdog: Option<Duration>,
+        watchdog: Option<WatchdogConfig>,
         now: Instant,
     ) -> (Core, Vec<Action>) {
         let mut core = Core {
@@ -181,7 +252,16 @@ impl Core {
             cut_draining: 0,
             reload_signals: config.reload_signals.clone(),
             stop_signals: config.stop_signals.clone(),
-            watchdog: watchdog.map(|every| (every, now + every)),
+            watchdog: watchdog.map(|config| Watchdog {
+                config,
+                next: now + config.every,
+                pending: None,
+            }),
+            checks: 0,
+            queries: Vec::new(),
+            waiting: Vec::new(),
+            waiting_queued: Vec::new(),
+            last_reload: None,
             workers: Vec::new(),
             next_generation: 1,
             phase: Phase::Done,
@@ -202,7 +282,7 @@ impl Core {
                 if self.stop_signals.contains(&signal) {
                     self.stop(now, signal);
                 } else if self.reload_signals.contains(&signal) {
-                    self.request_reload(now, &format!("signal {signal}"));
+                    self.request_reload(now, &format!("signal {signal}"), None);
                 } else if signal == Signal::SIGQUIT {
                     // Its default action would kill the master and leave the
                     // workers to notice: a stop, done properly.
@@ -230,10 +310,13 @@ impl Core {
                     w.failure = Some(reason);
                 }
             }
-            Event::ReloadRequested { generation } => {
-                let why = format!("graceful::reload() in worker {generation}");
-                self.request_reload(now, &why);
-            }
+            Event::ReloadRequested { by } => self.request_reload(now, &by.why(), Some(by)),
+            Event::StatusRequested { client } => self.query(now, client),
+            Event::Alive {
+                generation,
+                check,
+                connections,
+            } => self.alive(now, generation, check, connections),
             Event::ControlClosed { generation } => {
                 // The worker is exiting (or broke the protocol): it is reaped
                 // by waitpid. One that lingers before it was ready is killed.
@@ -265,11 +348,13 @@ impl Core {
             } => Some(at),
             _ => None,
         };
-        let watchdog = self.watchdog.map(|(_, at)| at).filter(|_| self.serving());
+        let watchdog = self.watchdog.map(|w| w.next).filter(|_| self.serving());
+        let queries = self.queries.iter().map(|q| q.deadline);
         workers
             .chain(restart)
             .chain(watchdog)
             .chain(self.changed)
+            .chain(queries)
             .min()
     }
 
@@ -327,14 +412,22 @@ impl Core {
             ready_at: None,
             connected: true,
             failure: None,
+            stopped_at: None,
+            answered: None,
         });
         self.out.push(Action::Spawn { generation });
         generation
     }
 
-    fn request_reload(&mut self, now: Instant, why: &str) {
+    fn request_reload(&mut self, now: Instant, why: &str, by: Option<Waiter>) {
         if matches!(self.phase, Phase::Stopping { .. } | Phase::Done) {
             self.log(format!("reload requested ({why}) while stopping; ignored"));
+            if let Some(waiter) = by {
+                self.out.push(Action::Answer {
+                    to: waiter,
+                    outcome: Outcome::Failed("the service is stopping".into()),
+                });
+            }
             return;
         }
         if self.starting().is_some() {
@@ -343,14 +436,17 @@ impl Core {
                     "reload requested ({why}) while another is in progress; it will run next"
                 ));
             }
-            // At most one queued: later requests are covered by it.
+            // At most one queued: later requests are covered by it, and
+            // their waiters are told its outcome.
             self.queued = true;
+            self.waiting_queued.extend(by);
             return;
         }
         self.report(Report::ReloadStarted {
             why: why.to_string(),
             starting: Some(format!("worker {}", self.next_generation)),
         });
+        self.waiting.extend(by);
         let generation = self.spawn(now);
         self.phase = match self.phase {
             Phase::Serving {
@@ -370,8 +466,20 @@ impl Core {
 
     fn run_queued(&mut self, now: Instant) {
         if std::mem::take(&mut self.queued) {
-            self.request_reload(now, "queued request");
+            self.waiting = std::mem::take(&mut self.waiting_queued);
+            self.request_reload(now, "queued request", None);
         }
+    }
+
+    /// A reload ended: its waiters are told, and it is the last reload.
+    fn finish_reload(&mut self, now: Instant, outcome: Outcome) {
+        for waiter in std::mem::take(&mut self.waiting) {
+            self.out.push(Action::Answer {
+                to: waiter,
+                outcome: outcome.clone(),
+            });
+        }
+        self.last_reload = Some((now, outcome));
     }
 
     fn ready(&mut self, now: Instant, generation: u64) {
@@ -385,6 +493,11 @@ impl Core {
         worker.ready_at = Some(now);
         let took = now.duration_since(worker.started);
         let name = worker.name();
+        let reloaded = Outcome::Reloaded {
+            generation,
+            pid: worker.pid.unwrap_or(0),
+            took,
+        };
         let (previous, streak) = match self.phase {
             Phase::Booting { .. } => (None, 0),
             Phase::Serving {
@@ -398,11 +511,17 @@ impl Core {
             starting: None,
             streak,
         };
+        // Told before the old worker is told to stop: it may be the one that
+        // asked.
+        if previous.is_some() || !self.waiting.is_empty() {
+            self.finish_reload(now, reloaded);
+        }
         match previous {
             Some(old) => {
                 let kill_at = now + self.stop_timeout + KILL_GRACE;
                 if let Some(w) = self.worker(old) {
                     w.state = State::Draining { kill_at };
+                    w.stopped_at = Some(now);
                 }
                 self.out.push(Action::Stop { generation: old });
                 let old = self.name_of(old);
@@ -427,6 +546,7 @@ impl Core {
         }
         match self.phase {
             Phase::Booting { .. } => {
+                self.finish_reload(now, Outcome::Failed(format!("start failed: {reason}")));
                 self.report(Report::StartFailed {
                     reason: reason.clone(),
                 });
@@ -442,10 +562,20 @@ impl Core {
                     streak,
                 };
                 let still = self.name_of(current);
-                self.report(Report::ReloadFailed { reason, still });
+                let report = Report::ReloadFailed { reason, still };
+                if let Some(line) = report.log_line() {
+                    self.finish_reload(now, Outcome::Failed(line));
+                }
+                self.report(report);
                 self.run_queued(now);
             }
-            Phase::Recovering { streak, .. } => self.schedule_restart(now, streak, reason),
+            Phase::Recovering { streak, .. } => {
+                if !self.waiting.is_empty() {
+                    let line = format!("reload failed: {reason}; no worker is serving");
+                    self.finish_reload(now, Outcome::Failed(line));
+                }
+                self.schedule_restart(now, streak, reason)
+            }
             Phase::Stopping { .. } | Phase::Done => {}
         }
     }
@@ -512,13 +642,12 @@ impl Core {
     fn tick(&mut self, now: Instant) {
         if self.changed.is_some_and(|at| at <= now) {
             self.changed = None;
-            self.request_reload(now, "the executable changed");
+            self.request_reload(now, "the executable changed", None);
         }
-        if let Some((every, at)) = self.watchdog {
-            if at <= now && self.serving() {
-                self.out.push(Action::Watchdog);
-                self.watchdog = Some((every, now + every));
-            }
+        self.watchdog_tick(now);
+        let expired = self.queries.iter().any(|q| q.deadline <= now);
+        if expired {
+            self.answer_queries(now);
         }
         if let Phase::Recovering {
             next: Next::At(at),
@@ -579,6 +708,13 @@ impl Core {
         };
         self.phase = Phase::Stopping { current };
         self.queued = false;
+        let waiters = std::mem::take(&mut self.waiting);
+        for waiter in waiters.into_iter().chain(self.waiting_queued.drain(..)) {
+            self.out.push(Action::Answer {
+                to: waiter,
+                outcome: Outcome::Failed(format!("the service is stopping ({signal})")),
+            });
+        }
         self.report(Report::Stopping {
             signal,
             workers: self.workers.len(),
@@ -594,6 +730,7 @@ impl Core {
         for w in &mut self.workers {
             if w.state == State::Serving {
                 w.state = State::Draining { kill_at };
+                w.stopped_at = Some(now);
                 stops.push(Action::Stop {
                     generation: w.generation,
                 });
@@ -603,6 +740,179 @@ impl Core {
         if self.workers.is_empty() {
             self.phase = Phase::Done;
             self.out.push(Action::Exit(Ok(())));
+        }
+    }
+
+    fn next_check(&mut self) -> u64 {
+        self.checks += 1;
+        self.checks
+    }
+
+    /// The serving worker, if one serves (or drains at stop).
+    fn current(&self) -> Option<u64> {
+        match self.phase {
+            Phase::Serving { current, .. }
+            | Phase::Stopping {
+                current: Some(current),
+            } => Some(current),
+            _ => None,
+        }
+    }
+
+    /// A due watchdog check: the previous check unanswered is a wedged
+    /// worker, killed and replaced; otherwise the next check is sent.
+    fn watchdog_tick(&mut self, now: Instant) {
+        let Some(mut watchdog) = self.watchdog else {
+            return;
+        };
+        let current = self.current();
+        if watchdog.next > now || current.is_none() {
+            // With no worker serving, the check is due as soon as one does.
+            return;
+        }
+        watchdog.next = now + watchdog.config.every;
+        let missed = watchdog.pending.filter(|&(generation, _)| {
+            Some(generation) == current && matches!(self.phase, Phase::Serving { .. })
+        });
+        watchdog.pending = None;
+        if let Some((generation, _)) = missed {
+            self.watchdog = Some(watchdog);
+            self.missed_check(generation, watchdog.config.every);
+            return;
+        }
+        if let Some(generation) = current {
+            let check = self.next_check();
+            watchdog.pending = Some((generation, check));
+            self.out.push(Action::Check { generation, check });
+        }
+        self.watchdog = Some(watchdog);
+    }
+
+    fn missed_check(&mut self, generation: u64, every: Duration) {
+        let Some(w) = self.worker(generation) else {
+            return;
+        };
+        let Some(pid) = w.pid else {
+            return;
+        };
+        let why = format!("it did not answer the watchdog check within {every:?}");
+        w.state = State::Killed;
+        let name = w.name();
+        self.log(format!(
+            "{name}: {why}; killing it and its process group, and starting a new worker"
+        ));
+        if let Some(w) = self.worker(generation) {
+            w.failure = Some(why);
+        }
+        self.out.push(Action::Kill { pid });
+    }
+
+    fn alive(&mut self, now: Instant, generation: u64, check: u64, connections: u64) {
+        let Some(w) = self.worker(generation) else {
+            return;
+        };
+        w.answered = Some((check, connections));
+        if let Some(watchdog) = &mut self.watchdog {
+            if watchdog.pending == Some((generation, check)) {
+                watchdog.pending = None;
+                if watchdog.config.systemd && self.current() == Some(generation) {
+                    self.out.push(Action::Watchdog);
+                }
+            }
+        }
+        self.answer_queries(now);
+    }
+
+    /// Workers a status query asks for their connections: those past
+    /// their start, whose runtime reads the channel.
+    fn checked(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.iter().filter(|w| {
+            w.connected
+                && w.pid.is_some()
+                && matches!(w.state, State::Serving | State::Draining { .. })
+        })
+    }
+
+    fn query(&mut self, now: Instant, client: u64) {
+        let check = self.next_check();
+        let checks: Vec<Action> = self
+            .checked()
+            .map(|w| Action::Check {
+                generation: w.generation,
+                check,
+            })
+            .collect();
+        self.out.extend(checks);
+        self.queries.push(Query {
+            client,
+            check,
+            deadline: now + STATUS_WAIT,
+        });
+        self.answer_queries(now);
+    }
+
+    /// Answers the queries that every worker answered, or whose wait is
+    /// over.
+    fn answer_queries(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.queries.len() {
+            let query = self.queries[i];
+            let complete = self
+                .checked()
+                .all(|w| w.answered.is_some_and(|(check, _)| check >= query.check));
+            if complete || query.deadline <= now {
+                self.queries.remove(i);
+                let status = self.status(query.check);
+                self.out.push(Action::Status {
+                    client: query.client,
+                    status,
+                });
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn status(&self, check: u64) -> Status {
+        let of = |w: &Worker, since: Instant| WorkerStatus {
+            generation: w.generation,
+            pid: w.pid,
+            since,
+            connections: w
+                .answered
+                .filter(|&(answered, _)| answered >= check)
+                .map(|(_, connections)| connections),
+        };
+        let find = |generation: Option<u64>| {
+            self.workers
+                .iter()
+                .find(|w| Some(w.generation) == generation)
+        };
+        let serving = find(self.current())
+            .filter(|w| w.state == State::Serving)
+            .map(|w| of(w, w.ready_at.unwrap_or(w.started)));
+        let starting = find(self.starting()).map(|w| of(w, w.started));
+        let draining = self
+            .workers
+            .iter()
+            .filter(|w| matches!(w.state, State::Draining { .. } | State::Killed))
+            .filter(|w| Some(w.generation) != self.starting())
+            .map(|w| of(w, w.stopped_at.unwrap_or(w.started)))
+            .collect();
+        let state = match self.phase {
+            Phase::Booting { .. } => "starting",
+            Phase::Serving { starting: None, .. } => "serving",
+            Phase::Serving { .. } => "reloading",
+            Phase::Recovering { .. } => "recovering",
+            Phase::Stopping { .. } | Phase::Done => "stopping",
+        };
+        Status {
+            state,
+            serving,
+            starting,
+            draining,
+            last_reload: self.last_reload.clone(),
+            reloads_queued: self.queued,
         }
     }
 
@@ -619,6 +929,9 @@ impl Core {
         let excess = draining.len().saturating_sub(self.max_draining);
         for &(generation, pid) in &draining[..excess] {
             self.cut_draining += 1;
+            if let Some(w) = self.worker(generation) {
+                w.failure = Some("cut: more than max_draining workers were draining".into());
+            }
             let name = self.name_of(generation);
             if let Some(w) = self.worker(generation) {
                 w.state = State::Killed;
@@ -676,7 +989,7 @@ mod tests {
             Run::with_watchdog(None)
         }
 
-        fn with_watchdog(watchdog: Option<Duration>) -> Run {
+        fn with_watchdog(watchdog: Option<WatchdogConfig>) -> Run {
             let t0 = Instant::now();
             let (core, actions) = Core::start(&config(), watchdog, t0);
             assert_eq!(actions, [Action::Spawn { generation: 1 }]);
@@ -804,7 +1117,9 @@ mod tests {
             let event = if i % 2 == 0 {
                 Event::Signal(Signal::SIGUSR1)
             } else {
-                Event::ReloadRequested { generation: 1 }
+                Event::ReloadRequested {
+                    by: Waiter::Worker(1),
+                }
             };
             actions.extend(run.at(1001 + i, event));
         }
@@ -1223,10 +1538,25 @@ mod tests {
         assert_eq!(run.core.next_deadline(), None);
     }
 
+    /// A 5 s watchdog, passed on to systemd.
+    fn systemd_watchdog() -> Option<WatchdogConfig> {
+        Some(WatchdogConfig {
+            every: Duration::from_secs(5),
+            systemd: true,
+        })
+    }
+
+    fn alive(generation: u64, check: u64, connections: u64) -> Event {
+        Event::Alive {
+            generation,
+            check,
+            connections,
+        }
+    }
+
     #[test]
-    fn the_watchdog_is_fed_only_while_a_worker_serves() {
-        let every = Duration::from_secs(5);
-        let mut run = Run::with_watchdog(Some(every));
+    fn the_watchdog_checks_and_feeds_only_while_a_worker_serves() {
+        let mut run = Run::with_watchdog(systemd_watchdog());
         run.at(
             0,
             Event::Spawned {
@@ -1238,9 +1568,18 @@ mod tests {
         assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 30_000));
         assert_eq!(run.at(5000, Event::Tick), []);
         run.at(5001, Event::Ready { generation: 1 });
-        assert_eq!(run.at(5002, Event::Tick), [Action::Watchdog]);
+        assert_eq!(
+            run.at(5002, Event::Tick),
+            [Action::Check {
+                generation: 1,
+                check: 1
+            }]
+        );
+        // WATCHDOG=1 is the answer passed on, not the timer.
+        assert_eq!(run.at(5003, alive(1, 1, 0)), [Action::Watchdog]);
         assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 10_002));
-        // No worker serves after a crash: no keep-alive until one does.
+        // No worker serves after a crash: no check, no keep-alive, until one
+        // does.
         run.at(6000, exited(101, 1));
         run.at(6100, Event::Tick);
         run.at(
@@ -1250,9 +1589,426 @@ mod tests {
                 pid: 102,
             },
         );
-        assert!(!run.at(10_002, Event::Tick).contains(&Action::Watchdog));
+        assert!(run
+            .at(10_002, Event::Tick)
+            .iter()
+            .all(|a| !matches!(a, Action::Check { .. } | Action::Watchdog)));
         run.at(10_003, Event::Ready { generation: 2 });
-        assert_eq!(run.at(10_004, Event::Tick), [Action::Watchdog]);
+        assert_eq!(
+            run.at(10_004, Event::Tick),
+            [Action::Check {
+                generation: 2,
+                check: 2
+            }]
+        );
+        assert_eq!(run.at(10_005, alive(2, 2, 7)), [Action::Watchdog]);
+        // An answer from another worker, or to an older check, feeds nothing.
+        assert_eq!(run.at(10_006, alive(2, 1, 7)), []);
+    }
+
+    #[test]
+    fn a_worker_that_does_not_answer_its_check_is_killed_and_replaced() {
+        let mut run = serving_with_watchdog();
+        assert_eq!(
+            run.at(5000, Event::Tick),
+            [Action::Check {
+                generation: 1,
+                check: 1
+            }]
+        );
+        // No answer by the next check: killed, and no keep-alive.
+        let actions = run.at(10_000, Event::Tick);
+        assert_eq!(
+            actions,
+            [
+                Action::Log(
+                    "worker 1 (pid 101): it did not answer the watchdog check within 5s; \
+                     killing it and its process group, and starting a new worker"
+                        .into()
+                ),
+                Action::Kill { pid: 101 }
+            ]
+        );
+        // Its exit is a crash: logged with the reason, replaced after the
+        // first backoff step, with the listeners kept.
+        let actions = run.at(
+            10_001,
+            Event::Exited {
+                pid: 101,
+                how: "was killed by SIGKILL".into(),
+            },
+        );
+        assert_eq!(
+            actions[0],
+            Action::Log(
+                "worker 1 (pid 101) was killed by SIGKILL unexpectedly: it did not answer the \
+                 watchdog check within 5s"
+                    .into()
+            )
+        );
+        assert_eq!(no_worker_delay(&actions), Some(BACKOFF_FIRST));
+        assert!(actions.contains(&Action::Release { generation: 1 }));
+        assert!(!actions
+            .iter()
+            .any(|a| matches!(a, Action::Watchdog | Action::Check { .. })));
+        assert_eq!(spawns(&run.at(10_101, Event::Tick)), 1);
+    }
+
+    #[test]
+    fn a_worker_that_answers_late_but_before_the_next_check_is_kept() {
+        let mut run = Run::with_watchdog(Some(WatchdogConfig {
+            every: Duration::from_secs(5),
+            systemd: false,
+        }));
+        run.at(
+            0,
+            Event::Spawned {
+                generation: 1,
+                pid: 101,
+            },
+        );
+        run.at(10, Event::Ready { generation: 1 });
+        run.at(5000, Event::Tick);
+        // Outside systemd an answer is recorded, and nothing is sent.
+        assert_eq!(run.at(9999, alive(1, 1, 3)), []);
+        assert_eq!(
+            run.at(10_000, Event::Tick),
+            [Action::Check {
+                generation: 1,
+                check: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn a_reload_command_is_answered_before_the_old_worker_is_stopped() {
+        let mut run = Run::serving();
+        let actions = run.at(
+            1000,
+            Event::ReloadRequested {
+                by: Waiter::Client(7),
+            },
+        );
+        assert_eq!(
+            actions[0],
+            Action::Report(Report::ReloadStarted {
+                why: "graceful reload command".into(),
+                starting: Some("worker 2".into()),
+            })
+        );
+        run.at(
+            1000,
+            Event::Spawned {
+                generation: 2,
+                pid: 102,
+            },
+        );
+        let actions = run.at(1050, Event::Ready { generation: 2 });
+        let answer = Action::Answer {
+            to: Waiter::Client(7),
+            outcome: Outcome::Reloaded {
+                generation: 2,
+                pid: 102,
+                took: MS * 50,
+            },
+        };
+        let answered = actions.iter().position(|a| *a == answer);
+        let stopped = actions
+            .iter()
+            .position(|a| *a == Action::Stop { generation: 1 });
+        assert!(answered.is_some() && answered < stopped, "{actions:?}");
+    }
+
+    /// The answer to each waiter in `actions`.
+    fn answers(actions: &[Action]) -> Vec<(Waiter, Outcome)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Answer { to, outcome } => Some((*to, outcome.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rolled_back_reload_answers_with_the_reason_the_log_gives() {
+        let mut run = Run::serving();
+        run.at(
+            1000,
+            Event::ReloadRequested {
+                by: Waiter::Client(1),
+            },
+        );
+        run.at(
+            1000,
+            Event::Spawned {
+                generation: 2,
+                pid: 102,
+            },
+        );
+        run.at(
+            1010,
+            Event::Failed {
+                generation: 2,
+                reason: "main returned an error: no database".into(),
+            },
+        );
+        let actions = run.at(1020, exited(102, 1));
+        let reason = "reload failed: worker 2 (pid 102) exited with status 1 before it was \
+                      ready: main returned an error: no database; still serving with worker 1 \
+                      (pid 101)";
+        assert_eq!(
+            answers(&actions),
+            [(Waiter::Client(1), Outcome::Failed(reason.into()))]
+        );
+        assert!(actions.contains(&Action::Report(Report::ReloadFailed {
+            reason: "worker 2 (pid 102) exited with status 1 before it was ready: main \
+                     returned an error: no database"
+                .into(),
+            still: "worker 1 (pid 101)".into(),
+        })));
+    }
+
+    #[test]
+    fn a_reload_that_times_out_answers_once_the_worker_is_gone() {
+        let mut run = Run::serving();
+        run.at(
+            1000,
+            Event::ReloadRequested {
+                by: Waiter::Client(1),
+            },
+        );
+        run.at(
+            1000,
+            Event::Spawned {
+                generation: 2,
+                pid: 102,
+            },
+        );
+        let actions = run.at(31_000, Event::Tick);
+        assert!(actions.contains(&Action::Kill { pid: 102 }));
+        assert_eq!(answers(&actions), []);
+        let actions = run.at(
+            31_001,
+            Event::Exited {
+                pid: 102,
+                how: "was killed by SIGKILL".into(),
+            },
+        );
+        let [(Waiter::Client(1), Outcome::Failed(reason))] = &answers(&actions)[..] else {
+            panic!("{actions:?}");
+        };
+        assert!(
+            reason.contains("was not ready within the 30s ready_timeout"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn coalesced_requests_are_answered_by_the_reload_that_covers_them() {
+        let mut run = Run::serving();
+        run.at(
+            1000,
+            Event::ReloadRequested {
+                by: Waiter::Client(1),
+            },
+        );
+        run.at(
+            1000,
+            Event::Spawned {
+                generation: 2,
+                pid: 102,
+            },
+        );
+        // Asked during reload 2: covered by reload 3, which starts next.
+        for by in [Waiter::Client(2), Waiter::Worker(1), Waiter::Client(3)] {
+            run.at(1001, Event::ReloadRequested { by });
+        }
+        let actions = run.at(1100, Event::Ready { generation: 2 });
+        assert_eq!(
+            answers(&actions),
+            [(
+                Waiter::Client(1),
+                Outcome::Reloaded {
+                    generation: 2,
+                    pid: 102,
+                    took: MS * 100
+                }
+            )]
+        );
+        assert_eq!(spawns(&actions), 1);
+        run.at(
+            1100,
+            Event::Spawned {
+                generation: 3,
+                pid: 103,
+            },
+        );
+        // Asked during reload 3: covered by reload 4.
+        run.at(
+            1101,
+            Event::ReloadRequested {
+                by: Waiter::Client(4),
+            },
+        );
+        let actions = run.at(1200, exited(103, 2));
+        let failed = |by| {
+            (
+                by,
+                Outcome::Failed(
+                    "reload failed: worker 3 (pid 103) exited with status 2 before it was \
+                     ready; still serving with worker 2 (pid 102)"
+                        .into(),
+                ),
+            )
+        };
+        assert_eq!(
+            answers(&actions),
+            [
+                failed(Waiter::Client(2)),
+                failed(Waiter::Worker(1)),
+                failed(Waiter::Client(3))
+            ]
+        );
+        assert_eq!(spawns(&actions), 1, "{actions:?}");
+        run.at(
+            1200,
+            Event::Spawned {
+                generation: 4,
+                pid: 104,
+            },
+        );
+        let actions = run.at(1300, Event::Ready { generation: 4 });
+        assert_eq!(
+            answers(&actions),
+            [(
+                Waiter::Client(4),
+                Outcome::Reloaded {
+                    generation: 4,
+                    pid: 104,
+                    took: MS * 100
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn a_stop_answers_every_waiter_and_later_requests_at_once() {
+        let mut run = Run::serving();
+        run.at(
+            1000,
+            Event::ReloadRequested {
+                by: Waiter::Client(1),
+            },
+        );
+        run.at(
+            1001,
+            Event::ReloadRequested {
+                by: Waiter::Client(2),
+            },
+        );
+        let stopping = Outcome::Failed("the service is stopping (SIGTERM)".into());
+        let actions = run.at(1002, Event::Signal(Signal::SIGTERM));
+        assert_eq!(
+            answers(&actions),
+            [
+                (Waiter::Client(1), stopping.clone()),
+                (Waiter::Client(2), stopping)
+            ]
+        );
+        let actions = run.at(
+            1003,
+            Event::ReloadRequested {
+                by: Waiter::Client(3),
+            },
+        );
+        assert_eq!(
+            answers(&actions),
+            [(
+                Waiter::Client(3),
+                Outcome::Failed("the service is stopping".into())
+            )]
+        );
+    }
+
+    #[test]
+    fn a_status_query_waits_for_every_worker_past_its_start_or_one_second() {
+        let mut run = Run::serving();
+        run.reload(1000, 2, 102);
+        run.at(1100, Event::Ready { generation: 2 });
+        run.reload(2000, 3, 103);
+        // Worker 1 drains, 2 serves, 3 starts: 1 and 2 are asked.
+        let actions = run.at(2001, Event::StatusRequested { client: 5 });
+        assert_eq!(
+            actions,
+            [
+                Action::Check {
+                    generation: 1,
+                    check: 1
+                },
+                Action::Check {
+                    generation: 2,
+                    check: 1
+                }
+            ]
+        );
+        assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 3001));
+        assert_eq!(run.at(2002, alive(2, 1, 3)), []);
+        let actions = run.at(2003, alive(1, 1, 12));
+        let [Action::Status { client: 5, status }] = &actions[..] else {
+            panic!("{actions:?}");
+        };
+        let at = |ms: u32| run.t0 + MS * ms;
+        assert_eq!(status.state, "reloading");
+        assert_eq!(
+            status.serving,
+            Some(WorkerStatus {
+                generation: 2,
+                pid: Some(102),
+                since: at(1100),
+                connections: Some(3),
+            })
+        );
+        assert_eq!(
+            status.starting,
+            Some(WorkerStatus {
+                generation: 3,
+                pid: Some(103),
+                since: at(2000),
+                connections: None,
+            })
+        );
+        assert_eq!(
+            status.draining,
+            [WorkerStatus {
+                generation: 1,
+                pid: Some(101),
+                since: at(1100),
+                connections: Some(12),
+            }]
+        );
+        assert_eq!(
+            status.last_reload,
+            Some((
+                at(1100),
+                Outcome::Reloaded {
+                    generation: 2,
+                    pid: 102,
+                    took: MS * 100
+                }
+            ))
+        );
+        // A worker that does not answer: the status comes at the deadline,
+        // without its count.
+        run.at(2500, Event::StatusRequested { client: 6 });
+        run.at(2501, alive(2, 2, 4));
+        assert_eq!(run.at(3499, Event::Tick), []);
+        let actions = run.at(3500, Event::Tick);
+        let [Action::Status { client: 6, status }] = &actions[..] else {
+            panic!("{actions:?}");
+        };
+        assert_eq!(status.draining[0].connections, None);
+        assert_eq!(status.serving.as_ref().unwrap().connections, Some(4));
     }
 
     #[test]
@@ -1291,9 +2047,10 @@ mod tests {
         assert!(actions.contains(&Action::Stop { generation: 1 }));
     }
 
-    /// Serving since +10 ms, with a 5 s watchdog period.
+    /// Serving since +10 ms, with a 5 s watchdog period passed on to
+    /// systemd.
     fn serving_with_watchdog() -> Run {
-        let mut run = Run::with_watchdog(Some(Duration::from_secs(5)));
+        let mut run = Run::with_watchdog(systemd_watchdog());
         run.at(
             0,
             Event::Spawned {
@@ -1316,7 +2073,15 @@ mod tests {
     fn the_watchdog_is_fed_while_the_serving_worker_drains_at_stop() {
         let mut run = serving_with_watchdog();
         run.at(1000, Event::Signal(Signal::SIGTERM));
-        assert_eq!(run.at(5000, Event::Tick), [Action::Watchdog]);
+        let check = Action::Check {
+            generation: 1,
+            check: 1,
+        };
+        assert_eq!(run.at(5000, Event::Tick), [check]);
+        assert_eq!(run.at(5001, alive(1, 1, 2)), [Action::Watchdog]);
+        // A drain is not killed by the watchdog: stop_timeout bounds it.
+        let actions = run.at(10_000, Event::Tick);
+        assert!(!actions.contains(&Action::Kill { pid: 101 }), "{actions:?}");
     }
 
     #[test]

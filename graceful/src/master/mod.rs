@@ -9,12 +9,13 @@
 //! waking up.
 
 mod core;
+mod socket;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod watch;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -22,9 +23,11 @@ use nix::sys::signal::{killpg, Signal as NixSignal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use self::core::{Action, Core, Event};
+use self::core::{Action, Core, Event, Waiter, WatchdogConfig};
+use self::socket::ControlSocket;
 use crate::config::{Config, SignalList};
 use crate::control::{self, ToMaster, ToWorker};
+use crate::ctl::{self, Request};
 use crate::exec::Executable;
 use crate::listeners::Listeners;
 use crate::log::log;
@@ -49,6 +52,9 @@ struct Master {
     children: HashMap<u64, Child>,
     #[cfg(any(target_os = "linux", target_os = "android"))]
     watch: Option<watch::ExecutableWatch>,
+    control: Option<ControlSocket>,
+    /// Control socket clients that asked for the status as JSON.
+    json_clients: HashSet<u64>,
     core: Core,
     exit: Option<Result<(), String>>,
 }
@@ -85,6 +91,22 @@ fn watch_executable(path: &std::path::Path) -> Option<watch::ExecutableWatch> {
     }
 }
 
+/// The worker watchdog: from systemd's `WATCHDOG_USEC` when it is set
+/// (checks at a quarter of it, so that a wedged worker is found and
+/// replaced before systemd's own deadline), else from the option.
+fn watchdog_config(config: &Config, notify: Option<&Notifier>) -> Option<WatchdogConfig> {
+    match notify.and_then(|n| n.watchdog) {
+        Some(usec) => Some(WatchdogConfig {
+            every: (usec / 4).max(crate::config::MIN_WATCHDOG),
+            systemd: true,
+        }),
+        None => config.watchdog.map(|every| WatchdogConfig {
+            every,
+            systemd: false,
+        }),
+    }
+}
+
 /// Runs the master until the service has stopped.
 pub(crate) fn run(config: Config) -> Result<(), Error> {
     // Before anything else: the activated sockets and their variables.
@@ -116,7 +138,29 @@ pub(crate) fn run(config: Config) -> Result<(), Error> {
     if config.watch {
         log!("watch is not available on this platform (it needs inotify); reload with a signal");
     }
-    let watchdog = notify.as_ref().and_then(|n| n.watchdog);
+    let control = match &config.control_socket {
+        Some(path) => {
+            let control = ControlSocket::bind(path)?;
+            log!(
+                "control socket {}: `graceful reload` and `graceful status` answer there",
+                control.path().display()
+            );
+            Some(control)
+        }
+        None => None,
+    };
+    let watchdog = watchdog_config(&config, notify.as_ref());
+    if let Some(watchdog) = watchdog {
+        log!(
+            "worker watchdog: the serving worker is checked every {:?}{}",
+            watchdog.every,
+            if watchdog.systemd {
+                " (a quarter of systemd's WATCHDOG_USEC); WATCHDOG=1 is sent when it answers"
+            } else {
+                ""
+            }
+        );
+    }
     let (core, actions) = Core::start(&config, watchdog, Instant::now());
     let mut master = Master {
         config,
@@ -127,12 +171,17 @@ pub(crate) fn run(config: Config) -> Result<(), Error> {
         children: HashMap::new(),
         #[cfg(any(target_os = "linux", target_os = "android"))]
         watch,
+        control,
+        json_clients: HashSet::new(),
         core,
         exit: None,
     };
     master.perform(actions);
     let result = master.event_loop();
     master.listeners.close_all();
+    if let Some(control) = master.control.take() {
+        control.close();
+    }
     if let Some(path) = &master.config.pid_file {
         pidfile::remove(path, std::process::id());
     }
@@ -149,7 +198,14 @@ impl Master {
             if let Some(exit) = self.exit.take() {
                 return exit.map_err(|reason| Error::StartFailed { reason });
             }
-            let timeout = match self.core.next_deadline() {
+            let deadline = [
+                self.core.next_deadline(),
+                self.control.as_ref().and_then(ControlSocket::next_deadline),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let timeout = match deadline {
                 None => PollTimeout::NONE,
                 Some(at) => {
                     let wait = at.saturating_duration_since(Instant::now());
@@ -160,11 +216,25 @@ impl Master {
             };
             #[cfg(any(target_os = "linux", target_os = "android"))]
             let mut watched = false;
-            let readable: Vec<u64> = {
+            let mut accept = false;
+            let (readable, clients): (Vec<u64>, Vec<u64>) = {
                 let mut fds = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
                 #[cfg(any(target_os = "linux", target_os = "android"))]
-                if let Some(watch) = &self.watch {
+                let watch_at = self.watch.as_ref().map(|watch| {
                     fds.push(PollFd::new(watch.fd(), PollFlags::POLLIN));
+                    fds.len() - 1
+                });
+                let listener_at = self.control.as_ref().map(|control| {
+                    fds.push(PollFd::new(control.listener_fd(), PollFlags::POLLIN));
+                    fds.len() - 1
+                });
+                let first_client = fds.len();
+                let mut client_ids = Vec::new();
+                if let Some(control) = &self.control {
+                    for (id, fd) in control.client_fds() {
+                        fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                        client_ids.push(id);
+                    }
                 }
                 let first_child = fds.len();
                 let mut owners = Vec::new();
@@ -178,16 +248,27 @@ impl Master {
                     Ok(_) | Err(Errno::EINTR) => {}
                     Err(e) => return Err(Error::io("poll failed in the master", e.into())),
                 }
+                let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
                 #[cfg(any(target_os = "linux", target_os = "android"))]
-                if self.watch.is_some() {
-                    watched = fds[1].revents().is_some_and(|r| !r.is_empty());
+                if let Some(at) = watch_at {
+                    watched = ready(&fds[at]);
                 }
-                fds[first_child..]
+                if let Some(at) = listener_at {
+                    accept = ready(&fds[at]);
+                }
+                let clients = fds[first_client..first_child]
+                    .iter()
+                    .zip(client_ids)
+                    .filter(|(fd, _)| ready(fd))
+                    .map(|(_, id)| id)
+                    .collect();
+                let children = fds[first_child..]
                     .iter()
                     .zip(owners)
-                    .filter(|(fd, _)| fd.revents().is_some_and(|r| !r.is_empty()))
+                    .filter(|(fd, _)| ready(fd))
                     .map(|(_, generation)| generation)
-                    .collect()
+                    .collect();
+                (children, clients)
             };
             for number in self.signals.pending() {
                 // SIGCHLD is not configurable: reaping happens on every turn.
@@ -203,7 +284,43 @@ impl Master {
                 self.handle(Event::ExecutableChanged);
             }
             self.reap();
+            for id in clients {
+                self.read_client(id);
+            }
+            if let Some(control) = &mut self.control {
+                if accept {
+                    control.accept(Instant::now());
+                }
+                control.expire(Instant::now());
+            }
             self.handle(Event::Tick);
+        }
+    }
+
+    /// A request from the control socket's client `id`, if it sent one.
+    fn read_client(&mut self, id: u64) {
+        let Some(control) = &mut self.control else {
+            return;
+        };
+        match control.read(id) {
+            Some(Request::Reload) => {
+                // The longest the outcome can take: a reload queued behind
+                // one in flight, each up to ready_timeout, after a restart
+                // backoff at worst.
+                let bound =
+                    self.config.ready_timeout * 2 + core::BACKOFF_MAX + Duration::from_secs(2);
+                control.reply(id, &ctl::pending_line(bound), false);
+                self.handle(Event::ReloadRequested {
+                    by: Waiter::Client(id),
+                });
+            }
+            Some(Request::Status { json }) => {
+                if json {
+                    self.json_clients.insert(id);
+                }
+                self.handle(Event::StatusRequested { client: id });
+            }
+            None => {}
         }
     }
 
@@ -255,6 +372,48 @@ impl Master {
                 }
                 Action::Exit(result) => {
                     self.exit = Some(result);
+                    None
+                }
+                Action::Check { generation, check } => {
+                    if let Some(control) = self.control(generation) {
+                        let _ = control::send(control, &ToWorker::Check(check));
+                    }
+                    None
+                }
+                Action::Answer {
+                    to: Waiter::Worker(generation),
+                    outcome,
+                } => {
+                    if let Some(control) = self.control(generation) {
+                        let _ = control::send(control, &ToWorker::Reloaded(outcome));
+                    }
+                    None
+                }
+                Action::Answer {
+                    to: Waiter::Client(id),
+                    outcome,
+                } => {
+                    if let Some(control) = &mut self.control {
+                        control.reply(id, &ctl::outcome_line(&outcome), true);
+                    }
+                    None
+                }
+                Action::Status { client, status } => {
+                    let view = ctl::View {
+                        master_pid: std::process::id(),
+                        status: &status,
+                        listeners: self.listeners.names(),
+                        now: Instant::now(),
+                        wall: std::time::SystemTime::now(),
+                    };
+                    let text = if self.json_clients.remove(&client) {
+                        view.json()
+                    } else {
+                        view.text()
+                    };
+                    if let Some(control) = &mut self.control {
+                        control.reply(client, &text, true);
+                    }
                     None
                 }
             };
@@ -347,7 +506,14 @@ impl Master {
                 }
                 Ok(Some(ToMaster::Ready)) => Event::Ready { generation },
                 Ok(Some(ToMaster::Failed(reason))) => Event::Failed { generation, reason },
-                Ok(Some(ToMaster::Reload)) => Event::ReloadRequested { generation },
+                Ok(Some(ToMaster::Reload)) => Event::ReloadRequested {
+                    by: Waiter::Worker(generation),
+                },
+                Ok(Some(ToMaster::Alive { check, connections })) => Event::Alive {
+                    generation,
+                    check,
+                    connections,
+                },
                 Ok(None) | Err(_) => {
                     if let Some(child) = self.children.get_mut(&generation) {
                         child.control = None;

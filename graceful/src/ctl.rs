@@ -1,0 +1,593 @@
+//! The master's control socket, from the operator's side: the `graceful`
+//! command that asks a running service to reload and waits for the outcome,
+//! or reads its status.
+//!
+//! A service opts in with `control_socket = "/run/hello/graceful.sock"` (or
+//! `GRACEFUL_CONTROL_SOCKET`). Its master then owns that Unix socket, created
+//! owner-only, and answers only peers of its own user or root. Then:
+//!
+//! ```text
+//! $ graceful reload /run/hello/graceful.sock
+//! reloaded: generation 4 (pid 31207) is serving; it was ready in 38 ms
+//! $ echo $?
+//! 0
+//! ```
+//!
+//! A reload that is rolled back prints the reason the master logged and
+//! exits 1; a service that cannot be asked (no socket, not running, not
+//! allowed) exits 2. The command is not the service's own binary, so a new
+//! build that cannot even start still gets its failure reported.
+//!
+//! The protocol is lines of text. The client sends one request line:
+//! `reload`, `status` or `status json`. For `reload` the master answers
+//! `pending MS` at once (the longest the outcome can take) and, when the
+//! reload is over, `ok GENERATION PID TEXT` or `error TEXT`. For `status` it
+//! sends the status, as text or as one line of JSON. Then it closes the
+//! connection.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::status::{Outcome, Status, WorkerStatus};
+use crate::{Error, Reloaded};
+
+/// The longest request line the master reads.
+pub(crate) const MAX_REQUEST: usize = 64;
+/// How long the client waits for the first answer line, and beyond the
+/// master's bound for the outcome.
+const ANSWER_MARGIN: Duration = Duration::from_secs(5);
+
+/// What a client asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Request {
+    Reload,
+    Status { json: bool },
+}
+
+impl Request {
+    /// The request in a line the client sent (without its newline).
+    pub(crate) fn parse(line: &str) -> Result<Request, String> {
+        match line.trim() {
+            "reload" => Ok(Request::Reload),
+            "status" => Ok(Request::Status { json: false }),
+            "status json" => Ok(Request::Status { json: true }),
+            other => Err(format!(
+                "unknown request {:?}; expected \"reload\", \"status\" or \"status json\"",
+                other.chars().take(MAX_REQUEST).collect::<String>()
+            )),
+        }
+    }
+
+    fn line(self) -> &'static str {
+        match self {
+            Request::Reload => "reload\n",
+            Request::Status { json: false } => "status\n",
+            Request::Status { json: true } => "status json\n",
+        }
+    }
+}
+
+/// The first answer to `reload`: the longest the outcome can take.
+pub(crate) fn pending_line(bound: Duration) -> String {
+    format!("pending {}\n", bound.as_millis())
+}
+
+/// The last answer to `reload`.
+pub(crate) fn outcome_line(outcome: &Outcome) -> String {
+    let text = outcome.line().replace('\n', " ");
+    match outcome {
+        Outcome::Reloaded {
+            generation, pid, ..
+        } => format!("ok {generation} {pid} {text}\n"),
+        Outcome::Failed(_) => format!("error {text}\n"),
+    }
+}
+
+/// An `error` line for a request the master refuses.
+pub(crate) fn error_line(reason: &str) -> String {
+    format!("error {}\n", reason.replace('\n', " "))
+}
+
+/// What the master adds to the core's [`Status`] to answer a query.
+#[derive(Debug)]
+pub(crate) struct View<'a> {
+    pub(crate) master_pid: u32,
+    pub(crate) status: &'a Status,
+    /// The addresses the master holds, as it logged them.
+    pub(crate) listeners: Vec<String>,
+    /// The instant the status was taken, and the wall clock then.
+    pub(crate) now: Instant,
+    pub(crate) wall: SystemTime,
+}
+
+impl View<'_> {
+    fn wall_time(&self, at: Instant) -> SystemTime {
+        self.wall - self.now.saturating_duration_since(at)
+    }
+
+    fn when(&self, at: Instant) -> String {
+        humantime::format_rfc3339_seconds(self.wall_time(at)).to_string()
+    }
+
+    fn ago(&self, at: Instant) -> String {
+        let secs = self.now.saturating_duration_since(at).as_secs();
+        humantime::format_duration(Duration::from_secs(secs)).to_string()
+    }
+
+    fn worker_text(&self, w: &WorkerStatus) -> String {
+        let pid = w.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+        let connections = match w.connections {
+            Some(1) => ", 1 open connection".to_string(),
+            Some(n) => format!(", {n} open connections"),
+            None => String::new(),
+        };
+        format!(
+            "worker {}{pid} since {} ({} ago){connections}",
+            w.generation,
+            self.when(w.since),
+            self.ago(w.since)
+        )
+    }
+
+    /// The status for a person.
+    pub(crate) fn text(&self) -> String {
+        let status = self.status;
+        let mut out = format!(
+            "state:       {} (master mode, master pid {})\n",
+            status.state, self.master_pid
+        );
+        let none = "none".to_string();
+        let line = |w: Option<&WorkerStatus>| w.map_or(none.clone(), |w| self.worker_text(w));
+        let _ = writeln!(out, "serving:     {}", line(status.serving.as_ref()));
+        if let Some(starting) = &status.starting {
+            let _ = writeln!(out, "starting:    {}", self.worker_text(starting));
+        }
+        if status.draining.is_empty() {
+            let _ = writeln!(out, "draining:    none");
+        }
+        for w in &status.draining {
+            let _ = writeln!(out, "draining:    {}", self.worker_text(w));
+        }
+        let _ = writeln!(out, "listeners:   {}", self.listeners.join(", "));
+        let last = match &status.last_reload {
+            None => "none since the master started".to_string(),
+            Some((at, outcome)) => {
+                let result = match outcome {
+                    Outcome::Reloaded { .. } => "ok",
+                    Outcome::Failed(_) => "failed",
+                };
+                format!(
+                    "{result} at {} ({} ago): {}",
+                    self.when(*at),
+                    self.ago(*at),
+                    outcome.line()
+                )
+            }
+        };
+        let _ = writeln!(out, "last reload: {last}");
+        if status.reloads_queued {
+            let _ = writeln!(out, "queued:      one more reload runs after this one");
+        }
+        out
+    }
+
+    fn worker_json(&self, w: &WorkerStatus) -> serde_json::Value {
+        serde_json::json!({
+            "generation": w.generation,
+            "pid": w.pid,
+            "since": self.when(w.since),
+            "connections": w.connections,
+        })
+    }
+
+    /// The status as one line of JSON.
+    pub(crate) fn json(&self) -> String {
+        let status = self.status;
+        let last_reload = status.last_reload.as_ref().map(|(at, outcome)| {
+            let (ok, generation, pid) = match outcome {
+                Outcome::Reloaded {
+                    generation, pid, ..
+                } => (true, Some(*generation), Some(*pid)),
+                Outcome::Failed(_) => (false, None, None),
+            };
+            serde_json::json!({
+                "at": self.when(*at),
+                "ok": ok,
+                "generation": generation,
+                "pid": pid,
+                "message": outcome.line(),
+            })
+        });
+        let value = serde_json::json!({
+            "mode": "master",
+            "master_pid": self.master_pid,
+            "state": status.state,
+            "serving": status.serving.as_ref().map(|w| self.worker_json(w)),
+            "starting": status.starting.as_ref().map(|w| self.worker_json(w)),
+            "draining": status.draining.iter().map(|w| self.worker_json(w)).collect::<Vec<_>>(),
+            "listeners": self.listeners,
+            "last_reload": last_reload,
+            "reload_queued": status.reloads_queued,
+        });
+        format!("{value}\n")
+    }
+}
+
+/// Connects to the control socket at `socket`.
+fn connect(socket: &Path) -> Result<UnixStream, Error> {
+    let error = |reason: String| Error::Control {
+        socket: socket.to_path_buf(),
+        reason,
+    };
+    UnixStream::connect(socket).map_err(|e| {
+        error(match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                "no such socket: is the service running, with this control_socket?".into()
+            }
+            std::io::ErrorKind::ConnectionRefused => {
+                "nothing answers on it: the service is not running".into()
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "permission denied: run this as the service's user or root".into()
+            }
+            _ => format!("cannot connect: {e}"),
+        })
+    })
+}
+
+/// One exchange: sends `request` and returns the lines answered. The first
+/// line is waited for a few seconds; after a `pending` line, for as long as
+/// it says plus that margin.
+fn exchange(socket: &Path, request: Request) -> Result<Vec<String>, Error> {
+    let error = |reason: String| Error::Control {
+        socket: socket.to_path_buf(),
+        reason,
+    };
+    let mut stream = connect(socket)?;
+    stream
+        .write_all(request.line().as_bytes())
+        .map_err(|e| error(format!("cannot send the request: {e}")))?;
+    let _ = stream.set_read_timeout(Some(ANSWER_MARGIN));
+    let mut reader = BufReader::new(stream);
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => return Ok(lines),
+            Ok(_) => {
+                let line = line.trim_end_matches('\n').to_string();
+                if let Some(ms) = line.strip_prefix("pending ") {
+                    let ms: u64 = ms
+                        .parse()
+                        .map_err(|_| error(format!("unexpected answer {line:?}")))?;
+                    let wait = Duration::from_millis(ms) + ANSWER_MARGIN;
+                    let _ = reader.get_ref().set_read_timeout(Some(wait));
+                    continue;
+                }
+                lines.push(line);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(error(
+                    "no answer in time: the master may be stuck; see its log".into(),
+                ))
+            }
+            Err(e) => return Err(error(format!("cannot read the answer: {e}"))),
+        }
+    }
+}
+
+/// Asks the service whose master owns the control socket `socket` to reload,
+/// and waits until the new worker serves or the reload is rolled back.
+///
+/// Reloads that are asked for while one runs are coalesced, as with
+/// signals: each caller is told the outcome of the reload that covers its
+/// request. Returns [`Error::ReloadFailed`] with the reason the master
+/// logged when the reload was rolled back, and [`Error::Control`] when the
+/// service could not be asked.
+pub fn reload(socket: impl AsRef<Path>) -> Result<Reloaded, Error> {
+    let socket = socket.as_ref();
+    let lines = exchange(socket, Request::Reload)?;
+    parse_outcome(lines.last().map(String::as_str)).map_err(|reason| match reason {
+        Answer::Failed(reason) => Error::ReloadFailed { reason },
+        Answer::Malformed(reason) => Error::Control {
+            socket: socket.to_path_buf(),
+            reason,
+        },
+    })
+}
+
+/// Reads the status of the service whose master owns the control socket
+/// `socket`: for a person, or as one line of JSON.
+pub fn status(socket: impl AsRef<Path>, json: bool) -> Result<String, Error> {
+    let socket = socket.as_ref();
+    let lines = exchange(socket, Request::Status { json })?;
+    if let Some(reason) = lines.first().and_then(|l| l.strip_prefix("error ")) {
+        return Err(Error::Control {
+            socket: socket.to_path_buf(),
+            reason: reason.to_string(),
+        });
+    }
+    if lines.is_empty() {
+        return Err(Error::Control {
+            socket: socket.to_path_buf(),
+            reason: "the connection closed without an answer".into(),
+        });
+    }
+    Ok(lines.join("\n") + "\n")
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    Failed(String),
+    Malformed(String),
+}
+
+fn parse_outcome(line: Option<&str>) -> Result<Reloaded, Answer> {
+    let Some(line) = line else {
+        return Err(Answer::Malformed(
+            "the connection closed before the outcome".into(),
+        ));
+    };
+    if let Some(reason) = line.strip_prefix("error ") {
+        return Err(Answer::Failed(reason.to_string()));
+    }
+    let malformed = || Answer::Malformed(format!("unexpected answer {line:?}"));
+    let mut fields = line
+        .strip_prefix("ok ")
+        .ok_or_else(malformed)?
+        .splitn(3, ' ');
+    let generation = fields.next().and_then(|g| g.parse().ok());
+    let pid = fields.next().and_then(|p| p.parse().ok());
+    let message = fields.next().unwrap_or_default().to_string();
+    match (generation, pid) {
+        (Some(generation), Some(pid)) => Ok(Reloaded {
+            generation,
+            pid,
+            message,
+        }),
+        _ => Err(malformed()),
+    }
+}
+
+const USAGE: &str = "\
+usage: graceful reload [SOCKET]
+       graceful status [--json] [SOCKET]
+
+Asks a graceful service's master, through its control socket, to reload
+(and waits for the outcome) or for its status. SOCKET defaults to
+$GRACEFUL_CONTROL_SOCKET.
+
+exit status: 0 done; 1 the reload failed and was rolled back (the old
+worker still serves); 2 the service could not be asked, or bad usage.";
+
+/// The `graceful` command: `graceful reload [SOCKET]` or `graceful status
+/// [--json] [SOCKET]`, with the socket defaulting to
+/// `GRACEFUL_CONTROL_SOCKET`. Installed by `cargo install graceful-reload`;
+/// call it from a binary of your own to ship the command with a service.
+///
+/// Exit status: 0 when done, 1 when the reload failed and was rolled back,
+/// 2 when the service could not be asked or the usage is wrong.
+pub fn main() -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut json = false;
+    let mut words = Vec::new();
+    for arg in &args {
+        match arg.as_str() {
+            "--json" => json = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            other if other.starts_with('-') => {
+                eprintln!("graceful: unknown option {other:?}\n\n{USAGE}");
+                return ExitCode::from(2);
+            }
+            other => words.push(other),
+        }
+    }
+    let (command, socket) = match words.as_slice() {
+        [command] => (*command, None),
+        [command, socket] => (*command, Some(PathBuf::from(socket))),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let socket = match socket.or_else(|| {
+        std::env::var_os(crate::config::ENV_CONTROL_SOCKET)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    }) {
+        Some(socket) => socket,
+        None => {
+            eprintln!(
+                "graceful: no control socket: give its path, or set {}",
+                crate::config::ENV_CONTROL_SOCKET
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match (command, json) {
+        ("reload", false) => match reload(&socket) {
+            Ok(reloaded) => {
+                println!("reloaded: {}", reloaded.message);
+                ExitCode::SUCCESS
+            }
+            Err(e @ Error::ReloadFailed { .. }) => {
+                eprintln!("graceful: {e}");
+                ExitCode::from(1)
+            }
+            Err(e) => {
+                eprintln!("graceful: {e}");
+                ExitCode::from(2)
+            }
+        },
+        ("status", json) => match status(&socket, json) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("graceful: {e}");
+                ExitCode::from(2)
+            }
+        },
+        _ => {
+            eprintln!("graceful: unknown command {command:?}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_the_three_lines_and_nothing_else() {
+        for request in [
+            Request::Reload,
+            Request::Status { json: false },
+            Request::Status { json: true },
+        ] {
+            assert_eq!(Request::parse(request.line()), Ok(request));
+        }
+        let refused = Request::parse("shutdown").unwrap_err();
+        assert!(refused.contains("\"shutdown\""), "{refused}");
+        let long = Request::parse(&"x".repeat(10_000)).unwrap_err();
+        assert!(long.len() < 200, "{}", long.len());
+    }
+
+    #[test]
+    fn an_outcome_crosses_as_one_line_and_back() {
+        let ok = Outcome::Reloaded {
+            generation: 4,
+            pid: 31207,
+            took: Duration::from_millis(38),
+        };
+        let line = outcome_line(&ok);
+        assert_eq!(
+            line,
+            "ok 4 31207 generation 4 (pid 31207) is serving; it was ready in 38 ms\n"
+        );
+        assert_eq!(
+            parse_outcome(Some(line.trim_end())),
+            Ok(Reloaded {
+                generation: 4,
+                pid: 31207,
+                message: "generation 4 (pid 31207) is serving; it was ready in 38 ms".into(),
+            })
+        );
+        let failed = Outcome::Failed("reload failed: worker 5 exited\nwith status 3".into());
+        let line = outcome_line(&failed);
+        assert_eq!(line, "error reload failed: worker 5 exited with status 3\n");
+        assert_eq!(
+            parse_outcome(Some(line.trim_end())),
+            Err(Answer::Failed(
+                "reload failed: worker 5 exited with status 3".into()
+            ))
+        );
+        assert!(matches!(parse_outcome(None), Err(Answer::Malformed(_))));
+        assert!(matches!(
+            parse_outcome(Some("ok x 1 y")),
+            Err(Answer::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_outcome(Some("fine")),
+            Err(Answer::Malformed(_))
+        ));
+    }
+
+    fn status() -> (Status, Instant) {
+        let now = Instant::now();
+        let ago = |s| now - Duration::from_secs(s);
+        let status = Status {
+            state: "reloading",
+            serving: Some(WorkerStatus {
+                generation: 3,
+                pid: Some(300),
+                since: ago(60),
+                connections: Some(1),
+            }),
+            starting: Some(WorkerStatus {
+                generation: 4,
+                pid: Some(400),
+                since: ago(1),
+                connections: None,
+            }),
+            draining: vec![WorkerStatus {
+                generation: 2,
+                pid: Some(200),
+                since: ago(60),
+                connections: Some(12),
+            }],
+            last_reload: Some((
+                ago(60),
+                Outcome::Reloaded {
+                    generation: 3,
+                    pid: 300,
+                    took: Duration::from_millis(7),
+                },
+            )),
+            reloads_queued: true,
+        };
+        (status, now)
+    }
+
+    #[test]
+    fn the_status_reads_for_a_person() {
+        let (status, now) = status();
+        let view = View {
+            master_pid: 100,
+            status: &status,
+            listeners: vec!["127.0.0.1:8080".into(), "unix:/run/a.sock".into()],
+            now,
+            wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_000_000),
+        };
+        assert_eq!(
+            view.text(),
+            "state:       reloading (master mode, master pid 100)\n\
+             serving:     worker 3 (pid 300) since 2025-11-24T15:59:00Z (1m ago), 1 open connection\n\
+             starting:    worker 4 (pid 400) since 2025-11-24T15:59:59Z (1s ago)\n\
+             draining:    worker 2 (pid 200) since 2025-11-24T15:59:00Z (1m ago), 12 open connections\n\
+             listeners:   127.0.0.1:8080, unix:/run/a.sock\n\
+             last reload: ok at 2025-11-24T15:59:00Z (1m ago): generation 3 (pid 300) is serving; it was ready in 7 ms\n\
+             queued:      one more reload runs after this one\n"
+        );
+    }
+
+    #[test]
+    fn the_status_is_one_line_of_json() {
+        let (status, now) = status();
+        let view = View {
+            master_pid: 100,
+            status: &status,
+            listeners: vec!["127.0.0.1:8080".into()],
+            now,
+            wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_000_000),
+        };
+        let json = view.json();
+        assert_eq!(json.matches('\n').count(), 1);
+        assert!(json.ends_with('\n'));
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["state"], "reloading");
+        assert_eq!(value["master_pid"], 100);
+        assert_eq!(value["serving"]["pid"], 300);
+        assert_eq!(value["serving"]["since"], "2025-11-24T15:59:00Z");
+        assert_eq!(value["starting"]["connections"], serde_json::Value::Null);
+        assert_eq!(value["draining"][0]["connections"], 12);
+        assert_eq!(value["listeners"][0], "127.0.0.1:8080");
+        assert_eq!(value["last_reload"]["ok"], true);
+        assert_eq!(value["last_reload"]["generation"], 3);
+        assert_eq!(value["reload_queued"], true);
+    }
+}
