@@ -26,7 +26,7 @@ pub fn tool(name: &str) -> PathBuf {
     let install = match name {
         "curl" => "apt-get install curl",
         "systemd-socket-activate" => "apt-get install systemd (installing it starts nothing)",
-        "unshare" | "prlimit" | "taskset" => "apt-get install util-linux",
+        "unshare" | "prlimit" | "taskset" | "setpriv" => "apt-get install util-linux",
         "supervisord" | "supervisorctl" => "python3 -m pip install supervisor",
         _ => "see scripts/test",
     };
@@ -46,6 +46,49 @@ pub fn tool(name: &str) -> PathBuf {
 /// The application the integration tests drive (`src/bin/testapp.rs`).
 pub fn testapp() -> PathBuf {
     built("testapp")
+}
+
+/// Runs the `graceful` command (`src/bin/ctl.rs`) with `args`, bounded by
+/// [`TIMEOUT`]: its exit code, stdout and stderr.
+pub fn graceful_command(args: &[&str]) -> (i32, String, String) {
+    run_bounded(std::process::Command::new(built("ctl")).args(args))
+}
+
+/// Runs `command` to its end, killed by its PID if it takes longer than
+/// [`TIMEOUT`]: its exit code (-1 if killed), stdout and stderr.
+pub fn run_bounded(command: &mut std::process::Command) -> (i32, String, String) {
+    use std::io::Read;
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the command");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status.code().unwrap_or(-1), out, err)
 }
 
 /// A fresh temporary directory for one test: `graceful-test-NAME-PID`.

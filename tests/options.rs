@@ -41,6 +41,16 @@ fn every_attribute_option_takes_effect() {
     );
     // worker_threads = 3
     assert_eq!(get(&addr, "/threads").unwrap().1.trim(), "3");
+    // control_socket = "all-options.sock", relative to the working directory
+    let socket = dir.join("all-options.sock");
+    let (code, status, _) = graceful_dev::graceful_command(&["status", socket.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        status.contains(&format!("master pid {}", service.pid())),
+        "{status}"
+    );
+    // watchdog = "2s"
+    service.wait_line("the serving worker is checked every 2s", T);
 
     // idle_grace = "200ms": an idle keep-alive connection keeps the old
     // worker for 200 ms after the new one is ready, not the default 500 ms.

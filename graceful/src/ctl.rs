@@ -238,25 +238,33 @@ fn connect(socket: &Path) -> Result<UnixStream, Error> {
     })
 }
 
-/// One exchange: sends `request` and returns the lines answered. The first
+/// What the master answered.
+#[derive(Debug, Default)]
+struct Answered {
+    /// Whether it accepted a reload request (`pending`).
+    pending: bool,
+    lines: Vec<String>,
+}
+
+/// One exchange: sends `request` and returns what was answered. The first
 /// line is waited for a few seconds; after a `pending` line, for as long as
 /// it says plus that margin.
-fn exchange(socket: &Path, request: Request) -> Result<Vec<String>, Error> {
+fn exchange(socket: &Path, request: Request) -> Result<Answered, Error> {
     let error = |reason: String| Error::Control {
         socket: socket.to_path_buf(),
         reason,
     };
     let mut stream = connect(socket)?;
-    stream
-        .write_all(request.line().as_bytes())
-        .map_err(|e| error(format!("cannot send the request: {e}")))?;
+    // A master that refuses the connection writes why and closes it: the
+    // send then fails, and the reason is still there to read.
+    let sent = stream.write_all(request.line().as_bytes());
     let _ = stream.set_read_timeout(Some(ANSWER_MARGIN));
     let mut reader = BufReader::new(stream);
-    let mut lines = Vec::new();
+    let mut answered = Answered::default();
     loop {
         let mut line = String::new();
         match reader.read_line(&mut line) {
-            Ok(0) => return Ok(lines),
+            Ok(0) => break,
             Ok(_) => {
                 let line = line.trim_end_matches('\n').to_string();
                 if let Some(ms) = line.strip_prefix("pending ") {
@@ -265,9 +273,10 @@ fn exchange(socket: &Path, request: Request) -> Result<Vec<String>, Error> {
                         .map_err(|_| error(format!("unexpected answer {line:?}")))?;
                     let wait = Duration::from_millis(ms) + ANSWER_MARGIN;
                     let _ = reader.get_ref().set_read_timeout(Some(wait));
+                    answered.pending = true;
                     continue;
                 }
-                lines.push(line);
+                answered.lines.push(line);
             }
             Err(e)
                 if matches!(
@@ -279,9 +288,27 @@ fn exchange(socket: &Path, request: Request) -> Result<Vec<String>, Error> {
                     "no answer in time: the master may be stuck; see its log".into(),
                 ))
             }
+            Err(_) if !answered.lines.is_empty() => break,
             Err(e) => return Err(error(format!("cannot read the answer: {e}"))),
         }
     }
+    // Refused before the request was read: the reason, not the request's
+    // fate.
+    if !answered.pending {
+        if let Some(reason) = answered
+            .lines
+            .first()
+            .and_then(|l| l.strip_prefix("error "))
+        {
+            return Err(error(reason.to_string()));
+        }
+    }
+    if let Err(e) = sent {
+        if answered.lines.is_empty() {
+            return Err(error(format!("cannot send the request: {e}")));
+        }
+    }
+    Ok(answered)
 }
 
 /// Asks the service whose master owns the control socket `socket` to reload,
@@ -294,8 +321,8 @@ fn exchange(socket: &Path, request: Request) -> Result<Vec<String>, Error> {
 /// service could not be asked.
 pub fn reload(socket: impl AsRef<Path>) -> Result<Reloaded, Error> {
     let socket = socket.as_ref();
-    let lines = exchange(socket, Request::Reload)?;
-    parse_outcome(lines.last().map(String::as_str)).map_err(|reason| match reason {
+    let answered = exchange(socket, Request::Reload)?;
+    parse_outcome(answered.lines.last().map(String::as_str)).map_err(|reason| match reason {
         Answer::Failed(reason) => Error::ReloadFailed { reason },
         Answer::Malformed(reason) => Error::Control {
             socket: socket.to_path_buf(),
@@ -308,13 +335,7 @@ pub fn reload(socket: impl AsRef<Path>) -> Result<Reloaded, Error> {
 /// `socket`: for a person, or as one line of JSON.
 pub fn status(socket: impl AsRef<Path>, json: bool) -> Result<String, Error> {
     let socket = socket.as_ref();
-    let lines = exchange(socket, Request::Status { json })?;
-    if let Some(reason) = lines.first().and_then(|l| l.strip_prefix("error ")) {
-        return Err(Error::Control {
-            socket: socket.to_path_buf(),
-            reason: reason.to_string(),
-        });
-    }
+    let lines = exchange(socket, Request::Status { json })?.lines;
     if lines.is_empty() {
         return Err(Error::Control {
             socket: socket.to_path_buf(),

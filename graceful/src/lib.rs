@@ -137,6 +137,8 @@ pub use tokio_rustls::rustls;
 /// | `max_header_size = 65536` | `65536` | the largest request head, in bytes; see [`Server::max_header_size`] |
 /// | `max_draining = 4` | `4` | old workers draining at once; see [`Server::max_draining`] |
 /// | `watch = true` | `false` | reload when the executable is replaced; see [`Server::watch`] |
+/// | `control_socket = "/run/app/graceful.sock"` | none | where `graceful reload` and `graceful status` reach the master (`GRACEFUL_CONTROL_SOCKET` overrides it); see [`Server::control_socket`] and [`ctl`] |
+/// | `watchdog = "10s"` | off (under systemd: a quarter of `WatchdogSec=`) | check that the serving worker's runtime answers, and replace it if not; see [`Server::watchdog`] |
 ///
 /// Durations are written like `"500ms"`, `"20s"`, `"1m30s"` or `"4h"`.
 /// Mistakes are compile errors on the offending token.

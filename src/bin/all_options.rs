@@ -35,7 +35,9 @@ async fn handle(req: Request<Incoming>) -> Result<Response<String>, Infallible> 
     idle_timeout = "1s",
     max_connections = 20,
     max_header_size = 16384,
-    max_draining = 2
+    max_draining = 2,
+    control_socket = "all-options.sock",
+    watchdog = "2s"
 )]
 async fn main() {
     if let Some(path) = std::env::var_os("ALL_OPTIONS_HANG_IF_EXISTS") {

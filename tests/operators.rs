@@ -1,0 +1,471 @@
+//! What an operator and a deploy script are told: the `graceful reload`
+//! command and its outcome, `graceful status`, `reload_and_wait()` from
+//! code, against real services and real failures.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use graceful_dev::http::{get, pid_of};
+use graceful_dev::process::Service;
+use graceful_dev::procfs::wait_gone;
+use graceful_dev::{graceful_command, run_bounded, temp_dir, testapp, TIMEOUT as T};
+
+/// A service whose executable is a copy in its own directory (so a test may
+/// replace it with a broken build), with a control socket there.
+struct Deployed {
+    dir: PathBuf,
+    exe: PathBuf,
+    socket: String,
+    flag: PathBuf,
+}
+
+impl Deployed {
+    fn new(name: &str) -> Deployed {
+        let dir = temp_dir(&format!("operators-{name}"));
+        let exe = dir.join("app");
+        std::fs::copy(testapp(), &exe).unwrap();
+        Deployed {
+            socket: dir.join("control.sock").to_str().unwrap().to_string(),
+            flag: dir.join("fail"),
+            exe,
+            dir,
+        }
+    }
+
+    fn start(&self, extra: &[(&str, &str)]) -> Service {
+        let mut envs = vec![
+            ("GRACEFUL_CONTROL_SOCKET", self.socket.as_str()),
+            ("TESTAPP_FAIL_IF_EXISTS", self.flag.to_str().unwrap()),
+        ];
+        envs.extend_from_slice(extra);
+        Service::start(&self.exe, &["127.0.0.1:0"], &envs)
+    }
+
+    /// Puts `content` in place of the executable, as a deploy does: written
+    /// beside it, then renamed over it.
+    fn install(&self, content: &[u8]) {
+        use std::os::unix::fs::PermissionsExt;
+        let next = self.dir.join("app.next");
+        std::fs::write(&next, content).unwrap();
+        std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&next, &self.exe).unwrap();
+    }
+
+    fn reload(&self) -> (i32, String, String) {
+        graceful_command(&["reload", &self.socket])
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let (code, out, err) = graceful_command(&["status", "--json", &self.socket]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(out.lines().count(), 1, "{out}");
+        serde_json::from_str(&out).unwrap()
+    }
+}
+
+impl Drop for Deployed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The PID in `reloaded: generation N (pid P) is serving...`.
+fn reported_pid(out: &str) -> i32 {
+    let rest = out.split("(pid ").nth(1).unwrap_or_else(|| panic!("{out}"));
+    rest.split(')').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_reload_command_reports_success_and_each_kind_of_failure() {
+    let app = Deployed::new("outcomes");
+    let service = app.start(&[]);
+    let addr = service.addr(T);
+    let first = service.ready_worker(1, T);
+
+    // A good reload: exit 0, the new generation and the PID that serves.
+    let (code, out, err) = app.reload();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("reloaded: generation 2 (pid "), "{out}");
+    let serving = reported_pid(&out);
+    assert_eq!(pid_of(&addr), serving);
+    assert!(wait_gone(first, T));
+
+    // Each failure: exit 1, the reason the master logged, the old worker
+    // named as still serving, and it still serves.
+    let still = format!("still serving with worker 2 (pid {serving})");
+    let cases: [(&str, &str); 4] = [
+        ("panic", "main panicked: testapp was told to panic"),
+        (
+            "error",
+            "main returned an error: \"testapp was told to fail\"",
+        ),
+        (
+            "bad-addr",
+            "invalid address \"127.0.0.1:99999\": port 99999 is out of range",
+        ),
+        ("hang", "was not ready within the 5s ready_timeout"),
+    ];
+    for (mode, reason) in cases {
+        std::fs::write(&app.flag, mode).unwrap();
+        let (code, out, err) = app.reload();
+        assert_eq!(code, 1, "{mode}: {out}{err}");
+        assert!(out.is_empty(), "{mode}: {out}");
+        assert!(
+            err.starts_with("graceful: reload failed: "),
+            "{mode}: {err}"
+        );
+        assert!(err.contains(reason), "{mode}: {err}");
+        assert!(err.contains(&still), "{mode}: {err}");
+        assert_eq!(pid_of(&addr), serving, "{mode}");
+    }
+    std::fs::remove_file(&app.flag).unwrap();
+
+    // A build that cannot even start: the command is not the service's
+    // binary, so the failure is still reported.
+    app.install(b"#!/bin/sh\necho 'broken build: missing libfoo.so' >&2\nexit 1\n");
+    let (code, _, err) = app.reload();
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("exited with status 1 before it was ready"),
+        "{err}"
+    );
+    assert!(err.contains(&still), "{err}");
+    assert!(service
+        .log_text()
+        .contains("broken build: missing libfoo.so"));
+
+    // The fixed build is deployed: the next reload runs it.
+    app.install(&std::fs::read(testapp()).unwrap());
+    let (code, out, err) = app.reload();
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(pid_of(&addr), reported_pid(&out));
+
+    // The status tells the last outcome, and the log says who asked.
+    let status = app.status_json();
+    assert_eq!(status["last_reload"]["ok"], true);
+    assert_eq!(status["serving"]["pid"], reported_pid(&out));
+    assert!(service
+        .log_text()
+        .contains("reload started (graceful reload command)"));
+}
+
+#[test]
+fn concurrent_reload_commands_are_each_told_the_reload_that_covered_them() {
+    let app = Deployed::new("concurrent");
+    let service = app.start(&[]);
+    let addr = service.addr(T);
+    service.ready_worker(1, T);
+    // Worker 2 takes three seconds to start: requests made meanwhile queue.
+    std::fs::write(&app.flag, "slow:3000").unwrap();
+    let first = {
+        let socket = app.socket.clone();
+        std::thread::spawn(move || graceful_command(&["reload", &socket]))
+    };
+    service.wait_line("worker 2 (pid", T);
+    let queued: Vec<_> = (0..4)
+        .map(|_| {
+            let socket = app.socket.clone();
+            std::thread::spawn(move || graceful_command(&["reload", &socket]))
+        })
+        .collect();
+    let (code, out, err) = first.join().unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("reloaded: generation 2 "), "{out}");
+    let mut pids = Vec::new();
+    for waiter in queued {
+        let (code, out, err) = waiter.join().unwrap();
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.starts_with("reloaded: generation 3 "), "{out}");
+        pids.push(reported_pid(&out));
+    }
+    pids.dedup();
+    assert_eq!(pids.len(), 1, "one reload covered them all: {pids:?}");
+    assert_eq!(pid_of(&addr), pids[0]);
+    assert_eq!(service.count_lines("reload started"), 2);
+}
+
+#[test]
+fn the_reload_command_fails_clearly_when_it_cannot_ask() {
+    let dir = temp_dir("operators-cannot-ask");
+    // No socket at all.
+    let missing = dir.join("missing.sock");
+    let (code, _, err) = graceful_command(&["reload", missing.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no such socket"), "{err}");
+    assert!(err.contains("missing.sock"), "{err}");
+    // A socket left by a service that is not running.
+    let stale = dir.join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let (code, _, err) = graceful_command(&["status", stale.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("the service is not running"), "{err}");
+    // No socket named, and none in the environment.
+    let (code, _, err) = run_bounded(
+        std::process::Command::new(graceful_dev::built("ctl"))
+            .arg("reload")
+            .env_remove("GRACEFUL_CONTROL_SOCKET"),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("GRACEFUL_CONTROL_SOCKET"), "{err}");
+    // An unknown command.
+    let (code, _, err) = graceful_command(&["restart", stale.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unknown command \"restart\""), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs the `graceful` command as the unprivileged user `nobody`.
+fn as_nobody(ctl: &Path, args: &[&str]) -> (i32, String, String) {
+    run_bounded(
+        std::process::Command::new(graceful_dev::tool("setpriv"))
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(ctl)
+            .args(args),
+    )
+}
+
+#[test]
+fn only_the_services_user_or_root_may_use_the_control_socket() {
+    let app = Deployed::new("permissions");
+    let service = app.start(&[]);
+    service.ready_worker(1, T);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&app.socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the socket is owner-only");
+    // A copy of the command that `nobody` may run, in a directory it may
+    // enter.
+    std::fs::set_permissions(&app.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ctl = app.dir.join("graceful");
+    std::fs::copy(graceful_dev::built("ctl"), &ctl).unwrap();
+    let (code, _, err) = as_nobody(&ctl, &["reload", &app.socket]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("permission denied"), "{err}");
+    // Even if the file is opened to everyone, the master checks who the
+    // peer is.
+    std::fs::set_permissions(&app.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (code, _, err) = as_nobody(&ctl, &["reload", &app.socket]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("uid 65534 is neither the service's user (0) nor root"),
+        "{err}"
+    );
+    assert_eq!(service.count_lines("reload started"), 0);
+    assert!(service
+        .log_text()
+        .contains("control socket: refused a client of uid 65534"));
+}
+
+#[test]
+fn a_hostile_file_or_a_running_service_at_the_socket_path_is_an_error() {
+    let app = Deployed::new("hostile-path");
+    // A regular file where the socket should be: never replaced.
+    std::fs::write(&app.socket, "precious").unwrap();
+    let mut service = app.start(&[]);
+    let status = service.wait_exit(T);
+    assert_eq!(status.code(), Some(1));
+    let line = service.wait_line(&format!("control socket {:?}", app.socket), T);
+    assert!(line.contains("not a socket"), "{line}");
+    assert_eq!(std::fs::read_to_string(&app.socket).unwrap(), "precious");
+    std::fs::remove_file(&app.socket).unwrap();
+
+    // A socket another master answers on: the second refuses to start.
+    let running = app.start(&[]);
+    running.ready_worker(1, T);
+    let mut second = app.start(&[]);
+    assert_eq!(second.wait_exit(T).code(), Some(1));
+    let line = second.wait_line(&format!("control socket {:?}", app.socket), T);
+    assert!(line.contains("in use"), "{line}");
+    // The first still answers, and its socket was not taken away.
+    assert_eq!(app.status_json()["master_pid"], running.pid());
+}
+
+#[test]
+fn silent_garbage_or_too_many_clients_are_refused_and_the_master_goes_on() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let app = Deployed::new("silent");
+    let service = app.start(&[]);
+    service.ready_worker(1, T);
+    let answer = |mut client: UnixStream| {
+        client.set_read_timeout(Some(T)).unwrap();
+        let mut answer = String::new();
+        let _ = client.read_to_string(&mut answer);
+        answer
+    };
+    // Clients that connect and say nothing: the master does not wait on
+    // them; one more than it holds at once is refused at once.
+    let silent: Vec<_> = (0..16)
+        .map(|_| UnixStream::connect(&app.socket).unwrap())
+        .collect();
+    let extra = UnixStream::connect(&app.socket).unwrap();
+    assert_eq!(
+        answer(extra),
+        "error too many control connections (16 open); try again\n"
+    );
+    let (code, _, err) = graceful_command(&["status", &app.socket]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("too many control connections"), "{err}");
+    // The silent ones are closed after 5 s, with a line that says why.
+    for client in silent {
+        assert_eq!(answer(client), "error no request within 5s\n");
+    }
+    // Garbage, or a line too long, gets an error line naming the fault.
+    let mut garbage = UnixStream::connect(&app.socket).unwrap();
+    garbage.write_all(b"shutdown now please\n").unwrap();
+    assert!(
+        answer(garbage).contains("unknown request \"shutdown now please\""),
+        "garbage"
+    );
+    let mut long = UnixStream::connect(&app.socket).unwrap();
+    let _ = long.write_all(&[b'x'; 1000]);
+    assert!(answer(long).contains("at most 64 bytes"));
+    // Through it all, the master served and answers.
+    let (code, out, err) = graceful_command(&["status", &app.socket]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("serving:     worker 1"), "{out}");
+}
+
+#[test]
+fn the_status_shows_draining_workers_with_their_open_connections() {
+    let app = Deployed::new("status");
+    let service = app.start(&[]);
+    let addr = service.addr(T);
+    let first = service.ready_worker(1, T);
+    let before = app.status_json();
+    assert_eq!(before["mode"], "master");
+    assert_eq!(before["master_pid"], service.pid());
+    assert_eq!(before["state"], "serving");
+    assert_eq!(before["serving"]["generation"], 1);
+    assert_eq!(before["serving"]["pid"], first);
+    assert_eq!(before["draining"], serde_json::json!([]));
+    assert_eq!(before["last_reload"], serde_json::Value::Null);
+    assert_eq!(before["listeners"], serde_json::json!([addr]));
+
+    // Three slow requests hold worker 1 through a reload.
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || get(&addr, "/slow?ms=4000"))
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + T;
+    while app.status_json()["serving"]["connections"] != 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the requests never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, out, err) = app.reload();
+    assert_eq!(code, 0, "{out}{err}");
+    let during = app.status_json();
+    assert_eq!(during["serving"]["generation"], 2);
+    assert_eq!(during["serving"]["pid"], reported_pid(&out));
+    assert_eq!(
+        during["draining"],
+        serde_json::json!([{
+            "generation": 1,
+            "pid": first,
+            "since": during["draining"][0]["since"],
+            "connections": 3,
+        }])
+    );
+    assert_eq!(during["last_reload"]["ok"], true);
+    assert_eq!(during["last_reload"]["generation"], 2);
+    let (code, text, _) = graceful_command(&["status", &app.socket]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains(&format!("draining:    worker 1 (pid {first}) since ")),
+        "{text}"
+    );
+    assert!(text.contains("3 open connections"), "{text}");
+    assert!(text.contains("last reload: ok at "), "{text}");
+    for request in slow {
+        assert_eq!(request.join().unwrap().unwrap().0, 200);
+    }
+    assert!(wait_gone(first, T));
+}
+
+#[test]
+fn reload_and_wait_resolves_to_the_outcome_in_master_mode() {
+    let app = Deployed::new("from-code");
+    let service = app.start(&[]);
+    let addr = service.addr(T);
+    let first = service.ready_worker(1, T);
+    // The old worker asks, is told, and only then drains.
+    let (status, body) = get(&addr, "/reload-and-wait").unwrap();
+    assert_eq!(status, 200);
+    let second = service.ready_worker(2, T);
+    assert_eq!(
+        body,
+        format!(
+            "reloaded generation 2 pid {second}: generation 2 (pid {second}) is serving; it \
+             was ready in {} ms\n",
+            body.split("ready in ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+        )
+    );
+    assert!(wait_gone(first, T));
+    std::fs::write(&app.flag, "error").unwrap();
+    let (_, body) = get(&addr, "/reload-and-wait").unwrap();
+    assert!(body.starts_with("not reloaded: reload failed: "), "{body}");
+    assert!(body.contains("testapp was told to fail"), "{body}");
+    assert!(
+        body.contains(&format!("still serving with worker 2 (pid {second})")),
+        "{body}"
+    );
+}
+
+#[test]
+fn reload_and_wait_resolves_to_the_outcome_in_single_mode() {
+    let dir = temp_dir("operators-single");
+    let flag = dir.join("fail");
+    let service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[
+            ("GRACEFUL_MODE", "single"),
+            ("TESTAPP_FAIL_IF_EXISTS", flag.to_str().unwrap()),
+        ],
+    );
+    let addr = service.addr(T);
+    service.ready("process", 1, T);
+    std::fs::write(&flag, "panic").unwrap();
+    let (_, body) = get(&addr, "/reload-and-wait").unwrap();
+    assert!(body.starts_with("not reloaded: reload failed: "), "{body}");
+    assert!(body.contains("main panicked"), "{body}");
+    assert_eq!(pid_of(&addr), service.pid());
+    std::fs::remove_file(&flag).unwrap();
+    let (_, body) = get(&addr, "/reload-and-wait").unwrap();
+    assert!(body.starts_with("reloaded generation 2 pid "), "{body}");
+    let successor: i32 = body
+        .trim_start_matches("reloaded generation 2 pid ")
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(pid_of(&addr), successor);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn control_socket_and_watchdog_are_refused_in_single_mode() {
+    let dir = temp_dir("operators-single-refused");
+    let socket = dir.join("c.sock");
+    let mut service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[
+            ("GRACEFUL_MODE", "single"),
+            ("GRACEFUL_CONTROL_SOCKET", socket.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(service.wait_exit(T).code(), Some(1));
+    service.wait_line("invalid option control_socket: it needs master mode", T);
+    let _ = std::fs::remove_dir_all(&dir);
+}
