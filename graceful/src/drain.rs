@@ -88,8 +88,20 @@ impl Drain {
         if self.starting.swap(true, Ordering::SeqCst) {
             return;
         }
-        if let Some(why) = why {
-            crate::log::log!("pid {}: {why}; draining", std::process::id());
+        match why {
+            Some(why) => crate::log::event!(
+                Info,
+                { event = "draining", reason = why },
+                "pid {}: {why}; draining",
+                std::process::id()
+            ),
+            // Told to stop by the master, which writes the line.
+            None => crate::log::event!(
+                tracing_only Info,
+                { event = "draining", reason = "told to stop" },
+                "pid {}: told to stop; draining",
+                std::process::id()
+            ),
         }
         *self.at_start.lock().unwrap_or_else(|e| e.into_inner()) =
             (self.active(), self.opened.load(Ordering::SeqCst));

@@ -26,8 +26,6 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
-use crate::log::log;
-
 /// A boxed error, as handlers and bodies may return any error type.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -328,7 +326,12 @@ impl Handler {
         // For the log line on a panic only: a copy, formatted then.
         let from = peer.clone();
         if let Err(message) = CatchUnwind(call(conn, peer)).await {
-            log!("stream handler panicked on a connection from {from:?}: {message}; connection closed");
+            let peer = format!("{from:?}");
+            crate::log::event!(
+                Error,
+                { event = "handler_panicked", peer = peer.as_str(), panic = message.as_str() },
+                "stream handler panicked on a connection from {peer}: {message}; connection closed"
+            );
         }
     }
 
@@ -344,14 +347,29 @@ impl Handler {
         match CatchUnwind(call(req)).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
-                log!(
+                let error = error.to_string();
+                crate::log::event!(
+                    Error,
+                    {
+                        event = "handler_error",
+                        method = method.as_str(),
+                        path = uri.path(),
+                        error = error.as_str(),
+                    },
                     "handler error on {method} {}: {error}; answered 500",
                     uri.path()
                 );
                 internal_error()
             }
             Err(message) => {
-                log!(
+                crate::log::event!(
+                    Error,
+                    {
+                        event = "handler_panicked",
+                        method = method.as_str(),
+                        path = uri.path(),
+                        panic = message.as_str(),
+                    },
                     "handler panicked on {method} {}: {message}; answered 500",
                     uri.path()
                 );

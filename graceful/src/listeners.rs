@@ -161,7 +161,11 @@ impl Listeners {
             }
             ListenAddr::Tcp { .. } | ListenAddr::Systemd(_) => None,
         };
-        log!("listening on {local} (registered as {key:?})");
+        crate::log::event!(
+            Info,
+            { event = "listening", address = local.as_str(), registered = key.as_str() },
+            "listening on {local} (registered as {key:?})"
+        );
         let held = Held {
             fd,
             local,

@@ -11,6 +11,17 @@
 //! open file description; a socket is sent to with `MSG_DONTWAIT`), and a
 //! line that does not fit is counted, not waited for. The count is reported
 //! with the next line that is written.
+//!
+//! Each line has a level. When stderr is the journal (`JOURNAL_STREAM` names
+//! stderr's device and inode, as systemd sets it), lines carry the syslog
+//! priority prefix (`<3>` error, `<4>` warning, `<6>` info), so that
+//! `journalctl -p err` shows failed reloads and crashes.
+//!
+//! With the `tracing` feature, a serving process (worker or single mode)
+//! whose application has set a global `tracing` subscriber emits its
+//! lifecycle events through it instead (target `graceful`, with fields),
+//! and writes no line; see [`event!`]. The master runs no user code, has no
+//! subscriber, and always writes lines.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,8 +35,56 @@ static LOST: AtomicU64 = AtomicU64::new(0);
 /// once or not at all, so longer lines are cut, never split.
 const LONGEST: usize = 4096;
 
+/// How bad a line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Level {
+    Error,
+    Warn,
+    Info,
+}
+
+impl Level {
+    /// The syslog priority, for the journal.
+    fn priority(self) -> u8 {
+        match self {
+            Level::Error => 3,
+            Level::Warn => 4,
+            Level::Info => 6,
+        }
+    }
+}
+
 pub(crate) fn line(args: std::fmt::Arguments<'_>) {
-    write_line(format!("graceful: {args}"));
+    line_at(Level::Info, args);
+}
+
+pub(crate) fn line_at(level: Level, args: std::fmt::Arguments<'_>) {
+    write_line(level, format!("graceful: {args}"));
+}
+
+/// The generation of this serving process, for the fields of its `tracing`
+/// events (0: not known, as in the master).
+#[cfg(feature = "tracing")]
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Records this serving process's generation for its events.
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+#[cfg_attr(not(unix), allow(dead_code))]
+pub(crate) fn set_generation(generation: u64) {
+    #[cfg(feature = "tracing")]
+    GENERATION.store(generation, Ordering::Relaxed);
+}
+
+#[cfg(feature = "tracing")]
+pub(crate) fn generation() -> u64 {
+    GENERATION.load(Ordering::Relaxed)
+}
+
+/// Whether events go to the application's `tracing` subscriber rather than
+/// to stderr: only once one has been set globally.
+#[cfg(feature = "tracing")]
+pub(crate) fn to_tracing() -> bool {
+    tracing::dispatcher::has_been_set()
 }
 
 /// Makes panics print through the same writer, so that a panic in a handler
@@ -42,18 +101,29 @@ pub(crate) fn install_panic_hook() {
         if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
             text.push_str(&format!("\nstack backtrace:\n{backtrace}"));
         }
-        write_line(text);
+        write_line(Level::Error, text);
     }));
 }
 
+/// The syslog prefix for `level`, when stderr is the journal.
+fn prefix(level: Level) -> String {
+    if journal() {
+        format!("<{}>", level.priority())
+    } else {
+        String::new()
+    }
+}
+
 /// Writes one line, whole or not at all, without blocking.
-fn write_line(mut text: String) {
+fn write_line(level: Level, text: String) {
+    let mut text = prefix(level) + &text;
     cut(&mut text, LONGEST - 1);
     text.push('\n');
     let lost = LOST.load(Ordering::Relaxed);
     if lost > 0 {
         let note = format!(
-            "graceful: {lost} log line(s) could not be written: stderr was not being read\n"
+            "{}graceful: {lost} log line(s) could not be written: stderr was not being read\n",
+            prefix(Level::Warn)
         );
         if write(note.as_bytes()) {
             LOST.fetch_sub(lost, Ordering::Relaxed);
@@ -76,6 +146,32 @@ fn cut(text: &mut String, max: usize) {
         }
         text.truncate(end);
     }
+}
+
+/// Whether stderr is the journal's stream: `JOURNAL_STREAM` is
+/// `DEVICE:INODE` of the stream systemd connected, and it is stderr's only if
+/// stderr has not been redirected since.
+#[cfg(unix)]
+fn journal() -> bool {
+    static JOURNAL: OnceLock<bool> = OnceLock::new();
+    *JOURNAL.get_or_init(|| {
+        use std::os::unix::fs::MetadataExt;
+        let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+            return false;
+        };
+        let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
+            return false;
+        };
+        let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+            return false;
+        };
+        dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
+    })
+}
+
+#[cfg(not(unix))]
+fn journal() -> bool {
+    false
 }
 
 /// How stderr is written without blocking.
@@ -140,6 +236,78 @@ macro_rules! log {
 }
 pub(crate) use log;
 
+/// A line at a level: `log_at!(Error, "...")`.
+macro_rules! log_at {
+    ($level:ident, $($arg:tt)*) => {
+        $crate::log::line_at($crate::log::Level::$level, format_args!($($arg)*))
+    };
+}
+pub(crate) use log_at;
+
+/// A lifecycle event of a serving process: a `tracing` event with fields
+/// (plus `generation` and `pid`) when the application has a subscriber and
+/// the `tracing` feature is on, else the line. With `tracing_only`, an event
+/// whose line the master writes: no line here.
+///
+/// `event!(Info, { connections = n, cut = m }, "drained {n} ...", ...)`
+macro_rules! event {
+    ($level:ident, { $($field:ident = $value:expr),* $(,)? }, $($arg:tt)+) => {{
+        #[cfg(feature = "tracing")]
+        if $crate::log::to_tracing() {
+            ::tracing::event!(
+                target: "graceful",
+                $crate::log::tracing_level!($level),
+                generation = $crate::log::generation(),
+                pid = ::std::process::id(),
+                $($field = $value,)*
+                "{}",
+                format_args!($($arg)+)
+            );
+        } else {
+            $crate::log::log_at!($level, $($arg)+);
+        }
+        #[cfg(not(feature = "tracing"))]
+        {
+            $(let _ = &$value;)*
+            $crate::log::log_at!($level, $($arg)+);
+        }
+    }};
+    (tracing_only $level:ident, { $($field:ident = $value:expr),* $(,)? }, $($arg:tt)+) => {{
+        #[cfg(feature = "tracing")]
+        if $crate::log::to_tracing() {
+            ::tracing::event!(
+                target: "graceful",
+                $crate::log::tracing_level!($level),
+                generation = $crate::log::generation(),
+                pid = ::std::process::id(),
+                $($field = $value,)*
+                "{}",
+                format_args!($($arg)+)
+            );
+        }
+        #[cfg(not(feature = "tracing"))]
+        {
+            $(let _ = &$value;)*
+        }
+    }};
+}
+pub(crate) use event;
+
+#[cfg(feature = "tracing")]
+macro_rules! tracing_level {
+    (Error) => {
+        ::tracing::Level::ERROR
+    };
+    (Warn) => {
+        ::tracing::Level::WARN
+    };
+    (Info) => {
+        ::tracing::Level::INFO
+    };
+}
+#[cfg(feature = "tracing")]
+pub(crate) use tracing_level;
+
 /// A line that can come in a flood (one per failed `accept`, one per
 /// refused connection): written at most once per `period`, with the number
 /// left out since.
@@ -159,9 +327,13 @@ impl Throttled {
         }
     }
 
-    /// Writes the line, unless one was written less than `period` ago.
-    /// Returns whether it was written.
-    pub(crate) fn line(&self, args: std::fmt::Arguments<'_>) -> bool {
+    /// Writes the line with `write` (an event), unless one was written less
+    /// than `period` ago. Returns whether it was written.
+    pub(crate) fn line_with(
+        &self,
+        args: std::fmt::Arguments<'_>,
+        write: impl FnOnce(std::fmt::Arguments<'_>),
+    ) -> bool {
         use std::sync::atomic::Ordering;
         let now = std::time::Instant::now();
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
@@ -171,8 +343,8 @@ impl Throttled {
         }
         *last = Some(now);
         match self.left_out.swap(0, Ordering::Relaxed) {
-            0 => line(args),
-            n => line(format_args!(
+            0 => write(args),
+            n => write(format_args!(
                 "{args} ({n} more like it in the last {:?} left out)",
                 self.period
             )),
@@ -198,10 +370,13 @@ mod tests {
     #[test]
     fn a_flood_is_one_line_per_period() {
         let throttled = Throttled::new(std::time::Duration::from_secs(3600));
-        assert!(throttled.line(format_args!("first")));
+        let written = std::cell::Cell::new(0);
+        let write = |_: std::fmt::Arguments<'_>| written.set(written.get() + 1);
+        assert!(throttled.line_with(format_args!("first"), write));
         for _ in 0..1000 {
-            assert!(!throttled.line(format_args!("again")));
+            assert!(!throttled.line_with(format_args!("again"), write));
         }
+        assert_eq!(written.get(), 1);
         assert_eq!(
             throttled
                 .left_out

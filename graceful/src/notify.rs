@@ -103,9 +103,7 @@ fn address(text: &str) -> std::io::Result<std::os::unix::net::SocketAddr> {
 /// Tells of a lifecycle event: its log line, and its notification to systemd
 /// when there is a notifier.
 pub(crate) fn publish(report: &Report, notifier: Option<&Notifier>) {
-    if let Some(line) = report.log_line() {
-        log!("{line}");
-    }
+    report.write();
     if let Some(notifier) = notifier {
         if let Some(message) = report.notification(monotonic_usec()) {
             notifier.send(&message);

@@ -340,13 +340,33 @@ async fn wait_drained(accepting: Vec<JoinHandle<()>>, config: &Config, name: &st
         drain::global().active()
     };
     let open = drain::global().handled();
-    log!(
-        "{name} drained {} connection(s) in {} ms, {} cut at the {:?} stop_timeout",
-        open - cut.min(open),
-        started.elapsed().as_millis(),
-        cut,
+    let drained = open - cut.min(open);
+    let took = started.elapsed();
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let line = format!(
+        "{name} drained {drained} connection(s) in {} ms, {cut} cut at the {:?} stop_timeout",
+        took.as_millis(),
         config.stop_timeout,
     );
+    let fields = (
+        drained as u64,
+        cut as u64,
+        ms(took),
+        ms(config.stop_timeout),
+    );
+    if cut > 0 {
+        crate::log::event!(
+            Warn,
+            { event = "drained", drained = fields.0, cut = fields.1, took_ms = fields.2, stop_timeout_ms = fields.3 },
+            "{line}"
+        );
+    } else {
+        crate::log::event!(
+            Info,
+            { event = "drained", drained = fields.0, cut = fields.1, took_ms = fields.2, stop_timeout_ms = fields.3 },
+            "{line}"
+        );
+    }
 }
 
 /// Errors from `accept` that concern one connection, not the listener.
@@ -372,12 +392,22 @@ async fn accept_loop(served: Served, shared: Arc<Shared>) {
         let slot = match shared.slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
-                LIMIT_REACHED.line(format_args!(
-                    "pid {}: {} connections open, the most this process serves at once; \
-                     new ones wait in the backlog",
-                    std::process::id(),
-                    shared.cap
-                ));
+                let cap = shared.cap as u64;
+                LIMIT_REACHED.line_with(
+                    format_args!(
+                        "pid {}: {} connections open, the most this process serves at once; \
+                         new ones wait in the backlog",
+                        std::process::id(),
+                        shared.cap
+                    ),
+                    |text| {
+                        crate::log::event!(
+                            Warn,
+                            { event = "connection_limit", max_connections = cap },
+                            "{text}"
+                        )
+                    },
+                );
                 tokio::select! {
                     biased;
                     _ = stopping.wait_for(|s| *s) => break,
@@ -407,7 +437,10 @@ async fn accept_loop(served: Served, shared: Arc<Shared>) {
             Err(e) => {
                 // Out of file descriptors or memory: back off briefly rather
                 // than spin; the connection stays queued in the backlog.
-                ACCEPT_FAILED.line(format_args!("accept failed: {e}; retrying in 50 ms"));
+                ACCEPT_FAILED.line_with(
+                    format_args!("accept failed: {e}; retrying in 50 ms"),
+                    |text| crate::log::event!(Warn, { event = "accept_failed" }, "{text}"),
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

@@ -162,6 +162,7 @@ where
             (listeners, parent.generation, Some(parent.control))
         }
     };
+    crate::log::set_generation(generation);
     let shared = Arc::new(Shared {
         config: config.clone(),
         generation,
@@ -231,7 +232,9 @@ impl Adapter for Single {
                         "cannot tell the predecessor this process is ready: {e}"
                     ))
                 })?;
-                log!(
+                crate::log::event!(
+                    Info,
+                    { event = "ready", took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX) },
                     "{} ready in {} ms and serving",
                     shared.name(),
                     took.as_millis()
@@ -298,7 +301,12 @@ impl Adapter for Single {
         let shared = &self.shared;
         let mut listeners = shared.listeners();
         if shared.handed_over.load(Ordering::SeqCst) {
-            log!("{} exits; its successor serves", shared.name());
+            crate::log::event!(
+                Info,
+                { event = "exited" },
+                "{} exits; its successor serves",
+                shared.name()
+            );
             // Close our copies only: the sockets and their files are the
             // successor's now.
             *listeners = Listeners::default();
@@ -307,7 +315,7 @@ impl Adapter for Single {
             if let Some(path) = &config.pid_file {
                 pidfile::remove(path, std::process::id());
             }
-            log!("stopped");
+            crate::log::event!(Info, { event = "stopped" }, "stopped");
         }
         Ok(())
     }
@@ -465,7 +473,11 @@ async fn successor(shared: &Shared) -> Result<(u32, tokio::process::Child), NoHa
     }
     let (mut child, control) = prepared.spawn_async().map_err(spawn_failed)?;
     let pid = child.id().unwrap_or(0);
-    log!("successor {generation} (pid {pid}) starting");
+    crate::log::event!(
+        Info,
+        { event = "successor_starting", successor_pid = pid },
+        "successor {generation} (pid {pid}) starting"
+    );
 
     let ready_timeout = shared.config.ready_timeout;
     let waited = tokio::select! {
@@ -474,7 +486,11 @@ async fn successor(shared: &Shared) -> Result<(u32, tokio::process::Child), NoHa
             "was not ready within the {ready_timeout:?} ready_timeout"
         )),
         _ = crate::shutdown_signal() => {
-            log!("stopping: killing successor (pid {pid}), which was not ready");
+            crate::log::event!(
+                Warn,
+                { event = "successor_killed", successor_pid = pid },
+                "stopping: killing successor (pid {pid}), which was not ready"
+            );
             let _ = child.start_kill();
             let _ = child.wait().await;
             return Err(NoHandover::Stopped);

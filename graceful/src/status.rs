@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::log::Level;
 use crate::Signal;
 
 /// How a reload ended, told to whoever asked for it (the `graceful reload`
@@ -111,6 +112,81 @@ pub(crate) enum Report {
 }
 
 impl Report {
+    /// How bad it is, for the journal's priority and for `tracing`.
+    pub(crate) fn level(&self) -> Level {
+        match self {
+            Report::ReloadFailed { .. } | Report::StartFailed { .. } | Report::NoWorker { .. } => {
+                Level::Error
+            }
+            _ => Level::Info,
+        }
+    }
+
+    /// Writes the log line, or with the `tracing` feature in a process whose
+    /// application has a subscriber, emits the event with its fields.
+    pub(crate) fn write(&self) {
+        #[cfg(feature = "tracing")]
+        if crate::log::to_tracing() {
+            self.trace();
+            return;
+        }
+        if let Some(line) = self.log_line() {
+            crate::log::line_at(self.level(), format_args!("{line}"));
+        }
+    }
+
+    #[cfg(feature = "tracing")]
+    fn trace(&self) {
+        use crate::log::event;
+        let Some(line) = self.log_line() else {
+            return;
+        };
+        let ms = |d: &Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        match self {
+            Report::ReloadStarted { why, .. } => {
+                event!(tracing_only Info, { event = "reload_started", why = why.as_str() }, "{line}")
+            }
+            Report::Ready { name, took, .. } => event!(
+                tracing_only Info,
+                { event = "ready", name = name.as_str(), took_ms = ms(took) },
+                "{line}"
+            ),
+            Report::ReloadFinished { name, took, old } => event!(
+                tracing_only Info,
+                { event = "reload_finished", name = name.as_str(), took_ms = ms(took), old = old.as_str() },
+                "{line}"
+            ),
+            Report::HandedOver { pid, old } => event!(
+                tracing_only Info,
+                { event = "reload_finished", successor_pid = *pid, old = old.as_str() },
+                "{line}"
+            ),
+            Report::ReloadFailed { reason, still } => event!(
+                tracing_only Error,
+                { event = "reload_failed", reason = reason.as_str(), still = still.as_str() },
+                "{line}"
+            ),
+            Report::StartFailed { reason } => {
+                event!(tracing_only Error, { event = "start_failed", reason = reason.as_str() }, "{line}")
+            }
+            Report::NoWorker { reason, delay } => event!(
+                tracing_only Error,
+                { event = "no_worker", reason = reason.as_str(), delay_ms = ms(delay) },
+                "{line}"
+            ),
+            Report::Stopping {
+                workers,
+                stop_timeout,
+                ..
+            } => event!(
+                tracing_only Info,
+                { event = "stopping", workers = *workers as u64, stop_timeout_ms = ms(stop_timeout) },
+                "{line}"
+            ),
+            Report::Draining { .. } => {}
+        }
+    }
+
     /// The log line, if the event has one.
     pub(crate) fn log_line(&self) -> Option<String> {
         Some(match self {

@@ -12,7 +12,6 @@ use tokio::sync::oneshot;
 use crate::addr::ListenRequest;
 use crate::config::Config;
 use crate::control::{self, Channel, ToMaster, ToWorker};
-use crate::log::log;
 use crate::registration::{MainOutput, Registration};
 use crate::role::Parent;
 use crate::serve::{self, Adapter, Listener, StartError};
@@ -74,6 +73,7 @@ where
     Fut: std::future::Future,
     Fut::Output: MainOutput,
 {
+    crate::log::set_generation(parent.generation);
     let worker = Worker {
         generation: parent.generation,
         control: Control::Raw(parent.control),
@@ -148,11 +148,20 @@ impl Adapter for Worker {
         serve::to_listener(fd).map_err(|e| format!("cannot use the listener: {e}"))
     }
 
-    async fn ready(&mut self, _config: &Config, _started: Instant) -> Result<(), StartError> {
+    async fn ready(&mut self, _config: &Config, started: Instant) -> Result<(), StartError> {
         let channel = self.channel().map_err(StartError::Announce)?.clone();
         channel.send(&ToMaster::Ready).map_err(|e| {
             StartError::Announce(format!("cannot tell the master this worker is ready: {e}"))
         })?;
+        // The master writes the line; a subscriber gets the event.
+        let took = started.elapsed();
+        crate::log::event!(
+            tracing_only Info,
+            { event = "ready", took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX) },
+            "{} ready in {} ms and serving",
+            self.name(),
+            took.as_millis()
+        );
         tokio::spawn(watch_master(channel));
         Ok(())
     }
@@ -176,7 +185,9 @@ async fn watch_master(channel: Arc<Channel>) {
             Ok(Some(ToWorker::Stop)) => drain::global().start(None),
             Ok(Some(ToWorker::Check(check))) => answer_check(&channel, check),
             Ok(Some(ToWorker::Reloaded(outcome))) => deliver(outcome),
-            Ok(Some(other)) => log!("unexpected control message {other:?}; ignored"),
+            Ok(Some(other)) => {
+                crate::log::log_at!(Warn, "unexpected control message {other:?}; ignored")
+            }
             Ok(None) => break "the master exited".to_string(),
             Err(e) => break format!("the control socket failed: {e}"),
         }

@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::log::Level;
 use crate::status::{Outcome, Report, Status, WorkerStatus};
 use crate::Signal;
 
@@ -121,8 +122,8 @@ pub(crate) enum Action {
     Kill { pid: u32 },
     /// A lifecycle event for the log and systemd.
     Report(Report),
-    /// A log line.
-    Log(String),
+    /// A log line, at a level.
+    Log(Level, String),
     /// `WATCHDOG=1` to systemd.
     Watchdog,
     /// Ask generation N's runtime to answer check `check` (answered by
@@ -288,7 +289,7 @@ impl Core {
                     // workers to notice: a stop, done properly.
                     self.stop(now, signal);
                 } else {
-                    self.log(format!(
+                    self.warn(format!(
                         "received {signal}, which is neither a reload nor a stop signal here; ignored"
                     ));
                 }
@@ -379,7 +380,15 @@ impl Core {
     }
 
     fn log(&mut self, line: String) {
-        self.out.push(Action::Log(line));
+        self.out.push(Action::Log(Level::Info, line));
+    }
+
+    fn warn(&mut self, line: String) {
+        self.out.push(Action::Log(Level::Warn, line));
+    }
+
+    fn error(&mut self, line: String) {
+        self.out.push(Action::Log(Level::Error, line));
     }
 
     fn report(&mut self, report: Report) {
@@ -421,7 +430,7 @@ impl Core {
 
     fn request_reload(&mut self, now: Instant, why: &str, by: Option<Waiter>) {
         if matches!(self.phase, Phase::Stopping { .. } | Phase::Done) {
-            self.log(format!("reload requested ({why}) while stopping; ignored"));
+            self.warn(format!("reload requested ({why}) while stopping; ignored"));
             if let Some(waiter) = by {
                 self.out.push(Action::Answer {
                     to: waiter,
@@ -618,7 +627,7 @@ impl Core {
                     .ready_at
                     .is_some_and(|at| now.duration_since(at) >= STABLE_AFTER);
                 let streak = if stable { 0 } else { streak };
-                self.log(detail("unexpectedly"));
+                self.error(detail("unexpectedly"));
                 match starting {
                     // A reload in flight replaces it.
                     Some(g) => {
@@ -689,14 +698,14 @@ impl Core {
             }
         }
         for (line, pid) in kills {
-            self.log(line);
+            self.warn(line);
             self.out.push(Action::Kill { pid });
         }
     }
 
     fn stop(&mut self, now: Instant, signal: Signal) {
         if let Phase::Stopping { .. } = self.phase {
-            self.log(format!(
+            self.warn(format!(
                 "{signal} received again while stopping; killing every worker now"
             ));
             self.kill_all(|_| true);
@@ -798,7 +807,7 @@ impl Core {
         let why = format!("it did not answer the watchdog check within {every:?}");
         w.state = State::Killed;
         let name = w.name();
-        self.log(format!(
+        self.error(format!(
             "{name}: {why}; killing it and its process group, and starting a new worker"
         ));
         if let Some(w) = self.worker(generation) {
@@ -936,7 +945,7 @@ impl Core {
             if let Some(w) = self.worker(generation) {
                 w.state = State::Killed;
             }
-            self.log(format!(
+            self.warn(format!(
                 "killing {name} with SIGKILL: more than max_draining ({}) workers were draining \
                  ({} cut so far)",
                 self.max_draining, self.cut_draining
@@ -1043,7 +1052,10 @@ mod tests {
                     pid: 101
                 }
             ),
-            [Action::Log("worker 1 (pid 101) starting".into())]
+            [Action::Log(
+                Level::Info,
+                "worker 1 (pid 101) starting".into()
+            )]
         );
         assert_eq!(
             run.at(7, Event::Ready { generation: 1 }),
@@ -1102,7 +1114,10 @@ mod tests {
         assert_eq!(
             run.at(2500, exited(101, 0)),
             [
-                Action::Log("worker 1 (pid 101) exited with status 0 after draining".into()),
+                Action::Log(
+                    Level::Info,
+                    "worker 1 (pid 101) exited with status 0 after draining".into()
+                ),
                 Action::Release { generation: 1 },
             ]
         );
@@ -1127,6 +1142,7 @@ mod tests {
         assert_eq!(
             actions,
             [Action::Log(
+                Level::Info,
                 "reload requested (signal SIGUSR1) while another is in progress; it will run next"
                     .into()
             )]
@@ -1187,6 +1203,7 @@ mod tests {
             run.at(31_000, Event::Tick),
             [
                 Action::Log(
+                    Level::Warn,
                     "killing worker 2 (pid 102) with SIGKILL: it did not become ready in time"
                         .into()
                 ),
@@ -1312,7 +1329,7 @@ mod tests {
             assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * now as u32));
             assert_eq!(spawns(&run.at(now - 1, Event::Tick)), 0);
             let actions = run.at(now, Event::Tick);
-            assert_eq!(actions[0], Action::Log("restarting".into()));
+            assert_eq!(actions[0], Action::Log(Level::Info, "restarting".into()));
             assert_eq!(actions[1], Action::Spawn { generation });
             let pid = 100 + generation as u32;
             run.at(now, Event::Spawned { generation, pid });
@@ -1374,6 +1391,7 @@ mod tests {
             }));
             if generation == 6 {
                 assert!(actions.contains(&Action::Log(
+                    Level::Warn,
                     "killing worker 1 (pid 101) with SIGKILL: more than max_draining (4) \
                      workers were draining (1 cut so far)"
                         .into()
@@ -1405,7 +1423,10 @@ mod tests {
         assert_eq!(
             actions,
             [
-                Action::Log("worker 1 (pid 101) was killed by SIGSEGV unexpectedly".into()),
+                Action::Log(
+                    Level::Error,
+                    "worker 1 (pid 101) was killed by SIGSEGV unexpectedly".into()
+                ),
                 Action::Release { generation: 1 },
             ]
         );
@@ -1456,6 +1477,7 @@ mod tests {
         assert_eq!(
             run.at(1501, Event::Signal(Signal::SIGHUP)),
             [Action::Log(
+                Level::Warn,
                 "reload requested (signal SIGHUP) while stopping; ignored".into()
             )]
         );
@@ -1468,7 +1490,10 @@ mod tests {
         assert_eq!(
             last,
             [
-                Action::Log("worker 1 (pid 101) exited with status 0".into()),
+                Action::Log(
+                    Level::Info,
+                    "worker 1 (pid 101) exited with status 0".into()
+                ),
                 Action::Release { generation: 1 },
                 Action::Exit(Ok(())),
             ]
@@ -1485,8 +1510,7 @@ mod tests {
         assert_eq!(
             run.at(kill_at as u64, Event::Tick),
             [
-                Action::Log(
-                    "killing worker 1 (pid 101) with SIGKILL: it was still running after stop_timeout"
+                Action::Log(Level::Warn, "killing worker 1 (pid 101) with SIGKILL: it was still running after stop_timeout"
                         .into()
                 ),
                 Action::Kill { pid: 101 },
@@ -1503,7 +1527,10 @@ mod tests {
         let actions = run.at(1300, Event::Signal(Signal::SIGINT));
         assert_eq!(
             actions[0],
-            Action::Log("SIGINT received again while stopping; killing every worker now".into())
+            Action::Log(
+                Level::Warn,
+                "SIGINT received again while stopping; killing every worker now".into()
+            )
         );
         let mut killed: Vec<_> = actions[1..].to_vec();
         killed.sort_by_key(|a| format!("{a:?}"));
@@ -1529,6 +1556,7 @@ mod tests {
         assert_eq!(
             run.at(10, Event::Signal(Signal::SIGUSR2)),
             [Action::Log(
+                Level::Warn,
                 "received SIGUSR2, which is neither a reload nor a stop signal here; ignored"
                     .into()
             )]
@@ -1622,6 +1650,7 @@ mod tests {
             actions,
             [
                 Action::Log(
+                    Level::Error,
                     "worker 1 (pid 101): it did not answer the watchdog check within 5s; \
                      killing it and its process group, and starting a new worker"
                         .into()
@@ -1641,6 +1670,7 @@ mod tests {
         assert_eq!(
             actions[0],
             Action::Log(
+                Level::Error,
                 "worker 1 (pid 101) was killed by SIGKILL unexpectedly: it did not answer the \
                  watchdog check within 5s"
                     .into()

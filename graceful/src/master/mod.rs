@@ -351,8 +351,8 @@ impl Master {
                     notify::publish(&report, self.notify.as_ref());
                     None
                 }
-                Action::Log(line) => {
-                    log!("{line}");
+                Action::Log(level, line) => {
+                    crate::log::line_at(level, format_args!("{line}"));
                     None
                 }
                 Action::Watchdog => {
