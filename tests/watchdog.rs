@@ -134,6 +134,21 @@ fn the_watchdog_option_works_without_systemd() {
     assert_eq!(service.count_lines("killing it and its process group"), 1);
 }
 
+/// Whether `pid` is blocked in `poll` or `ppoll` (the first number of
+/// `/proc/PID/syscall`, on x86_64 and aarch64).
+fn asleep(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let state = stat.rsplit_once(") ").unwrap().1;
+    let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+    let number = syscall.split_whitespace().next().unwrap_or("");
+    let polls: &[&str] = if cfg!(target_arch = "x86_64") {
+        &["7", "271"]
+    } else {
+        &["73"]
+    };
+    state.starts_with('S') && polls.contains(&number)
+}
+
 /// Context switches of `pid`'s only thread so far.
 fn switches(pid: i32) -> u64 {
     status_value(pid, "voluntary_ctxt_switches:").unwrap()
@@ -152,6 +167,13 @@ fn an_idle_master_with_a_control_socket_and_no_watchdog_never_wakes_up() {
     service.ready_worker(1, T);
     let master = service.pid();
     assert_eq!(status_value(master, "Threads:"), Some(1));
+    // The ready line is written before the master ends that turn of its
+    // loop: the window starts once it sleeps in poll.
+    let deadline = Instant::now() + T;
+    while !asleep(master) {
+        assert!(Instant::now() < deadline, "the master never went to sleep");
+        std::thread::yield_now();
+    }
     let before = switches(master);
     // A window in which nothing is sent to the master: it must not run.
     std::thread::sleep(Duration::from_secs(2));
