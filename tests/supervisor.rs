@@ -41,7 +41,7 @@ impl Supervisor {
              [unix_http_server]\nfile={d}/supervisor.sock\n\
              [supervisorctl]\nserverurl=unix://{d}/supervisor.sock\n\
              [rpcinterface:supervisor]\nsupervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\
-             [program:hello]\ncommand={hello} {addr}\nstopsignal=TERM\nstopwaitsecs=30\nstopasgroup=false\nkillasgroup=true\n\
+             [program:hello]\ncommand={hello} {addr}\nenvironment=GRACEFUL_CONTROL_SOCKET=\"{d}/control.sock\"\nstopsignal=TERM\nstopwaitsecs=30\nstopasgroup=false\nkillasgroup=true\n\
              autorestart=unexpected\nexitcodes=0\nstartsecs=1\nredirect_stderr=true\nstdout_logfile={d}/hello.log\n",
             hello = built("hello").display(),
         );
@@ -147,12 +147,20 @@ fn supervisorctl_signal_hup_reloads_under_load_and_stop_leaves_nothing() {
         sup.wait_log("after draining", n);
         assert!(load.wait_progress(50, T));
     }
+    // The documented command: waits, and names the worker that serves.
+    let socket = sup.dir.join("control.sock");
+    let (code, out, err) = graceful_dev::graceful_command(&["reload", socket.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("reloaded: generation 5 (pid "), "{out}");
+    sup.wait_log("after draining", 4);
+    assert!(load.wait_progress(50, T));
     let report = load.stop();
     report.assert_clean("load");
     assert_eq!(sup.pid(), master, "the PID supervisor watches changed");
 
     let log = sup.log();
-    let last = worker_pid_from(&log, 4);
+    let last = worker_pid_from(&log, 5);
+    assert!(out.contains(&format!("(pid {last})")), "{out}");
     let out = sup.ctl(&["stop", "hello"]);
     assert!(out.contains("stopped"), "{out}");
     assert!(

@@ -13,6 +13,7 @@
 //! includes upgraded connections (WebSocket) that a handler still holds.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -152,10 +153,24 @@ impl Drop for Guard {
     }
 }
 
+/// How long a connection the server closes keeps reading (and dropping)
+/// what the client still sends, at most.
+pub(crate) const LINGER: Duration = Duration::from_secs(1);
+
 /// A socket that counts as one open connection, and holds one of the
 /// process's connection slots, until it is dropped.
+///
+/// Its shutdown lingers, as nginx's `lingering_close` does: it sends FIN,
+/// then reads and drops what the client sends until the client closes too,
+/// for up to [`LINGER`]. Closing a socket with unread data in it makes the
+/// kernel answer with RST, and a client that had sent a request just as an
+/// HTTP/2 GOAWAY (or an HTTP/1 `Connection: close` response) was on its way
+/// then gets a connection error instead of reading the GOAWAY that tells
+/// it the request was not processed and may be retried.
 pub(crate) struct Tracked<T> {
     io: T,
+    /// Set once FIN is sent: when the lingering ends.
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
     _guard: Guard,
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
@@ -164,6 +179,7 @@ impl<T> Tracked<T> {
     pub(crate) fn new(io: T, slot: tokio::sync::OwnedSemaphorePermit) -> Tracked<T> {
         Tracked {
             io,
+            linger: None,
             _guard: global().track(),
             _slot: slot,
         }
@@ -180,7 +196,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -194,7 +210,29 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let this = &mut *self;
+        if this.linger.is_none() {
+            std::task::ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
+            this.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+        }
+        let mut sink = [0u8; 1024];
+        loop {
+            if this
+                .linger
+                .as_mut()
+                .is_some_and(|l| l.as_mut().poll(cx).is_ready())
+            {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = ReadBuf::new(&mut sink);
+            match Pin::new(&mut this.io).poll_read(cx, &mut buf) {
+                // Data: dropped, and read on.
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                // EOF or an error: the client is done.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 
     fn poll_write_vectored(
