@@ -178,3 +178,30 @@ fn an_upgraded_connection_that_never_ends_is_cut_at_stop_timeout() {
     assert!(wait_gone(worker, T));
     service.wait_line("1 cut at the 1s stop_timeout", T);
 }
+
+#[test]
+fn a_closed_connection_lingers_so_the_client_reads_eof_not_a_reset() {
+    // A client that asked to close but had already sent more (a pipelined
+    // request, or an HTTP/2 stream opened as a GOAWAY was on its way): the
+    // server must not close with that unread, or the kernel answers RST and
+    // the client gets "connection reset" or "broken pipe" instead of the end
+    // of the stream.
+    let service = Service::start(&testapp(), &["127.0.0.1:0"], &[]);
+    let addr = service.addr(T);
+    service.ready_worker(1, T);
+    let mut client = std::net::TcpStream::connect(&addr).unwrap();
+    client.set_read_timeout(Some(T)).unwrap();
+    let mut request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec();
+    request.extend(std::iter::repeat_n(b'X', 256 * 1024));
+    client.write_all(&request).unwrap();
+    let mut answer = Vec::new();
+    let read = client.read_to_end(&mut answer);
+    assert!(
+        read.is_ok(),
+        "the connection ended with {read:?}, not EOF, after {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    // The server still reads (and drops) what comes after its FIN.
+    assert!(client.write_all(b"more").is_ok());
+}
