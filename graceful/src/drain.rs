@@ -154,23 +154,27 @@ impl Drop for Guard {
 }
 
 /// How long a connection the server closes keeps reading (and dropping)
-/// what the client still sends, at most.
+/// what the client still sends, at most ...
 pub(crate) const LINGER: Duration = Duration::from_secs(1);
+/// ... and for how long the client may stay quiet meanwhile (a request
+/// sent just before the client saw the close arrives within a round trip).
+pub(crate) const LINGER_QUIET: Duration = Duration::from_millis(250);
 
 /// A socket that counts as one open connection, and holds one of the
 /// process's connection slots, until it is dropped.
 ///
 /// Its shutdown lingers, as nginx's `lingering_close` does: it sends FIN,
 /// then reads and drops what the client sends until the client closes too,
-/// for up to [`LINGER`]. Closing a socket with unread data in it makes the
+/// for up to [`LINGER`], or until it has been quiet for [`LINGER_QUIET`]. Closing a socket with unread data in it makes the
 /// kernel answer with RST, and a client that had sent a request just as an
 /// HTTP/2 GOAWAY (or an HTTP/1 `Connection: close` response) was on its way
 /// then gets a connection error instead of reading the GOAWAY that tells
 /// it the request was not processed and may be retried.
 pub(crate) struct Tracked<T> {
     io: T,
-    /// Set once FIN is sent: when the lingering ends.
-    linger: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Set once FIN is sent: the lingering's timer, and when it ends at the
+    /// latest.
+    linger: Option<(Pin<Box<tokio::time::Sleep>>, tokio::time::Instant)>,
     _guard: Guard,
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
@@ -211,23 +215,28 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if this.linger.is_none() {
-            std::task::ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
-            this.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
-        }
+        let (timer, end) = match &mut this.linger {
+            Some((timer, end)) => (timer, *end),
+            None => {
+                std::task::ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
+                let now = tokio::time::Instant::now();
+                let timer = Box::pin(tokio::time::sleep_until(now + LINGER_QUIET));
+                let (timer, _) = this.linger.insert((timer, now + LINGER));
+                (timer, now + LINGER)
+            }
+        };
         let mut sink = [0u8; 1024];
         loop {
-            if this
-                .linger
-                .as_mut()
-                .is_some_and(|l| l.as_mut().poll(cx).is_ready())
-            {
+            if timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ok(()));
             }
             let mut buf = ReadBuf::new(&mut sink);
             match Pin::new(&mut this.io).poll_read(cx, &mut buf) {
-                // Data: dropped, and read on.
-                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                // Data: dropped, and read on, for another quiet period.
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    let quiet = tokio::time::Instant::now() + LINGER_QUIET;
+                    timer.as_mut().reset(quiet.min(end));
+                }
                 // EOF or an error: the client is done.
                 Poll::Ready(_) => return Poll::Ready(Ok(())),
                 Poll::Pending => return Poll::Pending,
