@@ -489,6 +489,15 @@ mod tests {
     }
 
     #[test]
+    fn pending_and_error_lines_are_one_line_each() {
+        assert_eq!(
+            pending_line(Duration::from_millis(72_500)),
+            "pending 72500\n"
+        );
+        assert_eq!(error_line("too many\nclients"), "error too many clients\n");
+    }
+
+    #[test]
     fn an_outcome_crosses_as_one_line_and_back() {
         let ok = Outcome::Reloaded {
             generation: 4,

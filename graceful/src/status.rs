@@ -282,6 +282,29 @@ mod tests {
     }
 
     #[test]
+    fn failures_are_errors_and_the_rest_is_information() {
+        let failed = [
+            Report::ReloadFailed {
+                reason: "r".into(),
+                still: "worker 1".into(),
+            },
+            Report::StartFailed { reason: "r".into() },
+            Report::NoWorker {
+                reason: "r".into(),
+                delay: Duration::from_millis(100),
+            },
+        ];
+        for report in failed {
+            assert_eq!(report.level(), Level::Error, "{report:?}");
+        }
+        let fine = Report::ReloadStarted {
+            why: "signal SIGHUP".into(),
+            starting: None,
+        };
+        assert_eq!(fine.level(), Level::Info);
+    }
+
+    #[test]
     fn reload_started_carries_the_monotonic_time() {
         let report = Report::ReloadStarted {
             why: "signal SIGHUP".into(),

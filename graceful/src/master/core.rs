@@ -2042,6 +2042,119 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_asked_while_no_worker_serves_is_answered_by_the_replacement() {
+        let mut run = Run::serving();
+        run.at(1000, exited(101, 1));
+        // During the backoff: the request starts the replacement at once.
+        run.at(
+            1010,
+            Event::ReloadRequested {
+                by: Waiter::Client(1),
+            },
+        );
+        run.at(
+            1010,
+            Event::Spawned {
+                generation: 2,
+                pid: 102,
+            },
+        );
+        // It fails: the waiter is told, and a restart is scheduled.
+        let actions = run.at(1020, exited(102, 3));
+        assert_eq!(
+            answers(&actions),
+            [(
+                Waiter::Client(1),
+                Outcome::Failed(
+                    "reload failed: worker 2 (pid 102) exited with status 3 before it was \
+                     ready; no worker is serving"
+                        .into()
+                )
+            )]
+        );
+        assert!(no_worker_delay(&actions).is_some());
+        // The next one is asked for and serves: the waiter is told so.
+        run.at(
+            1030,
+            Event::ReloadRequested {
+                by: Waiter::Client(2),
+            },
+        );
+        run.at(
+            1030,
+            Event::Spawned {
+                generation: 3,
+                pid: 103,
+            },
+        );
+        let actions = run.at(1040, Event::Ready { generation: 3 });
+        assert_eq!(
+            answers(&actions),
+            [(
+                Waiter::Client(2),
+                Outcome::Reloaded {
+                    generation: 3,
+                    pid: 103,
+                    took: MS * 10
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn a_first_start_or_a_crash_restart_is_not_a_reload() {
+        let mut run = Run::serving();
+        run.at(6, Event::StatusRequested { client: 1 });
+        let actions = run.at(7, alive(1, 1, 0));
+        let [Action::Status { status, .. }] = &actions[..] else {
+            panic!("{actions:?}");
+        };
+        assert_eq!(status.last_reload, None);
+        assert_eq!(status.state, "serving");
+        // A crash and its restart: still no reload.
+        run.at(20_000, exited(101, 1));
+        run.at(20_100, Event::Tick);
+        run.at(
+            20_100,
+            Event::Spawned {
+                generation: 2,
+                pid: 102,
+            },
+        );
+        let actions = run.at(20_110, Event::Ready { generation: 2 });
+        assert_eq!(answers(&actions), []);
+        run.at(20_200, Event::StatusRequested { client: 2 });
+        let actions = run.at(20_201, alive(2, 2, 0));
+        let [Action::Status { status, .. }] = &actions[..] else {
+            panic!("{actions:?}");
+        };
+        assert_eq!(status.last_reload, None);
+    }
+
+    #[test]
+    fn a_check_pending_for_a_worker_replaced_meanwhile_kills_nobody() {
+        let mut run = serving_with_watchdog();
+        assert_eq!(
+            run.at(5000, Event::Tick),
+            [Action::Check {
+                generation: 1,
+                check: 1
+            }]
+        );
+        // Worker 2 serves before worker 1 answered; worker 1 drains.
+        run.reload(5001, 2, 102);
+        run.at(5002, Event::Ready { generation: 2 });
+        let actions = run.at(10_000, Event::Tick);
+        assert_eq!(
+            actions,
+            [Action::Check {
+                generation: 2,
+                check: 2
+            }]
+        );
+    }
+
+    #[test]
     fn a_changing_executable_is_reloaded_once_it_has_been_quiet() {
         let mut run = Run::serving();
         // A file being written: a change every 100 ms for half a second.
