@@ -58,12 +58,19 @@ fn every_attribute_option_takes_effect() {
     write!(idle, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut buf = [0u8; 512];
     assert!(idle.read(&mut buf).unwrap() > 0);
+    // Like a real client, it closes its end when the server closes its own
+    // (else the server's lingering close waits 250 ms more for it).
+    let closer = std::thread::spawn(move || {
+        idle.set_read_timeout(Some(T)).unwrap();
+        let _ = idle.read_to_end(&mut Vec::new());
+    });
     service.signal(Signal::SIGUSR2);
     let (_, ready) = service.wait_line_n_at("reload finished", 0, T);
     let exit = format!("worker 1 (pid {first}) exited with status 0 after draining");
     let (_, gone) = service.wait_line_n_at(&exit, 0, T);
     let kept = gone.duration_since(ready);
     println!("idle_grace: the old worker exited {kept:?} after the new one was ready");
+    closer.join().unwrap();
     assert!(
         kept >= Duration::from_millis(190) && kept < Duration::from_millis(450),
         "kept {kept:?}"
