@@ -254,15 +254,7 @@ macro_rules! event {
     ($level:ident, { $($field:ident = $value:expr),* $(,)? }, $($arg:tt)+) => {{
         #[cfg(feature = "tracing")]
         if $crate::log::to_tracing() {
-            ::tracing::event!(
-                target: "graceful",
-                $crate::log::tracing_level!($level),
-                generation = $crate::log::generation(),
-                pid = ::std::process::id(),
-                $($field = $value,)*
-                "{}",
-                format_args!($($arg)+)
-            );
+            $crate::log::trace!($level, { $($field = $value),* }, $($arg)+);
         } else {
             $crate::log::log_at!($level, $($arg)+);
         }
@@ -275,15 +267,7 @@ macro_rules! event {
     (tracing_only $level:ident, { $($field:ident = $value:expr),* $(,)? }, $($arg:tt)+) => {{
         #[cfg(feature = "tracing")]
         if $crate::log::to_tracing() {
-            ::tracing::event!(
-                target: "graceful",
-                $crate::log::tracing_level!($level),
-                generation = $crate::log::generation(),
-                pid = ::std::process::id(),
-                $($field = $value,)*
-                "{}",
-                format_args!($($arg)+)
-            );
+            $crate::log::trace!($level, { $($field = $value),* }, $($arg)+);
         }
         #[cfg(not(feature = "tracing"))]
         {
@@ -292,6 +276,24 @@ macro_rules! event {
     }};
 }
 pub(crate) use event;
+
+/// The `tracing` event itself, with this process's generation and PID.
+#[cfg(feature = "tracing")]
+macro_rules! trace {
+    ($level:ident, { $($field:ident = $value:expr),* }, $($arg:tt)+) => {
+        ::tracing::event!(
+            target: "graceful",
+            $crate::log::tracing_level!($level),
+            generation = $crate::log::generation(),
+            pid = ::std::process::id(),
+            $($field = $value,)*
+            "{}",
+            format_args!($($arg)+)
+        )
+    };
+}
+#[cfg(feature = "tracing")]
+pub(crate) use trace;
 
 #[cfg(feature = "tracing")]
 macro_rules! tracing_level {

@@ -982,13 +982,7 @@ mod tests {
         /// Started, with worker 1 spawned as pid 101 and ready at +5 ms.
         fn serving() -> Run {
             let mut run = Run::booting();
-            run.at(
-                0,
-                Event::Spawned {
-                    generation: 1,
-                    pid: 101,
-                },
-            );
+            run.spawned(0, 1, 101);
             run.at(5, Event::Ready { generation: 1 });
             run
         }
@@ -1007,6 +1001,16 @@ mod tests {
 
         fn at(&mut self, ms: u64, event: Event) -> Vec<Action> {
             self.core.handle(self.t0 + MS * ms as u32, event)
+        }
+
+        /// A reload asked for by `by`, who waits for its outcome.
+        fn ask(&mut self, ms: u64, by: Waiter) -> Vec<Action> {
+            self.at(ms, Event::ReloadRequested { by })
+        }
+
+        /// Generation `generation` was started as `pid`.
+        fn spawned(&mut self, ms: u64, generation: u64, pid: u32) -> Vec<Action> {
+            self.at(ms, Event::Spawned { generation, pid })
         }
 
         /// A reload by SIGHUP that spawns `generation` as `pid`.
@@ -1045,13 +1049,7 @@ mod tests {
     fn the_first_ready_worker_serves_and_its_listeners_are_kept() {
         let mut run = Run::booting();
         assert_eq!(
-            run.at(
-                0,
-                Event::Spawned {
-                    generation: 1,
-                    pid: 101
-                }
-            ),
+            run.spawned(0, 1, 101),
             [Action::Log(
                 Level::Info,
                 "worker 1 (pid 101) starting".into()
@@ -1086,13 +1084,7 @@ mod tests {
                 Action::Spawn { generation: 2 },
             ]
         );
-        run.at(
-            1000,
-            Event::Spawned {
-                generation: 2,
-                pid: 102,
-            },
-        );
+        run.spawned(1000, 2, 102);
         // However long the new worker takes, the old one is not told to stop.
         assert_eq!(run.at(1900, Event::Tick), []);
         let actions = run.at(2000, Event::Ready { generation: 2 });
@@ -1154,13 +1146,7 @@ mod tests {
             why: "queued request".into(),
             starting: Some("worker 3".into()),
         })));
-        run.at(
-            1200,
-            Event::Spawned {
-                generation: 3,
-                pid: 103,
-            },
-        );
+        run.spawned(1200, 3, 103);
         // And after that one, none.
         assert_eq!(spawns(&run.at(1300, Event::Ready { generation: 3 })), 0);
     }
@@ -1286,13 +1272,7 @@ mod tests {
     #[test]
     fn the_first_worker_failing_ends_the_master_with_its_reason() {
         let mut run = Run::booting();
-        run.at(
-            0,
-            Event::Spawned {
-                generation: 1,
-                pid: 101,
-            },
-        );
+        run.spawned(0, 1, 101);
         run.at(
             3,
             Event::Failed {
@@ -1348,13 +1328,7 @@ mod tests {
         let first = run.at(1000, exited(101, 1));
         assert_eq!(no_worker_delay(&first), Some(100 * MS));
         run.at(1100, Event::Tick);
-        run.at(
-            1100,
-            Event::Spawned {
-                generation: 2,
-                pid: 102,
-            },
-        );
+        run.spawned(1100, 2, 102);
         run.at(1105, Event::Ready { generation: 2 });
         // A quick second crash doubles the delay...
         assert_eq!(
@@ -1362,13 +1336,7 @@ mod tests {
             Some(200 * MS)
         );
         run.at(2200, Event::Tick);
-        run.at(
-            2200,
-            Event::Spawned {
-                generation: 3,
-                pid: 103,
-            },
-        );
+        run.spawned(2200, 3, 103);
         run.at(2205, Event::Ready { generation: 3 });
         // ...a crash after 10 s of service starts it over.
         let late = run.at(12_205, exited(103, 1));
@@ -1574,6 +1542,10 @@ mod tests {
         })
     }
 
+    fn check(generation: u64, check: u64) -> Action {
+        Action::Check { generation, check }
+    }
+
     fn alive(generation: u64, check: u64, connections: u64) -> Event {
         Event::Alive {
             generation,
@@ -1585,24 +1557,12 @@ mod tests {
     #[test]
     fn the_watchdog_checks_and_feeds_only_while_a_worker_serves() {
         let mut run = Run::with_watchdog(systemd_watchdog());
-        run.at(
-            0,
-            Event::Spawned {
-                generation: 1,
-                pid: 101,
-            },
-        );
+        run.spawned(0, 1, 101);
         // Booting: the deadline is the ready timeout, not the watchdog.
         assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 30_000));
         assert_eq!(run.at(5000, Event::Tick), []);
         run.at(5001, Event::Ready { generation: 1 });
-        assert_eq!(
-            run.at(5002, Event::Tick),
-            [Action::Check {
-                generation: 1,
-                check: 1
-            }]
-        );
+        assert_eq!(run.at(5002, Event::Tick), [check(1, 1)]);
         // WATCHDOG=1 is the answer passed on, not the timer.
         assert_eq!(run.at(5003, alive(1, 1, 0)), [Action::Watchdog]);
         assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 10_002));
@@ -1610,25 +1570,13 @@ mod tests {
         // does.
         run.at(6000, exited(101, 1));
         run.at(6100, Event::Tick);
-        run.at(
-            6100,
-            Event::Spawned {
-                generation: 2,
-                pid: 102,
-            },
-        );
+        run.spawned(6100, 2, 102);
         assert!(run
             .at(10_002, Event::Tick)
             .iter()
             .all(|a| !matches!(a, Action::Check { .. } | Action::Watchdog)));
         run.at(10_003, Event::Ready { generation: 2 });
-        assert_eq!(
-            run.at(10_004, Event::Tick),
-            [Action::Check {
-                generation: 2,
-                check: 2
-            }]
-        );
+        assert_eq!(run.at(10_004, Event::Tick), [check(2, 2)]);
         assert_eq!(run.at(10_005, alive(2, 2, 7)), [Action::Watchdog]);
         // An answer from another worker, or to an older check, feeds nothing.
         assert_eq!(run.at(10_006, alive(2, 1, 7)), []);
@@ -1637,13 +1585,7 @@ mod tests {
     #[test]
     fn a_worker_that_does_not_answer_its_check_is_killed_and_replaced() {
         let mut run = serving_with_watchdog();
-        assert_eq!(
-            run.at(5000, Event::Tick),
-            [Action::Check {
-                generation: 1,
-                check: 1
-            }]
-        );
+        assert_eq!(run.at(5000, Event::Tick), [check(1, 1)]);
         // No answer by the next check: killed, and no keep-alive.
         let actions = run.at(10_000, Event::Tick);
         assert_eq!(
@@ -1690,35 +1632,18 @@ mod tests {
             every: Duration::from_secs(5),
             systemd: false,
         }));
-        run.at(
-            0,
-            Event::Spawned {
-                generation: 1,
-                pid: 101,
-            },
-        );
+        run.spawned(0, 1, 101);
         run.at(10, Event::Ready { generation: 1 });
         run.at(5000, Event::Tick);
         // Outside systemd an answer is recorded, and nothing is sent.
         assert_eq!(run.at(9999, alive(1, 1, 3)), []);
-        assert_eq!(
-            run.at(10_000, Event::Tick),
-            [Action::Check {
-                generation: 1,
-                check: 2
-            }]
-        );
+        assert_eq!(run.at(10_000, Event::Tick), [check(1, 2)]);
     }
 
     #[test]
     fn a_reload_command_is_answered_before_the_old_worker_is_stopped() {
         let mut run = Run::serving();
-        let actions = run.at(
-            1000,
-            Event::ReloadRequested {
-                by: Waiter::Client(7),
-            },
-        );
+        let actions = run.ask(1000, Waiter::Client(7));
         assert_eq!(
             actions[0],
             Action::Report(Report::ReloadStarted {
@@ -1726,13 +1651,7 @@ mod tests {
                 starting: Some("worker 2".into()),
             })
         );
-        run.at(
-            1000,
-            Event::Spawned {
-                generation: 2,
-                pid: 102,
-            },
-        );
+        run.spawned(1000, 2, 102);
         let actions = run.at(1050, Event::Ready { generation: 2 });
         let answer = Action::Answer {
             to: Waiter::Client(7),
@@ -1763,19 +1682,8 @@ mod tests {
     #[test]
     fn a_rolled_back_reload_answers_with_the_reason_the_log_gives() {
         let mut run = Run::serving();
-        run.at(
-            1000,
-            Event::ReloadRequested {
-                by: Waiter::Client(1),
-            },
-        );
-        run.at(
-            1000,
-            Event::Spawned {
-                generation: 2,
-                pid: 102,
-            },
-        );
+        run.ask(1000, Waiter::Client(1));
+        run.spawned(1000, 2, 102);
         run.at(
             1010,
             Event::Failed {
@@ -1802,19 +1710,8 @@ mod tests {
     #[test]
     fn a_reload_that_times_out_answers_once_the_worker_is_gone() {
         let mut run = Run::serving();
-        run.at(
-            1000,
-            Event::ReloadRequested {
-                by: Waiter::Client(1),
-            },
-        );
-        run.at(
-            1000,
-            Event::Spawned {
-                generation: 2,
-                pid: 102,
-            },
-        );
+        run.ask(1000, Waiter::Client(1));
+        run.spawned(1000, 2, 102);
         let actions = run.at(31_000, Event::Tick);
         assert!(actions.contains(&Action::Kill { pid: 102 }));
         assert_eq!(answers(&actions), []);
@@ -1837,19 +1734,8 @@ mod tests {
     #[test]
     fn coalesced_requests_are_answered_by_the_reload_that_covers_them() {
         let mut run = Run::serving();
-        run.at(
-            1000,
-            Event::ReloadRequested {
-                by: Waiter::Client(1),
-            },
-        );
-        run.at(
-            1000,
-            Event::Spawned {
-                generation: 2,
-                pid: 102,
-            },
-        );
+        run.ask(1000, Waiter::Client(1));
+        run.spawned(1000, 2, 102);
         // Asked during reload 2: covered by reload 3, which starts next.
         for by in [Waiter::Client(2), Waiter::Worker(1), Waiter::Client(3)] {
             run.at(1001, Event::ReloadRequested { by });
@@ -1867,20 +1753,9 @@ mod tests {
             )]
         );
         assert_eq!(spawns(&actions), 1);
-        run.at(
-            1100,
-            Event::Spawned {
-                generation: 3,
-                pid: 103,
-            },
-        );
+        run.spawned(1100, 3, 103);
         // Asked during reload 3: covered by reload 4.
-        run.at(
-            1101,
-            Event::ReloadRequested {
-                by: Waiter::Client(4),
-            },
-        );
+        run.ask(1101, Waiter::Client(4));
         let actions = run.at(1200, exited(103, 2));
         let failed = |by| {
             (
@@ -1901,13 +1776,7 @@ mod tests {
             ]
         );
         assert_eq!(spawns(&actions), 1, "{actions:?}");
-        run.at(
-            1200,
-            Event::Spawned {
-                generation: 4,
-                pid: 104,
-            },
-        );
+        run.spawned(1200, 4, 104);
         let actions = run.at(1300, Event::Ready { generation: 4 });
         assert_eq!(
             answers(&actions),
@@ -1925,18 +1794,8 @@ mod tests {
     #[test]
     fn a_stop_answers_every_waiter_and_later_requests_at_once() {
         let mut run = Run::serving();
-        run.at(
-            1000,
-            Event::ReloadRequested {
-                by: Waiter::Client(1),
-            },
-        );
-        run.at(
-            1001,
-            Event::ReloadRequested {
-                by: Waiter::Client(2),
-            },
-        );
+        run.ask(1000, Waiter::Client(1));
+        run.ask(1001, Waiter::Client(2));
         let stopping = Outcome::Failed("the service is stopping (SIGTERM)".into());
         let actions = run.at(1002, Event::Signal(Signal::SIGTERM));
         assert_eq!(
@@ -1946,12 +1805,7 @@ mod tests {
                 (Waiter::Client(2), stopping)
             ]
         );
-        let actions = run.at(
-            1003,
-            Event::ReloadRequested {
-                by: Waiter::Client(3),
-            },
-        );
+        let actions = run.ask(1003, Waiter::Client(3));
         assert_eq!(
             answers(&actions),
             [(
@@ -1969,19 +1823,7 @@ mod tests {
         run.reload(2000, 3, 103);
         // Worker 1 drains, 2 serves, 3 starts: 1 and 2 are asked.
         let actions = run.at(2001, Event::StatusRequested { client: 5 });
-        assert_eq!(
-            actions,
-            [
-                Action::Check {
-                    generation: 1,
-                    check: 1
-                },
-                Action::Check {
-                    generation: 2,
-                    check: 1
-                }
-            ]
-        );
+        assert_eq!(actions, [check(1, 1), check(2, 1)]);
         assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 3001));
         assert_eq!(run.at(2002, alive(2, 1, 3)), []);
         let actions = run.at(2003, alive(1, 1, 12));
@@ -2046,19 +1888,8 @@ mod tests {
         let mut run = Run::serving();
         run.at(1000, exited(101, 1));
         // During the backoff: the request starts the replacement at once.
-        run.at(
-            1010,
-            Event::ReloadRequested {
-                by: Waiter::Client(1),
-            },
-        );
-        run.at(
-            1010,
-            Event::Spawned {
-                generation: 2,
-                pid: 102,
-            },
-        );
+        run.ask(1010, Waiter::Client(1));
+        run.spawned(1010, 2, 102);
         // It fails: the waiter is told, and a restart is scheduled.
         let actions = run.at(1020, exited(102, 3));
         assert_eq!(
@@ -2074,19 +1905,8 @@ mod tests {
         );
         assert!(no_worker_delay(&actions).is_some());
         // The next one is asked for and serves: the waiter is told so.
-        run.at(
-            1030,
-            Event::ReloadRequested {
-                by: Waiter::Client(2),
-            },
-        );
-        run.at(
-            1030,
-            Event::Spawned {
-                generation: 3,
-                pid: 103,
-            },
-        );
+        run.ask(1030, Waiter::Client(2));
+        run.spawned(1030, 3, 103);
         let actions = run.at(1040, Event::Ready { generation: 3 });
         assert_eq!(
             answers(&actions),
@@ -2134,24 +1954,12 @@ mod tests {
     #[test]
     fn a_check_pending_for_a_worker_replaced_meanwhile_kills_nobody() {
         let mut run = serving_with_watchdog();
-        assert_eq!(
-            run.at(5000, Event::Tick),
-            [Action::Check {
-                generation: 1,
-                check: 1
-            }]
-        );
+        assert_eq!(run.at(5000, Event::Tick), [check(1, 1)]);
         // Worker 2 serves before worker 1 answered; worker 1 drains.
         run.reload(5001, 2, 102);
         run.at(5002, Event::Ready { generation: 2 });
         let actions = run.at(10_000, Event::Tick);
-        assert_eq!(
-            actions,
-            [Action::Check {
-                generation: 2,
-                check: 2
-            }]
-        );
+        assert_eq!(actions, [check(2, 2)]);
     }
 
     #[test]
@@ -2194,13 +2002,7 @@ mod tests {
     /// systemd.
     fn serving_with_watchdog() -> Run {
         let mut run = Run::with_watchdog(systemd_watchdog());
-        run.at(
-            0,
-            Event::Spawned {
-                generation: 1,
-                pid: 101,
-            },
-        );
+        run.spawned(0, 1, 101);
         run.at(10, Event::Ready { generation: 1 });
         run
     }
@@ -2216,10 +2018,7 @@ mod tests {
     fn the_watchdog_is_fed_while_the_serving_worker_drains_at_stop() {
         let mut run = serving_with_watchdog();
         run.at(1000, Event::Signal(Signal::SIGTERM));
-        let check = Action::Check {
-            generation: 1,
-            check: 1,
-        };
+        let check = check(1, 1);
         assert_eq!(run.at(5000, Event::Tick), [check]);
         assert_eq!(run.at(5001, alive(1, 1, 2)), [Action::Watchdog]);
         // A drain is not killed by the watchdog: stop_timeout bounds it.
