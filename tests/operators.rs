@@ -134,8 +134,24 @@ fn the_reload_command_reports_success_and_each_kind_of_failure() {
         .log_text()
         .contains("broken build: missing libfoo.so"));
 
+    // The same failure as one line of JSON, for a deploy script.
+    let (code, out, _) = graceful_command(&["reload", "--json", &app.socket]);
+    assert_eq!(code, 1);
+    let failed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(failed["ok"], false);
+    assert!(
+        failed["reason"].as_str().unwrap().contains(&still),
+        "{failed}"
+    );
+
     // The fixed build is deployed: the next reload runs it.
     app.install(&std::fs::read(testapp()).unwrap());
+    let (code, out, err) = graceful_command(&["reload", "--json", &app.socket]);
+    assert_eq!(code, 0, "{out}{err}");
+    let reloaded: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(reloaded["ok"], true);
+    assert_eq!(reloaded["generation"], 9);
+    assert_eq!(reloaded["pid"], pid_of(&addr));
     let (code, out, err) = app.reload();
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(pid_of(&addr), reported_pid(&out));

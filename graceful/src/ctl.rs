@@ -379,7 +379,7 @@ fn parse_outcome(line: Option<&str>) -> Result<Reloaded, Answer> {
 }
 
 const USAGE: &str = "\
-usage: graceful reload [SOCKET]
+usage: graceful reload [--json] [SOCKET]
        graceful status [--json] [SOCKET]
 
 Asks a graceful service's master, through its control socket, to reload
@@ -389,8 +389,8 @@ $GRACEFUL_CONTROL_SOCKET.
 exit status: 0 done; 1 the reload failed and was rolled back (the old
 worker still serves); 2 the service could not be asked, or bad usage.";
 
-/// The `graceful` command: `graceful reload [SOCKET]` or `graceful status
-/// [--json] [SOCKET]`, with the socket defaulting to
+/// The `graceful` command: `graceful reload [--json] [SOCKET]` or `graceful
+/// status [--json] [SOCKET]`, with the socket defaulting to
 /// `GRACEFUL_CONTROL_SOCKET`. Installed by `cargo install graceful-reload`;
 /// call it from a binary of your own to ship the command with a service.
 ///
@@ -438,10 +438,24 @@ pub fn main() -> std::process::ExitCode {
         }
     };
     match (command, json) {
-        ("reload", false) => match reload(&socket) {
+        ("reload", json) => match reload(&socket) {
+            Ok(reloaded) if json => {
+                let value = serde_json::json!({
+                    "ok": true,
+                    "generation": reloaded.generation,
+                    "pid": reloaded.pid,
+                    "message": reloaded.message,
+                });
+                println!("{value}");
+                ExitCode::SUCCESS
+            }
             Ok(reloaded) => {
                 println!("reloaded: {}", reloaded.message);
                 ExitCode::SUCCESS
+            }
+            Err(Error::ReloadFailed { reason }) if json => {
+                println!("{}", serde_json::json!({ "ok": false, "reason": reason }));
+                ExitCode::from(1)
             }
             Err(e @ Error::ReloadFailed { .. }) => {
                 eprintln!("graceful: {e}");
