@@ -91,6 +91,25 @@ pub fn run_bounded(command: &mut std::process::Command) -> (i32, String, String)
     (status.code().unwrap_or(-1), out, err)
 }
 
+/// Copies the executable `from` to `to` (mode 755) with `cp`, in a process
+/// of its own. Written from the test process, the file could not be run
+/// for a moment: another test's thread that forks meanwhile holds the
+/// writing descriptor until its child execs, and `exec` of a file open for
+/// writing fails with "Text file busy".
+pub fn copy_executable(from: &std::path::Path, to: &std::path::Path) {
+    let (code, out, err) =
+        run_bounded(std::process::Command::new("cp").arg("--").arg(from).arg(to));
+    assert_eq!(
+        code,
+        0,
+        "cp {} {}: {out}{err}",
+        from.display(),
+        to.display()
+    );
+    let (code, out, err) = run_bounded(std::process::Command::new("chmod").arg("755").arg(to));
+    assert_eq!(code, 0, "chmod 755 {}: {out}{err}", to.display());
+}
+
 /// A fresh temporary directory for one test: `graceful-test-NAME-PID`.
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("graceful-test-{name}-{}", std::process::id()));

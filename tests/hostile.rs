@@ -227,7 +227,7 @@ fn started_through_path_a_switched_symlink_is_followed_at_reload() {
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::create_dir_all(&releases).unwrap();
     for release in ["1", "2"] {
-        std::fs::copy(testapp(), releases.join(release)).unwrap();
+        graceful_dev::copy_executable(&testapp(), &releases.join(release));
     }
     std::os::unix::fs::symlink(releases.join("1"), bin.join("app")).unwrap();
     let path = format!(

@@ -151,7 +151,7 @@ fn stop_timeout_cuts_a_longer_request() {
 fn replacing_the_binary_then_sighup_runs_the_new_code() {
     let dir = temp_dir("replace");
     let app = dir.join("app");
-    std::fs::copy(testapp(), &app).unwrap();
+    graceful_dev::copy_executable(&testapp(), &app);
     let service = Service::start(&app, &["127.0.0.1:0"], &[]);
     let addr = service.addr(T);
     service.ready_worker(1, T);
@@ -159,7 +159,7 @@ fn replacing_the_binary_then_sighup_runs_the_new_code() {
 
     // Deploy: write the new build beside it, rename it over the old path.
     let staged = dir.join("app.new");
-    std::fs::copy(built("hello"), &staged).unwrap();
+    graceful_dev::copy_executable(&built("hello"), &staged);
     std::fs::rename(&staged, &app).unwrap();
     service.signal(Signal::SIGHUP);
     service.ready_worker(2, T);

@@ -8,7 +8,9 @@ use std::time::Duration;
 use graceful_dev::http::{get, pid_of};
 use graceful_dev::process::Service;
 use graceful_dev::procfs::wait_gone;
-use graceful_dev::{graceful_command, run_bounded, temp_dir, testapp, TIMEOUT as T};
+use graceful_dev::{
+    copy_executable, graceful_command, run_bounded, temp_dir, testapp, TIMEOUT as T,
+};
 
 /// A service whose executable is a copy in its own directory (so a test may
 /// replace it with a broken build), with a control socket there.
@@ -23,7 +25,7 @@ impl Deployed {
     fn new(name: &str) -> Deployed {
         let dir = temp_dir(&format!("operators-{name}"));
         let exe = dir.join("app");
-        std::fs::copy(testapp(), &exe).unwrap();
+        copy_executable(&testapp(), &exe);
         Deployed {
             socket: dir.join("control.sock").to_str().unwrap().to_string(),
             flag: dir.join("fail"),
@@ -44,10 +46,9 @@ impl Deployed {
     /// Puts `content` in place of the executable, as a deploy does: written
     /// beside it, then renamed over it.
     fn install(&self, content: &[u8]) {
-        use std::os::unix::fs::PermissionsExt;
-        let next = self.dir.join("app.next");
-        std::fs::write(&next, content).unwrap();
-        std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (written, next) = (self.dir.join("app.written"), self.dir.join("app.next"));
+        std::fs::write(&written, content).unwrap();
+        copy_executable(&written, &next);
         std::fs::rename(&next, &self.exe).unwrap();
     }
 
@@ -252,7 +253,7 @@ fn only_the_services_user_or_root_may_use_the_control_socket() {
     // enter.
     std::fs::set_permissions(&app.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let ctl = app.dir.join("graceful");
-    std::fs::copy(graceful_dev::built("ctl"), &ctl).unwrap();
+    copy_executable(&graceful_dev::built("ctl"), &ctl);
     let (code, _, err) = as_nobody(&ctl, &["reload", &app.socket]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("permission denied"), "{err}");

@@ -15,14 +15,14 @@ use graceful_dev::{temp_dir, testapp, TIMEOUT as T};
 fn a_replaced_executable_is_reloaded_once_and_a_broken_build_rolled_back() {
     let dir = temp_dir("watch");
     let app = dir.join("app");
-    std::fs::copy(testapp(), &app).unwrap();
+    graceful_dev::copy_executable(&testapp(), &app);
     let service = Service::start(&app, &["127.0.0.1:0"], &[("GRACEFUL_WATCH", "1")]);
     let addr = service.addr(T);
     service.ready_worker(1, T);
     service.wait_line("for a new build to reload", T);
 
     // A build renamed over the path: one reload.
-    std::fs::copy(testapp(), dir.join("app.new")).unwrap();
+    graceful_dev::copy_executable(&testapp(), &dir.join("app.new"));
     std::fs::rename(dir.join("app.new"), &app).unwrap();
     service.wait_line("reload started (the executable changed)", T);
     service.ready_worker(2, T);
