@@ -15,6 +15,26 @@ use graceful_dev::{temp_dir, testapp, TIMEOUT as T};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+/// Stops `pid` with SIGSTOP and waits until every one of its threads is
+/// stopped: until then it may still accept a connection.
+fn stop(pid: i32) {
+    kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+    let deadline = Instant::now() + T;
+    loop {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+        let all_stopped = tasks.flatten().all(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            let state = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+            state.starts_with('T') || state.starts_with('t')
+        });
+        if all_stopped {
+            return;
+        }
+        assert!(Instant::now() < deadline, "worker {pid} did not stop");
+        std::thread::yield_now();
+    }
+}
+
 /// Clients that connect while the serving worker is stopped: each must get
 /// its answer from the worker that replaces it.
 fn clients_during(addr: &str, n: usize) -> Vec<std::thread::JoinHandle<(u16, String)>> {
@@ -60,7 +80,7 @@ fn a_stopped_worker_is_replaced_and_watchdog_keep_alives_pause_meanwhile() {
     watchdog(T);
 
     let stopped = Instant::now();
-    kill(Pid::from_raw(first), Signal::SIGSTOP).unwrap();
+    stop(first);
     let clients = clients_during(&addr, 5);
     let (line, _) = service.wait_line_n_at("did not answer the watchdog check within 500ms", 0, T);
     assert!(line.contains(&format!("worker 1 (pid {first})")), "{line}");
@@ -117,7 +137,7 @@ fn the_watchdog_option_works_without_systemd() {
     let addr = service.addr(T);
     let first = service.ready_worker(1, T);
     service.wait_line("the serving worker is checked every 300ms", T);
-    kill(Pid::from_raw(first), Signal::SIGSTOP).unwrap();
+    stop(first);
     let clients = clients_during(&addr, 3);
     service.wait_line("did not answer the watchdog check within 300ms", T);
     let second = service.ready_worker(2, T);
