@@ -13,7 +13,7 @@ mod socket;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod watch;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -53,8 +53,6 @@ struct Master {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     watch: Option<watch::ExecutableWatch>,
     control: Option<ControlSocket>,
-    /// Control socket clients that asked for the status as JSON.
-    json_clients: HashSet<u64>,
     core: Core,
     exit: Option<Result<(), String>>,
 }
@@ -172,7 +170,6 @@ pub(crate) fn run(config: Config) -> Result<(), Error> {
         #[cfg(any(target_os = "linux", target_os = "android"))]
         watch,
         control,
-        json_clients: HashSet::new(),
         core,
         exit: None,
     };
@@ -314,12 +311,7 @@ impl Master {
                     by: Waiter::Client(id),
                 });
             }
-            Some(Request::Status { json }) => {
-                if json {
-                    self.json_clients.insert(id);
-                }
-                self.handle(Event::StatusRequested { client: id });
-            }
+            Some(Request::Status { .. }) => self.handle(Event::StatusRequested { client: id }),
             None => {}
         }
     }
@@ -399,20 +391,23 @@ impl Master {
                     None
                 }
                 Action::Status { client, status } => {
-                    let view = ctl::View {
-                        master_pid: std::process::id(),
-                        status: &status,
-                        listeners: self.listeners.names(),
-                        now: Instant::now(),
-                        wall: std::time::SystemTime::now(),
-                    };
-                    let text = if self.json_clients.remove(&client) {
-                        view.json()
-                    } else {
-                        view.text()
-                    };
                     if let Some(control) = &mut self.control {
-                        control.reply(client, &text, true);
+                        let view = ctl::View {
+                            master_pid: std::process::id(),
+                            status: &status,
+                            listeners: self.listeners.names(),
+                            now: Instant::now(),
+                            wall: std::time::SystemTime::now(),
+                        };
+                        // A client that hung up meanwhile is gone: nothing to render.
+                        let text = match control.asked(client) {
+                            Some(Request::Status { json: true }) => Some(view.json()),
+                            Some(_) => Some(view.text()),
+                            None => None,
+                        };
+                        if let Some(text) = text {
+                            control.reply(client, &text, true);
+                        }
                     }
                     None
                 }

@@ -37,9 +37,16 @@ pub(super) const MAX_CLIENTS: usize = 16;
 #[derive(Debug)]
 struct Client {
     stream: UnixStream,
-    request: Vec<u8>,
-    /// Until its request is read: when it is closed.
-    deadline: Option<Instant>,
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Its request line so far, and when it is closed if the line has not
+    /// come by then.
+    Reading { line: Vec<u8>, deadline: Instant },
+    /// It asked this; the answer is the master's to give.
+    Asked(Request),
 }
 
 #[derive(Debug)]
@@ -95,7 +102,13 @@ impl ControlSocket {
 
     /// When the next silent client is to be closed.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.clients.values().filter_map(|c| c.deadline).min()
+        self.clients
+            .values()
+            .filter_map(|c| match c.state {
+                State::Reading { deadline, .. } => Some(deadline),
+                State::Asked(_) => None,
+            })
+            .min()
     }
 
     /// Accepts every pending connection.
@@ -123,8 +136,10 @@ impl ControlSocket {
                 id,
                 Client {
                     stream,
-                    request: Vec::new(),
-                    deadline: Some(now + REQUEST_WAIT),
+                    state: State::Reading {
+                        line: Vec::new(),
+                        deadline: now + REQUEST_WAIT,
+                    },
                 },
             );
         }
@@ -178,10 +193,14 @@ impl ControlSocket {
                 }
                 // After its request, a client has nothing more to say:
                 // anything more is read and dropped.
-                Ok(n) if client.deadline.is_none() => {
-                    let _ = n;
+                Ok(n) => {
+                    if let State::Reading { line, .. } = &mut client.state {
+                        line.extend_from_slice(&buf[..n]);
+                        if line.len() > MAX_REQUEST {
+                            break;
+                        }
+                    }
                 }
-                Ok(n) => client.request.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => {
@@ -189,34 +208,39 @@ impl ControlSocket {
                     break;
                 }
             }
-            if client.request.len() > MAX_REQUEST {
-                break;
-            }
         }
-        if client.deadline.is_some() {
-            if let Some(end) = client.request.iter().position(|&b| b == b'\n') {
-                let line = String::from_utf8_lossy(&client.request[..end]).into_owned();
-                match Request::parse(&line) {
-                    Ok(request) => {
-                        client.deadline = None;
-                        return Some(request);
-                    }
-                    Err(why) => {
-                        self.reply(id, &ctl::error_line(&why), true);
-                        return None;
-                    }
+        if let State::Reading { line, .. } = &client.state {
+            let parsed = match line.iter().position(|&b| b == b'\n') {
+                Some(end) => Some(Request::parse(&String::from_utf8_lossy(&line[..end]))),
+                None if line.len() > MAX_REQUEST => Some(Err(format!(
+                    "a request is one line of at most {MAX_REQUEST} bytes"
+                ))),
+                None => None,
+            };
+            match parsed {
+                Some(Ok(request)) => {
+                    client.state = State::Asked(request);
+                    return Some(request);
                 }
-            }
-            if client.request.len() > MAX_REQUEST {
-                let why = format!("a request is one line of at most {MAX_REQUEST} bytes");
-                self.reply(id, &ctl::error_line(&why), true);
-                return None;
+                Some(Err(why)) => {
+                    self.reply(id, &ctl::error_line(&why), true);
+                    return None;
+                }
+                None => {}
             }
         }
         if gone {
             self.clients.remove(&id);
         }
         None
+    }
+
+    /// What client `id` asked, once it has.
+    pub(super) fn asked(&self, id: u64) -> Option<Request> {
+        match self.clients.get(&id)?.state {
+            State::Asked(request) => Some(request),
+            State::Reading { .. } => None,
+        }
     }
 
     /// Writes `text` to client `id`, and closes it with `close`. A client
@@ -237,7 +261,7 @@ impl ControlSocket {
         let late: Vec<u64> = self
             .clients
             .iter()
-            .filter(|(_, c)| c.deadline.is_some_and(|at| at <= now))
+            .filter(|(_, c)| matches!(c.state, State::Reading { deadline, .. } if deadline <= now))
             .map(|(&id, _)| id)
             .collect();
         for id in late {
