@@ -431,12 +431,7 @@ impl Core {
     fn request_reload(&mut self, now: Instant, why: &str, by: Option<Waiter>) {
         if matches!(self.phase, Phase::Stopping { .. } | Phase::Done) {
             self.warn(format!("reload requested ({why}) while stopping; ignored"));
-            if let Some(waiter) = by {
-                self.out.push(Action::Answer {
-                    to: waiter,
-                    outcome: Outcome::Failed("the service is stopping".into()),
-                });
-            }
+            self.answer(by, &Outcome::Failed("the service is stopping".into()));
             return;
         }
         if self.starting().is_some() {
@@ -482,13 +477,18 @@ impl Core {
 
     /// A reload ended: its waiters are told, and it is the last reload.
     fn finish_reload(&mut self, now: Instant, outcome: Outcome) {
-        for waiter in std::mem::take(&mut self.waiting) {
-            self.out.push(Action::Answer {
-                to: waiter,
-                outcome: outcome.clone(),
-            });
-        }
+        let waiting = std::mem::take(&mut self.waiting);
+        self.answer(waiting, &outcome);
         self.last_reload = Some((now, outcome));
+    }
+
+    /// Tells each of `waiters` the `outcome`.
+    fn answer(&mut self, waiters: impl IntoIterator<Item = Waiter>, outcome: &Outcome) {
+        self.out
+            .extend(waiters.into_iter().map(|to| Action::Answer {
+                to,
+                outcome: outcome.clone(),
+            }));
     }
 
     fn ready(&mut self, now: Instant, generation: u64) {
@@ -717,13 +717,10 @@ impl Core {
         };
         self.phase = Phase::Stopping { current };
         self.queued = false;
-        let waiters = std::mem::take(&mut self.waiting);
-        for waiter in waiters.into_iter().chain(self.waiting_queued.drain(..)) {
-            self.out.push(Action::Answer {
-                to: waiter,
-                outcome: Outcome::Failed(format!("the service is stopping ({signal})")),
-            });
-        }
+        let mut waiters = std::mem::take(&mut self.waiting);
+        waiters.append(&mut self.waiting_queued);
+        let stopping = Outcome::Failed(format!("the service is stopping ({signal})"));
+        self.answer(waiters, &stopping);
         self.report(Report::Stopping {
             signal,
             workers: self.workers.len(),
