@@ -261,17 +261,24 @@ macro_rules! register {
 /// [`Error::NotManaged`] outside a worker or single-mode process, and
 /// [`Error::Unsupported`] on non-Unix targets.
 pub fn reload() -> Result<(), Error> {
-    // A single-mode process reloads itself; a worker asks its master.
     #[cfg(unix)]
-    return match (single::request_reload(None), worker::request_reload(None)) {
-        (Some(()), _) => Ok(()),
-        (None, Some(asked)) => asked,
-        (None, None) => Err(Error::NotManaged),
-    };
+    return request_reload(None);
     #[cfg(not(unix))]
     return Err(Error::Unsupported {
         what: "graceful::reload()",
     });
+}
+
+/// Asks for a reload: a single-mode process reloads itself, a worker asks
+/// its master. `waiter` is told the outcome.
+#[cfg(unix)]
+fn request_reload(
+    waiter: Option<tokio::sync::oneshot::Sender<status::Outcome>>,
+) -> Result<(), Error> {
+    match single::request_reload(waiter) {
+        Ok(()) => Ok(()),
+        Err(waiter) => worker::request_reload(waiter).unwrap_or(Err(Error::NotManaged)),
+    }
 }
 
 /// A reload that took effect: the generation that now serves.
@@ -311,14 +318,7 @@ pub async fn reload_and_wait() -> Result<Reloaded, Error> {
     #[cfg(unix)]
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if single::request_reload(Some(tx)).is_none() {
-            let (tx, rx2) = tokio::sync::oneshot::channel();
-            match worker::request_reload(Some(tx)) {
-                None => return Err(Error::NotManaged),
-                Some(Err(e)) => return Err(e),
-                Some(Ok(())) => return outcome(rx2.await),
-            }
-        }
+        request_reload(Some(tx))?;
         outcome(rx.await)
     }
     #[cfg(not(unix))]

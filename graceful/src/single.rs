@@ -43,9 +43,13 @@ fn take_waiters() -> Vec<oneshot::Sender<Outcome>> {
 }
 
 /// `graceful::reload()` (without `waiter`) or `reload_and_wait()` in a
-/// single-mode process. `None`: not single mode.
-pub(crate) fn request_reload(waiter: Option<oneshot::Sender<Outcome>>) -> Option<()> {
-    let sender = RELOAD.get()?;
+/// single-mode process. Not single mode: the waiter is given back.
+pub(crate) fn request_reload(
+    waiter: Option<oneshot::Sender<Outcome>>,
+) -> Result<(), Option<oneshot::Sender<Outcome>>> {
+    let Some(sender) = RELOAD.get() else {
+        return Err(waiter);
+    };
     let why = match waiter {
         Some(waiter) => {
             // Before the request: the reload it starts must find it.
@@ -58,10 +62,10 @@ pub(crate) fn request_reload(waiter: Option<oneshot::Sender<Outcome>>) -> Option
         None => "graceful::reload()",
     };
     let _ = sender.send(why.to_string());
-    Some(())
+    Ok(())
 }
 
-fn tell(waiters: Vec<oneshot::Sender<Outcome>>, outcome: &Outcome) {
+fn tell(waiters: impl IntoIterator<Item = oneshot::Sender<Outcome>>, outcome: &Outcome) {
     for waiter in waiters {
         let _ = waiter.send(outcome.clone());
     }
@@ -372,8 +376,7 @@ async fn reloads(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<Stri
                 };
                 // Those who asked meanwhile are covered too: their request
                 // is passed on to the successor below.
-                tell(waiting, &reloaded);
-                tell(take_waiters(), &reloaded);
+                tell(waiting.into_iter().chain(take_waiters()), &reloaded);
                 if let Some(path) = &shared.config.pid_file {
                     if let Err(e) = pidfile::write(path, pid) {
                         log!("{e}");
@@ -393,8 +396,7 @@ async fn reloads(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<Stri
             }
             Err(NoHandover::Stopped) => {
                 let stopping = Outcome::Failed("this process is stopping".into());
-                tell(waiting, &stopping);
-                tell(take_waiters(), &stopping);
+                tell(waiting.into_iter().chain(take_waiters()), &stopping);
                 break;
             }
             Err(NoHandover::Failed(reason)) => {
