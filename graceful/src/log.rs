@@ -277,6 +277,25 @@ macro_rules! event {
 }
 pub(crate) use event;
 
+/// [`event!`] at a level known only at run time (each level is its own
+/// `tracing` callsite).
+macro_rules! event_at {
+    ($level:expr, { $($field:ident = $value:expr),* $(,)? }, $($arg:tt)+) => {
+        match $level {
+            $crate::log::Level::Error => {
+                $crate::log::event!(Error, { $($field = $value),* }, $($arg)+)
+            }
+            $crate::log::Level::Warn => {
+                $crate::log::event!(Warn, { $($field = $value),* }, $($arg)+)
+            }
+            $crate::log::Level::Info => {
+                $crate::log::event!(Info, { $($field = $value),* }, $($arg)+)
+            }
+        }
+    };
+}
+pub(crate) use event_at;
+
 /// The `tracing` event itself, with this process's generation and PID.
 #[cfg(feature = "tracing")]
 macro_rules! trace {

@@ -348,25 +348,23 @@ async fn wait_drained(accepting: Vec<JoinHandle<()>>, config: &Config, name: &st
         took.as_millis(),
         config.stop_timeout,
     );
-    let fields = (
-        drained as u64,
-        cut as u64,
-        ms(took),
-        ms(config.stop_timeout),
-    );
-    if cut > 0 {
-        crate::log::event!(
-            Warn,
-            { event = "drained", drained = fields.0, cut = fields.1, took_ms = fields.2, stop_timeout_ms = fields.3 },
-            "{line}"
-        );
+    // Connections cut are worth a warning.
+    let level = if cut > 0 {
+        crate::log::Level::Warn
     } else {
-        crate::log::event!(
-            Info,
-            { event = "drained", drained = fields.0, cut = fields.1, took_ms = fields.2, stop_timeout_ms = fields.3 },
-            "{line}"
-        );
-    }
+        crate::log::Level::Info
+    };
+    crate::log::event_at!(
+        level,
+        {
+            event = "drained",
+            drained = drained as u64,
+            cut = cut as u64,
+            took_ms = ms(took),
+            stop_timeout_ms = ms(config.stop_timeout),
+        },
+        "{line}"
+    );
 }
 
 /// Errors from `accept` that concern one connection, not the listener.
