@@ -165,8 +165,9 @@ pub(crate) const LINGER_QUIET: Duration = Duration::from_millis(250);
 ///
 /// Its shutdown lingers, as nginx's `lingering_close` does: it sends FIN,
 /// then reads and drops what the client sends until the client closes too,
-/// for up to [`LINGER`], or until it has been quiet for [`LINGER_QUIET`]. Closing a socket with unread data in it makes the
-/// kernel answer with RST, and a client that had sent a request just as an
+/// for up to [`LINGER`], or until it has been quiet for [`LINGER_QUIET`].
+/// Closing a socket with unread data in it makes the kernel answer with
+/// RST, and a client that had sent a request just as an
 /// HTTP/2 GOAWAY (or an HTTP/1 `Connection: close` response) was on its way
 /// then gets a connection error instead of reading the GOAWAY that tells
 /// it the request was not processed and may be retried.
@@ -221,8 +222,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
                 std::task::ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
                 let now = tokio::time::Instant::now();
                 let timer = Box::pin(tokio::time::sleep_until(now + LINGER_QUIET));
-                let (timer, _) = this.linger.insert((timer, now + LINGER));
-                (timer, now + LINGER)
+                let (timer, end) = this.linger.insert((timer, now + LINGER));
+                (timer, *end)
             }
         };
         let mut sink = [0u8; 1024];
