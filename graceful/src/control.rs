@@ -216,8 +216,7 @@ impl Encode for ToWorker<BorrowedFd<'_>> {
                 let mut bytes = vec![RELOADED, 1];
                 bytes.extend_from_slice(&generation.to_be_bytes());
                 bytes.extend_from_slice(&pid.to_be_bytes());
-                let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
-                bytes.extend_from_slice(&ms.to_be_bytes());
+                bytes.extend_from_slice(&crate::log::millis(*took).to_be_bytes());
                 (bytes, None)
             }
             ToWorker::Reloaded(Outcome::Failed(why)) => {

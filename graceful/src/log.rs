@@ -54,6 +54,12 @@ impl Level {
     }
 }
 
+/// A duration in whole milliseconds, as event fields and control messages
+/// carry it (saturating, though no duration here comes near it).
+pub(crate) fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 pub(crate) fn line(args: std::fmt::Arguments<'_>) {
     line_at(Level::Info, args);
 }

@@ -342,7 +342,6 @@ async fn wait_drained(accepting: Vec<JoinHandle<()>>, config: &Config, name: &st
     let open = drain::global().handled();
     let drained = open - cut.min(open);
     let took = started.elapsed();
-    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let line = format!(
         "{name} drained {drained} connection(s) in {} ms, {cut} cut at the {:?} stop_timeout",
         took.as_millis(),
@@ -360,8 +359,8 @@ async fn wait_drained(accepting: Vec<JoinHandle<()>>, config: &Config, name: &st
             event = "drained",
             drained = drained as u64,
             cut = cut as u64,
-            took_ms = ms(took),
-            stop_timeout_ms = ms(config.stop_timeout),
+            took_ms = crate::log::millis(took),
+            stop_timeout_ms = crate::log::millis(config.stop_timeout),
         },
         "{line}"
     );

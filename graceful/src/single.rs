@@ -238,7 +238,7 @@ impl Adapter for Single {
                 })?;
                 crate::log::event!(
                     Info,
-                    { event = "ready", took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX) },
+                    { event = "ready", took_ms = crate::log::millis(took) },
                     "{} ready in {} ms and serving",
                     shared.name(),
                     took.as_millis()

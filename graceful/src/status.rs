@@ -137,50 +137,50 @@ impl Report {
 
     #[cfg(feature = "tracing")]
     fn trace(&self) {
-        use crate::log::event;
+        use crate::log::{event_at, millis};
         let Some(line) = self.log_line() else {
             return;
         };
-        let ms = |d: &Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let level = self.level();
         match self {
             Report::ReloadStarted { why, .. } => {
-                event!(tracing_only Info, { event = "reload_started", why = why.as_str() }, "{line}")
+                event_at!(level, { event = "reload_started", why = why.as_str() }, "{line}")
             }
-            Report::Ready { name, took, .. } => event!(
-                tracing_only Info,
-                { event = "ready", name = name.as_str(), took_ms = ms(took) },
+            Report::Ready { name, took, .. } => event_at!(
+                level,
+                { event = "ready", name = name.as_str(), took_ms = millis(*took) },
                 "{line}"
             ),
-            Report::ReloadFinished { name, took, old } => event!(
-                tracing_only Info,
-                { event = "reload_finished", name = name.as_str(), took_ms = ms(took), old = old.as_str() },
+            Report::ReloadFinished { name, took, old } => event_at!(
+                level,
+                { event = "reload_finished", name = name.as_str(), took_ms = millis(*took), old = old.as_str() },
                 "{line}"
             ),
-            Report::HandedOver { pid, old } => event!(
-                tracing_only Info,
+            Report::HandedOver { pid, old } => event_at!(
+                level,
                 { event = "reload_finished", successor_pid = *pid, old = old.as_str() },
                 "{line}"
             ),
-            Report::ReloadFailed { reason, still } => event!(
-                tracing_only Error,
+            Report::ReloadFailed { reason, still } => event_at!(
+                level,
                 { event = "reload_failed", reason = reason.as_str(), still = still.as_str() },
                 "{line}"
             ),
             Report::StartFailed { reason } => {
-                event!(tracing_only Error, { event = "start_failed", reason = reason.as_str() }, "{line}")
+                event_at!(level, { event = "start_failed", reason = reason.as_str() }, "{line}")
             }
-            Report::NoWorker { reason, delay } => event!(
-                tracing_only Error,
-                { event = "no_worker", reason = reason.as_str(), delay_ms = ms(delay) },
+            Report::NoWorker { reason, delay } => event_at!(
+                level,
+                { event = "no_worker", reason = reason.as_str(), delay_ms = millis(*delay) },
                 "{line}"
             ),
             Report::Stopping {
                 workers,
                 stop_timeout,
                 ..
-            } => event!(
-                tracing_only Info,
-                { event = "stopping", workers = *workers as u64, stop_timeout_ms = ms(stop_timeout) },
+            } => event_at!(
+                level,
+                { event = "stopping", workers = *workers as u64, stop_timeout_ms = millis(*stop_timeout) },
                 "{line}"
             ),
             Report::Draining { .. } => {}

@@ -157,7 +157,7 @@ impl Adapter for Worker {
         let took = started.elapsed();
         crate::log::event!(
             tracing_only Info,
-            { event = "ready", took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX) },
+            { event = "ready", took_ms = crate::log::millis(took) },
             "{} ready in {} ms and serving",
             self.name(),
             took.as_millis()
