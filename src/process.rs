@@ -204,6 +204,7 @@ impl Service {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.wait_log_closed(deadline);
                 return status;
             }
             if Instant::now() >= deadline {
@@ -215,6 +216,22 @@ impl Service {
             // The child is not ours to waitpid with a timeout; a short sleep
             // between checks is bounded by the deadline above.
             std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits until every process writing to the log has closed it (the
+    /// master's last lines, and its workers', may still be in the pipe when
+    /// it has exited), or until `deadline`: a descendant that outlives the
+    /// master keeps the pipe open, and the test then reads what is there.
+    fn wait_log_closed(&self, deadline: Instant) {
+        let (lock, cond) = &*self.log;
+        let mut log = lock.lock().unwrap();
+        while !log.closed {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            log = cond.wait_timeout(log, deadline - now).unwrap().0;
         }
     }
 
