@@ -76,6 +76,33 @@ fn reported_pid(out: &str) -> i32 {
     rest.split(')').next().unwrap().parse().unwrap()
 }
 
+/// A deploy script's smoke test runs right after `graceful reload` returns:
+/// the answer waits until the old worker no longer accepts, so every new
+/// connection from then on reaches the version it reported.
+#[test]
+fn once_the_reload_command_returns_every_new_connection_reaches_the_new_worker() {
+    let app = Deployed::new("smoke");
+    let service = app.start(&[]);
+    let addr = service.addr(T);
+    service.ready_worker(1, T);
+    for generation in 2..=11 {
+        let (code, out, err) = app.reload();
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(
+            out.starts_with(&format!("reloaded: generation {generation} ")),
+            "{out}"
+        );
+        let serving = reported_pid(&out);
+        for n in 0..10 {
+            assert_eq!(
+                pid_of(&addr),
+                serving,
+                "connection {n} after reload {generation} reached an old worker"
+            );
+        }
+    }
+}
+
 #[test]
 fn the_reload_command_reports_success_and_each_kind_of_failure() {
     let app = Deployed::new("outcomes");

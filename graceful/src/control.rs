@@ -43,6 +43,9 @@ pub(crate) enum ToMaster {
     /// The answer to `Check`, from the runtime: it runs, with this many
     /// connections open.
     Alive { check: u64, connections: u64 },
+    /// Told to stop, this worker no longer accepts: every accept loop has
+    /// ended and dropped its listener, so new connections go to the others.
+    StoppedAccepting,
 }
 
 /// Parent to child. `Fd` is the listener: borrowed when sent, owned when
@@ -84,6 +87,7 @@ const STOP: u8 = b'S';
 const ALIVE: u8 = b'A';
 const CHECK: u8 = b'C';
 const RELOADED: u8 = b'D';
+const STOPPED_ACCEPTING: u8 = b'N';
 
 /// A message as it is sent.
 pub(crate) trait Encode {
@@ -152,6 +156,7 @@ impl Encode for ToMaster {
             ToMaster::Ready => vec![READY],
             ToMaster::Failed(why) => tagged(FAILED, why),
             ToMaster::Reload => vec![RELOAD],
+            ToMaster::StoppedAccepting => vec![STOPPED_ACCEPTING],
             ToMaster::Alive { check, connections } => {
                 let mut bytes = vec![ALIVE];
                 bytes.extend_from_slice(&check.to_be_bytes());
@@ -186,6 +191,7 @@ impl Decode for ToMaster {
             READY => no_payload(tag, payload, ToMaster::Ready),
             FAILED => Ok(ToMaster::Failed(reason(payload))),
             RELOAD => no_payload(tag, payload, ToMaster::Reload),
+            STOPPED_ACCEPTING => no_payload(tag, payload, ToMaster::StoppedAccepting),
             ALIVE => {
                 let (check, rest) = be_u64(tag, payload)?;
                 let (connections, rest) = be_u64(tag, rest)?;
@@ -447,6 +453,7 @@ mod tests {
             ToMaster::Failed("main panicked: wé".into()),
             ToMaster::Failed(String::new()),
             ToMaster::Reload,
+            ToMaster::StoppedAccepting,
             ToMaster::Alive {
                 check: u64::MAX,
                 connections: 0,
@@ -527,6 +534,13 @@ mod tests {
             decode(b"Rx"),
             DecodeError::Malformed {
                 tag: 'R',
+                why: "1 unexpected byte(s)".into()
+            }
+        );
+        assert_eq!(
+            decode(b"N\0"),
+            DecodeError::Malformed {
+                tag: 'N',
                 why: "1 unexpected byte(s)".into()
             }
         );

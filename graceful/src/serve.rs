@@ -81,6 +81,10 @@ pub(crate) trait Adapter {
     /// On the way into the drain.
     fn draining(&self, _config: &Config) {}
 
+    /// In the drain, once every accept loop has ended and dropped its
+    /// listener: new connections go to whoever else holds the sockets.
+    fn stopped_accepting(&self) {}
+
     /// After the runtime has shut down.
     fn finish(self, _config: &Config) -> Result<(), Error>
     where
@@ -125,7 +129,7 @@ where
             .map_err(|e| adapter.fail(e))?;
         crate::shutdown_signal().await;
         adapter.draining(config);
-        wait_drained(accepting, config, &adapter.name()).await;
+        wait_drained(accepting, config, &adapter).await;
         Ok(())
     });
     // Connections still open past the deadline are dropped here; do not wait
@@ -321,8 +325,8 @@ static ACCEPT_FAILED: Throttled = Throttled::new(Duration::from_secs(10));
 static LIMIT_REACHED: Throttled = Throttled::new(Duration::from_secs(10));
 
 /// Waits for the drain to start, then for every connection to close, for up
-/// to `stop_timeout`, and logs what happened under `name`.
-async fn wait_drained(accepting: Vec<JoinHandle<()>>, config: &Config, name: &str) {
+/// to `stop_timeout`, and logs what happened under the adapter's name.
+async fn wait_drained<A: Adapter>(accepting: Vec<JoinHandle<()>>, config: &Config, adapter: &A) {
     drain::global().subscribe().wait_for(|s| *s).await.ok();
     let started = Instant::now();
     // A connection accepted at the moment the drain starts must be counted
@@ -331,6 +335,8 @@ async fn wait_drained(accepting: Vec<JoinHandle<()>>, config: &Config, name: &st
     for accept in accepting {
         let _ = accept.await;
     }
+    adapter.stopped_accepting();
+    let name = adapter.name();
     let finished = tokio::time::timeout(config.stop_timeout, drain::global().idle())
         .await
         .is_ok();

@@ -166,6 +166,14 @@ impl Adapter for Worker {
         Ok(())
     }
 
+    /// The master answers those who asked for the reload once the old
+    /// worker no longer takes new connections.
+    fn stopped_accepting(&self) {
+        if let Ok(channel) = self.channel() {
+            let _ = channel.send(&ToMaster::StoppedAccepting);
+        }
+    }
+
     fn fail(&self, error: StartError) -> Error {
         let reason = error.to_string();
         if let Some(control) = self.control() {

@@ -30,6 +30,10 @@ const CLOSED_GRACE: Duration = Duration::from_secs(1);
 pub(crate) const WATCH_QUIET: Duration = Duration::from_millis(300);
 /// How long a status query waits for the workers' connection counts.
 pub(crate) const STATUS_WAIT: Duration = Duration::from_secs(1);
+/// How long the answer to a `graceful reload` command waits for the workers
+/// told to stop to stop accepting: one that does not say so in time (a
+/// wedged runtime accepts nothing anyway) does not hold the answer longer.
+pub(crate) const ANSWER_WAIT: Duration = Duration::from_secs(1);
 
 /// Who waits for a reload's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,6 +70,24 @@ struct Watchdog {
     pending: Option<(u64, u64)>,
 }
 
+/// A reload's outcome for a control-socket client, held until no worker
+/// told to stop still accepts, or until `until`.
+#[derive(Debug, Clone)]
+struct Held {
+    to: Waiter,
+    outcome: Outcome,
+    until: Instant,
+}
+
+impl Held {
+    fn answer(self) -> Action {
+        Action::Answer {
+            to: self.to,
+            outcome: self.outcome,
+        }
+    }
+}
+
 /// A status query waiting for the workers' answers.
 #[derive(Debug, Clone, Copy)]
 struct Query {
@@ -89,6 +111,8 @@ pub(crate) enum Event {
     Failed { generation: u64, reason: String },
     /// A reload is asked for by someone who waits for its outcome.
     ReloadRequested { by: Waiter },
+    /// Generation N, told to stop, no longer accepts connections.
+    StoppedAccepting { generation: u64 },
     /// The control socket's client asks for the status.
     StatusRequested { client: u64 },
     /// Generation N answered check `check`: its runtime runs, with
@@ -197,6 +221,9 @@ struct Worker {
     stopped_at: Option<Instant>,
     /// The last check it answered, and its open connections then.
     answered: Option<(u64, u64)>,
+    /// Whether it may still accept connections: until it says it stopped,
+    /// or its channel closes.
+    accepting: bool,
     /// What the worker reported before it exited, or why it was killed.
     failure: Option<String>,
 }
@@ -227,6 +254,9 @@ pub(crate) struct Core {
     /// Who waits for the reload in flight, and for the queued one.
     waiting: Vec<Waiter>,
     waiting_queued: Vec<Waiter>,
+    /// Clients told a reload's outcome once the old worker stops accepting,
+    /// so that new connections go to the new one when they hear it.
+    held: Vec<Held>,
     last_reload: Option<(Instant, Outcome)>,
     workers: Vec<Worker>,
     next_generation: u64,
@@ -262,6 +292,7 @@ impl Core {
             queries: Vec::new(),
             waiting: Vec::new(),
             waiting_queued: Vec::new(),
+            held: Vec::new(),
             last_reload: None,
             workers: Vec::new(),
             next_generation: 1,
@@ -312,6 +343,12 @@ impl Core {
                 }
             }
             Event::ReloadRequested { by } => self.request_reload(now, &by.why(), Some(by)),
+            Event::StoppedAccepting { generation } => {
+                if let Some(w) = self.worker(generation) {
+                    w.accepting = false;
+                }
+                self.release_held(now);
+            }
             Event::StatusRequested { client } => self.query(now, client),
             Event::Alive {
                 generation,
@@ -323,10 +360,12 @@ impl Core {
                 // by waitpid. One that lingers before it was ready is killed.
                 if let Some(w) = self.worker(generation) {
                     w.connected = false;
+                    w.accepting = false;
                     if let State::Starting { deadline } = &mut w.state {
                         *deadline = (*deadline).min(now + CLOSED_GRACE);
                     }
                 }
+                self.release_held(now);
             }
             Event::Exited { pid, how } => self.exited(now, pid, &how),
             Event::ExecutableChanged => self.changed = Some(now + WATCH_QUIET),
@@ -351,11 +390,13 @@ impl Core {
         };
         let watchdog = self.watchdog.map(|w| w.next).filter(|_| self.serving());
         let queries = self.queries.iter().map(|q| q.deadline);
+        let held = self.held.iter().map(|h| h.until);
         workers
             .chain(restart)
             .chain(watchdog)
             .chain(self.changed)
             .chain(queries)
+            .chain(held)
             .min()
     }
 
@@ -423,6 +464,7 @@ impl Core {
             failure: None,
             stopped_at: None,
             answered: None,
+            accepting: true,
         });
         self.out.push(Action::Spawn { generation });
         generation
@@ -482,6 +524,39 @@ impl Core {
         self.last_reload = Some((now, outcome));
     }
 
+    /// A reload that replaced a worker ended: a worker that asked is told
+    /// now (it may be the one told to stop next), a client once the old
+    /// worker stops accepting.
+    fn finish_replacing(&mut self, now: Instant, outcome: Outcome) {
+        let (clients, workers): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|w| matches!(w, Waiter::Client(_)));
+        self.answer(workers, &outcome);
+        self.held.extend(clients.into_iter().map(|to| Held {
+            to,
+            outcome: outcome.clone(),
+            until: now + ANSWER_WAIT,
+        }));
+        self.last_reload = Some((now, outcome));
+    }
+
+    /// Answers the held clients once no worker told to stop accepts, and
+    /// each one whose wait is over.
+    fn release_held(&mut self, now: Instant) {
+        if self.held.is_empty() {
+            return;
+        }
+        let accepting = self
+            .workers
+            .iter()
+            .any(|w| w.accepting && w.stopped_at.is_some() && w.state != State::Killed);
+        let (due, held): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| !accepting || h.until <= now);
+        self.held = held;
+        self.out.extend(due.into_iter().map(Held::answer));
+    }
+
     /// Tells each of `waiters` the `outcome`.
     fn answer(&mut self, waiters: impl IntoIterator<Item = Waiter>, outcome: &Outcome) {
         self.out
@@ -520,10 +595,10 @@ impl Core {
             starting: None,
             streak,
         };
-        // Told before the old worker is told to stop: it may be the one that
-        // asked.
-        if previous.is_some() || !self.waiting.is_empty() {
-            self.finish_reload(now, reloaded);
+        match previous {
+            Some(_) => self.finish_replacing(now, reloaded),
+            None if !self.waiting.is_empty() => self.finish_reload(now, reloaded),
+            None => {}
         }
         match previous {
             Some(old) => {
@@ -642,6 +717,7 @@ impl Core {
             _ => self.log(format!("{name} {how} after draining")),
         }
         self.out.push(Action::Release { generation });
+        self.release_held(now);
         if matches!(self.phase, Phase::Stopping { .. }) && self.workers.is_empty() {
             self.phase = Phase::Done;
             self.out.push(Action::Exit(Ok(())));
@@ -654,6 +730,7 @@ impl Core {
             self.request_reload(now, "the executable changed", None);
         }
         self.watchdog_tick(now);
+        self.release_held(now);
         let expired = self.queries.iter().any(|q| q.deadline <= now);
         if expired {
             self.answer_queries(now);
@@ -721,6 +798,9 @@ impl Core {
         waiters.append(&mut self.waiting_queued);
         let stopping = Outcome::Failed(format!("the service is stopping ({signal})"));
         self.answer(waiters, &stopping);
+        // Reloads that finished are told so now: every worker stops.
+        let held = std::mem::take(&mut self.held);
+        self.out.extend(held.into_iter().map(Held::answer));
         self.report(Report::Stopping {
             signal,
             workers: self.workers.len(),
@@ -1637,8 +1717,41 @@ mod tests {
         assert_eq!(run.at(10_000, Event::Tick), [check(1, 2)]);
     }
 
+    fn reloaded(generation: u64, pid: u32, took_ms: u32) -> Outcome {
+        Outcome::Reloaded {
+            generation,
+            pid,
+            took: MS * took_ms,
+        }
+    }
+
     #[test]
-    fn a_reload_command_is_answered_before_the_old_worker_is_stopped() {
+    fn a_worker_that_asked_is_answered_before_it_is_stopped() {
+        let mut run = Run::serving();
+        let actions = run.ask(1000, Waiter::Worker(1));
+        assert_eq!(
+            actions[0],
+            Action::Report(Report::ReloadStarted {
+                why: "graceful::reload() in worker 1".into(),
+                starting: Some("worker 2".into()),
+            })
+        );
+        run.spawned(1000, 2, 102);
+        let actions = run.at(1050, Event::Ready { generation: 2 });
+        let answer = Action::Answer {
+            to: Waiter::Worker(1),
+            outcome: reloaded(2, 102, 50),
+        };
+        let answered = actions.iter().position(|a| *a == answer);
+        let stopped = actions
+            .iter()
+            .position(|a| *a == Action::Stop { generation: 1 });
+        assert!(answered.is_some() && answered < stopped, "{actions:?}");
+    }
+
+    /// Worker 1 serves, and client 7's reload has just made worker 2 (pid
+    /// 102) ready at +1050 ms and told worker 1 to stop.
+    fn replaced_for_a_client() -> Run {
         let mut run = Run::serving();
         let actions = run.ask(1000, Waiter::Client(7));
         assert_eq!(
@@ -1650,19 +1763,62 @@ mod tests {
         );
         run.spawned(1000, 2, 102);
         let actions = run.at(1050, Event::Ready { generation: 2 });
-        let answer = Action::Answer {
-            to: Waiter::Client(7),
-            outcome: Outcome::Reloaded {
-                generation: 2,
-                pid: 102,
-                took: MS * 50,
-            },
-        };
-        let answered = actions.iter().position(|a| *a == answer);
-        let stopped = actions
-            .iter()
-            .position(|a| *a == Action::Stop { generation: 1 });
-        assert!(answered.is_some() && answered < stopped, "{actions:?}");
+        assert!(actions.contains(&Action::Stop { generation: 1 }));
+        // Worker 1 may still take a new connection: not yet.
+        assert_eq!(answers(&actions), []);
+        run
+    }
+
+    #[test]
+    fn a_reload_command_is_answered_once_the_old_worker_stops_accepting() {
+        let mut run = replaced_for_a_client();
+        assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 2050));
+        // Another worker's news does not release it.
+        assert_eq!(
+            answers(&run.at(1051, Event::StoppedAccepting { generation: 2 })),
+            []
+        );
+        let actions = run.at(1052, Event::StoppedAccepting { generation: 1 });
+        assert_eq!(
+            answers(&actions),
+            [(Waiter::Client(7), reloaded(2, 102, 50))]
+        );
+        // Told once.
+        assert_eq!(answers(&run.at(2050, Event::Tick)), []);
+        assert_eq!(answers(&run.at(1060, exited(101, 0))), []);
+    }
+
+    #[test]
+    fn a_reload_command_is_answered_when_the_old_worker_exits_or_its_wait_is_over() {
+        let mut run = replaced_for_a_client();
+        assert_eq!(
+            answers(&run.at(1060, exited(101, 0))),
+            [(Waiter::Client(7), reloaded(2, 102, 50))]
+        );
+
+        let mut run = replaced_for_a_client();
+        let closed = run.at(1060, Event::ControlClosed { generation: 1 });
+        assert_eq!(
+            answers(&closed),
+            [(Waiter::Client(7), reloaded(2, 102, 50))]
+        );
+
+        // An old worker that never says so (its runtime is wedged) holds the
+        // answer for ANSWER_WAIT at most.
+        let mut run = replaced_for_a_client();
+        assert_eq!(answers(&run.at(2049, Event::Tick)), []);
+        assert_eq!(
+            answers(&run.at(2050, Event::Tick)),
+            [(Waiter::Client(7), reloaded(2, 102, 50))]
+        );
+
+        // A stop tells it at once: the reload did happen.
+        let mut run = replaced_for_a_client();
+        let actions = run.at(1060, Event::Signal(Signal::SIGTERM));
+        assert_eq!(
+            answers(&actions),
+            [(Waiter::Client(7), reloaded(2, 102, 50))]
+        );
     }
 
     /// The answer to each waiter in `actions`.
@@ -1738,18 +1894,12 @@ mod tests {
             run.at(1001, Event::ReloadRequested { by });
         }
         let actions = run.at(1100, Event::Ready { generation: 2 });
-        assert_eq!(
-            answers(&actions),
-            [(
-                Waiter::Client(1),
-                Outcome::Reloaded {
-                    generation: 2,
-                    pid: 102,
-                    took: MS * 100
-                }
-            )]
-        );
+        assert_eq!(answers(&actions), []);
         assert_eq!(spawns(&actions), 1);
+        assert_eq!(
+            answers(&run.at(1100, Event::StoppedAccepting { generation: 1 })),
+            [(Waiter::Client(1), reloaded(2, 102, 100))]
+        );
         run.spawned(1100, 3, 103);
         // Asked during reload 3: covered by reload 4.
         run.ask(1101, Waiter::Client(4));
@@ -1774,17 +1924,12 @@ mod tests {
         );
         assert_eq!(spawns(&actions), 1, "{actions:?}");
         run.spawned(1200, 4, 104);
-        let actions = run.at(1300, Event::Ready { generation: 4 });
+        run.at(1300, Event::Ready { generation: 4 });
+        // Worker 1 drains still, but no longer accepts: only worker 2 holds
+        // the answer.
         assert_eq!(
-            answers(&actions),
-            [(
-                Waiter::Client(4),
-                Outcome::Reloaded {
-                    generation: 4,
-                    pid: 104,
-                    took: MS * 100
-                }
-            )]
+            answers(&run.at(1300, Event::StoppedAccepting { generation: 2 })),
+            [(Waiter::Client(4), reloaded(4, 104, 100))]
         );
     }
 

@@ -303,9 +303,12 @@ impl Master {
             Some(Request::Reload) => {
                 // The longest the outcome can take: a reload queued behind
                 // one in flight, each up to ready_timeout, after a restart
-                // backoff at worst.
-                let bound =
-                    self.config.ready_timeout * 2 + core::BACKOFF_MAX + Duration::from_secs(2);
+                // backoff at worst, then the wait for the old worker to stop
+                // accepting.
+                let bound = self.config.ready_timeout * 2
+                    + core::BACKOFF_MAX
+                    + core::ANSWER_WAIT
+                    + Duration::from_secs(2);
                 control.reply(id, &ctl::pending_line(bound), false);
                 self.handle(Event::ReloadRequested {
                     by: Waiter::Client(id),
@@ -504,6 +507,7 @@ impl Master {
                 Ok(Some(ToMaster::Reload)) => Event::ReloadRequested {
                     by: Waiter::Worker(generation),
                 },
+                Ok(Some(ToMaster::StoppedAccepting)) => Event::StoppedAccepting { generation },
                 Ok(Some(ToMaster::Alive { check, connections })) => Event::Alive {
                     generation,
                     check,
