@@ -535,6 +535,8 @@ fn master_mode_as_pid_1_reloads_and_reaps_orphans() {
     let master = master[0];
     kill(Pid::from_raw(master), Signal::SIGHUP).unwrap();
     service.wait_line("reload finished", T);
+    // Worker 1 may take a connection until it has been told to stop.
+    service.wait_line("after draining", T);
     assert_ne!(pid_of(&addr), first);
     // An orphan (a 1 s sleep whose parent shell exits at once) is
     // re-parented to PID 1, the master, which reaps it when it exits: it

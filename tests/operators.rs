@@ -493,6 +493,9 @@ fn reload_and_wait_resolves_to_the_outcome_in_single_mode() {
         .unwrap()
         .parse()
         .unwrap();
+    // The process that asked is told first, and drains next: until it has
+    // stopped accepting it may still take a connection.
+    assert!(wait_gone(service.pid(), T), "the first process drained");
     assert_eq!(pid_of(&addr), successor);
     let _ = std::fs::remove_dir_all(&dir);
 }

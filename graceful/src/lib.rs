@@ -300,9 +300,11 @@ pub struct Reloaded {
 /// with the reason once the reload was rolled back.
 ///
 /// A request made while a reload runs is covered by the next one (as with
-/// signals), and resolves to that reload's outcome. In master mode the
-/// calling worker is the old one: it is told the outcome before it is told
-/// to drain. In single mode, a request made while a successor starts
+/// signals), and resolves to that reload's outcome. The calling process is
+/// the old one: it is told the outcome before it drains, so until it has
+/// stopped accepting, a new connection may still reach it (the `graceful
+/// reload` command, outside the service, returns only once it has). In
+/// single mode, a request made while a successor starts
 /// resolves to that successor's outcome. The wait is bounded by the
 /// master's `ready_timeout` (twice it, for a request that waits behind
 /// another reload).
