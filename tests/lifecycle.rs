@@ -49,16 +49,18 @@ fn hello_example_serves_http1_and_h2() {
 fn sighup_replaces_the_worker_and_keeps_the_master() {
     let service = Service::start(&testapp(), &["127.0.0.1:0"], &[]);
     let addr = service.addr(T);
-    let first = service.ready_worker(1, T);
-    assert_eq!(pid_of(&addr), first);
+    let mut previous = service.ready_worker(1, T);
+    assert_eq!(pid_of(&addr), previous);
     for generation in 2..=3 {
         service.signal(Signal::SIGHUP);
         let next = service.ready_worker(generation, T);
+        // Until it has stopped, the old worker may take a connection.
         assert!(
-            wait_gone(first, T),
-            "the old worker {first} is still running"
+            wait_gone(previous, T),
+            "the old worker {previous} is still running"
         );
         assert_eq!(pid_of(&addr), next, "the new worker serves");
+        previous = next;
         assert!(
             is_alive(service.pid()),
             "the master is still the same process"
