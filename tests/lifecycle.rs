@@ -156,7 +156,7 @@ fn replacing_the_binary_then_sighup_runs_the_new_code() {
     graceful_dev::copy_executable(&testapp(), &app);
     let service = Service::start(&app, &["127.0.0.1:0"], &[]);
     let addr = service.addr(T);
-    service.ready_worker(1, T);
+    let first = service.ready_worker(1, T);
     assert!(get(&addr, "/").unwrap().1.starts_with("testapp v1"));
 
     // Deploy: write the new build beside it, rename it over the old path.
@@ -165,6 +165,8 @@ fn replacing_the_binary_then_sighup_runs_the_new_code() {
     std::fs::rename(&staged, &app).unwrap();
     service.signal(Signal::SIGHUP);
     service.ready_worker(2, T);
+    // Until it has stopped, worker 1 may take a connection.
+    assert!(wait_gone(first, T));
     let (status, body) = get(&addr, "/new").unwrap();
     assert_eq!(status, 200);
     assert_eq!(body, format!("Hello, port: {addr}, \"/new\"\n"));
