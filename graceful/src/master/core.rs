@@ -531,13 +531,13 @@ impl Core {
         let (clients, workers): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.waiting)
             .into_iter()
             .partition(|w| matches!(w, Waiter::Client(_)));
-        self.answer(workers, &outcome);
         self.held.extend(clients.into_iter().map(|to| Held {
             to,
             outcome: outcome.clone(),
             until: now + ANSWER_WAIT,
         }));
-        self.last_reload = Some((now, outcome));
+        self.waiting = workers;
+        self.finish_reload(now, outcome);
     }
 
     /// Answers the held clients once no worker told to stop accepts, and
@@ -549,7 +549,7 @@ impl Core {
         let accepting = self
             .workers
             .iter()
-            .any(|w| w.accepting && w.stopped_at.is_some() && w.state != State::Killed);
+            .any(|w| w.accepting && matches!(w.state, State::Draining { .. }));
         let (due, held): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
             .into_iter()
             .partition(|h| !accepting || h.until <= now);
@@ -596,12 +596,9 @@ impl Core {
             streak,
         };
         match previous {
-            Some(_) => self.finish_replacing(now, reloaded),
-            None if !self.waiting.is_empty() => self.finish_reload(now, reloaded),
-            None => {}
-        }
-        match previous {
             Some(old) => {
+                // Before the stop: the old worker may be the one that asked.
+                self.finish_replacing(now, reloaded);
                 let kill_at = now + self.stop_timeout + KILL_GRACE;
                 if let Some(w) = self.worker(old) {
                     w.state = State::Draining { kill_at };
@@ -612,11 +609,16 @@ impl Core {
                 self.report(Report::ReloadFinished { name, took, old });
                 self.cut_excess_draining();
             }
-            None => self.report(Report::Ready {
-                name,
-                took,
-                note: String::new(),
-            }),
+            None => {
+                if !self.waiting.is_empty() {
+                    self.finish_reload(now, reloaded);
+                }
+                self.report(Report::Ready {
+                    name,
+                    took,
+                    note: String::new(),
+                })
+            }
         }
         self.out.push(Action::KeepListeners { generation });
         self.run_queued(now);
