@@ -1727,19 +1727,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_worker_that_asked_is_answered_before_it_is_stopped() {
+    /// Worker 1 serves; `by` asks for a reload at +1000 ms, and worker 2
+    /// (pid 102) is ready at +1050 ms. Returns what its readiness called for.
+    fn replaced_for(by: Waiter, why: &str) -> (Run, Vec<Action>) {
         let mut run = Run::serving();
-        let actions = run.ask(1000, Waiter::Worker(1));
+        let actions = run.ask(1000, by);
         assert_eq!(
             actions[0],
             Action::Report(Report::ReloadStarted {
-                why: "graceful::reload() in worker 1".into(),
+                why: why.into(),
                 starting: Some("worker 2".into()),
             })
         );
         run.spawned(1000, 2, 102);
         let actions = run.at(1050, Event::Ready { generation: 2 });
+        (run, actions)
+    }
+
+    #[test]
+    fn a_worker_that_asked_is_answered_before_it_is_stopped() {
+        let (_, actions) = replaced_for(Waiter::Worker(1), "graceful::reload() in worker 1");
         let answer = Action::Answer {
             to: Waiter::Worker(1),
             outcome: reloaded(2, 102, 50),
@@ -1754,17 +1761,7 @@ mod tests {
     /// Worker 1 serves, and client 7's reload has just made worker 2 (pid
     /// 102) ready at +1050 ms and told worker 1 to stop.
     fn replaced_for_a_client() -> Run {
-        let mut run = Run::serving();
-        let actions = run.ask(1000, Waiter::Client(7));
-        assert_eq!(
-            actions[0],
-            Action::Report(Report::ReloadStarted {
-                why: "graceful reload command".into(),
-                starting: Some("worker 2".into()),
-            })
-        );
-        run.spawned(1000, 2, 102);
-        let actions = run.at(1050, Event::Ready { generation: 2 });
+        let (run, actions) = replaced_for(Waiter::Client(7), "graceful reload command");
         assert!(actions.contains(&Action::Stop { generation: 1 }));
         // Worker 1 may still take a new connection: not yet.
         assert_eq!(answers(&actions), []);
