@@ -33,6 +33,7 @@ const KEYS: &[&str] = &[
     "watch",
     "control_socket",
     "watchdog",
+    "upgrade_master",
 ];
 
 /// The smallest `max_header_size` the runtime accepts (hyper's read buffer).
@@ -70,6 +71,7 @@ pub(crate) struct Config {
     pub(crate) watch: Option<bool>,
     pub(crate) control_socket: Option<syn::LitStr>,
     pub(crate) watchdog: Option<u64>,
+    pub(crate) upgrade_master: Option<bool>,
 }
 
 /// Collects errors so that every mistake is reported, not just the first.
@@ -134,6 +136,7 @@ impl Config {
                         count(&key, &value, "connections", 1, "10000", &mut errors)
                 }
                 "watch" => config.watch = flag(&key, &value, &mut errors),
+                "upgrade_master" => config.upgrade_master = flag(&key, &value, &mut errors),
                 "max_draining" => {
                     config.max_draining = count(&key, &value, "workers", 1, "4", &mut errors)
                 }

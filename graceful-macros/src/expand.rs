@@ -141,6 +141,9 @@ fn bootstrap(func: &ItemFn, config: &Config) -> TokenStream {
     if config.watch == Some(true) {
         builder.extend(quote! { .watch(true) });
     }
+    if let Some(on) = config.upgrade_master {
+        builder.extend(quote! { .upgrade_master(#on) });
+    }
     if config.mode.as_deref() == Some("single") {
         builder.extend(quote! { .mode(::graceful::Mode::Single) });
     }

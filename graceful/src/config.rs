@@ -37,6 +37,9 @@ pub(crate) const MIN_WATCHDOG: Duration = Duration::from_millis(100);
 /// The environment variable that overrides `watch` set in code.
 pub(crate) const ENV_WATCH: &str = "GRACEFUL_WATCH";
 
+/// The environment variable that overrides `upgrade_master` set in code.
+pub(crate) const ENV_UPGRADE_MASTER: &str = "GRACEFUL_UPGRADE_MASTER";
+
 /// The environment variable that overrides the mode set in code.
 pub(crate) const ENV_MODE: &str = "GRACEFUL_MODE";
 
@@ -85,6 +88,8 @@ pub(crate) struct Config {
     /// How often the master checks that the serving worker's runtime
     /// answers, when systemd does not set the period (`WATCHDOG_USEC`).
     pub(crate) watchdog: Option<Duration>,
+    /// The master re-executes itself into the new build after a reload.
+    pub(crate) upgrade_master: bool,
 }
 
 /// What one connection may cost: the limits a hostile client meets.
@@ -125,6 +130,7 @@ pub(crate) struct Options {
     pub(crate) watch: bool,
     pub(crate) control_socket: Option<PathBuf>,
     pub(crate) watchdog: Option<Duration>,
+    pub(crate) upgrade_master: bool,
 }
 
 impl Default for Options {
@@ -146,6 +152,7 @@ impl Default for Options {
             watch: false,
             control_socket: None,
             watchdog: None,
+            upgrade_master: true,
         }
     }
 }
@@ -235,20 +242,34 @@ impl Options {
                 Some(value) => Some(PathBuf::from(value)),
             },
             watchdog: self.watchdog,
-            watch: match std::env::var_os(ENV_WATCH) {
-                None => self.watch,
-                Some(value) => match value.to_str() {
-                    Some("1" | "true") => true,
-                    Some("0" | "false") => false,
-                    _ => {
-                        return Err(Error::InvalidOption {
-                            option: "watch",
-                            reason: format!("{ENV_WATCH}={value:?} is not 1 or 0 (true or false)"),
-                        })
-                    }
-                },
-            },
+            watch: switch("watch", ENV_WATCH, self.watch)?,
+            upgrade_master: switch("upgrade_master", ENV_UPGRADE_MASTER, self.upgrade_master)?,
         })
+    }
+}
+
+/// An on/off option: `var` in the environment (`1`/`true`, `0`/`false`)
+/// overrides the value set in code.
+fn switch(option: &'static str, var: &str, in_code: bool) -> Result<bool, Error> {
+    switch_value(option, var, std::env::var_os(var).as_deref(), in_code)
+}
+
+fn switch_value(
+    option: &'static str,
+    var: &str,
+    value: Option<&std::ffi::OsStr>,
+    in_code: bool,
+) -> Result<bool, Error> {
+    let Some(value) = value else {
+        return Ok(in_code);
+    };
+    match value.to_str() {
+        Some("1" | "true") => Ok(true),
+        Some("0" | "false") => Ok(false),
+        _ => Err(Error::InvalidOption {
+            option,
+            reason: format!("{var}={value:?} is not 1 or 0 (true or false)"),
+        }),
     }
 }
 
@@ -368,6 +389,27 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_switch_is_overridden_by_its_variable_or_names_it() {
+        use std::ffi::OsStr;
+        let var = "GRACEFUL_UPGRADE_MASTER";
+        let value = |v: Option<&str>, in_code| {
+            switch_value("upgrade_master", var, v.map(OsStr::new), in_code)
+        };
+        assert!(value(None, true).unwrap());
+        assert!(!value(None, false).unwrap());
+        for on in ["1", "true"] {
+            assert!(value(Some(on), false).unwrap());
+        }
+        for off in ["0", "false"] {
+            assert!(!value(Some(off), true).unwrap());
+        }
+        assert_eq!(
+            value(Some("yes"), true).unwrap_err().to_string(),
+            "invalid option upgrade_master: GRACEFUL_UPGRADE_MASTER=\"yes\" is not 1 or 0 (true or false)"
+        );
+    }
+
+    #[test]
     fn defaults_are_the_documented_ones() {
         let config = config();
         assert_eq!(config.stop_timeout, Duration::from_secs(20));
@@ -377,6 +419,7 @@ pub(crate) mod tests {
         assert_eq!(config.stop_signals, [Signal::SIGTERM, Signal::SIGINT]);
         assert_eq!(config.worker_threads, None);
         assert_eq!(config.mode, Mode::Master);
+        assert!(config.upgrade_master);
         assert_eq!(
             config.limits,
             Limits {

@@ -33,8 +33,10 @@ const MAX_MESSAGE: usize = 16 * 1024;
 pub(crate) enum ToMaster {
     /// Give me the listener for this address.
     Listen(ListenRequest),
-    /// Every listener accepts and `main` returned successfully.
-    Ready,
+    /// Every listener accepts and `main` returned successfully; with what
+    /// the worker's build can take over, when its master asked (a build
+    /// older than master upgrades sends none).
+    Ready(Option<Readiness>),
     /// The start failed, for this reason; the child exits next.
     Failed(String),
     /// `graceful::reload()` was called; the outcome is answered with
@@ -46,6 +48,15 @@ pub(crate) enum ToMaster {
     /// Told to stop, this worker no longer accepts: every accept loop has
     /// ended and dropped its listener, so new connections go to the others.
     StoppedAccepting,
+}
+
+/// What a ready worker's build can take over from its master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Readiness {
+    /// The master state formats it reads, oldest and newest.
+    pub(crate) reads: (u32, u32),
+    /// Its graceful version.
+    pub(crate) version: String,
 }
 
 /// Parent to child. `Fd` is the listener: borrowed when sent, owned when
@@ -153,7 +164,15 @@ impl Encode for ToMaster {
                 bytes.extend_from_slice(request.addr.to_string().as_bytes());
                 bytes
             }
-            ToMaster::Ready => vec![READY],
+            ToMaster::Ready(None) => vec![READY],
+            ToMaster::Ready(Some(readiness)) => {
+                // Tag, the oldest and newest format (u32 BE each), the version.
+                let mut bytes = vec![READY];
+                bytes.extend_from_slice(&readiness.reads.0.to_be_bytes());
+                bytes.extend_from_slice(&readiness.reads.1.to_be_bytes());
+                bytes.extend_from_slice(&tagged(READY, &readiness.version)[1..]);
+                bytes
+            }
             ToMaster::Failed(why) => tagged(FAILED, why),
             ToMaster::Reload => vec![RELOAD],
             ToMaster::StoppedAccepting => vec![STOPPED_ACCEPTING],
@@ -188,7 +207,24 @@ impl Decode for ToMaster {
                 let addr = ListenAddr::parse(addr).map_err(|e| malformed(e.to_string()))?;
                 Ok(ToMaster::Listen(ListenRequest { addr, unix_mode }))
             }
-            READY => no_payload(tag, payload, ToMaster::Ready),
+            READY if payload.is_empty() => Ok(ToMaster::Ready(None)),
+            READY => {
+                let Some((&[a0, a1, a2, a3, b0, b1, b2, b3], version)) =
+                    payload.split_first_chunk::<8>()
+                else {
+                    return Err(DecodeError::Malformed {
+                        tag: 'R',
+                        why: format!("{} byte(s) where formats of 8 were expected", payload.len()),
+                    });
+                };
+                Ok(ToMaster::Ready(Some(Readiness {
+                    reads: (
+                        u32::from_be_bytes([a0, a1, a2, a3]),
+                        u32::from_be_bytes([b0, b1, b2, b3]),
+                    ),
+                    version: reason(version),
+                })))
+            }
             FAILED => Ok(ToMaster::Failed(reason(payload))),
             RELOAD => no_payload(tag, payload, ToMaster::Reload),
             STOPPED_ACCEPTING => no_payload(tag, payload, ToMaster::StoppedAccepting),
@@ -277,6 +313,27 @@ impl Decode for ToWorker<OwnedFd> {
             other => Err(DecodeError::UnknownTag(other)),
         }
     }
+}
+
+/// A parent's end of a channel carried across the master's exec: checked to
+/// be a `SOCK_SEQPACKET` socket and made close-on-exec again.
+pub(crate) fn carried(fd: RawFd) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    if fd < 3 {
+        return Err(io::Error::other(format!("descriptor {fd} is stdio")));
+    }
+    // SAFETY: borrowed only to inspect it; taken below once it passed.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    if getsockopt(&borrowed, sockopt::SockType) != Ok(SockType::SeqPacket) {
+        return Err(io::Error::other(format!(
+            "descriptor {fd} is not a control channel"
+        )));
+    }
+    // SAFETY: the previous image of this process held this channel for one
+    // worker and passed it across exec to this image alone.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    crate::fd::set_cloexec(owned.as_fd())?;
+    Ok(owned)
 }
 
 /// Creates the pair: (parent's end, child's end). Both are close-on-exec;
@@ -449,7 +506,15 @@ mod tests {
             listen("[::1]:0", None),
             listen("unix:/run/a b;c\td.sock", Some(0o660)),
             listen("systemd:web", None),
-            ToMaster::Ready,
+            ToMaster::Ready(None),
+            ToMaster::Ready(Some(Readiness {
+                reads: (1, u32::MAX),
+                version: "0.1.0".into(),
+            })),
+            ToMaster::Ready(Some(Readiness {
+                reads: (0, 0),
+                version: String::new(),
+            })),
             ToMaster::Failed("main panicked: wé".into()),
             ToMaster::Failed(String::new()),
             ToMaster::Reload,
@@ -534,7 +599,7 @@ mod tests {
             decode(b"Rx"),
             DecodeError::Malformed {
                 tag: 'R',
-                why: "1 unexpected byte(s)".into()
+                why: "1 byte(s) where formats of 8 were expected".into()
             }
         );
         assert_eq!(
@@ -617,14 +682,14 @@ mod tests {
     fn messages_and_descriptors_cross_the_pair() {
         let (master, worker) = pair().unwrap();
         send(worker.as_fd(), &listen("127.0.0.1:0", None)).unwrap();
-        send(worker.as_fd(), &ToMaster::Ready).unwrap();
+        send(worker.as_fd(), &ToMaster::Ready(None)).unwrap();
         assert_eq!(
             recv(master.as_fd()).unwrap(),
             Some(listen("127.0.0.1:0", None))
         );
         assert_eq!(
             recv::<ToMaster>(master.as_fd()).unwrap(),
-            Some(ToMaster::Ready)
+            Some(ToMaster::Ready(None))
         );
 
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -688,7 +753,7 @@ mod tests {
         drop(write);
         assert_eq!(
             recv::<ToMaster>(master.as_fd()).unwrap(),
-            Some(ToMaster::Ready)
+            Some(ToMaster::Ready(None))
         );
         // Every write end is closed again: the pipe reads end of file. A
         // leaked copy would keep it open (EAGAIN on a non-blocking read).

@@ -61,7 +61,8 @@ impl Request {
         }
     }
 
-    fn line(self) -> &'static str {
+    /// The request as the client writes it, newline included.
+    pub(crate) fn line(self) -> &'static str {
         match self {
             Request::Reload => "reload\n",
             Request::Status { json: false } => "status\n",

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use crate::control;
 use crate::fd::set_nonblocking;
-use crate::role::{ENV_CONTROL_FD, ENV_GENERATION};
+use crate::role::{ENV_CONTROL_FD, ENV_GENERATION, ENV_MASTER_FORMAT};
 use crate::{Error, Signal};
 
 /// The program this service runs again on reload: recorded once, at start,
@@ -32,8 +32,17 @@ impl Executable {
         })
     }
 
+    /// The executable recorded by a previous image of this master.
+    pub(crate) fn from_parts(path: PathBuf, argv: Vec<OsString>) -> Executable {
+        Executable { path, argv }
+    }
+
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub(crate) fn argv(&self) -> &[OsString] {
+        &self.argv
     }
 
     /// Prepares generation `generation`: a control socket pair and the
@@ -41,6 +50,9 @@ impl Executable {
     /// inheritable in the child only. With `own_group` the child leads a
     /// process group of its own, so that a kill of that group reaches every
     /// process it started.
+    ///
+    /// `master_format` is the state format of a master that can upgrade
+    /// into the child's build: the child then says whether it reads it.
     ///
     /// Between fork and exec the child also ignores `ignore` (a reload
     /// signal sent to the process group must not kill it before it installs
@@ -53,6 +65,7 @@ impl Executable {
         ignore: &[Signal],
         default: Vec<i32>,
         own_group: bool,
+        master_format: Option<u32>,
     ) -> std::io::Result<Prepared> {
         let (mine, theirs) = control::pair()?;
         set_nonblocking(mine.as_fd())?;
@@ -65,6 +78,9 @@ impl Executable {
         command
             .env(ENV_CONTROL_FD, theirs.as_raw_fd().to_string())
             .env(ENV_GENERATION, generation.to_string());
+        if let Some(format) = master_format {
+            command.env(ENV_MASTER_FORMAT, format.to_string());
+        }
         let ignore: Vec<i32> = ignore.iter().map(|s| s.number()).collect();
         // SAFETY: between fork and exec only async-signal-safe calls are made
         // (setpgid, fcntl, signal), on memory allocated before the fork.

@@ -89,6 +89,8 @@ mod server;
 mod signal;
 #[cfg(unix)]
 mod single;
+#[cfg(unix)]
+mod state;
 mod status;
 #[cfg(feature = "tls")]
 mod tls;
@@ -139,6 +141,7 @@ pub use tokio_rustls::rustls;
 /// | `watch = true` | `false` | reload when the executable is replaced; see [`Server::watch`] |
 /// | `control_socket = "/run/app/graceful.sock"` | none | where `graceful reload` and `graceful status` reach the master (`GRACEFUL_CONTROL_SOCKET` overrides it); see [`Server::control_socket`] and [`ctl`] |
 /// | `watchdog = "10s"` | off (under systemd: a quarter of `WatchdogSec=`) | check that the serving worker's runtime answers, and replace it if not; see [`Server::watchdog`] |
+/// | `upgrade_master = false` | `true` | whether a reload also re-executes the master in place, so the new build's code and options apply (`GRACEFUL_UPGRADE_MASTER` overrides it); see [`Server::upgrade_master`] |
 ///
 /// Durations are written like `"500ms"`, `"20s"`, `"1m30s"` or `"4h"`.
 /// Mistakes are compile errors on the offending token.

@@ -14,6 +14,9 @@ use crate::activation::{Activated, Local};
 use crate::addr::{BindError, ListenAddr, ListenRequest};
 use crate::fd::set_cloexec;
 use crate::log::log;
+use crate::state::{ListenerKind, ListenerState};
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 /// Why a listener could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -330,6 +333,99 @@ impl Listeners {
         }
         Ok(listeners)
     }
+}
+
+/// The table across a master's upgrade in place: every socket by its
+/// descriptor number, with who uses it and whether it is kept.
+impl Listeners {
+    pub(crate) fn to_state(&self) -> Vec<ListenerState> {
+        self.map
+            .iter()
+            .map(|(key, held)| ListenerState {
+                key: key.clone(),
+                fd: held.fd.as_raw_fd(),
+                kind: match (&held.activated, &held.unix_path) {
+                    (Some(_), _) => ListenerKind::Activated,
+                    (None, Some((path, dev, ino))) => ListenerKind::Unix {
+                        path: path.as_os_str().as_bytes().to_vec(),
+                        dev: *dev,
+                        ino: *ino,
+                    },
+                    (None, None) => ListenerKind::Tcp,
+                },
+                users: held.users.iter().copied().collect(),
+                kept: self.kept.contains(key),
+            })
+            .collect()
+    }
+
+    /// The table a master carried across its exec. Each descriptor is
+    /// checked as [`import`](Listeners::import) checks a successor's, and
+    /// made close-on-exec again; one that fails is logged and left out
+    /// (its clients then see the port closed, which the log names), and
+    /// the rest are taken.
+    pub(crate) fn from_state(state: Vec<ListenerState>) -> Listeners {
+        let mut listeners = Listeners::default();
+        for entry in state {
+            match take_carried(&entry) {
+                Ok((fd, local)) => {
+                    let (unix_path, activated) = match entry.kind {
+                        ListenerKind::Activated => (None, Some(local.clone())),
+                        ListenerKind::Unix { path, dev, ino } => (
+                            Some((PathBuf::from(OsString::from_vec(path)), dev, ino)),
+                            None,
+                        ),
+                        ListenerKind::Tcp => (None, None),
+                    };
+                    if entry.kept {
+                        listeners.kept.insert(entry.key.clone());
+                    }
+                    listeners.map.insert(
+                        entry.key,
+                        Held {
+                            fd,
+                            local: local.describe(),
+                            users: entry.users.into_iter().collect(),
+                            unix_path,
+                            activated,
+                        },
+                    );
+                }
+                Err(why) => log!(
+                    "listener {:?} (descriptor {}) did not survive the master's upgrade: {why}",
+                    entry.key,
+                    entry.fd
+                ),
+            }
+        }
+        listeners
+    }
+}
+
+/// Takes one carried listener: an open, listening stream socket of the
+/// kind the entry states, made close-on-exec.
+fn take_carried(entry: &ListenerState) -> Result<(OwnedFd, Local), String> {
+    if entry.fd < 3 {
+        return Err("not a socket descriptor".into());
+    }
+    // SAFETY: borrowed only to inspect it; taken below once it passed.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(entry.fd) };
+    let local = Local::of(borrowed).map_err(|e| e.to_string())?;
+    if !is_listening_stream(borrowed) {
+        return Err("not a listening stream socket".into());
+    }
+    match (&entry.kind, &local) {
+        (ListenerKind::Tcp, Local::Tcp(_)) | (ListenerKind::Activated, _) => {}
+        (ListenerKind::Unix { path, .. }, Local::Unix(bound))
+            if bound.as_os_str().as_bytes() == path.as_slice() => {}
+        _ => return Err("not a socket of the kind the state names".into()),
+    }
+    // SAFETY: the previous image of this process held this socket under this
+    // one entry (the state names each descriptor once, checked when it was
+    // decoded), and passed it across exec to this image alone.
+    let fd = unsafe { OwnedFd::from_raw_fd(entry.fd) };
+    set_cloexec(fd.as_fd()).map_err(|e| e.to_string())?;
+    Ok((fd, local))
 }
 
 /// Whether `fd` is a stream socket that listens.

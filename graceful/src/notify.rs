@@ -20,6 +20,8 @@ use crate::status::Report;
 
 #[derive(Debug)]
 pub(crate) struct Notifier {
+    /// `NOTIFY_SOCKET` as it was set, carried across a master's upgrade.
+    pub(crate) text: String,
     socket: UnixDatagram,
     addr: std::os::unix::net::SocketAddr,
     /// systemd's watchdog timeout, `WATCHDOG_USEC`: `WATCHDOG=1` must come
@@ -37,7 +39,11 @@ impl Notifier {
         std::env::remove_var("NOTIFY_SOCKET");
         std::env::remove_var("WATCHDOG_USEC");
         std::env::remove_var("WATCHDOG_PID");
-        let text = path.to_string_lossy().into_owned();
+        Notifier::from_parts(path.to_string_lossy().into_owned(), watchdog)
+    }
+
+    /// A notifier for the address `text` (as `NOTIFY_SOCKET` sets it).
+    pub(crate) fn from_parts(text: String, watchdog: Option<Duration>) -> Option<Notifier> {
         let addr = match address(&text) {
             Ok(addr) => addr,
             Err(e) => {
@@ -53,6 +59,7 @@ impl Notifier {
             }
         };
         Some(Notifier {
+            text,
             socket,
             addr,
             watchdog,

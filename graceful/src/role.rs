@@ -18,6 +18,16 @@ pub(crate) const ENV_ROLE: &str = "GRACEFUL_ROLE";
 /// The listener table a successor inherits
 /// (see `Listeners::export`).
 pub(crate) const ENV_INHERIT: &str = "GRACEFUL_INHERIT";
+/// Set by a master that can upgrade itself in place, for its workers: the
+/// state format it writes. A worker that sees it says in its ready message
+/// which formats its build reads.
+pub(crate) const ENV_MASTER_FORMAT: &str = "GRACEFUL_MASTER_FORMAT";
+/// The read end of a pipe holding a master's state (`state.rs`): for the
+/// master image that takes over, or, with `GRACEFUL_ROLE=check`, for the
+/// new executable asked whether it can.
+pub(crate) const ENV_MASTER_STATE: &str = "GRACEFUL_MASTER_STATE";
+/// `GRACEFUL_ROLE` of the process that checks a master state.
+pub(crate) const ROLE_CHECK: &str = "check";
 
 /// What this process is.
 #[derive(Debug)]
@@ -31,6 +41,12 @@ pub(crate) enum Role {
     /// Started by a single-mode process to take over from it, with the
     /// listener table it inherits.
     Successor { parent: Parent, inherited: String },
+    /// A master that re-executed itself: it resumes from the state on this
+    /// pipe.
+    ResumedMaster(OwnedFd),
+    /// Asked by an upgrading master whether this build can take over the
+    /// state on this pipe; answers on stdout and exits.
+    CheckState(OwnedFd),
 }
 
 /// The link to the process that started this one.
@@ -40,6 +56,9 @@ pub(crate) struct Parent {
     pub(crate) control: OwnedFd,
     /// This process's generation.
     pub(crate) generation: u64,
+    /// The master can upgrade itself into this build, and asks whether it
+    /// may (`GRACEFUL_MASTER_FORMAT`).
+    pub(crate) master_upgrades: bool,
 }
 
 impl Role {
@@ -53,10 +72,34 @@ impl Role {
         let role = std::env::var_os(ENV_ROLE);
         let successor = role.as_ref().is_some_and(|role| role == "successor");
         let inherited = std::env::var(ENV_INHERIT).unwrap_or_default();
+        let master_upgrades = std::env::var_os(ENV_MASTER_FORMAT).is_some();
+        let state = std::env::var_os(ENV_MASTER_STATE);
         // Removed so that processes the app starts are not mistaken for
         // graceful's own.
-        for var in [ENV_CONTROL_FD, ENV_GENERATION, ENV_ROLE, ENV_INHERIT] {
+        for var in [
+            ENV_CONTROL_FD,
+            ENV_GENERATION,
+            ENV_ROLE,
+            ENV_INHERIT,
+            ENV_MASTER_FORMAT,
+            ENV_MASTER_STATE,
+        ] {
             std::env::remove_var(var);
+        }
+        if let Some(state) = state {
+            let state = state.to_string_lossy();
+            let fd = state_pipe(&state)?;
+            return match (control, role.as_ref().and_then(|r| r.to_str())) {
+                (None, None) => Ok(Role::ResumedMaster(fd)),
+                (None, Some(ROLE_CHECK)) => Ok(Role::CheckState(fd)),
+                _ => Err(Error::WorkerEnv {
+                    var: ENV_MASTER_STATE,
+                    value: state.into_owned(),
+                    reason: format!(
+                        "set together with {ENV_CONTROL_FD} or a {ENV_ROLE} other than {ROLE_CHECK:?}"
+                    ),
+                }),
+            };
         }
         let Some(control) = control else {
             // Markers without a control socket were not set by graceful for
@@ -66,6 +109,7 @@ impl Role {
                 (ENV_GENERATION, !generation.is_empty()),
                 (ENV_ROLE, role.is_some()),
                 (ENV_INHERIT, !inherited.is_empty()),
+                (ENV_MASTER_FORMAT, master_upgrades),
             ];
             for (var, present) in stray {
                 if present {
@@ -80,7 +124,8 @@ impl Role {
                 Mode::Single => Role::Single,
             });
         };
-        let parent = Parent::from_markers(&control.to_string_lossy(), &generation)?;
+        let mut parent = Parent::from_markers(&control.to_string_lossy(), &generation)?;
+        parent.master_upgrades = master_upgrades;
         // A successor serves in single mode whatever its own mode says: its
         // predecessor hands over to it and exits.
         Ok(if successor {
@@ -89,6 +134,38 @@ impl Role {
             Role::Worker(parent)
         })
     }
+}
+
+/// The state pipe a master passed, checked before anything reads it: a
+/// number above stderr, open, and a pipe.
+fn state_pipe(value: &str) -> Result<OwnedFd, Error> {
+    let bad = |reason: &str| Error::WorkerEnv {
+        var: ENV_MASTER_STATE,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    };
+    let fd: i32 = value
+        .parse()
+        .map_err(|_| bad("not a file descriptor number"))?;
+    if fd < 3 {
+        return Err(bad("0, 1 and 2 are stdin, stdout and stderr"));
+    }
+    // SAFETY: fstat on any integer is harmless; it only reports whether the
+    // descriptor is open and what it is.
+    let mut stat = std::mem::MaybeUninit::<nix::libc::stat>::uninit();
+    if unsafe { nix::libc::fstat(fd, stat.as_mut_ptr()) } == -1 {
+        return Err(bad("the descriptor is not open"));
+    }
+    // SAFETY: fstat succeeded, so it filled the struct.
+    let stat = unsafe { stat.assume_init() };
+    if stat.st_mode & nix::libc::S_IFMT != nix::libc::S_IFIFO {
+        return Err(bad("the descriptor is not a pipe"));
+    }
+    // SAFETY: the master passed this pipe to this process alone; it is open
+    // and nothing else here refers to it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_cloexec(fd.as_fd()).map_err(|e| Error::io("cannot set FD_CLOEXEC on the state pipe", e))?;
+    Ok(fd)
 }
 
 impl Parent {
@@ -139,6 +216,7 @@ impl Parent {
         Ok(Parent {
             control,
             generation,
+            master_upgrades: false,
         })
     }
 }

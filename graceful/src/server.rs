@@ -185,6 +185,20 @@ impl Server {
         self
     }
 
+    /// Whether the master upgrades itself in place on reload (default on):
+    /// once a reload's new worker is ready, the master re-executes the
+    /// executable it runs (keeping its PID, its listeners, its workers and
+    /// its control socket), so that the new build's code and options, such
+    /// as `stop_timeout` or the reload signals, apply from that reload on.
+    /// It does so only when the new build says it can read the master's
+    /// state and, run in a check role, has read it; otherwise the master
+    /// keeps its version and logs why. `GRACEFUL_UPGRADE_MASTER=1` or `0`
+    /// overrides it. Master mode only.
+    pub fn upgrade_master(mut self, on: bool) -> Server {
+        self.options.upgrade_master = on;
+        self
+    }
+
     /// Master/worker processes (the default) or a single process; see
     /// [`Mode`]. The environment variable `GRACEFUL_MODE` overrides it.
     pub fn mode(mut self, mode: Mode) -> Server {
@@ -292,6 +306,14 @@ impl Server {
                 Role::Worker(parent) => crate::worker::run(&config, registrations, parent, main),
                 Role::Successor { parent, inherited } => {
                     crate::single::run(&config, registrations, Some((parent, inherited)), main)
+                }
+                Role::ResumedMaster(state) => {
+                    drop(registrations);
+                    crate::master::resume(config, state)
+                }
+                Role::CheckState(state) => {
+                    drop(registrations);
+                    crate::master::check_state(state)
                 }
             }
         }

@@ -231,7 +231,7 @@ impl Adapter for Single {
         match &self.predecessor {
             Some(control) => {
                 // The predecessor drains and exits now; nothing more is said.
-                control::send(control.as_fd(), &ToMaster::Ready).map_err(|e| {
+                control::send(control.as_fd(), &ToMaster::Ready(None)).map_err(|e| {
                     StartError::Announce(format!(
                         "cannot tell the predecessor this process is ready: {e}"
                     ))
@@ -462,6 +462,7 @@ async fn successor(shared: &Shared) -> Result<(u32, tokio::process::Child), NoHa
             &shared.config.reload_signals,
             Vec::new(),
             false,
+            None,
         )
         .map_err(spawn_failed)?;
     prepared
@@ -524,7 +525,7 @@ async fn answer(control: OwnedFd) -> Result<(), String> {
     let mut failure = None;
     loop {
         match channel.recv::<ToMaster>().await {
-            Ok(Some(ToMaster::Ready)) => return Ok(()),
+            Ok(Some(ToMaster::Ready(_))) => return Ok(()),
             Ok(Some(ToMaster::Failed(reason))) => failure = Some(reason),
             Ok(Some(other)) => log!("unexpected message from the successor: {other:?}"),
             Ok(None) => {

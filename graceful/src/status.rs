@@ -12,8 +12,10 @@ use crate::log::Level;
 use crate::Signal;
 
 /// How a reload ended, told to whoever asked for it (the `graceful reload`
-/// command, or `graceful::reload_and_wait()`).
+/// command, or `graceful::reload_and_wait()`). It crosses a master's
+/// upgrade in place as part of its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(unix, derive(serde::Serialize, serde::Deserialize))]
 pub(crate) enum Outcome {
     /// Generation `generation`, process `pid`, serves; it was ready in
     /// `took`.

@@ -77,6 +77,7 @@ where
     let worker = Worker {
         generation: parent.generation,
         control: Control::Raw(parent.control),
+        master_upgrades: parent.master_upgrades,
     };
     serve::run(config, registrations, main, worker)
 }
@@ -84,6 +85,8 @@ where
 struct Worker {
     generation: u64,
     control: Control,
+    /// The master asked which of its states this build can take over.
+    master_upgrades: bool,
 }
 
 /// The control socket: as inherited until the runtime takes it.
@@ -150,7 +153,13 @@ impl Adapter for Worker {
 
     async fn ready(&mut self, _config: &Config, started: Instant) -> Result<(), StartError> {
         let channel = self.channel().map_err(StartError::Announce)?.clone();
-        channel.send(&ToMaster::Ready).map_err(|e| {
+        // What this build can take over, so that the master re-executes
+        // into it only if it can read the master's state.
+        let readiness = self.master_upgrades.then(|| control::Readiness {
+            reads: crate::state::READS,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        });
+        channel.send(&ToMaster::Ready(readiness)).map_err(|e| {
             StartError::Announce(format!("cannot tell the master this worker is ready: {e}"))
         })?;
         // The master writes the line; a subscriber gets the event.

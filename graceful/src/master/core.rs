@@ -9,7 +9,12 @@
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::control::Readiness;
 use crate::log::Level;
+use crate::state::{
+    self, Clock, CoreState, HeldState, PhaseState, QueryState, WaiterState, WorkerPhase,
+    WorkerState,
+};
 use crate::status::{Outcome, Report, Status, WorkerStatus};
 use crate::Signal;
 
@@ -105,8 +110,12 @@ pub(crate) enum Event {
     Spawned { generation: u64, pid: u32 },
     /// Generation N could not be started.
     SpawnFailed { generation: u64, reason: String },
-    /// Generation N is ready: `main` returned and every listener accepts.
-    Ready { generation: u64 },
+    /// Generation N is ready: `main` returned and every listener accepts;
+    /// with the master states its build can take over, if it said.
+    Ready {
+        generation: u64,
+        readiness: Option<Readiness>,
+    },
     /// Generation N reports why its start failed; it exits next.
     Failed { generation: u64, reason: String },
     /// A reload is asked for by someone who waits for its outcome.
@@ -164,6 +173,9 @@ pub(crate) enum Action {
     Release { generation: u64 },
     /// The master is done: `Err` with the reason the first start failed.
     Exit(Result<(), String>),
+    /// Re-execute the master in place: generation N, just ready, runs the
+    /// new build and reads this master's state.
+    UpgradeMaster { generation: u64 },
 }
 
 /// Where the service stands. Together with the queued flag, this is the
@@ -226,6 +238,8 @@ struct Worker {
     accepting: bool,
     /// What the worker reported before it exited, or why it was killed.
     failure: Option<String>,
+    /// What its build said it can take over, when it was ready.
+    readiness: Option<Readiness>,
 }
 
 impl Worker {
@@ -243,6 +257,7 @@ pub(crate) struct Core {
     stop_timeout: Duration,
     ready_timeout: Duration,
     max_draining: usize,
+    upgrade_master: bool,
     /// Draining workers cut because more than `max_draining` were draining.
     cut_draining: u64,
     reload_signals: Vec<Signal>,
@@ -280,6 +295,7 @@ impl Core {
             stop_timeout: config.stop_timeout,
             ready_timeout: config.ready_timeout,
             max_draining: config.max_draining,
+            upgrade_master: config.upgrade_master,
             cut_draining: 0,
             reload_signals: config.reload_signals.clone(),
             stop_signals: config.stop_signals.clone(),
@@ -336,7 +352,10 @@ impl Core {
                 self.workers.retain(|w| w.generation != generation);
                 self.failed_start(now, generation, reason);
             }
-            Event::Ready { generation } => self.ready(now, generation),
+            Event::Ready {
+                generation,
+                readiness,
+            } => self.ready(now, generation, readiness),
             Event::Failed { generation, reason } => {
                 if let Some(w) = self.worker(generation) {
                     w.failure = Some(reason);
@@ -465,6 +484,7 @@ impl Core {
             stopped_at: None,
             answered: None,
             accepting: true,
+            readiness: None,
         });
         self.out.push(Action::Spawn { generation });
         generation
@@ -566,7 +586,7 @@ impl Core {
             }));
     }
 
-    fn ready(&mut self, now: Instant, generation: u64) {
+    fn ready(&mut self, now: Instant, generation: u64, readiness: Option<Readiness>) {
         let Some(worker) = self.worker(generation) else {
             return;
         };
@@ -575,6 +595,7 @@ impl Core {
         }
         worker.state = State::Serving;
         worker.ready_at = Some(now);
+        worker.readiness = readiness.clone();
         let took = now.duration_since(worker.started);
         let name = worker.name();
         let reloaded = Outcome::Reloaded {
@@ -608,6 +629,7 @@ impl Core {
                 let old = self.name_of(old);
                 self.report(Report::ReloadFinished { name, took, old });
                 self.cut_excess_draining();
+                self.upgrade(generation, readiness.as_ref());
             }
             None => {
                 if !self.waiting.is_empty() {
@@ -1033,6 +1055,41 @@ impl Core {
         }
     }
 
+    /// A reload replaced a worker: the master follows into the new build if
+    /// that build reads the state this one writes, and says why not if not.
+    fn upgrade(&mut self, generation: u64, readiness: Option<&Readiness>) {
+        if !self.upgrade_master {
+            return;
+        }
+        let why_not = match readiness {
+            Some(r) if (r.reads.0..=r.reads.1).contains(&state::FORMAT) => {
+                self.out.push(Action::UpgradeMaster { generation });
+                return;
+            }
+            Some(r) => format!(
+                "its graceful {} reads master state formats {}..={}, this master writes format {}",
+                r.version,
+                r.reads.0,
+                r.reads.1,
+                state::FORMAT
+            ),
+            None => "its build does not say which master state it reads (a graceful version \
+                     older than master upgrades)"
+                .to_string(),
+        };
+        let name = self.name_of(generation);
+        self.warn(format!(
+            "master kept at graceful {}: the new version cannot take over its state ({name}: \
+             {why_not}); restart the service to upgrade the master",
+            env!("CARGO_PKG_VERSION")
+        ));
+    }
+
+    /// Whether the master may re-execute now: not once it is stopping.
+    pub(crate) fn can_upgrade(&self) -> bool {
+        !matches!(self.phase, Phase::Stopping { .. } | Phase::Done)
+    }
+
     fn kill_all(&mut self, which: impl Fn(State) -> bool) {
         for w in &mut self.workers {
             if let (true, Some(pid)) = (which(w.state), w.pid) {
@@ -1040,6 +1097,232 @@ impl Core {
                 self.out.push(Action::Kill { pid });
             }
         }
+    }
+}
+
+/// The core across an upgrade in place: every field but the options, which
+/// the new image takes from its own build.
+impl Core {
+    /// The state to carry, with its moments relative to `clock`.
+    pub(crate) fn export(&self, clock: &Clock) -> CoreState {
+        let waiter = |w: &Waiter| match *w {
+            Waiter::Worker(g) => WaiterState::Worker(g),
+            Waiter::Client(id) => WaiterState::Client(id),
+        };
+        let phase = match self.phase {
+            Phase::Booting { starting } => PhaseState::Booting { starting },
+            Phase::Serving {
+                current,
+                starting,
+                streak,
+            } => PhaseState::Serving {
+                current,
+                starting,
+                streak,
+            },
+            Phase::Recovering {
+                next: Next::At(at),
+                streak,
+            } => PhaseState::RecoveringAt {
+                at: clock.rel(at),
+                streak,
+            },
+            Phase::Recovering {
+                next: Next::Starting(starting),
+                streak,
+            } => PhaseState::RecoveringWith { starting, streak },
+            Phase::Stopping { current } => PhaseState::Stopping { current },
+            Phase::Done => PhaseState::Done,
+        };
+        let workers = self
+            .workers
+            .iter()
+            .map(|w| WorkerState {
+                generation: w.generation,
+                pid: w.pid,
+                state: match w.state {
+                    State::Starting { deadline } => WorkerPhase::Starting {
+                        deadline: clock.rel(deadline),
+                    },
+                    State::Serving => WorkerPhase::Serving,
+                    State::Draining { kill_at } => WorkerPhase::Draining {
+                        kill_at: clock.rel(kill_at),
+                    },
+                    State::Killed => WorkerPhase::Killed,
+                },
+                started: clock.rel(w.started),
+                ready_at: w.ready_at.map(|at| clock.rel(at)),
+                connected: w.connected,
+                stopped_at: w.stopped_at.map(|at| clock.rel(at)),
+                answered: w.answered,
+                accepting: w.accepting,
+                failure: w.failure.clone(),
+                reads: w.readiness.as_ref().map(|r| r.reads),
+                version: w.readiness.as_ref().map(|r| r.version.clone()),
+            })
+            .collect();
+        CoreState {
+            phase,
+            queued: self.queued,
+            workers,
+            next_generation: self.next_generation,
+            checks: self.checks,
+            cut_draining: self.cut_draining,
+            waiting: self.waiting.iter().map(waiter).collect(),
+            waiting_queued: self.waiting_queued.iter().map(waiter).collect(),
+            held: self
+                .held
+                .iter()
+                .map(|h| HeldState {
+                    to: waiter(&h.to),
+                    outcome: h.outcome.clone(),
+                    until: clock.rel(h.until),
+                })
+                .collect(),
+            last_reload: self
+                .last_reload
+                .as_ref()
+                .map(|(at, outcome)| (clock.rel(*at), outcome.clone())),
+            watchdog: self.watchdog.map(|w| (clock.rel(w.next), w.pending)),
+            queries: self
+                .queries
+                .iter()
+                .map(|q| QueryState {
+                    client: q.client,
+                    check: q.check,
+                    deadline: clock.rel(q.deadline),
+                })
+                .collect(),
+            changed: self.changed.map(|at| clock.rel(at)),
+        }
+    }
+
+    /// The core a re-executed master resumes with: the carried state under
+    /// the new build's options. Deadlines already given stay: a draining
+    /// worker keeps its kill time, a starting one its ready deadline; the new
+    /// `stop_timeout` and `ready_timeout` apply to the workers told from now
+    /// on. The watchdog keeps its schedule if it still runs, starts one
+    /// period from now if it is new, and stops if it is off now.
+    pub(crate) fn resume(
+        config: &Config,
+        watchdog: Option<WatchdogConfig>,
+        carried: CoreState,
+        clock: &Clock,
+        now: Instant,
+    ) -> Core {
+        let waiter = |w: WaiterState| match w {
+            WaiterState::Worker(g) => Waiter::Worker(g),
+            WaiterState::Client(id) => Waiter::Client(id),
+        };
+        let phase = match carried.phase {
+            PhaseState::Booting { starting } => Phase::Booting { starting },
+            PhaseState::Serving {
+                current,
+                starting,
+                streak,
+            } => Phase::Serving {
+                current,
+                starting,
+                streak,
+            },
+            PhaseState::RecoveringAt { at, streak } => Phase::Recovering {
+                next: Next::At(clock.at(at)),
+                streak,
+            },
+            PhaseState::RecoveringWith { starting, streak } => Phase::Recovering {
+                next: Next::Starting(starting),
+                streak,
+            },
+            PhaseState::Stopping { current } => Phase::Stopping { current },
+            PhaseState::Done => Phase::Done,
+        };
+        let workers = carried
+            .workers
+            .into_iter()
+            .map(|w| Worker {
+                generation: w.generation,
+                pid: w.pid,
+                state: match w.state {
+                    WorkerPhase::Starting { deadline } => State::Starting {
+                        deadline: clock.at(deadline),
+                    },
+                    WorkerPhase::Serving => State::Serving,
+                    WorkerPhase::Draining { kill_at } => State::Draining {
+                        kill_at: clock.at(kill_at),
+                    },
+                    WorkerPhase::Killed => State::Killed,
+                },
+                started: clock.at(w.started),
+                ready_at: w.ready_at.map(|at| clock.at(at)),
+                connected: w.connected,
+                stopped_at: w.stopped_at.map(|at| clock.at(at)),
+                answered: w.answered,
+                accepting: w.accepting,
+                failure: w.failure,
+                readiness: w.reads.map(|reads| Readiness {
+                    reads,
+                    version: w.version.unwrap_or_default(),
+                }),
+            })
+            .collect();
+        let carried_watchdog = carried.watchdog;
+        Core {
+            stop_timeout: config.stop_timeout,
+            ready_timeout: config.ready_timeout,
+            max_draining: config.max_draining,
+            upgrade_master: config.upgrade_master,
+            cut_draining: carried.cut_draining,
+            reload_signals: config.reload_signals.clone(),
+            stop_signals: config.stop_signals.clone(),
+            watchdog: watchdog.map(|config| match carried_watchdog {
+                Some((next, pending)) => Watchdog {
+                    config,
+                    next: clock.at(next).min(now + config.every),
+                    pending,
+                },
+                None => Watchdog {
+                    config,
+                    next: now + config.every,
+                    pending: None,
+                },
+            }),
+            checks: carried.checks,
+            queries: carried
+                .queries
+                .into_iter()
+                .map(|q| Query {
+                    client: q.client,
+                    check: q.check,
+                    deadline: clock.at(q.deadline),
+                })
+                .collect(),
+            waiting: carried.waiting.into_iter().map(waiter).collect(),
+            waiting_queued: carried.waiting_queued.into_iter().map(waiter).collect(),
+            held: carried
+                .held
+                .into_iter()
+                .map(|h| Held {
+                    to: waiter(h.to),
+                    outcome: h.outcome,
+                    until: clock.at(h.until),
+                })
+                .collect(),
+            last_reload: carried
+                .last_reload
+                .map(|(at, outcome)| (clock.at(at), outcome)),
+            workers,
+            next_generation: carried.next_generation,
+            phase,
+            queued: carried.queued,
+            changed: carried.changed.map(|at| clock.at(at)),
+            out: Vec::new(),
+        }
+    }
+
+    /// The generations the core knows, with their PIDs: the loop's table
+    /// must match it after a resume.
+    pub(crate) fn worker_pids(&self) -> Vec<(u64, Option<u32>)> {
+        self.workers.iter().map(|w| (w.generation, w.pid)).collect()
     }
 }
 
@@ -1062,7 +1345,13 @@ mod tests {
         fn serving() -> Run {
             let mut run = Run::booting();
             run.spawned(0, 1, 101);
-            run.at(5, Event::Ready { generation: 1 });
+            run.at(
+                5,
+                Event::Ready {
+                    generation: 1,
+                    readiness: None,
+                },
+            );
             run
         }
 
@@ -1072,8 +1361,17 @@ mod tests {
         }
 
         fn with_watchdog(watchdog: Option<WatchdogConfig>) -> Run {
+            // Upgrades of the master have tests of their own below.
+            let config = Config {
+                upgrade_master: false,
+                ..config()
+            };
+            Run::with_config(&config, watchdog)
+        }
+
+        fn with_config(config: &Config, watchdog: Option<WatchdogConfig>) -> Run {
             let t0 = Instant::now();
-            let (core, actions) = Core::start(&config(), watchdog, t0);
+            let (core, actions) = Core::start(config, watchdog, t0);
             assert_eq!(actions, [Action::Spawn { generation: 1 }]);
             Run { core, t0 }
         }
@@ -1135,7 +1433,13 @@ mod tests {
             )]
         );
         assert_eq!(
-            run.at(7, Event::Ready { generation: 1 }),
+            run.at(
+                7,
+                Event::Ready {
+                    generation: 1,
+                    readiness: None
+                }
+            ),
             [
                 Action::Report(Report::Ready {
                     name: "worker 1 (pid 101)".into(),
@@ -1166,7 +1470,13 @@ mod tests {
         run.spawned(1000, 2, 102);
         // However long the new worker takes, the old one is not told to stop.
         assert_eq!(run.at(1900, Event::Tick), []);
-        let actions = run.at(2000, Event::Ready { generation: 2 });
+        let actions = run.at(
+            2000,
+            Event::Ready {
+                generation: 2,
+                readiness: None,
+            },
+        );
         assert_eq!(
             actions,
             [
@@ -1219,7 +1529,13 @@ mod tests {
             )]
         );
         // The reload in flight finishes: exactly one more starts.
-        let actions = run.at(1200, Event::Ready { generation: 2 });
+        let actions = run.at(
+            1200,
+            Event::Ready {
+                generation: 2,
+                readiness: None,
+            },
+        );
         assert_eq!(spawns(&actions), 1, "{actions:?}");
         assert!(actions.contains(&Action::Report(Report::ReloadStarted {
             why: "queued request".into(),
@@ -1227,7 +1543,16 @@ mod tests {
         })));
         run.spawned(1200, 3, 103);
         // And after that one, none.
-        assert_eq!(spawns(&run.at(1300, Event::Ready { generation: 3 })), 0);
+        assert_eq!(
+            spawns(&run.at(
+                1300,
+                Event::Ready {
+                    generation: 3,
+                    readiness: None
+                }
+            )),
+            0
+        );
     }
 
     #[test]
@@ -1392,7 +1717,13 @@ mod tests {
             assert_eq!(actions[1], Action::Spawn { generation });
             let pid = 100 + generation as u32;
             run.at(now, Event::Spawned { generation, pid });
-            run.at(now + 5, Event::Ready { generation });
+            run.at(
+                now + 5,
+                Event::Ready {
+                    generation,
+                    readiness: None,
+                },
+            );
             now += 10;
         }
         assert_eq!(
@@ -1408,7 +1739,13 @@ mod tests {
         assert_eq!(no_worker_delay(&first), Some(100 * MS));
         run.at(1100, Event::Tick);
         run.spawned(1100, 2, 102);
-        run.at(1105, Event::Ready { generation: 2 });
+        run.at(
+            1105,
+            Event::Ready {
+                generation: 2,
+                readiness: None,
+            },
+        );
         // A quick second crash doubles the delay...
         assert_eq!(
             no_worker_delay(&run.at(2000, exited(102, 1))),
@@ -1416,7 +1753,13 @@ mod tests {
         );
         run.at(2200, Event::Tick);
         run.spawned(2200, 3, 103);
-        run.at(2205, Event::Ready { generation: 3 });
+        run.at(
+            2205,
+            Event::Ready {
+                generation: 3,
+                readiness: None,
+            },
+        );
         // ...a crash after 10 s of service starts it over.
         let late = run.at(12_205, exited(103, 1));
         assert_eq!(no_worker_delay(&late), Some(100 * MS));
@@ -1431,7 +1774,13 @@ mod tests {
         for generation in 2..=7u64 {
             let at = generation * 1000;
             run.reload(at, generation, 100 + generation as u32);
-            let actions = run.at(at + 10, Event::Ready { generation });
+            let actions = run.at(
+                at + 10,
+                Event::Ready {
+                    generation,
+                    readiness: None,
+                },
+            );
             cut.extend(actions.iter().filter_map(|a| match a {
                 Action::Kill { pid } => Some(*pid),
                 _ => None,
@@ -1449,7 +1798,13 @@ mod tests {
         // A worker that finished draining in time is not counted.
         run.at(8000, exited(103, 0));
         run.reload(9000, 8, 108);
-        let actions = run.at(9010, Event::Ready { generation: 8 });
+        let actions = run.at(
+            9010,
+            Event::Ready {
+                generation: 8,
+                readiness: None,
+            },
+        );
         assert!(
             !actions.iter().any(|a| matches!(a, Action::Kill { .. })),
             "{actions:?}"
@@ -1480,7 +1835,13 @@ mod tests {
         // No restart of its own: worker 2 takes over when ready, with no
         // one to stop.
         assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 31_000));
-        let actions = run.at(1100, Event::Ready { generation: 2 });
+        let actions = run.at(
+            1100,
+            Event::Ready {
+                generation: 2,
+                readiness: None,
+            },
+        );
         assert_eq!(
             actions[0],
             Action::Report(Report::Ready {
@@ -1528,7 +1889,16 @@ mod tests {
                 "reload requested (signal SIGHUP) while stopping; ignored".into()
             )]
         );
-        assert_eq!(run.at(1502, Event::Ready { generation: 2 }), []);
+        assert_eq!(
+            run.at(
+                1502,
+                Event::Ready {
+                    generation: 2,
+                    readiness: None
+                }
+            ),
+            []
+        );
         assert_eq!(
             run.at(1503, exited(102, 0)).last(),
             Some(&Action::Release { generation: 2 })
@@ -1569,7 +1939,13 @@ mod tests {
     fn a_second_stop_signal_kills_every_worker_at_once() {
         let mut run = Run::serving();
         run.reload(1000, 2, 102);
-        run.at(1100, Event::Ready { generation: 2 });
+        run.at(
+            1100,
+            Event::Ready {
+                generation: 2,
+                readiness: None,
+            },
+        );
         run.at(1200, Event::Signal(Signal::SIGTERM));
         let actions = run.at(1300, Event::Signal(Signal::SIGINT));
         assert_eq!(
@@ -1640,7 +2016,13 @@ mod tests {
         // Booting: the deadline is the ready timeout, not the watchdog.
         assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 30_000));
         assert_eq!(run.at(5000, Event::Tick), []);
-        run.at(5001, Event::Ready { generation: 1 });
+        run.at(
+            5001,
+            Event::Ready {
+                generation: 1,
+                readiness: None,
+            },
+        );
         assert_eq!(run.at(5002, Event::Tick), [check(1, 1)]);
         // WATCHDOG=1 is the answer passed on, not the timer.
         assert_eq!(run.at(5003, alive(1, 1, 0)), [Action::Watchdog]);
@@ -1654,7 +2036,13 @@ mod tests {
             .at(10_002, Event::Tick)
             .iter()
             .all(|a| !matches!(a, Action::Check { .. } | Action::Watchdog)));
-        run.at(10_003, Event::Ready { generation: 2 });
+        run.at(
+            10_003,
+            Event::Ready {
+                generation: 2,
+                readiness: None,
+            },
+        );
         assert_eq!(run.at(10_004, Event::Tick), [check(2, 2)]);
         assert_eq!(run.at(10_005, alive(2, 2, 7)), [Action::Watchdog]);
         // An answer from another worker, or to an older check, feeds nothing.
@@ -1712,7 +2100,13 @@ mod tests {
             systemd: false,
         }));
         run.spawned(0, 1, 101);
-        run.at(10, Event::Ready { generation: 1 });
+        run.at(
+            10,
+            Event::Ready {
+                generation: 1,
+                readiness: None,
+            },
+        );
         run.at(5000, Event::Tick);
         // Outside systemd an answer is recorded, and nothing is sent.
         assert_eq!(run.at(9999, alive(1, 1, 3)), []);
@@ -1740,7 +2134,13 @@ mod tests {
             })
         );
         run.spawned(1000, 2, 102);
-        let actions = run.at(1050, Event::Ready { generation: 2 });
+        let actions = run.at(
+            1050,
+            Event::Ready {
+                generation: 2,
+                readiness: None,
+            },
+        );
         (run, actions)
     }
 
@@ -1892,7 +2292,13 @@ mod tests {
         for by in [Waiter::Client(2), Waiter::Worker(1), Waiter::Client(3)] {
             run.at(1001, Event::ReloadRequested { by });
         }
-        let actions = run.at(1100, Event::Ready { generation: 2 });
+        let actions = run.at(
+            1100,
+            Event::Ready {
+                generation: 2,
+                readiness: None,
+            },
+        );
         assert_eq!(answers(&actions), []);
         assert_eq!(spawns(&actions), 1);
         assert_eq!(
@@ -1923,7 +2329,13 @@ mod tests {
         );
         assert_eq!(spawns(&actions), 1, "{actions:?}");
         run.spawned(1200, 4, 104);
-        run.at(1300, Event::Ready { generation: 4 });
+        run.at(
+            1300,
+            Event::Ready {
+                generation: 4,
+                readiness: None,
+            },
+        );
         // Worker 1 drains still, but no longer accepts: only worker 2 holds
         // the answer.
         assert_eq!(
@@ -1960,7 +2372,13 @@ mod tests {
     fn a_status_query_waits_for_every_worker_past_its_start_or_one_second() {
         let mut run = Run::serving();
         run.reload(1000, 2, 102);
-        run.at(1100, Event::Ready { generation: 2 });
+        run.at(
+            1100,
+            Event::Ready {
+                generation: 2,
+                readiness: None,
+            },
+        );
         run.reload(2000, 3, 103);
         // Worker 1 drains, 2 serves, 3 starts: 1 and 2 are asked.
         let actions = run.at(2001, Event::StatusRequested { client: 5 });
@@ -2048,7 +2466,13 @@ mod tests {
         // The next one is asked for and serves: the waiter is told so.
         run.ask(1030, Waiter::Client(2));
         run.spawned(1030, 3, 103);
-        let actions = run.at(1040, Event::Ready { generation: 3 });
+        let actions = run.at(
+            1040,
+            Event::Ready {
+                generation: 3,
+                readiness: None,
+            },
+        );
         assert_eq!(
             answers(&actions),
             [(
@@ -2082,7 +2506,13 @@ mod tests {
                 pid: 102,
             },
         );
-        let actions = run.at(20_110, Event::Ready { generation: 2 });
+        let actions = run.at(
+            20_110,
+            Event::Ready {
+                generation: 2,
+                readiness: None,
+            },
+        );
         assert_eq!(answers(&actions), []);
         run.at(20_200, Event::StatusRequested { client: 2 });
         let actions = run.at(20_201, alive(2, 2, 0));
@@ -2098,7 +2528,13 @@ mod tests {
         assert_eq!(run.at(5000, Event::Tick), [check(1, 1)]);
         // Worker 2 serves before worker 1 answered; worker 1 drains.
         run.reload(5001, 2, 102);
-        run.at(5002, Event::Ready { generation: 2 });
+        run.at(
+            5002,
+            Event::Ready {
+                generation: 2,
+                readiness: None,
+            },
+        );
         let actions = run.at(10_000, Event::Tick);
         assert_eq!(actions, [check(2, 2)]);
     }
@@ -2144,7 +2580,13 @@ mod tests {
     fn serving_with_watchdog() -> Run {
         let mut run = Run::with_watchdog(systemd_watchdog());
         run.spawned(0, 1, 101);
-        run.at(10, Event::Ready { generation: 1 });
+        run.at(
+            10,
+            Event::Ready {
+                generation: 1,
+                readiness: None,
+            },
+        );
         run
     }
 

@@ -10,12 +10,16 @@
 
 mod core;
 mod socket;
+mod upgrade;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod watch;
 
+pub(crate) use self::upgrade::check_state;
+
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -33,6 +37,9 @@ use crate::listeners::Listeners;
 use crate::log::log;
 use crate::notify::{self, Notifier};
 use crate::signal::SignalPipe;
+use crate::state::{
+    ChildState, Clock, ExecutableState, MasterInfo, MasterState, NotifyState, OptionsState,
+};
 use crate::{activation, pidfile, Error, Signal};
 
 /// A started worker, as the loop knows it: its PID and its channel.
@@ -55,20 +62,56 @@ struct Master {
     control: Option<ControlSocket>,
     core: Core,
     exit: Option<Result<(), String>>,
+    /// The signals whose handlers are installed.
+    caught: Vec<Signal>,
+    /// Who this master is, for the status and the next upgrade.
+    info: MasterInfo,
+    /// The core asked to upgrade into generation N's build: done at the end
+    /// of the loop's turn, with every action of the turn carried out.
+    upgrade: Option<u64>,
 }
 
-/// The signals the master handles: the configured ones, and those whose
+/// The signals the master handles: the configured ones, those whose
 /// default action would kill it (SIGQUIT stops; SIGUSR2 is logged and
-/// ignored unless configured). SIGWINCH is ignored by default and left so.
-fn caught_signals(config: &Config) -> Vec<Signal> {
+/// ignored unless configured), and after an upgrade those the previous
+/// image handled (logged and ignored unless configured now, so a script
+/// still sending the old reload signal does not kill the master). SIGWINCH
+/// is ignored by default and left so.
+fn caught_signals(config: &Config, previous: &[Signal]) -> Vec<Signal> {
     let mut caught: Vec<Signal> = config.reload_signals.clone();
     caught.extend(config.stop_signals.iter().copied());
-    for signal in [Signal::SIGQUIT, Signal::SIGUSR2] {
+    for &signal in [Signal::SIGQUIT, Signal::SIGUSR2].iter().chain(previous) {
         if !caught.contains(&signal) {
             caught.push(signal);
         }
     }
     caught
+}
+
+/// Milliseconds since the Unix epoch, for the status's wall-clock times.
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The build this image runs, as the log and the status say it: graceful's
+/// version and state format, and the executable file it was started from
+/// with its modification time.
+fn build(executable: &Path) -> String {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let image = std::fs::metadata("/proc/self/exe");
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let image = std::fs::metadata(executable);
+    let modified = image
+        .and_then(|m| m.modified())
+        .map(|at| format!(" modified {}", humantime::format_rfc3339_seconds(at)))
+        .unwrap_or_default();
+    format!(
+        "graceful {} (state format {}), {}{modified}",
+        env!("CARGO_PKG_VERSION"),
+        crate::state::FORMAT,
+        executable.display()
+    )
 }
 
 /// Starts watching the executable, or says why not.
@@ -111,7 +154,8 @@ pub(crate) fn run(config: Config) -> Result<(), Error> {
     let activated = activation::take();
     let raised = crate::fd::raise_open_file_limit();
     let executable = Executable::current()?;
-    let signals = SignalPipe::install(&caught_signals(&config))?;
+    let caught = caught_signals(&config, &[]);
+    let signals = SignalPipe::install(&caught)?;
     // Before any worker is started: workers must not see NOTIFY_SOCKET.
     let notify = Notifier::from_env();
     log!(
@@ -137,14 +181,7 @@ pub(crate) fn run(config: Config) -> Result<(), Error> {
         log!("watch is not available on this platform (it needs inotify); reload with a signal");
     }
     let control = match &config.control_socket {
-        Some(path) => {
-            let control = ControlSocket::bind(path)?;
-            log!(
-                "control socket {}: `graceful reload` and `graceful status` answer there",
-                control.path().display()
-            );
-            Some(control)
-        }
+        Some(path) => Some(bind_control(path)?),
         None => None,
     };
     let watchdog = watchdog_config(&config, notify.as_ref());
@@ -160,6 +197,13 @@ pub(crate) fn run(config: Config) -> Result<(), Error> {
         );
     }
     let (core, actions) = Core::start(&config, watchdog, Instant::now());
+    let now = unix_ms(SystemTime::now());
+    let info = MasterInfo {
+        started_ms: now,
+        image_ms: now,
+        upgrades: 0,
+        build: build(executable.path()),
+    };
     let mut master = Master {
         config,
         executable,
@@ -172,21 +216,368 @@ pub(crate) fn run(config: Config) -> Result<(), Error> {
         control,
         core,
         exit: None,
+        caught,
+        info,
+        upgrade: None,
     };
     master.perform(actions);
-    let result = master.event_loop();
-    master.listeners.close_all();
-    if let Some(control) = master.control.take() {
-        control.close();
+    master.serve()
+}
+
+/// Binds the control socket at `path` and says so.
+fn bind_control(path: &Path) -> Result<ControlSocket, Error> {
+    let control = ControlSocket::bind(path)?;
+    log!(
+        "control socket {}: `graceful reload` and `graceful status` answer there",
+        control.path().display()
+    );
+    Ok(control)
+}
+
+/// Runs a master image that re-executed itself: takes over the state its
+/// previous image left on `pipe`, applies this build's options where they
+/// differ (and logs each), then carries on.
+pub(crate) fn resume(config: Config, pipe: OwnedFd) -> Result<(), Error> {
+    let state = upgrade::read_state(pipe).map_err(|reason| Error::StartFailed {
+        reason: format!("the master cannot resume after its upgrade: {reason}"),
+    })?;
+    let now = Instant::now();
+    let clock = Clock::reader(now, state.written_us);
+    let previous: Vec<Signal> = state
+        .caught
+        .iter()
+        .filter_map(|&n| Signal::from_number(n))
+        .collect();
+    let caught = caught_signals(&config, &previous);
+    let signals = SignalPipe::install(&caught)?;
+    // Signals sent during the exec were held pending: they reach the
+    // handlers now, after those the old image had already read.
+    upgrade::unblock_inherited(&caught);
+    let executable = Executable::from_parts(
+        PathBuf::from(upgrade::os(state.executable.path)),
+        state.executable.argv.into_iter().map(upgrade::os).collect(),
+    );
+    let notify = state
+        .notify
+        .and_then(|n| Notifier::from_parts(n.address, n.watchdog_us.map(Duration::from_micros)));
+    let listeners = Listeners::from_state(state.listeners);
+    let mut children = HashMap::new();
+    for child in state.children {
+        let control = child.control_fd.and_then(|fd| match control::carried(fd) {
+            Ok(control) => Some(control),
+            Err(e) => {
+                log!(
+                    "worker {}'s channel did not survive the master's upgrade: {e}",
+                    child.generation
+                );
+                None
+            }
+        });
+        children.insert(
+            child.generation,
+            Child {
+                pid: child.pid,
+                control,
+            },
+        );
     }
-    if let Some(path) = &master.config.pid_file {
-        pidfile::remove(path, std::process::id());
+    let old = state.options;
+    let mut changes = options_changed(&old, &config);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let carried_watch = state.watch_fd.and_then(|fd| {
+        watch::ExecutableWatch::carried(fd, executable.path())
+            .map_err(|e| log!("the watch did not survive the master's upgrade: {e}"))
+            .ok()
+    });
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let watch = match (config.watch, carried_watch) {
+        (true, Some(watch)) => Some(watch),
+        (true, None) => watch_executable(executable.path()),
+        (false, _) => None,
+    };
+    let mut control = state.control.and_then(|carried| {
+        ControlSocket::from_state(carried, &clock)
+            .map_err(|e| log!("the control socket did not survive the master's upgrade: {e}"))
+            .ok()
+    });
+    let old_path = old
+        .control_socket
+        .clone()
+        .map(|p| PathBuf::from(upgrade::os(p)));
+    if config.control_socket != old_path {
+        control = match (&config.control_socket, control) {
+            (Some(path), carried) => match bind_control(path) {
+                Ok(mut new) => {
+                    if let Some(carried) = carried {
+                        // Clients that wait for an answer keep their
+                        // connections; the old path goes.
+                        new.adopt(carried);
+                    }
+                    changes.push(format!("the control socket moved to {}", path.display()));
+                    Some(new)
+                }
+                Err(e) => {
+                    changes.push(format!("the control socket stays where it was: {e}"));
+                    carried
+                }
+            },
+            (None, carried) => {
+                if let Some(carried) = carried {
+                    carried.close();
+                }
+                changes.push("the control socket is closed".into());
+                None
+            }
+        };
     }
-    match &result {
-        Ok(()) => log!("stopped"),
-        Err(e) => log!("exiting: {e}"),
+    let pid = std::process::id();
+    let old_pid_file = old.pid_file.clone().map(|p| PathBuf::from(upgrade::os(p)));
+    if config.pid_file != old_pid_file {
+        if let Some(path) = &config.pid_file {
+            if let Err(e) = pidfile::write(path, pid) {
+                changes.push(format!("{e}"));
+            }
+        }
+        if let Some(path) = &old_pid_file {
+            pidfile::remove(path, pid);
+        }
     }
-    result
+    if config.mode == crate::config::Mode::Single {
+        changes.push(
+            "mode = single takes effect when the service is next started; until then it keeps \
+             its master"
+                .into(),
+        );
+    }
+    let watchdog = watchdog_config(&config, notify.as_ref());
+    let core = Core::resume(&config, watchdog, state.core, &clock, Instant::now());
+    children.retain(|generation, _| core.worker_pids().iter().any(|(g, _)| g == generation));
+    let info = MasterInfo {
+        started_ms: state.master.started_ms,
+        image_ms: unix_ms(SystemTime::now()),
+        upgrades: state.master.upgrades + 1,
+        build: build(executable.path()),
+    };
+    let took = Duration::from_micros(notify::monotonic_usec().saturating_sub(state.written_us));
+    log!(
+        "master upgraded in place (pid {pid} kept): now {}; was {} (upgrade {}; the exec took {} ms)",
+        info.build,
+        state.master.build,
+        info.upgrades,
+        took.as_millis()
+    );
+    for change in changes {
+        log!("after the upgrade: {change}");
+    }
+    let mut master = Master {
+        config,
+        executable,
+        signals,
+        listeners,
+        notify,
+        children,
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        watch,
+        control,
+        core,
+        exit: None,
+        caught,
+        info,
+        upgrade: None,
+    };
+    // Received by the old image and not acted on yet: first.
+    for number in state.signals {
+        if let Some(signal) = Signal::from_number(number) {
+            master.handle(Event::Signal(signal));
+        }
+    }
+    master.serve()
+}
+
+/// What changed between the options the previous image ran with and this
+/// build's, and what each change means for the workers already running.
+fn options_changed(old: &OptionsState, new: &Config) -> Vec<String> {
+    let mut changes = Vec::new();
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let millis = |ms: u64| format!("{:?}", Duration::from_millis(ms));
+    if old.stop_timeout_ms != ms(new.stop_timeout) {
+        changes.push(format!(
+            "stop_timeout {} -> {:?}: for workers told to stop from now on; a worker already \
+             draining keeps the deadline it was given",
+            millis(old.stop_timeout_ms),
+            new.stop_timeout
+        ));
+    }
+    if old.ready_timeout_ms != ms(new.ready_timeout) {
+        changes.push(format!(
+            "ready_timeout {} -> {:?}: for workers started from now on",
+            millis(old.ready_timeout_ms),
+            new.ready_timeout
+        ));
+    }
+    let names = |signals: &[Signal]| {
+        signals
+            .iter()
+            .map(|s| s.name().to_string())
+            .collect::<Vec<_>>()
+    };
+    if old.reload_signals != names(&new.reload_signals)
+        || old.stop_signals != names(&new.stop_signals)
+    {
+        changes.push(format!(
+            "reload with {} (was {}), stop with {} (was {})",
+            SignalList(&new.reload_signals),
+            old.reload_signals.join(", "),
+            SignalList(&new.stop_signals),
+            old.stop_signals.join(", ")
+        ));
+    }
+    if old.watchdog_ms != new.watchdog.map(ms) {
+        changes.push(match new.watchdog {
+            Some(every) => format!("watchdog every {every:?}"),
+            None => "watchdog off (unless systemd sets WATCHDOG_USEC)".into(),
+        });
+    }
+    if old.max_draining != new.max_draining {
+        changes.push(format!(
+            "max_draining {} -> {}: applies at the next reload",
+            old.max_draining, new.max_draining
+        ));
+    }
+    if old.watch != new.watch {
+        changes.push(format!("watch {} -> {}", old.watch, new.watch));
+    }
+    let path = |p: &Option<Vec<u8>>| p.clone().map(|p| PathBuf::from(upgrade::os(p)));
+    if path(&old.pid_file) != new.pid_file {
+        changes.push(match &new.pid_file {
+            Some(file) => format!(
+                "pid_file is {} now (the old file is removed)",
+                file.display()
+            ),
+            None => "pid_file is off now (the old file is removed)".into(),
+        });
+    }
+    changes
+}
+
+impl Master {
+    /// The loop, then the cleanup at exit.
+    fn serve(mut self) -> Result<(), Error> {
+        let result = self.event_loop();
+        self.listeners.close_all();
+        if let Some(control) = self.control.take() {
+            control.close();
+        }
+        if let Some(path) = &self.config.pid_file {
+            pidfile::remove(path, std::process::id());
+        }
+        match &result {
+            Ok(()) => log!("stopped"),
+            Err(e) => log!("exiting: {e}"),
+        }
+        result
+    }
+
+    /// Everything this master holds, as the next image reads it.
+    fn to_state(&self, clock: &Clock, signals: Vec<i32>) -> MasterState {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let names = |signals: &[Signal]| signals.iter().map(|s| s.name().to_string()).collect();
+        let config = &self.config;
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let watch_fd = self.watch.as_ref().map(|w| w.fd().as_raw_fd());
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let watch_fd = None;
+        MasterState {
+            written_us: notify::monotonic_usec(),
+            master: self.info.clone(),
+            executable: ExecutableState {
+                path: upgrade::bytes(self.executable.path().as_os_str()),
+                argv: self
+                    .executable
+                    .argv()
+                    .iter()
+                    .map(|a| upgrade::bytes(a))
+                    .collect(),
+            },
+            signals,
+            caught: self.caught.iter().map(|s| s.number()).collect(),
+            options: OptionsState {
+                stop_timeout_ms: ms(config.stop_timeout),
+                ready_timeout_ms: ms(config.ready_timeout),
+                reload_signals: names(&config.reload_signals),
+                stop_signals: names(&config.stop_signals),
+                watchdog_ms: config.watchdog.map(ms),
+                max_draining: config.max_draining,
+                watch: config.watch,
+                control_socket: config
+                    .control_socket
+                    .as_ref()
+                    .map(|p| upgrade::bytes(p.as_os_str())),
+                pid_file: config
+                    .pid_file
+                    .as_ref()
+                    .map(|p| upgrade::bytes(p.as_os_str())),
+            },
+            notify: self.notify.as_ref().map(|n| NotifyState {
+                address: n.text.clone(),
+                watchdog_us: n
+                    .watchdog
+                    .map(|w| u64::try_from(w.as_micros()).unwrap_or(u64::MAX)),
+            }),
+            listeners: self.listeners.to_state(),
+            control: self.control.as_ref().map(|c| c.to_state(clock)),
+            watch_fd,
+            children: self
+                .children
+                .iter()
+                .map(|(&generation, child)| ChildState {
+                    generation,
+                    pid: child.pid,
+                    control_fd: child.control.as_ref().map(|c| c.as_raw_fd()),
+                })
+                .collect(),
+            core: self.core.export(clock),
+        }
+    }
+
+    /// Re-executes the master into the executable generation N runs. On
+    /// success this does not return; on failure the master carries on as it
+    /// was, and says why.
+    fn upgrade_in_place(&mut self, generation: u64) {
+        let blocked = upgrade::Blocked::block(&self.caught);
+        // Read before the state is taken, carried in it, acted on by the
+        // new image; later ones stay pending across the exec.
+        let pending = self.signals.pending();
+        let clock = Clock::writer(Instant::now());
+        let state = self.to_state(&clock, pending.clone());
+        let bytes = state.encode();
+        let carried: Vec<RawFd> = state.descriptors().into_iter().map(|(fd, _)| fd).collect();
+        let path = self.executable.path().display().to_string();
+        let why = match upgrade::check(&self.executable, &bytes) {
+            Err(why) => {
+                format!("worker {generation}'s build at {path} cannot take over its state: {why}")
+            }
+            Ok(()) => match upgrade::state_pipe(&bytes) {
+                Err(e) => format!("cannot pass on its state: {e}"),
+                Ok(pipe) => upgrade::exec(&self.executable, &pipe, &carried),
+            },
+        };
+        blocked.unblock();
+        crate::log::line_at(
+            crate::log::Level::Error,
+            format_args!(
+                "master kept at {} (pid {}): {why}; worker {generation} serves, and the next reload \
+                 tries the upgrade again",
+                self.info.build,
+                std::process::id()
+            ),
+        );
+        for number in pending {
+            if let Some(signal) = Signal::from_number(number) {
+                self.handle(Event::Signal(signal));
+            }
+        }
+    }
 }
 
 impl Master {
@@ -291,6 +682,11 @@ impl Master {
                 control.expire(Instant::now());
             }
             self.handle(Event::Tick);
+            if let Some(generation) = self.upgrade.take() {
+                if self.exit.is_none() && self.core.can_upgrade() {
+                    self.upgrade_in_place(generation);
+                }
+            }
         }
     }
 
@@ -369,6 +765,10 @@ impl Master {
                     self.exit = Some(result);
                     None
                 }
+                Action::UpgradeMaster { generation } => {
+                    self.upgrade = Some(generation);
+                    None
+                }
                 Action::Check { generation, check } => {
                     if let Some(control) = self.control(generation) {
                         let _ = control::send(control, &ToWorker::Check(check));
@@ -439,7 +839,7 @@ impl Master {
     fn spawn(&mut self, generation: u64) -> Event {
         // Our handlers must not run in the child before exec: they write to
         // the master's pipe. Reload signals are ignored there instead.
-        let caught = caught_signals(&self.config).into_iter();
+        let caught = self.caught.iter().copied();
         let default = caught
             .filter(|s| !self.config.reload_signals.contains(s))
             .map(|s| s.number());
@@ -452,6 +852,7 @@ impl Master {
                 &self.config.reload_signals,
                 default,
                 true,
+                self.config.upgrade_master.then_some(crate::state::FORMAT),
             )
             .and_then(|prepared| prepared.spawn());
         match started {
@@ -502,7 +903,10 @@ impl Master {
                     }
                     continue;
                 }
-                Ok(Some(ToMaster::Ready)) => Event::Ready { generation },
+                Ok(Some(ToMaster::Ready(readiness))) => Event::Ready {
+                    generation,
+                    readiness,
+                },
                 Ok(Some(ToMaster::Failed(reason))) => Event::Failed { generation, reason },
                 Ok(Some(ToMaster::Reload)) => Event::ReloadRequested {
                     by: Waiter::Worker(generation),

@@ -26,11 +26,40 @@ use std::time::{Duration, Instant};
 
 use crate::addr::ListenAddr;
 use crate::ctl::{self, Request, MAX_REQUEST};
+use crate::fd::set_cloexec;
 use crate::log::log;
+use crate::state::{ClientState, Clock, ControlState};
 use crate::Error;
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 /// How long a client may take to send its request.
 pub(super) const REQUEST_WAIT: Duration = Duration::from_secs(5);
+/// A Unix stream socket carried across the master's exec (listening or
+/// not, as `listening` says), owned and close-on-exec again.
+fn carried_unix(fd: RawFd, listening: bool) -> Result<OwnedFd, String> {
+    use nix::sys::socket::{getsockname, getsockopt, sockopt, SockType, UnixAddr};
+    if fd < 3 {
+        return Err(format!("descriptor {fd} is stdio"));
+    }
+    // SAFETY: borrowed only to inspect it; taken below once it passed.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let unix = getsockname::<UnixAddr>(fd).is_ok();
+    let stream = getsockopt(&borrowed, sockopt::SockType) == Ok(SockType::Stream);
+    let listens = getsockopt(&borrowed, sockopt::AcceptConn) == Ok(true);
+    if !(unix && stream && listens == listening) {
+        return Err(format!(
+            "descriptor {fd} is not the Unix socket the state names"
+        ));
+    }
+    // SAFETY: the previous image of this process held this socket under
+    // this one entry and passed it across exec to this image alone.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_cloexec(owned.as_fd()).map_err(|e| format!("descriptor {fd}: {e}"))?;
+    Ok(owned)
+}
+
 /// Connections open at once; more are refused with a line that says so.
 pub(super) const MAX_CLIENTS: usize = 16;
 
@@ -268,6 +297,87 @@ impl ControlSocket {
             let why = format!("no request within {REQUEST_WAIT:?}");
             self.reply(id, &ctl::error_line(&why), true);
         }
+    }
+
+    /// The socket and its connections, for the master's upgrade in place.
+    pub(super) fn to_state(&self, clock: &Clock) -> ControlState {
+        ControlState {
+            path: self.path.as_os_str().as_bytes().to_vec(),
+            fd: self.listener.as_raw_fd(),
+            dev: self.file.0,
+            ino: self.file.1,
+            next_id: self.next_id,
+            clients: self
+                .clients
+                .iter()
+                .map(|(&id, client)| ClientState {
+                    id,
+                    fd: client.stream.as_raw_fd(),
+                    reading: match &client.state {
+                        State::Reading { line, deadline } => {
+                            Some((line.clone(), clock.rel(*deadline)))
+                        }
+                        State::Asked(_) => None,
+                    },
+                    asked: match client.state {
+                        State::Asked(request) => Some(request.line().trim_end().to_string()),
+                        State::Reading { .. } => None,
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    /// The socket a master carried across its exec, its descriptors checked
+    /// (a listening Unix stream socket; connected Unix streams) and made
+    /// close-on-exec. A client that does not pass is dropped: it reads EOF.
+    pub(super) fn from_state(state: ControlState, clock: &Clock) -> Result<ControlSocket, String> {
+        let path = PathBuf::from(OsString::from_vec(state.path));
+        let listener = carried_unix(state.fd, true)?;
+        let mut clients = HashMap::new();
+        for client in state.clients {
+            let stream = match carried_unix(client.fd, false) {
+                Ok(fd) => UnixStream::from(fd),
+                Err(why) => {
+                    log!(
+                        "control client {} did not survive the master's upgrade: {why}",
+                        client.id
+                    );
+                    continue;
+                }
+            };
+            let state = match (client.reading, client.asked) {
+                (Some((line, deadline)), None) => State::Reading {
+                    line,
+                    deadline: clock.at(deadline),
+                },
+                (None, Some(asked)) => match Request::parse(&asked) {
+                    Ok(request) => State::Asked(request),
+                    Err(why) => {
+                        log!("control client {}: {why}", client.id);
+                        continue;
+                    }
+                },
+                _ => continue,
+            };
+            clients.insert(client.id, Client { stream, state });
+        }
+        Ok(ControlSocket {
+            path,
+            listener: UnixListener::from(listener),
+            file: (state.dev, state.ino),
+            clients,
+            next_id: state.next_id,
+        })
+    }
+
+    /// Takes over the connections of `old` (a socket at the path the
+    /// previous options named), then closes `old`'s listener and removes
+    /// its file.
+    pub(super) fn adopt(&mut self, mut old: ControlSocket) {
+        self.next_id = self.next_id.max(old.next_id);
+        self.clients.extend(old.clients.drain());
+        old.close();
     }
 
     /// Closes every connection, and removes the socket file if it is still

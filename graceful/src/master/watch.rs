@@ -3,7 +3,7 @@
 //! no timer of its own. Linux only.
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
@@ -31,6 +31,30 @@ impl ExecutableWatch {
             | AddWatchFlags::IN_MODIFY
             | AddWatchFlags::IN_ATTRIB;
         inotify.add_watch(dir, mask)?;
+        Ok(ExecutableWatch { inotify, name })
+    }
+
+    /// The watch a master carried across its exec: the inotify descriptor
+    /// `fd` (checked to be one, made close-on-exec again) on `path`'s
+    /// directory, so that a change made during the exec is still seen.
+    pub(crate) fn carried(fd: RawFd, path: &Path) -> std::io::Result<ExecutableWatch> {
+        let name = path
+            .file_name()
+            .ok_or_else(|| std::io::Error::other("the path has no file name"))?
+            .to_owned();
+        let link = std::fs::read_link(format!("/proc/self/fd/{fd}"))?;
+        if link.as_os_str() != "anon_inode:inotify" {
+            return Err(std::io::Error::other(format!(
+                "descriptor {fd} is {}, not an inotify instance",
+                link.display()
+            )));
+        }
+        // SAFETY: the previous image of this process owned this inotify
+        // descriptor (checked above) and passed it to this image alone.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        crate::fd::set_cloexec(fd.as_fd())?;
+        // SAFETY: an inotify descriptor, as checked.
+        let inotify = unsafe { Inotify::from_owned_fd(fd) };
         Ok(ExecutableWatch { inotify, name })
     }
 

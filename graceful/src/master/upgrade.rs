@@ -1,0 +1,286 @@
+//! The master's upgrade in place, the parts that touch the OS: blocking the
+//! signals across the exec, the state pipe, asking the new executable to
+//! read the state (its check role) before the master commits to it, and the
+//! `execve` itself. What the state holds is `state.rs`; when to upgrade is
+//! the core's decision; the loop in the parent module puts it together.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal as NixSignal};
+
+use crate::exec::Executable;
+use crate::role::{ENV_MASTER_STATE, ENV_ROLE, ROLE_CHECK};
+use crate::state::{MasterState, FORMAT};
+use crate::{Error, Signal};
+
+/// How long the new executable may take to read the state in its check
+/// role. The master's loop waits for it, so it is short; a build that needs
+/// longer keeps the current master, which says so.
+pub(super) const CHECK_WAIT: Duration = Duration::from_secs(5);
+
+/// The signals the master handles, blocked from before the state is taken
+/// until the new image has installed its handlers (the mask survives
+/// `execve`, and a blocked signal stays pending across it), or until the
+/// old image carries on.
+#[derive(Debug)]
+pub(super) struct Blocked {
+    set: SigSet,
+}
+
+impl Blocked {
+    pub(super) fn block(signals: &[Signal]) -> Blocked {
+        let mut set = SigSet::empty();
+        for signal in signals {
+            set.add(signal.to_nix());
+        }
+        set.add(NixSignal::SIGCHLD);
+        // Cannot fail with a valid `how`.
+        let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
+        Blocked { set }
+    }
+
+    /// Unblocks them: pending ones are delivered now, to the handlers
+    /// installed by then.
+    pub(super) fn unblock(self) {
+        let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&self.set), None);
+    }
+}
+
+/// After an exec: unblocks every signal the previous image may have
+/// blocked, once this image's handlers are installed.
+pub(super) fn unblock_inherited(signals: &[Signal]) {
+    Blocked {
+        set: {
+            let mut set = SigSet::empty();
+            for signal in Signal::ALL.iter().chain(signals) {
+                set.add(signal.to_nix());
+            }
+            set.add(NixSignal::SIGCHLD);
+            set
+        },
+    }
+    .unblock();
+}
+
+/// A pipe holding `bytes`, its write end closed: the reader gets the
+/// bytes, then EOF. Close-on-exec; the caller passes it on explicitly.
+pub(super) fn state_pipe(bytes: &[u8]) -> std::io::Result<OwnedFd> {
+    let (read, write) = nix::unistd::pipe()?;
+    for fd in [read.as_fd(), write.as_fd()] {
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if bytes.len() > 60 * 1024 {
+        // The default pipe holds 64 KiB; a larger state needs a larger pipe
+        // (up to /proc/sys/fs/pipe-max-size), or it cannot be written here
+        // without a reader.
+        let size = nix::libc::c_int::try_from(bytes.len() + 4096).unwrap_or(nix::libc::c_int::MAX);
+        fcntl(write.as_fd(), FcntlArg::F_SETPIPE_SZ(size))?;
+    }
+    crate::fd::set_nonblocking(write.as_fd())?;
+    let mut file = std::fs::File::from(write);
+    file.write_all(bytes).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "the state ({} bytes) does not fit in a pipe: {e}",
+                bytes.len()
+            ),
+        )
+    })?;
+    Ok(read)
+}
+
+/// Runs `executable` in its check role on the state `bytes`: `Ok` once it
+/// answered that it reads it, or why not (its answer, its exit, or no
+/// answer within [`CHECK_WAIT`], after which it is killed). The child is
+/// reaped here.
+pub(super) fn check(executable: &Executable, bytes: &[u8]) -> Result<(), String> {
+    let pipe = state_pipe(bytes).map_err(|e| format!("cannot pass it the state: {e}"))?;
+    let raw = pipe.as_raw_fd();
+    let mut command = Command::new(executable.path());
+    if let Some(arg0) = executable.argv().first() {
+        command.arg0(arg0);
+    }
+    command
+        .args(executable.argv().iter().skip(1))
+        .env(ENV_MASTER_STATE, raw.to_string())
+        .env(ENV_ROLE, ROLE_CHECK)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let ignored: Vec<i32> = Signal::ALL.iter().map(|s| s.number()).collect();
+    // SAFETY: between fork and exec only async-signal-safe calls are made
+    // (fcntl, signal), on memory allocated before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            if nix::libc::fcntl(raw, nix::libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // A signal to the service's process group is the master's
+            // business, not the check's.
+            for &sig in &ignored {
+                nix::libc::signal(sig, nix::libc::SIG_IGN);
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", executable.path().display()))?;
+    drop(pipe);
+    let answer = child
+        .stdout
+        .take()
+        .map(|out| read_bounded(out.into(), Instant::now() + CHECK_WAIT));
+    let status = match answer {
+        Some(Err(why)) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(why);
+        }
+        _ => child
+            .wait()
+            .map_err(|e| format!("cannot wait for the check: {e}"))?,
+    };
+    let answer = answer.and_then(Result::ok).unwrap_or_default();
+    let answer = answer.trim();
+    match answer.strip_prefix("ok ") {
+        Some(format) if status.success() && format == FORMAT.to_string() => Ok(()),
+        _ if answer.is_empty() => Err(format!("its check {}", describe(status))),
+        _ => Err(answer.strip_prefix("error ").unwrap_or(answer).to_string()),
+    }
+}
+
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code} and no answer"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        _ => "ended with no answer".to_string(),
+    }
+}
+
+/// Reads `fd` to EOF (at most 64 KiB), until `deadline`.
+fn read_bounded(fd: OwnedFd, deadline: Instant) -> Result<String, String> {
+    crate::fd::set_nonblocking(fd.as_fd()).map_err(|e| e.to_string())?;
+    let mut file = std::fs::File::from(fd);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("it did not answer within {CHECK_WAIT:?}"));
+        }
+        let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(format!("cannot wait for its answer: {e}")),
+        }
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) if out.len() + n <= 64 * 1024 => out.extend_from_slice(&buf[..n]),
+            Ok(_) => return Err("its answer is too long".into()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("cannot read its answer: {e}")),
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Re-executes this process as `executable` with the state on `pipe`,
+/// passing `carried` (and the pipe) across: their close-on-exec flags are
+/// cleared just before, and set again if `execve` fails. Returns only on
+/// failure, with the reason.
+pub(super) fn exec(executable: &Executable, pipe: &OwnedFd, carried: &[RawFd]) -> String {
+    let cstring = |bytes: &[u8]| CString::new(bytes).map_err(|_| "a NUL byte".to_string());
+    let built = (|| -> Result<(CString, Vec<CString>, Vec<CString>), String> {
+        let path = cstring(executable.path().as_os_str().as_bytes())?;
+        let argv = executable
+            .argv()
+            .iter()
+            .map(|a| cstring(a.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut env: Vec<CString> = std::env::vars_os()
+            .filter(|(k, _)| k != ENV_MASTER_STATE && k != ENV_ROLE)
+            .map(|(k, v)| cstring(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
+            .collect::<Result<_, _>>()?;
+        env.push(cstring(
+            format!("{ENV_MASTER_STATE}={}", pipe.as_raw_fd()).as_bytes(),
+        )?);
+        Ok((path, argv, env))
+    })();
+    let (path, argv, env) = match built {
+        Ok(built) => built,
+        Err(why) => return format!("cannot build its command line: {why}"),
+    };
+    let all: Vec<RawFd> = carried.iter().copied().chain([pipe.as_raw_fd()]).collect();
+    let set = |flag: FdFlag| {
+        for &fd in &all {
+            // SAFETY: each descriptor is one this master owns and keeps
+            // open for the whole call.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let _ = fcntl(fd, FcntlArg::F_SETFD(flag));
+        }
+    };
+    set(FdFlag::empty());
+    let error = nix::unistd::execve(&path, &argv, &env).unwrap_err();
+    set(FdFlag::FD_CLOEXEC);
+    format!("execve {} failed: {error}", executable.path().display())
+}
+
+/// The check role: reads the state on `pipe`, and answers on stdout `ok
+/// FORMAT` if this build can take it over, or `error REASON`. The options
+/// of this build were validated before the role was known, so a build
+/// whose options are invalid fails here too, with that error.
+pub(crate) fn check_state(pipe: OwnedFd) -> Result<(), Error> {
+    let mut bytes = Vec::new();
+    let read = std::fs::File::from(pipe).read_to_end(&mut bytes);
+    let answer = match read {
+        Err(e) => Err(format!("cannot read the state: {e}")),
+        Ok(_) => MasterState::decode(&bytes).map_err(|e| e.to_string()),
+    };
+    let mut out = std::io::stdout().lock();
+    match answer {
+        Ok(_) => {
+            let _ = writeln!(out, "ok {FORMAT}");
+            Ok(())
+        }
+        Err(why) => {
+            let _ = writeln!(out, "error {why}");
+            Err(Error::StartFailed { reason: why })
+        }
+    }
+}
+
+/// Reads the state on `pipe`, for the image that resumes from it.
+pub(super) fn read_state(pipe: OwnedFd) -> Result<MasterState, String> {
+    let mut bytes = Vec::new();
+    std::fs::File::from(pipe)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the state: {e}"))?;
+    MasterState::decode(&bytes).map_err(|e| e.to_string())
+}
+
+/// An OS string as bytes, for the state.
+pub(super) fn bytes(text: &OsStr) -> Vec<u8> {
+    text.as_bytes().to_vec()
+}
+
+/// Bytes from the state as an OS string.
+pub(super) fn os(bytes: Vec<u8>) -> OsString {
+    use std::os::unix::ffi::OsStringExt;
+    OsString::from_vec(bytes)
+}

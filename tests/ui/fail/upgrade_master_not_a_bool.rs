@@ -1,0 +1,2 @@
+#[graceful::main(upgrade_master = "no")]
+async fn main() {}
