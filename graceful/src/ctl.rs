@@ -31,6 +31,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::state::MasterInfo;
 use crate::status::{Outcome, Status, WorkerStatus};
 use crate::{Error, Reloaded};
 
@@ -96,6 +97,9 @@ pub(crate) fn error_line(reason: &str) -> String {
 #[derive(Debug)]
 pub(crate) struct View<'a> {
     pub(crate) master_pid: u32,
+    /// The build the master runs, since when, and how often it was upgraded
+    /// in place since it first started.
+    pub(crate) master: &'a MasterInfo,
     pub(crate) status: &'a Status,
     /// The addresses the master holds, as it logged them.
     pub(crate) listeners: Vec<String>,
@@ -139,6 +143,15 @@ impl View<'_> {
         let mut out = format!(
             "state:       {} (master mode, master pid {})\n",
             status.state, self.master_pid
+        );
+        let master = self.master;
+        let _ = writeln!(out, "master:      {}", master.build);
+        let _ = writeln!(
+            out,
+            "             running since {}, started {}, {} upgrade(s) in place",
+            unix_ms_text(master.image_ms),
+            unix_ms_text(master.started_ms),
+            master.upgrades
         );
         let none = "none".to_string();
         let line = |w: Option<&WorkerStatus>| w.map_or(none.clone(), |w| self.worker_text(w));
@@ -205,6 +218,13 @@ impl View<'_> {
         let value = serde_json::json!({
             "mode": "master",
             "master_pid": self.master_pid,
+            "master": {
+                "build": self.master.build,
+                "version": env!("CARGO_PKG_VERSION"),
+                "since": unix_ms_text(self.master.image_ms),
+                "started": unix_ms_text(self.master.started_ms),
+                "upgrades": self.master.upgrades,
+            },
             "state": status.state,
             "serving": status.serving.as_ref().map(|w| self.worker_json(w)),
             "starting": status.starting.as_ref().map(|w| self.worker_json(w)),
@@ -215,6 +235,12 @@ impl View<'_> {
         });
         format!("{value}\n")
     }
+}
+
+/// Unix milliseconds as RFC 3339, to the second.
+fn unix_ms_text(ms: u64) -> String {
+    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 /// Connects to the control socket at `socket`.
@@ -593,6 +619,7 @@ mod tests {
         let (status, now) = status();
         let view = View {
             master_pid: 100,
+            master: &master(),
             status: &status,
             listeners: vec!["127.0.0.1:8080".into(), "unix:/run/a.sock".into()],
             now,
@@ -601,6 +628,8 @@ mod tests {
         assert_eq!(
             view.text(),
             "state:       reloading (master mode, master pid 100)\n\
+             master:      graceful 0.1.0 (state format 1), /srv/app\n\
+             \x20            running since 2025-11-24T15:58:00Z, started 2025-11-24T15:00:00Z, 2 upgrade(s) in place\n\
              serving:     worker 3 (pid 300) since 2025-11-24T15:59:00Z (1m ago), 1 open connection\n\
              starting:    worker 4 (pid 400) since 2025-11-24T15:59:59Z (1s ago)\n\
              draining:    worker 2 (pid 200) since 2025-11-24T15:59:00Z (1m ago), 12 open connections\n\
@@ -610,11 +639,21 @@ mod tests {
         );
     }
 
+    fn master() -> MasterInfo {
+        MasterInfo {
+            started_ms: 1_764_000_000_000 - 3_600_000,
+            image_ms: 1_764_000_000_000 - 120_000,
+            upgrades: 2,
+            build: "graceful 0.1.0 (state format 1), /srv/app".into(),
+        }
+    }
+
     #[test]
     fn the_status_is_one_line_of_json() {
         let (status, now) = status();
         let view = View {
             master_pid: 100,
+            master: &master(),
             status: &status,
             listeners: vec!["127.0.0.1:8080".into()],
             now,
@@ -626,6 +665,9 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(value["state"], "reloading");
         assert_eq!(value["master_pid"], 100);
+        assert_eq!(value["master"]["since"], "2025-11-24T15:58:00Z");
+        assert_eq!(value["master"]["upgrades"], 2);
+        assert_eq!(value["master"]["build"], "graceful 0.1.0 (state format 1), /srv/app");
         assert_eq!(value["serving"]["pid"], 300);
         assert_eq!(value["serving"]["since"], "2025-11-24T15:59:00Z");
         assert_eq!(value["starting"]["connections"], serde_json::Value::Null);

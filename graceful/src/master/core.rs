@@ -2618,4 +2618,194 @@ mod tests {
         // The backoff timer is gone: the only deadline is the new worker's.
         assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 31_010));
     }
+
+    /// A core that upgrades the master, serving worker 1 (pid 101).
+    fn upgrading() -> Run {
+        let mut run = Run::with_config(&config(), None);
+        run.spawned(0, 1, 101);
+        let actions = run.at(
+            5,
+            Event::Ready {
+                generation: 1,
+                readiness: Some(reads(state::READS)),
+            },
+        );
+        // The first start is no upgrade: the master already runs this build.
+        assert!(!actions.iter().any(|a| matches!(a, Action::UpgradeMaster { .. })));
+        run
+    }
+
+    fn reads(formats: (u32, u32)) -> Readiness {
+        Readiness {
+            reads: formats,
+            version: "9.9.9".into(),
+        }
+    }
+
+    fn ready_with(generation: u64, readiness: Option<Readiness>) -> Event {
+        Event::Ready {
+            generation,
+            readiness,
+        }
+    }
+
+    fn kept_line(actions: &[Action]) -> Option<String> {
+        actions.iter().find_map(|a| match a {
+            Action::Log(Level::Warn, line) if line.starts_with("master kept at") => {
+                Some(line.clone())
+            }
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_reload_upgrades_the_master_into_a_build_that_reads_its_state() {
+        let mut run = upgrading();
+        run.reload(1000, 2, 102);
+        let actions = run.at(1010, ready_with(2, Some(reads((1, 3)))));
+        // Last, once the old worker is told to stop.
+        let stop = actions.iter().position(|a| *a == Action::Stop { generation: 1 });
+        let upgrade = actions
+            .iter()
+            .position(|a| *a == Action::UpgradeMaster { generation: 2 });
+        assert!(stop.is_some() && upgrade > stop, "{actions:?}");
+        assert_eq!(kept_line(&actions), None);
+        assert!(run.core.can_upgrade());
+    }
+
+    #[test]
+    fn the_master_is_kept_and_says_why_when_the_new_build_cannot_read_its_state() {
+        let mut run = upgrading();
+        // A build older than master upgrades says nothing: a rollback.
+        run.reload(1000, 2, 102);
+        let actions = run.at(1010, ready_with(2, None));
+        assert!(!actions.contains(&Action::UpgradeMaster { generation: 2 }));
+        let line = kept_line(&actions).expect("a line that says the master is kept");
+        assert!(line.contains("worker 2 (pid 102)"), "{line}");
+        assert!(line.contains("older than master upgrades"), "{line}");
+        assert!(line.ends_with("restart the service to upgrade the master"), "{line}");
+        // A build that reads only newer formats.
+        run.reload(2000, 3, 103);
+        let actions = run.at(2010, ready_with(3, Some(reads((2, 4)))));
+        assert!(!actions.contains(&Action::UpgradeMaster { generation: 3 }));
+        let line = kept_line(&actions).unwrap();
+        assert!(
+            line.contains("its graceful 9.9.9 reads master state formats 2..=4, this master writes format 1"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn upgrade_master_off_keeps_the_master_silently() {
+        let mut run = Run::serving();
+        run.reload(1000, 2, 102);
+        let actions = run.at(1010, ready_with(2, Some(reads(state::READS))));
+        assert!(!actions.contains(&Action::UpgradeMaster { generation: 2 }));
+        assert_eq!(kept_line(&actions), None);
+    }
+
+    #[test]
+    fn a_worker_restarted_after_a_crash_is_no_upgrade() {
+        let mut run = upgrading();
+        run.at(1000, exited(101, 1));
+        run.at(1100, Event::Tick);
+        run.spawned(1100, 2, 102);
+        let actions = run.at(1110, ready_with(2, Some(reads(state::READS))));
+        assert!(!actions.iter().any(|a| matches!(a, Action::UpgradeMaster { .. })));
+    }
+
+    #[test]
+    fn a_stopping_master_does_not_upgrade() {
+        let mut run = upgrading();
+        run.at(1000, Event::Signal(Signal::SIGTERM));
+        assert!(!run.core.can_upgrade());
+    }
+
+    /// A core in the middle of everything: worker 1 draining, worker 2
+    /// serving, worker 3 starting for a reload whose client waits, a queued
+    /// reload, a held answer and a status query in flight.
+    fn busy() -> Run {
+        let mut run = upgrading();
+        run.ask(1000, Waiter::Client(7));
+        run.spawned(1000, 2, 102);
+        run.at(1010, ready_with(2, Some(reads(state::READS))));
+        run.ask(1020, Waiter::Client(8));
+        run.spawned(1020, 3, 103);
+        run.ask(1030, Waiter::Worker(2));
+        run.at(1040, Event::StatusRequested { client: 9 });
+        run
+    }
+
+    #[test]
+    fn the_core_resumes_exactly_where_it_stopped() {
+        let run = busy();
+        let now = run.t0 + MS * 1050;
+        let clock = Clock::writer(now);
+        let carried = run.core.export(&clock);
+        let resumed = Core::resume(&config(), None, carried.clone(), &clock, now);
+        assert_eq!(resumed.export(&clock), carried);
+        assert_eq!(resumed.next_deadline(), run.core.next_deadline());
+        assert_eq!(resumed.worker_pids(), run.core.worker_pids());
+        // Through the state's own encoding too.
+        let json = serde_json::to_vec(&carried).unwrap();
+        let decoded: CoreState = serde_json::from_slice(&json).unwrap();
+        assert_eq!(decoded, carried);
+    }
+
+    #[test]
+    fn a_draining_worker_keeps_its_deadline_and_new_options_apply_to_the_next() {
+        let mut run = busy();
+        let now = run.t0 + MS * 1050;
+        let clock = Clock::writer(now);
+        let longer = Config {
+            stop_timeout: Duration::from_secs(60),
+            ..config()
+        };
+        run.core = Core::resume(&longer, None, run.core.export(&clock), &clock, now);
+        // The held answer and the status query end their 1 s waits.
+        run.at(3000, Event::Tick);
+        // Worker 1 was told to stop at +1010 ms under the old 20 s: it is
+        // still cut at 1010 + 20 000 + 500.
+        assert_eq!(run.at(21_509, Event::Tick), []);
+        let actions = run.at(21_510, Event::Tick);
+        assert!(actions.contains(&Action::Kill { pid: 101 }), "{actions:?}");
+        // Worker 3 becomes ready: worker 2 is told to stop under the new 60 s.
+        run.at(21_600, ready_with(3, Some(reads(state::READS))));
+        run.at(23_000, Event::Tick);
+        let actions = run.at(81_599, Event::Tick);
+        assert!(!actions.contains(&Action::Kill { pid: 102 }), "{actions:?}");
+        let actions = run.at(82_100, Event::Tick);
+        assert!(actions.contains(&Action::Kill { pid: 102 }), "{actions:?}");
+    }
+
+    #[test]
+    fn waiters_held_answers_and_queries_are_answered_after_a_resume() {
+        let mut run = busy();
+        let now = run.t0 + MS * 1050;
+        let clock = Clock::writer(now);
+        run.core = Core::resume(&config(), None, run.core.export(&clock), &clock, now);
+        // The status query in flight is answered once its workers answer.
+        run.at(1060, alive(1, 3, 0));
+        let actions = run.at(1061, alive(2, 3, 4));
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Status { client: 9, .. })),
+            "{actions:?}"
+        );
+        // The held answer to client 7 goes once worker 1 stops accepting.
+        let actions = run.at(1070, Event::StoppedAccepting { generation: 1 });
+        assert!(
+            actions.iter().any(|a| matches!(
+                a,
+                Action::Answer { to: Waiter::Client(7), outcome: Outcome::Reloaded { generation: 2, .. } }
+            )),
+            "{actions:?}"
+        );
+        // Worker 3's reload answers client 8; the queued one (worker 2's)
+        // runs next.
+        let actions = run.at(1100, ready_with(3, Some(reads(state::READS))));
+        assert!(actions.contains(&Action::Spawn { generation: 4 }), "{actions:?}");
+        assert!(actions.contains(&Action::UpgradeMaster { generation: 3 }));
+    }
 }

@@ -797,6 +797,7 @@ impl Master {
                     if let Some(control) = &mut self.control {
                         let view = ctl::View {
                             master_pid: std::process::id(),
+                            master: &self.info,
                             status: &status,
                             listeners: self.listeners.names(),
                             now: Instant::now(),
@@ -963,5 +964,72 @@ impl Master {
             }
             self.handle(Event::Exited { pid, how });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::config;
+
+    fn options(config: &Config) -> OptionsState {
+        let ms = |d: Duration| d.as_millis() as u64;
+        OptionsState {
+            stop_timeout_ms: ms(config.stop_timeout),
+            ready_timeout_ms: ms(config.ready_timeout),
+            reload_signals: config.reload_signals.iter().map(|s| s.name().into()).collect(),
+            stop_signals: config.stop_signals.iter().map(|s| s.name().into()).collect(),
+            watchdog_ms: config.watchdog.map(ms),
+            max_draining: config.max_draining,
+            watch: config.watch,
+            control_socket: None,
+            pid_file: None,
+        }
+    }
+
+    #[test]
+    fn unchanged_options_say_nothing_and_each_change_says_what_it_means() {
+        let same = config();
+        assert_eq!(options_changed(&options(&same), &same), Vec::<String>::new());
+        let new = Config {
+            stop_timeout: Duration::from_secs(30),
+            reload_signals: vec![Signal::SIGUSR2],
+            watchdog: Some(Duration::from_secs(5)),
+            max_draining: 2,
+            pid_file: Some("/run/app.pid".into()),
+            ..config()
+        };
+        let old = OptionsState {
+            stop_timeout_ms: 2000,
+            ..options(&same)
+        };
+        let changes = options_changed(&old, &new);
+        assert_eq!(
+            changes,
+            [
+                "stop_timeout 2s -> 30s: for workers told to stop from now on; a worker already \
+                 draining keeps the deadline it was given",
+                "reload with SIGUSR2 (was SIGHUP, SIGUSR1), stop with SIGTERM, SIGINT (was \
+                 SIGTERM, SIGINT)",
+                "watchdog every 5s",
+                "max_draining 4 -> 2: applies at the next reload",
+                "pid_file is /run/app.pid now (the old file is removed)",
+            ]
+        );
+    }
+
+    #[test]
+    fn signals_the_old_image_handled_stay_handled() {
+        let new = Config {
+            reload_signals: vec![Signal::SIGUSR2],
+            ..config()
+        };
+        let caught = caught_signals(&new, &[Signal::SIGHUP, Signal::SIGUSR1]);
+        for signal in [Signal::SIGUSR2, Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT] {
+            assert!(caught.contains(&signal), "{signal}");
+        }
+        // Logged and ignored now, instead of their default action (exit).
+        assert!(caught.contains(&Signal::SIGHUP) && caught.contains(&Signal::SIGUSR1));
+        assert_eq!(caught.len(), 6, "each once: {caught:?}");
     }
 }
