@@ -10,6 +10,7 @@ pub mod notify;
 pub mod process;
 pub mod procfs;
 pub mod tls;
+pub mod versioned;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -157,6 +157,8 @@ fn supervisorctl_signal_hup_reloads_under_load_and_stop_leaves_nothing() {
     let report = load.stop();
     report.assert_clean("load");
     assert_eq!(sup.pid(), master, "the PID supervisor watches changed");
+    // Each reload also upgraded the master in place, with the same PID.
+    sup.wait_log(&format!("master upgraded in place (pid {master} kept)"), 4);
 
     let log = sup.log();
     let last = worker_pid_from(&log, 5);

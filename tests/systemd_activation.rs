@@ -56,6 +56,8 @@ fn reloads_keep_the_activated_socket(service: &Service, addr: &str, first_respon
     for generation in 2..=3 {
         service.signal(Signal::SIGHUP);
         let worker = service.ready_worker(generation, T);
+        // The master re-executed itself with the activated socket.
+        service.wait_line_n("master upgraded in place", generation as usize - 2, T);
         // The old worker may still take a connection until it has stopped.
         service.wait_line_n("after draining", generation as usize - 2, T);
         assert_eq!(
@@ -207,4 +209,48 @@ fn sockets_passed_without_listen_pid_are_used_as_systemfd_passes_them() {
         service.log_text()
     );
     assert!(service.log_text().contains("socket activation: 127.0.0.1:"));
+}
+
+/// Under socket activation with a NOTIFY_SOCKET listener, as under systemd:
+/// each reload upgrades the master in place, and the upgraded master keeps
+/// the activated socket, the PID and the notifications.
+#[test]
+fn an_upgraded_master_keeps_the_activated_socket_and_notifies_from_the_same_pid() {
+    let notes = graceful_dev::notify::Notifications::bind("activation-upgrade", T);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let testapp = testapp();
+    let args = ["-l", addr.as_str(), testapp.to_str().unwrap(), "systemd:x"];
+    let args = [&args[..2], &["--fdname=x"], &args[2..]].concat();
+    let mut service = Service::start(&activate(), &args, &[("NOTIFY_SOCKET", notes.address())]);
+    wait_listening(&addr);
+    // systemd-socket-activate execs the service: its PID is the master's.
+    let main_pid = service.pid();
+    assert_eq!(pid_of(&addr), service.ready_worker(1, T));
+    let (ready, from) = notes.recv_with_pid();
+    assert!(ready.starts_with("READY=1"), "{ready}");
+    assert_eq!(from, main_pid);
+    for generation in 2..=3u64 {
+        service.signal(Signal::SIGHUP);
+        let worker = service.ready_worker(generation, T);
+        let (reloading, from) = notes.recv_with_pid();
+        assert!(reloading.starts_with("RELOADING=1"), "{reloading}");
+        assert_eq!(from, main_pid);
+        let (ready, from) = notes.recv_with_pid();
+        assert_eq!(
+            ready,
+            format!(
+                "READY=1\nSTATUS=reload finished: serving with worker {generation} (pid {worker})"
+            )
+        );
+        assert_eq!(from, main_pid, "notified from the same PID");
+        let line = service.wait_line_n("master upgraded in place", generation as usize - 2, T);
+        assert!(line.contains(&format!("(pid {main_pid} kept)")), "{line}");
+        service.wait_line_n("after draining", generation as usize - 2, T);
+        assert_eq!(pid_of(&addr), worker);
+    }
+    service.signal(Signal::SIGTERM);
+    let (stopping, from) = notes.recv_with_pid();
+    assert!(stopping.starts_with("STOPPING=1"), "{stopping}");
+    assert_eq!(from, main_pid);
+    assert_eq!(service.wait_exit(T).code(), Some(0));
 }

@@ -63,6 +63,13 @@ fn notify_sequence_over_start_reload_failed_reload_and_stop() {
         notes.recv(),
         format!("READY=1\nSTATUS=reload finished: serving with worker 2 (pid {w2})")
     );
+    // What follows is sent by the master's new image, to the same socket,
+    // from the same PID.
+    let upgraded = service.wait_line("master upgraded in place", T);
+    assert!(
+        upgraded.contains(&format!("(pid {} kept)", service.pid())),
+        "{upgraded}"
+    );
     // Worker 1 has drained and exited, so that the stop below finds exactly
     // one worker to drain (on a busy machine it may otherwise still be there).
     service.wait_line("after draining", T);

@@ -667,7 +667,10 @@ mod tests {
         assert_eq!(value["master_pid"], 100);
         assert_eq!(value["master"]["since"], "2025-11-24T15:58:00Z");
         assert_eq!(value["master"]["upgrades"], 2);
-        assert_eq!(value["master"]["build"], "graceful 0.1.0 (state format 1), /srv/app");
+        assert_eq!(
+            value["master"]["build"],
+            "graceful 0.1.0 (state format 1), /srv/app"
+        );
         assert_eq!(value["serving"]["pid"], 300);
         assert_eq!(value["serving"]["since"], "2025-11-24T15:59:00Z");
         assert_eq!(value["starting"]["connections"], serde_json::Value::Null);

@@ -205,13 +205,21 @@ mod pipe {
             set_flags(write.as_fd()).map_err(|e| io("cannot configure the signal pipe", e))?;
             PIPE_WRITE.store(write.as_raw_fd(), Ordering::Relaxed);
 
+            let mut all: Vec<nix_signal::Signal> = signals.iter().map(|s| s.to_nix()).collect();
+            all.push(nix_signal::Signal::SIGCHLD);
+            // Each handler runs with the others blocked, so that signals
+            // pending at once (held across a master's exec) are written to
+            // the pipe one at a time, lowest number first, rather than
+            // nested in reverse.
+            let mut mask = SigSet::empty();
+            for &sig in &all {
+                mask.add(sig);
+            }
             let action = SigAction::new(
                 SigHandler::Handler(on_signal),
                 SaFlags::SA_RESTART | SaFlags::SA_NOCLDSTOP,
-                SigSet::empty(),
+                mask,
             );
-            let mut all: Vec<nix_signal::Signal> = signals.iter().map(|s| s.to_nix()).collect();
-            all.push(nix_signal::Signal::SIGCHLD);
             for sig in all {
                 // SAFETY: the handler only calls async-signal-safe functions
                 // (write, and errno save/restore).

@@ -17,6 +17,9 @@
 //!   and the load generator on CPU 1 (`taskset`, `sched_setaffinity`), so
 //!   that a few percent can be told from noise; the ratio's median and
 //!   spread over the rounds (default 5 rounds of 5 s).
+//! - `bench --upgrade [N]`: N reloads under load with the master's upgrade
+//!   in place on and N with it off, interleaved: failures, signal → new
+//!   master image, and the master's RSS and descriptors (default 100).
 //! - `bench --idle-connections N`: N idle keep-alive connections open across
 //!   a reload: the worker's memory per connection, the time from the new
 //!   worker ready to the old one gone, and requests on new connections
@@ -238,6 +241,108 @@ fn idle_connections(me: &std::path::Path, n: usize) {
     drop(idle);
 }
 
+/// `bench --upgrade N`: N reloads under keep-alive load with the master's
+/// upgrade in place on, then N with it off (`GRACEFUL_UPGRADE_MASTER=0`), in
+/// alternating blocks of 10: failures, signal → new worker ready, signal →
+/// the master's new image running (its log line), and the master's RSS and
+/// descriptors after the first and the last reload.
+fn upgrade(me: &std::path::Path, n: usize) {
+    struct Run {
+        service: Service,
+        load: Load,
+        done: usize,
+        ready_ms: Vec<f64>,
+        upgraded_ms: Vec<f64>,
+        /// The master's RSS (KiB) and descriptors after the first reload,
+        /// and after the last.
+        first: Option<(u64, usize)>,
+        last: Option<(u64, usize)>,
+    }
+    let start = |on: &str| {
+        let service = Service::start(
+            me,
+            &["--graceful", "127.0.0.1:0"],
+            &[("GRACEFUL_UPGRADE_MASTER", on)],
+        );
+        let addr: SocketAddr = service.addr(T).parse().unwrap();
+        service.ready_worker(1, T);
+        let load = Load::start(addr, Mode::KeepAlive, 16, "/");
+        assert!(load.wait_progress(100, T));
+        Run {
+            service,
+            load,
+            done: 0,
+            ready_ms: Vec::new(),
+            upgraded_ms: Vec::new(),
+            first: None,
+            last: None,
+        }
+    };
+    let mut runs = [("on", start("1")), ("off", start("0"))];
+    while runs.iter().any(|(_, r)| r.done < n) {
+        for (name, run) in &mut runs {
+            for _ in 0..10.min(n - run.done) {
+                std::thread::sleep(Duration::from_millis(50));
+                let generation = run.done as u64 + 2;
+                let sent = Instant::now();
+                run.service.signal(Signal::SIGHUP);
+                run.service.ready_worker(generation, T);
+                run.ready_ms.push(sent.elapsed().as_secs_f64() * 1000.0);
+                if *name == "on" {
+                    let (_, at) =
+                        run.service
+                            .wait_line_n_at("master upgraded in place", run.done, T);
+                    run.upgraded_ms
+                        .push(at.duration_since(sent).as_secs_f64() * 1000.0);
+                }
+                run.service.wait_line_n("after draining", run.done, T);
+                run.done += 1;
+                let pid = run.service.pid();
+                let now = (
+                    status_value(pid, "VmRSS:").unwrap_or(0),
+                    graceful_dev::procfs::fd_count(pid),
+                );
+                run.first.get_or_insert(now);
+                run.last = Some(now);
+            }
+        }
+    }
+    println!();
+    println!(
+        "bench --upgrade {n} (keep-alive load, 16 clients; blocks of 10 reloads, alternating)\n"
+    );
+    println!("| upgrade_master | reloads | sent / ok | failed | signal → new worker ready ms, median / max | signal → new master image running ms, median / max | master RSS KiB, after reload 1 / {n} | master descriptors, after reload 1 / {n} |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (name, run) in runs {
+        let report = run.load.stop();
+        let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+        let upgraded = if run.upgraded_ms.is_empty() {
+            "— (master kept)".to_string()
+        } else {
+            format!(
+                "{:.1} / {:.1}",
+                median(run.upgraded_ms.clone()),
+                max(&run.upgraded_ms)
+            )
+        };
+        let (first, last) = (run.first.unwrap_or_default(), run.last.unwrap_or_default());
+        println!(
+            "| {name} | {} | {} / {} | {} | {:.1} / {:.1} | {upgraded} | {} / {} | {} / {} |",
+            run.done,
+            report.sent,
+            report.ok,
+            failures(&report),
+            median(run.ready_ms.clone()),
+            max(&run.ready_ms),
+            first.0,
+            last.0,
+            first.1,
+            last.1,
+        );
+        drop(run.service);
+    }
+}
+
 fn main() {
     let first = std::env::args().nth(1);
     if first.as_deref() == Some("--plain") {
@@ -294,6 +399,12 @@ fn main() {
                 .map_or(default, |v| v.parse().expect("a number"))
         };
         return pinned(&me, number(2, 5) as usize, number(3, 5));
+    }
+    if first.as_deref() == Some("--upgrade") {
+        let n = std::env::args()
+            .nth(2)
+            .map_or(100, |v| v.parse().expect("a number"));
+        return upgrade(&me, n);
     }
     if first.as_deref() == Some("--idle-connections") {
         let n = std::env::args()

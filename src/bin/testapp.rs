@@ -11,6 +11,9 @@
 //!   `TESTAPP_MAX_CONNECTIONS`, `TESTAPP_MAX_DRAINING`: override those options.
 //! - `TESTAPP_TLS_CERT`, `TESTAPP_TLS_KEY`: serve over TLS with these PEM files.
 //! - `TESTAPP_PID_FILE`: the `pid_file` option.
+//! - `TESTAPP_CHECK_DELAY_MS`: when run by an upgrading master in the check
+//!   role (`GRACEFUL_ROLE=check`), wait that long first, so that a test can
+//!   send signals while the master waits to re-execute.
 //! - `TESTAPP_WATCHDOG_MS`: the `watchdog` option. (`control_socket` is set
 //!   with `GRACEFUL_CONTROL_SOCKET`.)
 //!
@@ -213,6 +216,11 @@ fn number(name: &str) -> Option<u64> {
 }
 
 fn main() {
+    if std::env::var_os("GRACEFUL_ROLE").is_some_and(|role| role == "check") {
+        if let Some(ms) = number("TESTAPP_CHECK_DELAY_MS") {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+    }
     let mut server = graceful::Server::new().ready_timeout(Duration::from_secs(5));
     let ms = |name| number(name).map(Duration::from_millis);
     if let Some(timeout) = ms("TESTAPP_STOP_TIMEOUT_MS") {

@@ -2631,7 +2631,9 @@ mod tests {
             },
         );
         // The first start is no upgrade: the master already runs this build.
-        assert!(!actions.iter().any(|a| matches!(a, Action::UpgradeMaster { .. })));
+        assert!(!actions
+            .iter()
+            .any(|a| matches!(a, Action::UpgradeMaster { .. })));
         run
     }
 
@@ -2664,7 +2666,9 @@ mod tests {
         run.reload(1000, 2, 102);
         let actions = run.at(1010, ready_with(2, Some(reads((1, 3)))));
         // Last, once the old worker is told to stop.
-        let stop = actions.iter().position(|a| *a == Action::Stop { generation: 1 });
+        let stop = actions
+            .iter()
+            .position(|a| *a == Action::Stop { generation: 1 });
         let upgrade = actions
             .iter()
             .position(|a| *a == Action::UpgradeMaster { generation: 2 });
@@ -2683,14 +2687,19 @@ mod tests {
         let line = kept_line(&actions).expect("a line that says the master is kept");
         assert!(line.contains("worker 2 (pid 102)"), "{line}");
         assert!(line.contains("older than master upgrades"), "{line}");
-        assert!(line.ends_with("restart the service to upgrade the master"), "{line}");
+        assert!(
+            line.ends_with("restart the service to upgrade the master"),
+            "{line}"
+        );
         // A build that reads only newer formats.
         run.reload(2000, 3, 103);
         let actions = run.at(2010, ready_with(3, Some(reads((2, 4)))));
         assert!(!actions.contains(&Action::UpgradeMaster { generation: 3 }));
         let line = kept_line(&actions).unwrap();
         assert!(
-            line.contains("its graceful 9.9.9 reads master state formats 2..=4, this master writes format 1"),
+            line.contains(
+                "its graceful 9.9.9 reads master state formats 2..=4, this master writes format 1"
+            ),
             "{line}"
         );
     }
@@ -2711,7 +2720,9 @@ mod tests {
         run.at(1100, Event::Tick);
         run.spawned(1100, 2, 102);
         let actions = run.at(1110, ready_with(2, Some(reads(state::READS))));
-        assert!(!actions.iter().any(|a| matches!(a, Action::UpgradeMaster { .. })));
+        assert!(!actions
+            .iter()
+            .any(|a| matches!(a, Action::UpgradeMaster { .. })));
     }
 
     #[test]
@@ -2798,14 +2809,20 @@ mod tests {
         assert!(
             actions.iter().any(|a| matches!(
                 a,
-                Action::Answer { to: Waiter::Client(7), outcome: Outcome::Reloaded { generation: 2, .. } }
+                Action::Answer {
+                    to: Waiter::Client(7),
+                    outcome: Outcome::Reloaded { generation: 2, .. }
+                }
             )),
             "{actions:?}"
         );
         // Worker 3's reload answers client 8; the queued one (worker 2's)
         // runs next.
         let actions = run.at(1100, ready_with(3, Some(reads(state::READS))));
-        assert!(actions.contains(&Action::Spawn { generation: 4 }), "{actions:?}");
+        assert!(
+            actions.contains(&Action::Spawn { generation: 4 }),
+            "{actions:?}"
+        );
         assert!(actions.contains(&Action::UpgradeMaster { generation: 3 }));
     }
 }

@@ -388,6 +388,7 @@ pub(crate) fn resume(config: Config, pipe: OwnedFd) -> Result<(), Error> {
     // Received by the old image and not acted on yet: first.
     for number in state.signals {
         if let Some(signal) = Signal::from_number(number) {
+            log!("{signal} was received during the upgrade: acting on it now");
             master.handle(Event::Signal(signal));
         }
     }
@@ -977,8 +978,16 @@ mod tests {
         OptionsState {
             stop_timeout_ms: ms(config.stop_timeout),
             ready_timeout_ms: ms(config.ready_timeout),
-            reload_signals: config.reload_signals.iter().map(|s| s.name().into()).collect(),
-            stop_signals: config.stop_signals.iter().map(|s| s.name().into()).collect(),
+            reload_signals: config
+                .reload_signals
+                .iter()
+                .map(|s| s.name().into())
+                .collect(),
+            stop_signals: config
+                .stop_signals
+                .iter()
+                .map(|s| s.name().into())
+                .collect(),
             watchdog_ms: config.watchdog.map(ms),
             max_draining: config.max_draining,
             watch: config.watch,
@@ -990,7 +999,10 @@ mod tests {
     #[test]
     fn unchanged_options_say_nothing_and_each_change_says_what_it_means() {
         let same = config();
-        assert_eq!(options_changed(&options(&same), &same), Vec::<String>::new());
+        assert_eq!(
+            options_changed(&options(&same), &same),
+            Vec::<String>::new()
+        );
         let new = Config {
             stop_timeout: Duration::from_secs(30),
             reload_signals: vec![Signal::SIGUSR2],
@@ -1025,7 +1037,12 @@ mod tests {
             ..config()
         };
         let caught = caught_signals(&new, &[Signal::SIGHUP, Signal::SIGUSR1]);
-        for signal in [Signal::SIGUSR2, Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT] {
+        for signal in [
+            Signal::SIGUSR2,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGQUIT,
+        ] {
             assert!(caught.contains(&signal), "{signal}");
         }
         // Logged and ignored now, instead of their default action (exit).
