@@ -193,7 +193,8 @@ impl Server {
     /// It does so only when the new build says it can read the master's
     /// state and, run in a check role, has read it; otherwise the master
     /// keeps its version and logs why. `GRACEFUL_UPGRADE_MASTER=1` or `0`
-    /// overrides it. Master mode only.
+    /// overrides it. Master mode only. With the builder, code before
+    /// `run()` also runs in that check, a short-lived process.
     pub fn upgrade_master(mut self, on: bool) -> Server {
         self.options.upgrade_master = on;
         self
