@@ -219,9 +219,18 @@ fn an_upgraded_master_keeps_the_activated_socket_and_notifies_from_the_same_pid(
     let notes = graceful_dev::notify::Notifications::bind("activation-upgrade", T);
     let addr = format!("127.0.0.1:{}", free_port());
     let testapp = testapp();
-    let args = ["-l", addr.as_str(), testapp.to_str().unwrap(), "systemd:x"];
-    let args = [&args[..2], &["--fdname=x"], &args[2..]].concat();
-    let mut service = Service::start(&activate(), &args, &[("NOTIFY_SOCKET", notes.address())]);
+    // systemd-socket-activate passes on only the variables named with -E.
+    let notify = format!("NOTIFY_SOCKET={}", notes.address());
+    let args = [
+        "-l",
+        addr.as_str(),
+        "--fdname=x",
+        "-E",
+        notify.as_str(),
+        testapp.to_str().unwrap(),
+        "systemd:x",
+    ];
+    let mut service = Service::start(&activate(), &args, &[]);
     wait_listening(&addr);
     // systemd-socket-activate execs the service: its PID is the master's.
     let main_pid = service.pid();
