@@ -15,12 +15,7 @@ pub async fn respond(
 ) -> Result<Response<String>, Infallible> {
     let pid = std::process::id();
     if req.uri().path() == "/slow" {
-        let ms: u64 = req
-            .uri()
-            .query()
-            .and_then(|q| q.strip_prefix("ms="))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1000);
+        let ms = slow_ms(req.uri());
         eprintln!("{version}: slow request started in pid {pid}");
         tokio::time::sleep(Duration::from_millis(ms)).await;
         return Ok(Response::new(format!(
@@ -28,6 +23,14 @@ pub async fn respond(
         )));
     }
     Ok(Response::new(format!("{version} pid {pid}\n")))
+}
+
+/// `N` of `/slow?ms=N` (default 1000), for this app and the test app.
+pub fn slow_ms(uri: &http::Uri) -> u64 {
+    uri.query()
+        .and_then(|q| q.strip_prefix("ms="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
 }
 
 /// The address to serve: the first argument, or any free port.

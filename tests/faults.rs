@@ -488,9 +488,14 @@ fn back_to_back_reloads_under_load_lose_nothing() {
         "{finished} reloads:\n{}",
         service.log_text()
     );
-    assert!(service
-        .log_text()
-        .contains("reload started (signal SIGUSR1)"));
+    // Both signals reload. In the storm SIGUSR1 may always have been
+    // coalesced into a reload already in flight (pending together with
+    // SIGHUP across an upgrade's exec, the lower number is taken first), so
+    // it is checked on its own, once the service has settled.
+    let before = service.count_lines("reload finished");
+    service.signal(Signal::SIGUSR1);
+    service.wait_line("reload started (signal SIGUSR1)", T);
+    service.wait_line_n("reload finished", before, T);
 }
 
 #[test]

@@ -113,12 +113,7 @@ async fn handle_text(req: Request<Incoming>) -> Result<Response<String>, Infalli
     let pid = std::process::id();
     match req.uri().path() {
         "/slow" => {
-            let ms: u64 = req
-                .uri()
-                .query()
-                .and_then(|q| q.strip_prefix("ms="))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1000);
+            let ms = graceful_dev::versioned::slow_ms(req.uri());
             eprintln!("testapp: slow request started in pid {pid}");
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Ok(Response::new(format!("slow {ms} done by {pid}\n")))
