@@ -238,10 +238,10 @@ fn a_sighup_and_a_sigterm_sent_during_the_exec_window_are_both_honoured() {
 #[test]
 fn the_check_role_refuses_a_state_it_cannot_read() {
     let check = |state: &str| {
-        let script = format!("exec 3< <(printf '%s' \"$STATE\"); exec \"$APP\"");
+        let script = "exec 3< <(printf '%s' \"$STATE\"); exec \"$APP\"";
         run_bounded(
             Command::new("bash")
-                .args(["-c", &script])
+                .args(["-c", script])
                 .env("APP", testapp())
                 .env("STATE", state)
                 .env("GRACEFUL_ROLE", "check")
