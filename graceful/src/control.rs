@@ -316,23 +316,16 @@ impl Decode for ToWorker<OwnedFd> {
 }
 
 /// A parent's end of a channel carried across the master's exec: checked to
-/// be a `SOCK_SEQPACKET` socket and made close-on-exec again.
-pub(crate) fn carried(fd: RawFd) -> io::Result<OwnedFd> {
+/// be a `SOCK_SEQPACKET` socket, owned and made close-on-exec again.
+pub(crate) fn carried(fd: RawFd) -> Result<OwnedFd, String> {
     use nix::sys::socket::{getsockopt, sockopt};
-    if fd < 3 {
-        return Err(io::Error::other(format!("descriptor {fd} is stdio")));
-    }
-    // SAFETY: borrowed only to inspect it; taken below once it passed.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    if getsockopt(&borrowed, sockopt::SockType) != Ok(SockType::SeqPacket) {
-        return Err(io::Error::other(format!(
-            "descriptor {fd} is not a control channel"
-        )));
-    }
-    // SAFETY: the previous image of this process held this channel for one
-    // worker and passed it across exec to this image alone.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    crate::fd::set_cloexec(owned.as_fd())?;
+    let (owned, ()) = crate::fd::take_carried(fd, |borrowed| {
+        if getsockopt(&borrowed, sockopt::SockType) == Ok(SockType::SeqPacket) {
+            Ok(())
+        } else {
+            Err(format!("descriptor {fd} is not a control channel"))
+        }
+    })?;
     Ok(owned)
 }
 

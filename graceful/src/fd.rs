@@ -2,7 +2,7 @@
 //! many a process may open.
 
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 
@@ -11,6 +11,29 @@ use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 pub(crate) fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
     fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
     Ok(())
+}
+
+/// Takes a descriptor that the previous image of this process (a master
+/// before its exec) passed across `execve` under one entry of its state:
+/// `check` inspects it while it is only borrowed and says what it is, or why
+/// it is not what the state names; only then is it owned, and made
+/// close-on-exec again.
+pub(crate) fn take_carried<T>(
+    fd: RawFd,
+    check: impl FnOnce(BorrowedFd<'_>) -> Result<T, String>,
+) -> Result<(OwnedFd, T), String> {
+    if fd < 3 {
+        return Err(format!("descriptor {fd} is stdio"));
+    }
+    // SAFETY: borrowed only to inspect it; taken below once it passed.
+    let what = check(unsafe { BorrowedFd::borrow_raw(fd) })?;
+    // SAFETY: the previous image held this descriptor under one entry of its
+    // state (each descriptor is named once, checked when the state was
+    // decoded) and passed it across exec to this image alone; `check` found
+    // it open and of the kind the entry names.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_cloexec(owned.as_fd()).map_err(|e| format!("descriptor {fd}: {e}"))?;
+    Ok((owned, what))
 }
 
 /// Sets `O_NONBLOCK`.

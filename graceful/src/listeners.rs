@@ -405,27 +405,21 @@ impl Listeners {
 /// Takes one carried listener: an open, listening stream socket of the
 /// kind the entry states, made close-on-exec.
 fn take_carried(entry: &ListenerState) -> Result<(OwnedFd, Local), String> {
-    if entry.fd < 3 {
-        return Err("not a socket descriptor".into());
-    }
-    // SAFETY: borrowed only to inspect it; taken below once it passed.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(entry.fd) };
-    let local = Local::of(borrowed).map_err(|e| e.to_string())?;
-    if !is_listening_stream(borrowed) {
-        return Err("not a listening stream socket".into());
-    }
-    match (&entry.kind, &local) {
-        (ListenerKind::Tcp, Local::Tcp(_)) | (ListenerKind::Activated, _) => {}
-        (ListenerKind::Unix { path, .. }, Local::Unix(bound))
-            if bound.as_os_str().as_bytes() == path.as_slice() => {}
-        _ => return Err("not a socket of the kind the state names".into()),
-    }
-    // SAFETY: the previous image of this process held this socket under this
-    // one entry (the state names each descriptor once, checked when it was
-    // decoded), and passed it across exec to this image alone.
-    let fd = unsafe { OwnedFd::from_raw_fd(entry.fd) };
-    set_cloexec(fd.as_fd()).map_err(|e| e.to_string())?;
-    Ok((fd, local))
+    crate::fd::take_carried(entry.fd, |borrowed| {
+        let local = Local::of(borrowed).map_err(|e| e.to_string())?;
+        if !is_listening_stream(borrowed) {
+            return Err("not a listening stream socket".into());
+        }
+        match (&entry.kind, &local) {
+            (ListenerKind::Tcp, Local::Tcp(_)) | (ListenerKind::Activated, _) => Ok(local),
+            (ListenerKind::Unix { path, .. }, Local::Unix(bound))
+                if bound.as_os_str().as_bytes() == path.as_slice() =>
+            {
+                Ok(local)
+            }
+            _ => Err("not a socket of the kind the state names".into()),
+        }
+    })
 }
 
 /// Whether `fd` is a stream socket that listens.

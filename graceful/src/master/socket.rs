@@ -26,12 +26,12 @@ use std::time::{Duration, Instant};
 
 use crate::addr::ListenAddr;
 use crate::ctl::{self, Request, MAX_REQUEST};
-use crate::fd::set_cloexec;
+use crate::fd::take_carried;
 use crate::log::log;
 use crate::state::{ClientState, Clock, ControlState};
 use crate::Error;
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 /// How long a client may take to send its request.
@@ -40,23 +40,18 @@ pub(super) const REQUEST_WAIT: Duration = Duration::from_secs(5);
 /// not, as `listening` says), owned and close-on-exec again.
 fn carried_unix(fd: RawFd, listening: bool) -> Result<OwnedFd, String> {
     use nix::sys::socket::{getsockname, getsockopt, sockopt, SockType, UnixAddr};
-    if fd < 3 {
-        return Err(format!("descriptor {fd} is stdio"));
-    }
-    // SAFETY: borrowed only to inspect it; taken below once it passed.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let unix = getsockname::<UnixAddr>(fd).is_ok();
-    let stream = getsockopt(&borrowed, sockopt::SockType) == Ok(SockType::Stream);
-    let listens = getsockopt(&borrowed, sockopt::AcceptConn) == Ok(true);
-    if !(unix && stream && listens == listening) {
-        return Err(format!(
-            "descriptor {fd} is not the Unix socket the state names"
-        ));
-    }
-    // SAFETY: the previous image of this process held this socket under
-    // this one entry and passed it across exec to this image alone.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    set_cloexec(owned.as_fd()).map_err(|e| format!("descriptor {fd}: {e}"))?;
+    let (owned, ()) = take_carried(fd, |borrowed| {
+        let unix = getsockname::<UnixAddr>(fd).is_ok();
+        let stream = getsockopt(&borrowed, sockopt::SockType) == Ok(SockType::Stream);
+        let listens = getsockopt(&borrowed, sockopt::AcceptConn) == Ok(true);
+        if unix && stream && listens == listening {
+            Ok(())
+        } else {
+            Err(format!(
+                "descriptor {fd} is not the Unix socket the state names"
+            ))
+        }
+    })?;
     Ok(owned)
 }
 

@@ -3,7 +3,7 @@
 //! no timer of its own. Linux only.
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::path::Path;
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
@@ -42,17 +42,19 @@ impl ExecutableWatch {
             .file_name()
             .ok_or_else(|| std::io::Error::other("the path has no file name"))?
             .to_owned();
-        let link = std::fs::read_link(format!("/proc/self/fd/{fd}"))?;
-        if link.as_os_str() != "anon_inode:inotify" {
-            return Err(std::io::Error::other(format!(
-                "descriptor {fd} is {}, not an inotify instance",
-                link.display()
-            )));
-        }
-        // SAFETY: the previous image of this process owned this inotify
-        // descriptor (checked above) and passed it to this image alone.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        crate::fd::set_cloexec(fd.as_fd())?;
+        let (fd, ()) = crate::fd::take_carried(fd, |_| {
+            let link = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                .map_err(|e| format!("descriptor {fd}: {e}"))?;
+            if link.as_os_str() == "anon_inode:inotify" {
+                Ok(())
+            } else {
+                Err(format!(
+                    "descriptor {fd} is {}, not an inotify instance",
+                    link.display()
+                ))
+            }
+        })
+        .map_err(std::io::Error::other)?;
         // SAFETY: an inotify descriptor, as checked.
         let inotify = unsafe { Inotify::from_owned_fd(fd) };
         Ok(ExecutableWatch { inotify, name })
