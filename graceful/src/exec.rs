@@ -45,6 +45,17 @@ impl Executable {
         &self.argv
     }
 
+    /// The command that runs this program with its original arguments
+    /// (argv[0] as it was given).
+    pub(crate) fn command(&self) -> Command {
+        let mut command = Command::new(&self.path);
+        if let Some(arg0) = self.argv.first() {
+            command.arg0(arg0);
+        }
+        command.args(self.argv.iter().skip(1));
+        command
+    }
+
     /// Prepares generation `generation`: a control socket pair and the
     /// command, with the child's end of the socket and `inherit` made
     /// inheritable in the child only. With `own_group` the child leads a
@@ -70,11 +81,7 @@ impl Executable {
         let (mine, theirs) = control::pair()?;
         set_nonblocking(mine.as_fd())?;
         inherit.push(theirs.as_raw_fd());
-        let mut command = Command::new(&self.path);
-        if let Some(arg0) = self.argv.first() {
-            command.arg0(arg0);
-        }
-        command.args(self.argv.iter().skip(1));
+        let mut command = self.command();
         command
             .env(ENV_CONTROL_FD, theirs.as_raw_fd().to_string())
             .env(ENV_GENERATION, generation.to_string());

@@ -1318,12 +1318,6 @@ impl Core {
             out: Vec::new(),
         }
     }
-
-    /// The generations the core knows, with their PIDs: the loop's table
-    /// must match it after a resume.
-    pub(crate) fn worker_pids(&self) -> Vec<(u64, Option<u32>)> {
-        self.workers.iter().map(|w| (w.generation, w.pid)).collect()
-    }
 }
 
 #[cfg(test)]
@@ -2756,7 +2750,6 @@ mod tests {
         let resumed = Core::resume(&config(), None, carried.clone(), &clock, now);
         assert_eq!(resumed.export(&clock), carried);
         assert_eq!(resumed.next_deadline(), run.core.next_deadline());
-        assert_eq!(resumed.worker_pids(), run.core.worker_pids());
         // Through the state's own encoding too.
         let json = serde_json::to_vec(&carried).unwrap();
         let decoded: CoreState = serde_json::from_slice(&json).unwrap();

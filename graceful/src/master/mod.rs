@@ -91,7 +91,7 @@ fn caught_signals(config: &Config, previous: &[Signal]) -> Vec<Signal> {
 /// Milliseconds since the Unix epoch, for the status's wall-clock times.
 fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, crate::log::millis)
 }
 
 /// The build this image runs, as the log and the status say it: graceful's
@@ -300,11 +300,7 @@ pub(crate) fn resume(config: Config, pipe: OwnedFd) -> Result<(), Error> {
             .map_err(|e| log!("the control socket did not survive the master's upgrade: {e}"))
             .ok()
     });
-    let old_path = old
-        .control_socket
-        .clone()
-        .map(|p| PathBuf::from(upgrade::os(p)));
-    if config.control_socket != old_path {
+    if config.control_socket != upgrade::path(&old.control_socket) {
         control = match (&config.control_socket, control) {
             (Some(path), carried) => match bind_control(path) {
                 Ok(mut new) => {
@@ -331,7 +327,7 @@ pub(crate) fn resume(config: Config, pipe: OwnedFd) -> Result<(), Error> {
         };
     }
     let pid = std::process::id();
-    let old_pid_file = old.pid_file.clone().map(|p| PathBuf::from(upgrade::os(p)));
+    let old_pid_file = upgrade::path(&old.pid_file);
     if config.pid_file != old_pid_file {
         if let Some(path) = &config.pid_file {
             if let Err(e) = pidfile::write(path, pid) {
@@ -351,7 +347,6 @@ pub(crate) fn resume(config: Config, pipe: OwnedFd) -> Result<(), Error> {
     }
     let watchdog = watchdog_config(&config, notify.as_ref());
     let core = Core::resume(&config, watchdog, state.core, &clock, Instant::now());
-    children.retain(|generation, _| core.worker_pids().iter().any(|(g, _)| g == generation));
     let info = MasterInfo {
         started_ms: state.master.started_ms,
         image_ms: unix_ms(SystemTime::now()),
@@ -395,11 +390,38 @@ pub(crate) fn resume(config: Config, pipe: OwnedFd) -> Result<(), Error> {
     master.serve()
 }
 
+/// Signal names, as the state records them.
+fn signal_names(signals: &[Signal]) -> Vec<String> {
+    signals.iter().map(|s| s.name().to_string()).collect()
+}
+
+/// The options of `config` as the state records them.
+fn options_state(config: &Config) -> OptionsState {
+    let millis = crate::log::millis;
+    OptionsState {
+        stop_timeout_ms: millis(config.stop_timeout),
+        ready_timeout_ms: millis(config.ready_timeout),
+        reload_signals: signal_names(&config.reload_signals),
+        stop_signals: signal_names(&config.stop_signals),
+        watchdog_ms: config.watchdog.map(millis),
+        max_draining: config.max_draining,
+        watch: config.watch,
+        control_socket: config
+            .control_socket
+            .as_ref()
+            .map(|p| upgrade::bytes(p.as_os_str())),
+        pid_file: config
+            .pid_file
+            .as_ref()
+            .map(|p| upgrade::bytes(p.as_os_str())),
+    }
+}
+
 /// What changed between the options the previous image ran with and this
 /// build's, and what each change means for the workers already running.
 fn options_changed(old: &OptionsState, new: &Config) -> Vec<String> {
     let mut changes = Vec::new();
-    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let ms = crate::log::millis;
     let millis = |ms: u64| format!("{:?}", Duration::from_millis(ms));
     if old.stop_timeout_ms != ms(new.stop_timeout) {
         changes.push(format!(
@@ -416,14 +438,8 @@ fn options_changed(old: &OptionsState, new: &Config) -> Vec<String> {
             new.ready_timeout
         ));
     }
-    let names = |signals: &[Signal]| {
-        signals
-            .iter()
-            .map(|s| s.name().to_string())
-            .collect::<Vec<_>>()
-    };
-    if old.reload_signals != names(&new.reload_signals)
-        || old.stop_signals != names(&new.stop_signals)
+    if old.reload_signals != signal_names(&new.reload_signals)
+        || old.stop_signals != signal_names(&new.stop_signals)
     {
         changes.push(format!(
             "reload with {} (was {}), stop with {} (was {})",
@@ -448,8 +464,7 @@ fn options_changed(old: &OptionsState, new: &Config) -> Vec<String> {
     if old.watch != new.watch {
         changes.push(format!("watch {} -> {}", old.watch, new.watch));
     }
-    let path = |p: &Option<Vec<u8>>| p.clone().map(|p| PathBuf::from(upgrade::os(p)));
-    if path(&old.pid_file) != new.pid_file {
+    if upgrade::path(&old.pid_file) != new.pid_file {
         changes.push(match &new.pid_file {
             Some(file) => format!(
                 "pid_file is {} now (the old file is removed)",
@@ -481,9 +496,6 @@ impl Master {
 
     /// Everything this master holds, as the next image reads it.
     fn to_state(&self, clock: &Clock, signals: Vec<i32>) -> MasterState {
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let names = |signals: &[Signal]| signals.iter().map(|s| s.name().to_string()).collect();
-        let config = &self.config;
         #[cfg(any(target_os = "linux", target_os = "android"))]
         let watch_fd = self.watch.as_ref().map(|w| w.fd().as_raw_fd());
         #[cfg(not(any(target_os = "linux", target_os = "android")))]
@@ -502,23 +514,7 @@ impl Master {
             },
             signals,
             caught: self.caught.iter().map(|s| s.number()).collect(),
-            options: OptionsState {
-                stop_timeout_ms: ms(config.stop_timeout),
-                ready_timeout_ms: ms(config.ready_timeout),
-                reload_signals: names(&config.reload_signals),
-                stop_signals: names(&config.stop_signals),
-                watchdog_ms: config.watchdog.map(ms),
-                max_draining: config.max_draining,
-                watch: config.watch,
-                control_socket: config
-                    .control_socket
-                    .as_ref()
-                    .map(|p| upgrade::bytes(p.as_os_str())),
-                pid_file: config
-                    .pid_file
-                    .as_ref()
-                    .map(|p| upgrade::bytes(p.as_os_str())),
-            },
+            options: options_state(&self.config),
             notify: self.notify.as_ref().map(|n| NotifyState {
                 address: n.text.clone(),
                 watchdog_us: n
@@ -973,34 +969,11 @@ mod tests {
     use super::*;
     use crate::config::tests::config;
 
-    fn options(config: &Config) -> OptionsState {
-        let ms = |d: Duration| d.as_millis() as u64;
-        OptionsState {
-            stop_timeout_ms: ms(config.stop_timeout),
-            ready_timeout_ms: ms(config.ready_timeout),
-            reload_signals: config
-                .reload_signals
-                .iter()
-                .map(|s| s.name().into())
-                .collect(),
-            stop_signals: config
-                .stop_signals
-                .iter()
-                .map(|s| s.name().into())
-                .collect(),
-            watchdog_ms: config.watchdog.map(ms),
-            max_draining: config.max_draining,
-            watch: config.watch,
-            control_socket: None,
-            pid_file: None,
-        }
-    }
-
     #[test]
     fn unchanged_options_say_nothing_and_each_change_says_what_it_means() {
         let same = config();
         assert_eq!(
-            options_changed(&options(&same), &same),
+            options_changed(&options_state(&same), &same),
             Vec::<String>::new()
         );
         let new = Config {
@@ -1013,7 +986,7 @@ mod tests {
         };
         let old = OptionsState {
             stop_timeout_ms: 2000,
-            ..options(&same)
+            ..options_state(&same)
         };
         let changes = options_changed(&old, &new);
         assert_eq!(

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
@@ -35,13 +35,19 @@ pub(super) struct Blocked {
     set: SigSet,
 }
 
+/// `signals` and SIGCHLD.
+fn set_of<'a>(signals: impl IntoIterator<Item = &'a Signal>) -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in signals {
+        set.add(signal.to_nix());
+    }
+    set.add(NixSignal::SIGCHLD);
+    set
+}
+
 impl Blocked {
     pub(super) fn block(signals: &[Signal]) -> Blocked {
-        let mut set = SigSet::empty();
-        for signal in signals {
-            set.add(signal.to_nix());
-        }
-        set.add(NixSignal::SIGCHLD);
+        let set = set_of(signals);
         // Cannot fail with a valid `how`.
         let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
         Blocked { set }
@@ -57,17 +63,8 @@ impl Blocked {
 /// After an exec: unblocks every signal the previous image may have
 /// blocked, once this image's handlers are installed.
 pub(super) fn unblock_inherited(signals: &[Signal]) {
-    Blocked {
-        set: {
-            let mut set = SigSet::empty();
-            for signal in Signal::ALL.iter().chain(signals) {
-                set.add(signal.to_nix());
-            }
-            set.add(NixSignal::SIGCHLD);
-            set
-        },
-    }
-    .unblock();
+    let set = set_of(Signal::ALL.iter().chain(signals));
+    let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
 }
 
 /// A pipe holding `bytes`, its write end closed: the reader gets the
@@ -106,12 +103,8 @@ pub(super) fn state_pipe(bytes: &[u8]) -> std::io::Result<OwnedFd> {
 pub(super) fn check(executable: &Executable, bytes: &[u8]) -> Result<(), String> {
     let pipe = state_pipe(bytes).map_err(|e| format!("cannot pass it the state: {e}"))?;
     let raw = pipe.as_raw_fd();
-    let mut command = Command::new(executable.path());
-    if let Some(arg0) = executable.argv().first() {
-        command.arg0(arg0);
-    }
+    let mut command = executable.command();
     command
-        .args(executable.argv().iter().skip(1))
         .env(ENV_MASTER_STATE, raw.to_string())
         .env(ENV_ROLE, ROLE_CHECK)
         .stdin(Stdio::null())
@@ -246,12 +239,7 @@ pub(super) fn exec(executable: &Executable, pipe: &OwnedFd, carried: &[RawFd]) -
 /// of this build were validated before the role was known, so a build
 /// whose options are invalid fails here too, with that error.
 pub(crate) fn check_state(pipe: OwnedFd) -> Result<(), Error> {
-    let mut bytes = Vec::new();
-    let read = std::fs::File::from(pipe).read_to_end(&mut bytes);
-    let answer = match read {
-        Err(e) => Err(format!("cannot read the state: {e}")),
-        Ok(_) => MasterState::decode(&bytes).map_err(|e| e.to_string()),
-    };
+    let answer = read_state(pipe);
     let mut out = std::io::stdout().lock();
     match answer {
         Ok(_) => {
@@ -265,7 +253,8 @@ pub(crate) fn check_state(pipe: OwnedFd) -> Result<(), Error> {
     }
 }
 
-/// Reads the state on `pipe`, for the image that resumes from it.
+/// Reads the state on `pipe`: for the image that resumes from it, and for
+/// the check role.
 pub(super) fn read_state(pipe: OwnedFd) -> Result<MasterState, String> {
     let mut bytes = Vec::new();
     std::fs::File::from(pipe)
@@ -277,6 +266,11 @@ pub(super) fn read_state(pipe: OwnedFd) -> Result<MasterState, String> {
 /// An OS string as bytes, for the state.
 pub(super) fn bytes(text: &OsStr) -> Vec<u8> {
     text.as_bytes().to_vec()
+}
+
+/// An optional path from the state.
+pub(super) fn path(bytes: &Option<Vec<u8>>) -> Option<std::path::PathBuf> {
+    bytes.clone().map(|b| os(b).into())
 }
 
 /// Bytes from the state as an OS string.
