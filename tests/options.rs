@@ -51,6 +51,30 @@ fn every_attribute_option_takes_effect() {
     );
     // watchdog = "2s"
     service.wait_line("the serving worker is checked every 2s", T);
+    // user = "graceful-test", group = "graceful-test-extra" (which
+    // scripts/test creates): every id of the worker, and none of the master.
+    let ids = |pid: i32, key: &str| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+        line.split_whitespace()
+            .skip(1)
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let id = |flag: &str, name: &str| {
+        let (code, out, err) =
+            graceful_dev::run_bounded(std::process::Command::new("id").args([flag, name]));
+        assert_eq!(code, 0, "id {flag} {name}: {err}");
+        out.trim().to_string()
+    };
+    let extra = graceful_dev::run_bounded(
+        std::process::Command::new("getent").args(["group", "graceful-test-extra"]),
+    )
+    .1;
+    let extra_gid = extra.split(':').nth(2).unwrap().to_string();
+    assert_eq!(ids(first, "Uid:"), vec![id("-u", "graceful-test"); 4]);
+    assert_eq!(ids(first, "Gid:"), vec![extra_gid; 4]);
+    assert_eq!(ids(service.pid(), "Uid:"), vec!["0"; 4]);
 
     // idle_grace = "200ms": an idle keep-alive connection keeps the old
     // worker for 200 ms after the new one is ready, not the default 500 ms.

@@ -34,6 +34,8 @@ const KEYS: &[&str] = &[
     "control_socket",
     "watchdog",
     "upgrade_master",
+    "user",
+    "group",
 ];
 
 /// The smallest `max_header_size` the runtime accepts (hyper's read buffer).
@@ -72,6 +74,8 @@ pub(crate) struct Config {
     pub(crate) control_socket: Option<syn::LitStr>,
     pub(crate) watchdog: Option<u64>,
     pub(crate) upgrade_master: Option<bool>,
+    pub(crate) user: Option<syn::LitStr>,
+    pub(crate) group: Option<syn::LitStr>,
 }
 
 /// Collects errors so that every mistake is reported, not just the first.
@@ -147,6 +151,8 @@ impl Config {
                 "mode" => config.mode = mode(&key, &value, &mut errors),
                 "pid_file" => config.pid_file = path(&key, &value, &mut errors),
                 "control_socket" => config.control_socket = path(&key, &value, &mut errors),
+                "user" => config.user = account(&key, &value, "www-data", &mut errors),
+                "group" => config.group = account(&key, &value, "www-data", &mut errors),
                 "watchdog" => {
                     config.watchdog = duration(&key, &value, false, &mut errors);
                     if config.watchdog.is_some_and(|ms| ms < MIN_WATCHDOG_MS) {
@@ -160,6 +166,23 @@ impl Config {
                 }
                 _ => unreachable!("every key in KEYS is handled"),
             }
+        }
+
+        // Workers serve as another user only under a master that keeps the
+        // privileges, and a group only goes with a user.
+        if let Some(group) = &config.group {
+            if !seen.contains_key("user") {
+                errors.push(
+                    group.span(),
+                    "`group` needs `user`: a worker that keeps the master's user keeps its groups too; set `user` as well",
+                );
+            }
+        }
+        if let (Some(user), Some("single")) = (&config.user, config.mode.as_deref()) {
+            errors.push(
+                user.span(),
+                "`user` needs master mode: in single mode the process that serves also binds new addresses and starts the next version, so it cannot give up its privileges",
+            );
         }
 
         // A signal cannot both reload and stop the service.
@@ -390,6 +413,38 @@ fn path(key: &Ident, value: &RawValue, errors: &mut Errors) -> Option<syn::LitSt
             None
         }
     }
+}
+
+/// A user or group, by name or number; never root, whose workers would keep
+/// every privilege.
+fn account(
+    key: &Ident,
+    value: &RawValue,
+    example: &str,
+    errors: &mut Errors,
+) -> Option<syn::LitStr> {
+    let RawValue::Str(lit) = value else {
+        errors.push(
+            value.span(),
+            format!(
+                "`{key}` takes a name or a number like \"{example}\", not {}",
+                value.kind()
+            ),
+        );
+        return None;
+    };
+    match lit.value().as_str() {
+        "" => errors.push(
+            lit.span(),
+            format!("`{key}` needs a name or a number, not an empty string"),
+        ),
+        "root" | "0" if key == "user" => errors.push(
+            lit.span(),
+            "`user` names an unprivileged user: workers that run as root keep every privilege; leave `user` out to keep the master's",
+        ),
+        _ => return Some(lit.clone()),
+    }
+    None
 }
 
 /// Parses `"20s"`, `"500ms"`, `"1m30s"`, `"4h"` into milliseconds.

@@ -153,6 +153,12 @@ fn bootstrap(func: &ItemFn, config: &Config) -> TokenStream {
     if let Some(path) = &config.control_socket {
         builder.extend(quote! { .control_socket(#path) });
     }
+    if let Some(user) = &config.user {
+        builder.extend(quote! { .user(#user) });
+    }
+    if let Some(group) = &config.group {
+        builder.extend(quote! { .group(#group) });
+    }
 
     quote! {
         #(#attrs)*

@@ -40,6 +40,11 @@ pub(crate) const ENV_WATCH: &str = "GRACEFUL_WATCH";
 /// The environment variable that overrides `upgrade_master` set in code.
 pub(crate) const ENV_UPGRADE_MASTER: &str = "GRACEFUL_UPGRADE_MASTER";
 
+/// The environment variables that override `user` and `group` set in code
+/// (an empty value turns the option off).
+pub(crate) const ENV_USER: &str = "GRACEFUL_USER";
+pub(crate) const ENV_GROUP: &str = "GRACEFUL_GROUP";
+
 /// The environment variable that overrides the mode set in code.
 pub(crate) const ENV_MODE: &str = "GRACEFUL_MODE";
 
@@ -90,6 +95,10 @@ pub(crate) struct Config {
     pub(crate) watchdog: Option<Duration>,
     /// The master re-executes itself into the new build after a reload.
     pub(crate) upgrade_master: bool,
+    /// The user workers serve as, by name or uid (`privilege.rs`).
+    pub(crate) user: Option<String>,
+    /// Their group, by name or gid; `None`: the user's own.
+    pub(crate) group: Option<String>,
 }
 
 /// What one connection may cost: the limits a hostile client meets.
@@ -131,6 +140,8 @@ pub(crate) struct Options {
     pub(crate) control_socket: Option<PathBuf>,
     pub(crate) watchdog: Option<Duration>,
     pub(crate) upgrade_master: bool,
+    pub(crate) user: Option<String>,
+    pub(crate) group: Option<String>,
 }
 
 impl Default for Options {
@@ -153,6 +164,8 @@ impl Default for Options {
             control_socket: None,
             watchdog: None,
             upgrade_master: true,
+            user: None,
+            group: None,
         }
     }
 }
@@ -220,6 +233,9 @@ impl Options {
         {
             return Err(Error::SignalConflict { signal: *signal });
         }
+        let user = name("user", ENV_USER, std::env::var_os(ENV_USER), self.user)?;
+        let group = name("group", ENV_GROUP, std::env::var_os(ENV_GROUP), self.group)?;
+        identity_options(user.as_deref(), group.as_deref())?;
         Ok(Config {
             stop_timeout: self.stop_timeout,
             ready_timeout: self.ready_timeout,
@@ -244,8 +260,62 @@ impl Options {
             watchdog: self.watchdog,
             watch: switch("watch", ENV_WATCH, self.watch)?,
             upgrade_master: switch("upgrade_master", ENV_UPGRADE_MASTER, self.upgrade_master)?,
+            user,
+            group,
         })
     }
+}
+
+/// A user or group option: `var` in the environment overrides the value set
+/// in code, and an empty value turns it off. An empty name set in code, or a
+/// variable that is not UTF-8, is an error.
+fn name(
+    option: &'static str,
+    var: &str,
+    value: Option<std::ffi::OsString>,
+    in_code: Option<String>,
+) -> Result<Option<String>, Error> {
+    match value {
+        None => match in_code {
+            Some(name) if name.is_empty() => Err(Error::InvalidOption {
+                option,
+                reason: "an empty name; name a user or group, or leave the option unset".into(),
+            }),
+            other => Ok(other),
+        },
+        Some(value) if value.is_empty() => Ok(None),
+        Some(value) => match value.into_string() {
+            Ok(name) => Ok(Some(name)),
+            Err(value) => Err(Error::InvalidOption {
+                option,
+                reason: format!("{var}={value:?} is not UTF-8"),
+            }),
+        },
+    }
+}
+
+/// `group` needs `user`, and both need Linux.
+fn identity_options(user: Option<&str>, group: Option<&str>) -> Result<(), Error> {
+    if let (None, Some(group)) = (user, group) {
+        return Err(Error::InvalidOption {
+            option: "group",
+            reason: format!(
+                "{group:?} is set without user: a worker that keeps the master's user keeps its \
+                 groups too; set user as well"
+            ),
+        });
+    }
+    #[cfg(not(target_os = "linux"))]
+    if let Some(user) = user {
+        return Err(Error::InvalidOption {
+            option: "user",
+            reason: format!(
+                "{user:?}: serving as another user is implemented on Linux only; start the \
+                 service as that user instead"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// An on/off option: `var` in the environment (`1`/`true`, `0`/`false`)
@@ -410,6 +480,60 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn user_and_group_come_from_code_or_their_variable() {
+        use std::ffi::OsString;
+        let user = |var: Option<&str>, code: Option<&str>| {
+            name(
+                "user",
+                "GRACEFUL_USER",
+                var.map(OsString::from),
+                code.map(str::to_string),
+            )
+        };
+        assert_eq!(user(None, None).unwrap(), None);
+        assert_eq!(user(None, Some("www")).unwrap().as_deref(), Some("www"));
+        assert_eq!(
+            user(Some("app"), Some("www")).unwrap().as_deref(),
+            Some("app")
+        );
+        assert_eq!(user(Some("app"), None).unwrap().as_deref(), Some("app"));
+        // An empty variable turns the option off; an empty name in code is
+        // a mistake.
+        assert_eq!(user(Some(""), Some("www")).unwrap(), None);
+        assert_eq!(
+            user(None, Some("")).unwrap_err().to_string(),
+            "invalid option user: an empty name; name a user or group, or leave the option unset"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStringExt;
+            let bad = name(
+                "group",
+                "GRACEFUL_GROUP",
+                Some(OsString::from_vec(vec![0xff])),
+                None,
+            );
+            assert_eq!(
+                bad.unwrap_err().to_string(),
+                "invalid option group: GRACEFUL_GROUP=\"\\xFF\" is not UTF-8"
+            );
+        }
+        assert_eq!(
+            identity_options(None, Some("www")).unwrap_err().to_string(),
+            "invalid option group: \"www\" is set without user: a worker that keeps the \
+             master's user keeps its groups too; set user as well"
+        );
+        assert!(identity_options(None, None).is_ok());
+        #[cfg(target_os = "linux")]
+        assert!(identity_options(Some("www"), Some("www")).is_ok());
+        #[cfg(not(target_os = "linux"))]
+        assert!(identity_options(Some("www"), None)
+            .unwrap_err()
+            .to_string()
+            .contains("Linux only"));
+    }
+
+    #[test]
     fn defaults_are_the_documented_ones() {
         let config = config();
         assert_eq!(config.stop_timeout, Duration::from_secs(20));
@@ -420,6 +544,7 @@ pub(crate) mod tests {
         assert_eq!(config.worker_threads, None);
         assert_eq!(config.mode, Mode::Master);
         assert!(config.upgrade_master);
+        assert_eq!((config.user, config.group), (None, None));
         assert_eq!(
             config.limits,
             Limits {

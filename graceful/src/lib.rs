@@ -81,6 +81,8 @@ mod notify;
 mod pidfile;
 #[cfg(not(unix))]
 mod portable;
+#[cfg(target_os = "linux")]
+mod privilege;
 mod registration;
 #[cfg(unix)]
 mod role;
@@ -141,6 +143,8 @@ pub use tokio_rustls::rustls;
 /// | `watch = true` | `false` | reload when the executable is replaced; see [`Server::watch`] |
 /// | `control_socket = "/run/app/graceful.sock"` | none | where `graceful reload` and `graceful status` reach the master (`GRACEFUL_CONTROL_SOCKET` overrides it); see [`Server::control_socket`] and [`ctl`] |
 /// | `watchdog = "10s"` | off (under systemd: a quarter of `WatchdogSec=`) | check that the serving worker's runtime answers, and replace it if not; see [`Server::watchdog`] |
+/// | `user = "www-data"` | none | workers serve as this user (name or uid) once they have their listeners; the master stays root (`GRACEFUL_USER` overrides it); see [`Server::user`] |
+/// | `group = "www-data"` | the user's | the group workers serve as, with `user` (`GRACEFUL_GROUP` overrides it); see [`Server::group`] |
 /// | `upgrade_master = false` | `true` | whether a reload also re-executes the master in place, so the new build's code and options apply (`GRACEFUL_UPGRADE_MASTER` overrides it); see [`Server::upgrade_master`] |
 ///
 /// Durations are written like `"500ms"`, `"20s"`, `"1m30s"` or `"4h"`.

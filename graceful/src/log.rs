@@ -180,6 +180,15 @@ fn journal() -> bool {
     false
 }
 
+/// Opens what the writer needs while this process may still open it: a
+/// worker that gives up its privileges may not reopen a stderr pipe owned by
+/// root afterwards.
+#[cfg(target_os = "linux")]
+pub(crate) fn prepare() {
+    journal();
+    sink();
+}
+
 /// How stderr is written without blocking.
 #[cfg(unix)]
 enum Sink {

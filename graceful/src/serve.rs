@@ -74,6 +74,13 @@ pub(crate) trait Adapter {
     /// stops this process. `started` is when the process began to start.
     async fn ready(&mut self, config: &Config, started: Instant) -> Result<(), StartError>;
 
+    /// Every listener is had and not yet served: the last moment before a
+    /// client can reach this process (a worker gives up its privileges
+    /// here).
+    fn confine(&mut self) -> Result<(), StartError> {
+        Ok(())
+    }
+
     /// Reports a failed start where it belongs; returns the error [`run`]
     /// returns.
     fn fail(&self, error: StartError) -> Error;
@@ -122,6 +129,7 @@ where
         let served = acquire(registrations, &mut adapter)
             .await
             .map_err(|e| adapter.fail(e))?;
+        adapter.confine().map_err(|e| adapter.fail(e))?;
         let accepting = start_serving(served, config);
         adapter
             .ready(config, started)

@@ -200,6 +200,43 @@ impl Server {
         self
     }
 
+    /// Workers serve as this user, given by name or uid, while the master
+    /// stays as it was started (root). Each worker runs `main` and takes its
+    /// listeners with the master's privileges, so root-only files (a TLS
+    /// key, a configuration) can be read there. Before it accepts a
+    /// connection or reports ready, it sets its supplementary groups to the
+    /// user's (none for a uid with no entry in the user database), its gid
+    /// to [`group`](Server::group) or the user's, and its real, effective
+    /// and saved uids to the user's, on every thread; `no_new_privs` is set
+    /// at its start. If it could take root back (`setuid(0)` succeeds), it
+    /// aborts.
+    ///
+    /// The master checks at its start that the user exists, is not root,
+    /// and can be taken: the master must be root, or already that user. The
+    /// option needs master mode and Linux. `GRACEFUL_USER` in the
+    /// environment overrides it; an empty value turns it off.
+    ///
+    /// ```no_run
+    /// # async fn hello(_: http::Request<hyper::body::Incoming>) -> Result<http::Response<String>, std::convert::Infallible> { todo!() }
+    /// graceful::Server::new()
+    ///     .user("www-data")
+    ///     .register(":443", hello)
+    ///     .run_and_exit(|| async {});
+    /// ```
+    pub fn user(mut self, user: impl Into<String>) -> Server {
+        self.options.user = Some(user.into());
+        self
+    }
+
+    /// The group workers serve as, by name or gid, with
+    /// [`user`](Server::user) (which it needs); by default the user's
+    /// primary group. `GRACEFUL_GROUP` in the environment overrides it; an
+    /// empty value turns it off.
+    pub fn group(mut self, group: impl Into<String>) -> Server {
+        self.options.group = Some(group.into());
+        self
+    }
+
     /// Master/worker processes (the default) or a single process; see
     /// [`Mode`]. The environment variable `GRACEFUL_MODE` overrides it.
     pub fn mode(mut self, mode: Mode) -> Server {

@@ -146,6 +146,16 @@ where
             });
         }
     }
+    if let Some(user) = &config.user {
+        return Err(Error::InvalidOption {
+            option: "user",
+            reason: format!(
+                "{user:?}: single mode cannot serve as another user, since the process that \
+                 serves also binds new addresses and starts the next version; use master mode \
+                 (the default), whose master keeps the privileges"
+            ),
+        });
+    }
     // Before anything else: what systemd and the predecessor passed.
     let (listeners, generation, predecessor) = match predecessor {
         None => {

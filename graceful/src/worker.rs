@@ -12,6 +12,8 @@ use tokio::sync::oneshot;
 use crate::addr::ListenRequest;
 use crate::config::Config;
 use crate::control::{self, Channel, ToMaster, ToWorker};
+#[cfg(target_os = "linux")]
+use crate::privilege::Identity;
 use crate::registration::{MainOutput, Registration};
 use crate::role::Parent;
 use crate::serve::{self, Adapter, Listener, StartError};
@@ -74,12 +76,31 @@ where
     Fut::Output: MainOutput,
 {
     crate::log::set_generation(parent.generation);
-    let worker = Worker {
+    #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
+    let mut worker = Worker {
         generation: parent.generation,
         control: Control::Raw(parent.control),
         master_upgrades: parent.master_upgrades,
+        #[cfg(target_os = "linux")]
+        identity: None,
     };
+    #[cfg(target_os = "linux")]
+    match identity(config) {
+        Ok(identity) => worker.identity = identity,
+        Err(e) => return Err(worker.fail(StartError::Setup(e))),
+    }
     serve::run(config, registrations, main, worker)
+}
+
+/// The identity this worker will serve as, looked up before any thread
+/// exists, with `execve` locked for every thread to come.
+#[cfg(target_os = "linux")]
+fn identity(config: &Config) -> Result<Option<Identity>, Error> {
+    let Some(identity) = Identity::resolve(config)? else {
+        return Ok(None);
+    };
+    crate::privilege::lock_exec()?;
+    Ok(Some(identity))
 }
 
 struct Worker {
@@ -87,6 +108,10 @@ struct Worker {
     control: Control,
     /// The master asked which of its states this build can take over.
     master_upgrades: bool,
+    /// The `user` and `group` this worker serves as, once it has its
+    /// listeners.
+    #[cfg(target_os = "linux")]
+    identity: Option<Identity>,
 }
 
 /// The control socket: as inherited until the runtime takes it.
@@ -149,6 +174,16 @@ impl Adapter for Worker {
             }
         };
         serve::to_listener(fd).map_err(|e| format!("cannot use the listener: {e}"))
+    }
+
+    #[cfg(target_os = "linux")]
+    fn confine(&mut self) -> Result<(), StartError> {
+        if let Some(identity) = &self.identity {
+            // The log's writer opens stderr anew: while it still may.
+            crate::log::prepare();
+            identity.assume()?;
+        }
+        Ok(())
     }
 
     async fn ready(&mut self, _config: &Config, started: Instant) -> Result<(), StartError> {

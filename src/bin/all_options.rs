@@ -37,7 +37,9 @@ async fn handle(req: Request<Incoming>) -> Result<Response<String>, Infallible> 
     max_header_size = 16384,
     max_draining = 2,
     control_socket = "all-options.sock",
-    watchdog = "2s"
+    watchdog = "2s",
+    user = "graceful-test",
+    group = "graceful-test-extra"
 )]
 async fn main() {
     if let Some(path) = std::env::var_os("ALL_OPTIONS_HANG_IF_EXISTS") {

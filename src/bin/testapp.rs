@@ -15,7 +15,11 @@
 //!   role (`GRACEFUL_ROLE=check`), wait that long first, so that a test can
 //!   send signals while the master waits to re-execute.
 //! - `TESTAPP_WATCHDOG_MS`: the `watchdog` option. (`control_socket` is set
-//!   with `GRACEFUL_CONTROL_SOCKET`.)
+//!   with `GRACEFUL_CONTROL_SOCKET`, `user` and `group` with `GRACEFUL_USER`
+//!   and `GRACEFUL_GROUP`.)
+//! - `TESTAPP_EXTRA_THREADS=1`: `main` starts a thread of its own and a
+//!   thread of the runtime's blocking pool, both still alive when the worker
+//!   starts serving.
 //!
 //! `GRACEFUL_MODE=single` runs it in single-process mode.
 //!
@@ -26,7 +30,9 @@
 //! `/panic` (the handler panics), `/error` (the handler returns `Err`), `/abort` (the worker aborts), `/stream`
 //! (ticks until `graceful::shutdown_signal()`, then `event: bye`), `/upgrade`
 //! (an upgraded connection that ends on `shutdown_signal()`, or never with
-//! `?stubborn`).
+//! `?stubborn`), `/open?PATH` (reads the file at PATH; answers its size or
+//! the error), `/signal-master` (checks with signal 0 whether this process
+//! may signal its parent; answers `allowed` or the error).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -146,6 +152,20 @@ async fn handle_text(req: Request<Incoming>) -> Result<Response<String>, Infalli
                 String::from_utf8_lossy(&out.stdout).into_owned(),
             ))
         }
+        "/open" => {
+            let path = req.uri().query().unwrap_or_default();
+            Ok(Response::new(match std::fs::read(path) {
+                Ok(bytes) => format!("read {} bytes\n", bytes.len()),
+                Err(e) => format!("error: {e}\n"),
+            }))
+        }
+        "/signal-master" => {
+            let parent = nix::unistd::Pid::parent();
+            Ok(Response::new(match nix::sys::signal::kill(parent, None) {
+                Ok(()) => format!("allowed to signal {parent}\n"),
+                Err(e) => format!("error: {e}\n"),
+            }))
+        }
         "/panic" => panic!("handler panicked on purpose"),
         "/abort" => std::process::abort(),
         "/reload" => match graceful::reload() {
@@ -191,6 +211,18 @@ async fn app() -> Result<(), String> {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
         }
+    }
+    if std::env::var_os("TESTAPP_EXTRA_THREADS").is_some() {
+        std::thread::Builder::new()
+            .name("testapp-own".into())
+            .spawn(|| loop {
+                std::thread::park();
+            })
+            .expect("start a thread");
+        // The blocking pool keeps an idle thread for 10 s.
+        tokio::task::spawn_blocking(|| ())
+            .await
+            .expect("run on the blocking pool");
     }
     match (
         std::env::var_os("TESTAPP_TLS_CERT"),

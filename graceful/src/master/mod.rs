@@ -150,6 +150,9 @@ fn watchdog_config(config: &Config, notify: Option<&Notifier>) -> Option<Watchdo
 
 /// Runs the master until the service has stopped.
 pub(crate) fn run(config: Config) -> Result<(), Error> {
+    // A user that does not exist, or cannot be taken, stops the start.
+    #[cfg(target_os = "linux")]
+    let identity = crate::privilege::check_master(&config)?;
     // Before anything else: the activated sockets and their variables.
     let activated = activation::take();
     let raised = crate::fd::raise_open_file_limit();
@@ -167,6 +170,14 @@ pub(crate) fn run(config: Config) -> Result<(), Error> {
     );
     if let Some((soft, hard)) = raised {
         log!("raised the limit on open files from {soft} to {hard} (the hard limit)");
+    }
+    #[cfg(target_os = "linux")]
+    if let Some(identity) = identity {
+        log!(
+            "workers serve as {identity}, with no_new_privs, once they have their listeners; \
+             the master keeps uid {}",
+            nix::unistd::geteuid()
+        );
     }
     if let Some(path) = &config.pid_file {
         pidfile::write(path, std::process::id())?;

@@ -1,0 +1,2 @@
+#[graceful::main(user = "www-data", group = "")]
+async fn main() {}

@@ -1,0 +1,2 @@
+#[graceful::main(group = "www-data")]
+async fn main() {}

@@ -1,0 +1,2 @@
+#[graceful::main(mode = "single", user = "www-data")]
+async fn main() {}

@@ -1,0 +1,2 @@
+#[graceful::main(user = "root")]
+async fn main() {}

@@ -1,0 +1,2 @@
+#[graceful::main(user = 33)]
+async fn main() {}
