@@ -39,6 +39,10 @@
 //!   the files, send SIGHUP".
 //! - [`shutdown_signal()`] for handlers that hold connections open
 //!   (WebSocket, server-sent events).
+//! - Least privilege on Linux: with `#[graceful::main(user = "www-data")]`
+//!   the master stays root, and each worker gives up root on every thread
+//!   once it has run `main` and received its listeners, before it serves
+//!   anyone. See [`Server::user`].
 //! - Single-process mode, with no master: `#[graceful::main(mode = "single")]`
 //!   or `GRACEFUL_MODE=single`. See [`Mode`] for the trade-offs.
 //! - On non-Unix targets the crate serves in one process without reloads.
