@@ -289,8 +289,11 @@ fn a_stalled_stderr_blocks_neither_requests_nor_signals() {
         .unwrap();
     let writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
     let sock = dir.join("app.sock");
+    let control = dir.join("control.sock");
     let child = std::process::Command::new(testapp())
         .arg(format!("unix:{}", sock.display()))
+        .env("GRACEFUL_CONTROL_SOCKET", &control)
+        .env("TESTAPP_CHECK_DELAY_MS", "1000")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(writer)
@@ -344,9 +347,25 @@ fn a_stalled_stderr_blocks_neither_requests_nor_signals() {
         assert!(Instant::now() < deadline, "the reload never finished");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Room again: the next line says how many could not be written.
+    // Room again. The master upgrades itself in place after the reload,
+    // once its new executable has answered a check held for 1 s: the pipe
+    // is drained meanwhile, so the lines the old image could not write are
+    // reported by the new image only if they are carried across the exec.
     let mut drained = Vec::new();
     let _ = reader.read_to_end(&mut drained);
+    let deadline = Instant::now() + T;
+    loop {
+        let (_, status, _) = graceful_dev::graceful_command(&["status", control.to_str().unwrap()]);
+        if status.contains("1 upgrade(s) in place") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the master never upgraded:\n{status}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The next line says how many could not be written.
     kill(master, Signal::SIGHUP).unwrap();
     let deadline = Instant::now() + T;
     let mut text = String::new();

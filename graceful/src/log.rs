@@ -120,6 +120,19 @@ fn prefix(level: Level) -> String {
     }
 }
 
+/// Lines not written and not yet reported, for a master's state.
+#[cfg(unix)]
+pub(crate) fn lost_lines() -> u64 {
+    LOST.load(Ordering::Relaxed)
+}
+
+/// Lines a master's previous image could not write: reported with the next
+/// line this one writes.
+#[cfg(unix)]
+pub(crate) fn add_lost_lines(lines: u64) {
+    LOST.fetch_add(lines, Ordering::Relaxed);
+}
+
 /// Writes one line, whole or not at all, without blocking.
 fn write_line(level: Level, text: String) {
     let mut text = prefix(level) + &text;

@@ -116,6 +116,11 @@ pub(crate) struct MasterState {
     pub(crate) watch_fd: Option<i32>,
     pub(crate) children: Vec<ChildState>,
     pub(crate) core: CoreState,
+    /// Log lines the writer could not write and has not yet reported
+    /// (stderr was not being read): the reader reports them with its next
+    /// line that can be written. Absent in a state from before this field.
+    #[serde(default)]
+    pub(crate) lost_log_lines: u64,
 }
 
 /// Who the master is, for `graceful status` and the upgrade's log line.
@@ -583,6 +588,7 @@ pub(crate) mod tests {
                 }],
                 changed: None,
             },
+            lost_log_lines: 3,
         }
     }
 
@@ -592,6 +598,16 @@ pub(crate) mod tests {
         let bytes = state.encode();
         assert!(bytes.starts_with(b"graceful-master-state 1\n"));
         assert_eq!(MasterState::decode(&bytes).unwrap(), state);
+    }
+
+    #[test]
+    fn a_state_without_the_lost_line_count_reads_as_none_lost() {
+        let mut state = sample();
+        let text = String::from_utf8(state.encode()).unwrap();
+        let older = text.replace(",\"lost_log_lines\":3", "");
+        assert_ne!(older, text);
+        state.lost_log_lines = 0;
+        assert_eq!(MasterState::decode(older.as_bytes()).unwrap(), state);
     }
 
     #[test]

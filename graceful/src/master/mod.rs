@@ -252,6 +252,8 @@ pub(crate) fn resume(config: Config, pipe: OwnedFd) -> Result<(), Error> {
     let state = upgrade::read_state(pipe).map_err(|reason| Error::StartFailed {
         reason: format!("the master cannot resume after its upgrade: {reason}"),
     })?;
+    // Lines the old image could not write are reported by this one.
+    crate::log::add_lost_lines(state.lost_log_lines);
     let now = Instant::now();
     let clock = Clock::reader(now, state.written_us);
     let previous: Vec<Signal> = state
@@ -545,6 +547,8 @@ impl Master {
                 })
                 .collect(),
             core: self.core.export(clock),
+            // Read, not taken: if the exec fails, this image reports them.
+            lost_log_lines: crate::log::lost_lines(),
         }
     }
 
