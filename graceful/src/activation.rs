@@ -27,16 +27,28 @@ pub(crate) struct Activated {
 pub(crate) enum Local {
     Tcp(SocketAddr),
     Unix(PathBuf),
+    /// A UDP socket.
+    Udp(SocketAddr),
+    /// A Unix datagram socket bound at a path.
+    Unixgram(PathBuf),
     Other,
 }
 
 impl Local {
     /// Where the socket `fd` listens; an error if it is not a socket.
     pub(crate) fn of(fd: BorrowedFd<'_>) -> std::io::Result<Local> {
-        let addr = socket2::SockRef::from(&fd).local_addr()?;
-        Ok(match (addr.as_socket(), addr.as_pathname()) {
-            (Some(tcp), _) => Local::Tcp(tcp),
-            (None, Some(path)) => Local::Unix(path.to_path_buf()),
+        let socket = socket2::SockRef::from(&fd);
+        let addr = socket.local_addr()?;
+        let datagram = match socket.r#type()? {
+            socket2::Type::STREAM => false,
+            socket2::Type::DGRAM => true,
+            _ => return Ok(Local::Other),
+        };
+        Ok(match (addr.as_socket(), addr.as_pathname(), datagram) {
+            (Some(ip), _, false) => Local::Tcp(ip),
+            (Some(ip), _, true) => Local::Udp(ip),
+            (None, Some(path), false) => Local::Unix(path.to_path_buf()),
+            (None, Some(path), true) => Local::Unixgram(path.to_path_buf()),
             _ => Local::Other,
         })
     }
@@ -45,24 +57,30 @@ impl Local {
         match self {
             Local::Tcp(addr) => addr.to_string(),
             Local::Unix(path) => format!("unix:{}", path.display()),
+            Local::Udp(addr) => format!("udp:{addr}"),
+            Local::Unixgram(path) => format!("unixgram:{}", path.display()),
             Local::Other => "?".into(),
         }
     }
 
+    /// A datagram socket: UDP or Unix datagram.
+    pub(crate) fn is_datagram(&self) -> bool {
+        matches!(self, Local::Udp(_) | Local::Unixgram(_))
+    }
+
     /// Whether a `register!` address means this socket.
     pub(crate) fn matches(&self, addr: &ListenAddr) -> bool {
-        match (self, addr) {
-            (Local::Tcp(local), ListenAddr::Tcp { host: None, port }) => {
-                *port != 0 && local.port() == *port && local.ip().is_unspecified()
+        let ip_matches = |local: &SocketAddr, host: &Option<String>, port: u16| match host {
+            None => port != 0 && local.port() == port && local.ip().is_unspecified(),
+            Some(host) => {
+                port != 0 && local.port() == port && host.parse().ok() == Some(local.ip())
             }
-            (
-                Local::Tcp(local),
-                ListenAddr::Tcp {
-                    host: Some(host),
-                    port,
-                },
-            ) => *port != 0 && local.port() == *port && host.parse().ok() == Some(local.ip()),
-            (Local::Unix(local), ListenAddr::Unix(path)) => local == path,
+        };
+        match (self, addr) {
+            (Local::Tcp(local), ListenAddr::Tcp { host, port })
+            | (Local::Udp(local), ListenAddr::Udp { host, port }) => ip_matches(local, host, *port),
+            (Local::Unix(local), ListenAddr::Unix(path))
+            | (Local::Unixgram(local), ListenAddr::Unixgram(path)) => local == path,
             _ => false,
         }
     }
@@ -188,6 +206,22 @@ mod tests {
         assert!(!unix.matches(&tcp(":8080")));
         assert!(!lo.matches(&tcp("unix:/run/app.sock")));
         assert!(!Local::Other.matches(&tcp(":8080")));
+        // Datagram sockets are meant by datagram addresses only.
+        let udp = Local::Udp("0.0.0.0:5353".parse().unwrap());
+        assert!(udp.matches(&tcp("udp::5353")));
+        assert!(!udp.matches(&tcp(":5353")));
+        assert!(!udp.matches(&tcp("udp::0")));
+        assert!(!any.matches(&tcp("udp::8080")));
+        let udp_lo = Local::Udp("127.0.0.1:5353".parse().unwrap());
+        assert!(udp_lo.matches(&tcp("udp:127.0.0.1:5353")));
+        assert!(!udp_lo.matches(&tcp("udp::5353")));
+        let gram = Local::Unixgram("/run/app.sock".into());
+        assert!(gram.matches(&tcp("unixgram:/run/app.sock")));
+        assert!(!gram.matches(&tcp("unix:/run/app.sock")));
+        assert!(!unix.matches(&tcp("unixgram:/run/app.sock")));
+        assert!(udp.is_datagram() && gram.is_datagram() && !unix.is_datagram());
+        assert_eq!(udp.describe(), "udp:0.0.0.0:5353");
+        assert_eq!(gram.describe(), "unixgram:/run/app.sock");
     }
 
     #[test]
@@ -200,6 +234,18 @@ mod tests {
         let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
         assert_eq!(Local::of(unix.as_fd()).unwrap(), Local::Unix(path.clone()));
         std::fs::remove_file(&path).unwrap();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let at = udp.local_addr().unwrap();
+        assert_eq!(Local::of(udp.as_fd()).unwrap(), Local::Udp(at));
+        let gram = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        assert_eq!(
+            Local::of(gram.as_fd()).unwrap(),
+            Local::Unixgram(path.clone())
+        );
+        std::fs::remove_file(&path).unwrap();
+        let seqpacket =
+            socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None).unwrap();
+        assert_eq!(Local::of(seqpacket.as_fd()).unwrap(), Local::Other);
         let (unnamed, _) = std::os::unix::net::UnixStream::pair().unwrap();
         assert_eq!(Local::of(unnamed.as_fd()).unwrap(), Local::Other);
         assert_eq!(Local::Other.describe(), "?");

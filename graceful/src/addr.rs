@@ -4,7 +4,9 @@
 //!
 //! Accepted forms: `"127.0.0.1:8080"`, `"[::1]:8080"`, `":8080"` (every
 //! interface, IPv4 and IPv6, as in Go), `"localhost:8080"`, port `0`, and
-//! `"unix:/path/to.sock"`.
+//! `"unix:/path/to.sock"`; for datagram handlers the same behind `udp:`
+//! (`"udp:127.0.0.1:5353"`, `"udp:[::1]:5353"`, `"udp::5353"`), and
+//! `"unixgram:/path/to.sock"`.
 
 use std::fmt;
 use std::io;
@@ -90,9 +92,9 @@ impl ListenRequest {
                 addr: addr.to_string(),
                 reason,
             };
-            if !matches!(parsed, ListenAddr::Unix(_)) {
+            if !matches!(parsed, ListenAddr::Unix(_) | ListenAddr::Unixgram(_)) {
                 return Err(invalid(
-                    "unix_mode applies to \"unix:\" addresses only".into(),
+                    "unix_mode applies to \"unix:\" and \"unixgram:\" addresses only".into(),
                 ));
             }
             if mode > 0o7777 {
@@ -115,6 +117,10 @@ pub(crate) enum ListenAddr {
     Tcp { host: Option<String>, port: u16 },
     /// A Unix domain stream socket at a path.
     Unix(PathBuf),
+    /// UDP, for a datagram handler; `host == None` means every interface.
+    Udp { host: Option<String>, port: u16 },
+    /// A Unix domain datagram socket at a path, for a datagram handler.
+    Unixgram(PathBuf),
     /// A socket passed by systemd socket activation, by its `FileDescriptorName=`.
     Systemd(String),
 }
@@ -138,11 +144,14 @@ impl ListenAddr {
             }
             return Ok(ListenAddr::Systemd(name.to_string()));
         }
-        if let Some(path) = addr.strip_prefix("unix:") {
+        for (prefix, datagram) in [("unix:", false), ("unixgram:", true)] {
+            let Some(path) = addr.strip_prefix(prefix) else {
+                continue;
+            };
             if path.is_empty() {
-                return Err(invalid(
-                    "`unix:` needs a path, as in \"unix:/run/app.sock\"".into(),
-                ));
+                return Err(invalid(format!(
+                    "`{prefix}` needs a path, as in \"{prefix}/run/app.sock\""
+                )));
             }
             if path.len() > UNIX_PATH_MAX {
                 return Err(invalid(format!(
@@ -153,9 +162,30 @@ impl ListenAddr {
             if path.contains('\0') {
                 return Err(invalid("the socket path contains a NUL byte".into()));
             }
-            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+            let path = PathBuf::from(path);
+            return Ok(if datagram {
+                ListenAddr::Unixgram(path)
+            } else {
+                ListenAddr::Unix(path)
+            });
         }
-        let Some((host, port)) = addr.rsplit_once(':') else {
+        if let Some(rest) = addr.strip_prefix("udp:") {
+            return match ListenAddr::parse_host_port(rest, addr)? {
+                ListenAddr::Tcp { host, port } => Ok(ListenAddr::Udp { host, port }),
+                _ => unreachable!("parse_host_port makes a TCP address"),
+            };
+        }
+        ListenAddr::parse_host_port(addr, addr)
+    }
+
+    /// `host:port`, `[v6]:port` or `:port` in `text`; errors name `addr`,
+    /// the whole address as written.
+    fn parse_host_port(text: &str, addr: &str) -> Result<ListenAddr, Error> {
+        let invalid = |reason: String| Error::InvalidAddress {
+            addr: addr.to_string(),
+            reason,
+        };
+        let Some((host, port)) = text.rsplit_once(':') else {
             return Err(invalid(
                 "missing port; write \"host:port\" or \":port\"".into(),
             ));
@@ -206,19 +236,36 @@ impl ListenAddr {
                 host: Some(host),
                 port,
             } => resolve(host, *port)?.to_string(),
-            ListenAddr::Unix(_) | ListenAddr::Systemd(_) => self.to_string(),
+            ListenAddr::Udp { host: None, port } => format!("udp::{port}"),
+            ListenAddr::Udp {
+                host: Some(host),
+                port,
+            } => format!("udp:{}", resolve(host, *port)?),
+            ListenAddr::Unix(_) | ListenAddr::Unixgram(_) | ListenAddr::Systemd(_) => {
+                self.to_string()
+            }
         })
+    }
+
+    /// Whether this is an address for a datagram handler.
+    pub(crate) fn is_datagram(&self) -> bool {
+        matches!(self, ListenAddr::Udp { .. } | ListenAddr::Unixgram(_))
     }
 
     /// Binds a new listening socket (CLOEXEC, never SO_REUSEPORT) and returns
     /// it with the address it is bound to.
     pub(crate) fn bind(&self) -> Result<(Socket, String), BindError> {
         match self {
-            ListenAddr::Tcp { host, port } => bind_tcp(host.as_deref(), *port),
+            ListenAddr::Tcp { host, port } => bind_ip(host.as_deref(), *port, Type::STREAM),
+            ListenAddr::Udp { host, port } => bind_ip(host.as_deref(), *port, Type::DGRAM),
             #[cfg(unix)]
-            ListenAddr::Unix(path) => bind_unix(path),
+            ListenAddr::Unix(path) => bind_unix(path, Type::STREAM),
+            #[cfg(unix)]
+            ListenAddr::Unixgram(path) => bind_unix(path, Type::DGRAM),
             #[cfg(not(unix))]
-            ListenAddr::Unix(path) => Err(BindError::UnixUnsupported { path: path.clone() }),
+            ListenAddr::Unix(path) | ListenAddr::Unixgram(path) => {
+                Err(BindError::UnixUnsupported { path: path.clone() })
+            }
             ListenAddr::Systemd(name) => Err(BindError::NoSystemdSocket { name: name.clone() }),
         }
     }
@@ -236,25 +283,45 @@ impl fmt::Display for ListenAddr {
                 host: Some(h),
                 port,
             } => write!(f, "{h}:{port}"),
+            ListenAddr::Udp { host, port } => {
+                let tcp = ListenAddr::Tcp {
+                    host: host.clone(),
+                    port: *port,
+                };
+                write!(f, "udp:{tcp}")
+            }
             ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+            ListenAddr::Unixgram(path) => write!(f, "unixgram:{}", path.display()),
             ListenAddr::Systemd(name) => write!(f, "systemd:{name}"),
         }
     }
 }
 
-fn listen_on(domain: Domain, addr: &SockAddr, v6_only: Option<bool>) -> io::Result<Socket> {
+/// A socket of `kind` bound at `addr`: a stream socket listens, a datagram
+/// socket is ready to receive.
+fn listen_on(
+    domain: Domain,
+    kind: Type,
+    addr: &SockAddr,
+    v6_only: Option<bool>,
+) -> io::Result<Socket> {
     // socket2 sets close-on-exec (atomically where the system can, as on
     // Linux) and, on Windows, makes the socket non-inheritable.
-    let socket = Socket::new(domain, Type::STREAM, None)?;
+    let socket = Socket::new(domain, kind, None)?;
     if let Some(only) = v6_only {
         socket.set_only_v6(only)?;
     }
-    if domain != Domain::UNIX {
-        // Lets a restarted service bind while old connections sit in TIME_WAIT.
+    let stream = kind == Type::STREAM;
+    if stream && domain != Domain::UNIX {
+        // Lets a restarted service bind while old connections sit in
+        // TIME_WAIT. Never on UDP, where it would let a second socket bind
+        // the same port and share its datagrams.
         socket.set_reuse_address(true)?;
     }
     socket.bind(addr)?;
-    socket.listen(BACKLOG)?;
+    if stream {
+        socket.listen(BACKLOG)?;
+    }
     Ok(socket)
 }
 
@@ -287,7 +354,9 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr, BindError> {
     })
 }
 
-fn bind_tcp(host: Option<&str>, port: u16) -> Result<(Socket, String), BindError> {
+/// A TCP listener or a UDP socket at `host:port`, and the address it is
+/// bound to, as the listener table names it (`udp:` before a UDP one).
+fn bind_ip(host: Option<&str>, port: u16, kind: Type) -> Result<(Socket, String), BindError> {
     let bind_error = |addr: &SocketAddr, source| BindError::Bind {
         addr: addr.to_string(),
         source,
@@ -297,11 +366,12 @@ fn bind_tcp(host: Option<&str>, port: u16) -> Result<(Socket, String), BindError
             // Every interface: one dual-stack socket, or IPv4 only where the
             // machine has no IPv6.
             let any6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
-            match listen_on(Domain::IPV6, &any6.into(), Some(false)) {
+            match listen_on(Domain::IPV6, kind, &any6.into(), Some(false)) {
                 Ok(s) => s,
                 Err(e) if no_ipv6(&e) => {
                     let any4 = SocketAddr::from(([0, 0, 0, 0], port));
-                    listen_on(Domain::IPV4, &any4.into(), None).map_err(|e| bind_error(&any4, e))?
+                    listen_on(Domain::IPV4, kind, &any4.into(), None)
+                        .map_err(|e| bind_error(&any4, e))?
                 }
                 Err(e) => return Err(bind_error(&any6, e)),
             }
@@ -314,7 +384,7 @@ fn bind_tcp(host: Option<&str>, port: u16) -> Result<(Socket, String), BindError
                 Domain::IPV4
             };
             let v6_only = addr.is_ipv6().then_some(true);
-            listen_on(domain, &addr.into(), v6_only).map_err(|e| bind_error(&addr, e))?
+            listen_on(domain, kind, &addr.into(), v6_only).map_err(|e| bind_error(&addr, e))?
         }
     };
     let local = socket
@@ -323,11 +393,14 @@ fn bind_tcp(host: Option<&str>, port: u16) -> Result<(Socket, String), BindError
         .and_then(|a| a.as_socket())
         .map(|a| a.to_string())
         .unwrap_or_else(|| "?".into());
-    Ok((socket, local))
+    let udp = if kind == Type::DGRAM { "udp:" } else { "" };
+    Ok((socket, format!("{udp}{local}")))
 }
 
+/// A Unix stream listener or datagram socket at `path`, replacing a stale
+/// socket file of the same kind there.
 #[cfg(unix)]
-fn bind_unix(path: &Path) -> Result<(Socket, String), BindError> {
+fn bind_unix(path: &Path, kind: Type) -> Result<(Socket, String), BindError> {
     let path_error = |what, source| BindError::Path {
         what,
         path: path.to_path_buf(),
@@ -341,9 +414,15 @@ fn bind_unix(path: &Path) -> Result<(Socket, String), BindError> {
                     path: path.to_path_buf(),
                 });
             }
-            // A socket file is stale if nothing accepts on it any more.
-            match std::os::unix::net::UnixStream::connect(path) {
-                Ok(_) => {
+            // A socket file is stale if nothing accepts or receives on it
+            // any more: a connection of the same kind is refused.
+            let probe = if kind == Type::STREAM {
+                std::os::unix::net::UnixStream::connect(path).map(drop)
+            } else {
+                std::os::unix::net::UnixDatagram::unbound().and_then(|d| d.connect(path))
+            };
+            match probe {
+                Ok(()) => {
                     return Err(BindError::InUse {
                         path: path.to_path_buf(),
                     })
@@ -368,8 +447,13 @@ fn bind_unix(path: &Path) -> Result<(Socket, String), BindError> {
         source,
     };
     let addr = SockAddr::unix(path).map_err(bind_error)?;
-    let socket = listen_on(Domain::UNIX, &addr, None).map_err(bind_error)?;
-    Ok((socket, format!("unix:{}", path.display())))
+    let socket = listen_on(Domain::UNIX, kind, &addr, None).map_err(bind_error)?;
+    let scheme = if kind == Type::STREAM {
+        "unix"
+    } else {
+        "unixgram"
+    };
+    Ok((socket, format!("{scheme}:{}", path.display())))
 }
 
 #[cfg(test)]
@@ -409,6 +493,55 @@ mod tests {
     }
 
     #[test]
+    fn parses_the_datagram_forms() {
+        let udp = |host: Option<&str>, port| ListenAddr::Udp {
+            host: host.map(str::to_string),
+            port,
+        };
+        for (text, parsed) in [
+            ("udp:127.0.0.1:5353", udp(Some("127.0.0.1"), 5353)),
+            ("udp:[::1]:5353", udp(Some("::1"), 5353)),
+            ("udp::5353", udp(None, 5353)),
+            ("udp:localhost:0", udp(Some("localhost"), 0)),
+        ] {
+            let addr = ListenAddr::parse(text).unwrap();
+            assert_eq!(addr, parsed, "{text}");
+            assert!(addr.is_datagram());
+            assert_eq!(addr.to_string(), text);
+        }
+        let gram = ListenAddr::parse("unixgram:/run/a.sock").unwrap();
+        assert_eq!(gram, ListenAddr::Unixgram("/run/a.sock".into()));
+        assert!(gram.is_datagram());
+        assert_eq!(gram.to_string(), "unixgram:/run/a.sock");
+        assert!(!ListenAddr::parse(":53").unwrap().is_datagram());
+        assert!(!ListenAddr::parse("unix:/a").unwrap().is_datagram());
+        #[cfg(unix)]
+        {
+            // TCP and UDP on one port, or a stream and a datagram socket at
+            // one path, are different sockets.
+            let key = |text: &str| ListenAddr::parse(text).unwrap().key().unwrap();
+            assert_eq!(key("udp::53"), "udp::53");
+            assert_eq!(key("udp:localhost:53"), "udp:127.0.0.1:53");
+            assert_ne!(key("udp::53"), key(":53"));
+            assert_ne!(key("unixgram:/a"), key("unix:/a"));
+        }
+        let reason = |text: &str| ListenAddr::parse(text).unwrap_err().to_string();
+        assert_eq!(
+            reason("udp:"),
+            "invalid address \"udp:\": missing port; write \"host:port\" or \":port\""
+        );
+        assert!(
+            reason("udp:::1:53").contains("brackets"),
+            "{}",
+            reason("udp:::1:53")
+        );
+        assert!(reason("udp:[zz]:53").contains("not an IPv6"));
+        assert!(reason("udp::99999").contains("out of range"));
+        assert!(reason("unixgram:").contains("`unixgram:` needs a path"));
+        assert!(reason(&format!("unixgram:/{}", "a".repeat(200))).contains("limit"));
+    }
+
+    #[test]
     fn rejects_bad_addresses_with_reasons() {
         let reason = |a: &str| match ListenAddr::parse(a) {
             Err(Error::InvalidAddress { addr, reason }) => {
@@ -439,7 +572,14 @@ mod tests {
             Err(Error::InvalidAddress { reason, .. }) => reason,
             other => panic!("{addr}: expected an error, got {other:?}"),
         };
-        assert!(reason(":80", 0o600).contains("\"unix:\" addresses only"));
+        assert!(reason(":80", 0o600).contains("\"unix:\" and \"unixgram:\" addresses only"));
+        assert!(reason("udp::80", 0o600).contains("addresses only"));
+        assert_eq!(
+            ListenRequest::new("unixgram:/a", Some(0o660))
+                .unwrap()
+                .unix_mode,
+            Some(0o660)
+        );
         assert!(reason("unix:/a", 0o10000).contains("not a file mode"));
         let ok = ListenRequest::new("unix:/a", Some(0o7777)).unwrap();
         assert_eq!(ok.unix_mode, Some(0o7777));
@@ -523,6 +663,24 @@ mod tests {
     }
 
     #[test]
+    fn udp_sockets_never_share_their_port() {
+        let (socket, local) = ListenAddr::parse("udp:127.0.0.1:0")
+            .unwrap()
+            .bind()
+            .unwrap();
+        assert_eq!(socket.r#type().unwrap(), Type::DGRAM);
+        assert!(!socket.reuse_address().unwrap());
+        assert!(local.starts_with("udp:127.0.0.1:"), "{local}");
+        let port: u16 = local.rsplit(':').next().unwrap().parse().unwrap();
+        let again = ListenAddr::Udp {
+            host: Some("127.0.0.1".into()),
+            port,
+        };
+        let err = again.bind().unwrap_err().to_string();
+        assert!(err.contains("address already in use"), "{err}");
+    }
+
+    #[test]
     fn binds_port_zero_and_reports_the_port() {
         let (_fd, local) = ListenAddr::parse("127.0.0.1:0").unwrap().bind().unwrap();
         assert!(local.starts_with("127.0.0.1:"));
@@ -572,6 +730,22 @@ mod tests {
             .to_string();
         assert!(err.contains("cannot check whether"), "{err}");
         assert!(dgram.exists());
+        // A datagram socket at a path: a live one is in use, a stale one
+        // is replaced, and a stream listener's file is not taken for one.
+        let gram = ListenAddr::Unixgram(dir.join("g.sock"));
+        let (live, local) = gram.bind().unwrap();
+        assert_eq!(local, format!("unixgram:{}", dir.join("g.sock").display()));
+        assert_eq!(live.r#type().unwrap(), Type::DGRAM);
+        assert!(gram.bind().unwrap_err().to_string().contains("in use"));
+        drop(live);
+        let (_again, _) = gram.bind().unwrap();
+        let stream = ListenAddr::Unix(dir.join("stream.sock"));
+        let (_listener, _) = stream.bind().unwrap();
+        let err = ListenAddr::Unixgram(dir.join("stream.sock"))
+            .bind()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot check whether"), "{err}");
         // A path that cannot be inspected (its parent is a file).
         let under_file = file.join("x.sock");
         let err = ListenAddr::Unix(under_file).bind().unwrap_err().to_string();

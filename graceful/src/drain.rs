@@ -124,6 +124,12 @@ impl Drain {
         self.active.load(Ordering::SeqCst)
     }
 
+    /// Counts as one open connection until the guard is dropped: a
+    /// datagram handler while it runs.
+    pub(crate) fn hold(&'static self) -> Guard {
+        self.track()
+    }
+
     fn track(&'static self) -> Guard {
         self.opened.fetch_add(1, Ordering::SeqCst);
         self.active.fetch_add(1, Ordering::SeqCst);
@@ -143,7 +149,8 @@ impl Drain {
     }
 }
 
-struct Guard(&'static Drain);
+/// One open connection, or a running datagram handler, in the drain's count.
+pub(crate) struct Guard(&'static Drain);
 
 impl Drop for Guard {
     fn drop(&mut self) {

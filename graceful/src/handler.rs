@@ -5,8 +5,10 @@
 //! `hyper::service::Service`, any `tower::Service` (such as `axum::Router`),
 //! and, for any other protocol, a stream handler
 //! `Fn(Connection, Peer) -> Future<Output = ()>` that is given each accepted
-//! connection. A marker type parameter keeps the impls apart, as axum does
-//! for its handlers.
+//! connection; and for datagrams, a handler given the socket itself,
+//! `Fn(tokio::net::UdpSocket)` or `Fn(tokio::net::UnixDatagram)` returning
+//! `Future<Output = ()>`. A marker type parameter keeps the impls apart, as
+//! axum does for its handlers.
 //!
 //! Errors returned by a handler and panics inside one become a 500 response
 //! and a log line; they never take the worker down.
@@ -44,6 +46,31 @@ pub struct Handler {
 enum Kind {
     Http(Arc<dyn Fn(Request<Incoming>) -> BoxFuture + Send + Sync>),
     Stream(Arc<StreamFn>),
+    Udp(Arc<DatagramFn<tokio::net::UdpSocket>>),
+    #[cfg(unix)]
+    Unixgram(Arc<DatagramFn<tokio::net::UnixDatagram>>),
+}
+
+/// A datagram handler, boxed: given the socket, it serves until the drain.
+type DatagramFn<S> = dyn Fn(S) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync;
+
+/// What kind of socket a handler serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Serves {
+    /// Accepted connections: HTTP or a stream handler.
+    Connections,
+    /// A UDP socket.
+    Udp,
+    /// A Unix datagram socket.
+    Unixgram,
+}
+
+/// A datagram socket, handed to a datagram handler.
+#[derive(Debug)]
+pub(crate) enum DatagramSocket {
+    Udp(tokio::net::UdpSocket),
+    #[cfg(unix)]
+    Unixgram(tokio::net::UnixDatagram),
 }
 
 /// A stream handler, boxed.
@@ -133,6 +160,45 @@ pub mod marker {
     /// A stream handler: `Fn(Connection, Peer) -> impl Future<Output = ()>`.
     #[derive(Debug)]
     pub enum Stream {}
+    /// A UDP handler: `Fn(tokio::net::UdpSocket) -> impl Future<Output = ()>`.
+    #[derive(Debug)]
+    pub enum Udp {}
+    /// A Unix datagram handler:
+    /// `Fn(tokio::net::UnixDatagram) -> impl Future<Output = ()>`.
+    #[derive(Debug)]
+    pub enum Unixgram {}
+}
+
+/// A UDP handler is given the socket the master holds (`udp:` addresses,
+/// or a datagram socket systemd passed) once the worker is ready, and must
+/// read until [`shutdown_signal()`](crate::shutdown_signal) completes: the
+/// next worker reads from the same socket, so the datagrams this one leaves
+/// unread are the next one's.
+impl<F, Fut> IntoHandler<marker::Udp> for F
+where
+    F: Fn(tokio::net::UdpSocket) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    fn into_handler(self) -> Handler {
+        Handler {
+            kind: Kind::Udp(Arc::new(move |socket| Box::pin(self(socket)))),
+        }
+    }
+}
+
+/// A Unix datagram handler (`unixgram:` addresses), served as a UDP handler
+/// is.
+#[cfg(unix)]
+impl<F, Fut> IntoHandler<marker::Unixgram> for F
+where
+    F: Fn(tokio::net::UnixDatagram) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    fn into_handler(self) -> Handler {
+        Handler {
+            kind: Kind::Unixgram(Arc::new(move |socket| Box::pin(self(socket)))),
+        }
+    }
 }
 
 impl<F, Fut> IntoHandler<marker::Stream> for F
@@ -315,6 +381,28 @@ impl Handler {
     /// Whether this is a stream handler rather than an HTTP one.
     pub(crate) fn is_stream(&self) -> bool {
         matches!(self.kind, Kind::Stream(_))
+    }
+
+    /// What kind of socket this handler serves.
+    pub(crate) fn serves(&self) -> Serves {
+        match self.kind {
+            Kind::Http(_) | Kind::Stream(_) => Serves::Connections,
+            Kind::Udp(_) => Serves::Udp,
+            #[cfg(unix)]
+            Kind::Unixgram(_) => Serves::Unixgram,
+        }
+    }
+
+    /// Runs a datagram handler on `socket` until it returns. `Err` is the
+    /// message of a panic in it.
+    pub(crate) async fn serve_datagrams(&self, socket: DatagramSocket) -> Result<(), String> {
+        let run = match (&self.kind, socket) {
+            (Kind::Udp(call), DatagramSocket::Udp(socket)) => call(socket),
+            #[cfg(unix)]
+            (Kind::Unixgram(call), DatagramSocket::Unixgram(socket)) => call(socket),
+            _ => unreachable!("a datagram handler is given the socket it serves"),
+        };
+        CatchUnwind(run).await
     }
 
     /// Gives a connection to a stream handler; a panic in it is logged and

@@ -205,6 +205,8 @@ pub use graceful_macros::main;
 /// | `"127.0.0.1:0"` | a free port, bound once and kept across reloads; the master logs it |
 /// | `"unix:/run/app.sock"` | a Unix socket; a stale socket file is replaced, anything else at the path is an error |
 /// | `"systemd:web"` | the socket systemd passed with `FileDescriptorName=web`; an address such as `":8080"` also takes an activated socket listening there |
+/// | `"udp:127.0.0.1:5353"`, `"udp:[::1]:5353"`, `"udp::5353"` | a UDP socket, for a datagram handler |
+/// | `"unixgram:/run/app.sock"` | a Unix datagram socket, for a datagram handler |
 ///
 /// Handlers: an `async fn(Request<Incoming>) -> Result<Response<B>, E>`, a
 /// closure of that shape (annotate its argument type), any
@@ -233,6 +235,35 @@ pub use graceful_macros::main;
 /// #[graceful::main]
 /// async fn main() {
 ///     graceful::register!(":9223", banner);
+/// }
+/// ```
+///
+/// For datagrams, a handler `async fn(tokio::net::UdpSocket)` on a `udp:`
+/// address (or `async fn(tokio::net::UnixDatagram)` on `unixgram:`) is
+/// given the socket itself once the worker is ready, and reads until
+/// [`shutdown_signal()`]. Every worker shares the socket the master holds,
+/// and the old one is told to stop only once the new one reads, so a reload
+/// loses no datagram that the handler leaves in the socket. A handler that
+/// returns or panics while serving is started again after a second.
+///
+/// ```no_run
+/// async fn echo(socket: tokio::net::UdpSocket) {
+///     let mut buf = [0u8; 2048];
+///     loop {
+///         let received = tokio::select! {
+///             received = socket.recv_from(&mut buf) => received,
+///             () = graceful::shutdown_signal() => return,
+///         };
+///         // An error is an ICMP report about an earlier answer.
+///         if let Ok((n, peer)) = received {
+///             let _ = socket.send_to(&buf[..n], peer).await;
+///         }
+///     }
+/// }
+///
+/// #[graceful::main]
+/// async fn main() {
+///     graceful::register!("udp::5353", echo);
 /// }
 /// ```
 ///

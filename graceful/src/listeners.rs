@@ -72,6 +72,8 @@ pub(crate) struct Held {
     /// Passed by systemd socket activation: kept for the life of the service
     /// and never unlinked.
     activated: Option<Local>,
+    /// A datagram socket (UDP, Unix datagram), for a datagram handler.
+    datagram: bool,
 }
 
 /// The table of held listeners, by key: the address as registered (`":8080"`,
@@ -99,6 +101,7 @@ impl Listeners {
                 fd: socket.fd,
                 users: HashSet::new(),
                 unix_path: None,
+                datagram: socket.local.is_datagram(),
                 activated: Some(socket.local),
             };
             listeners.map.insert(key, held);
@@ -152,7 +155,7 @@ impl Listeners {
         let (socket, local) = addr.bind()?;
         let fd = OwnedFd::from(socket);
         let unix_path = match addr {
-            ListenAddr::Unix(path) => {
+            ListenAddr::Unix(path) | ListenAddr::Unixgram(path) => {
                 // The mode is set once, here, on the file this process has
                 // just created, and never through a symlink: a later
                 // acquire does not touch the path, which anyone who can
@@ -162,7 +165,7 @@ impl Listeners {
                 }
                 file_id(path).map(|(dev, ino)| (path.clone(), dev, ino))
             }
-            ListenAddr::Tcp { .. } | ListenAddr::Systemd(_) => None,
+            ListenAddr::Tcp { .. } | ListenAddr::Udp { .. } | ListenAddr::Systemd(_) => None,
         };
         crate::log::event!(
             Info,
@@ -175,6 +178,7 @@ impl Listeners {
             users: HashSet::from([user]),
             unix_path,
             activated: None,
+            datagram: addr.is_datagram(),
         };
         self.map.insert(key.clone(), held);
         Ok(key)
@@ -232,8 +236,9 @@ impl Listeners {
 
     /// The table as an environment value, and the descriptors a successor
     /// must inherit for it. Each entry is `fd,kind,dev,ino,key,path` with
-    /// the strings hex-encoded; kind is `a` (activated), `u` (a Unix socket
-    /// this service bound) or `t`.
+    /// the strings hex-encoded; kind is `a` (activated), `u` (a Unix stream
+    /// socket this service bound), `g` (a Unix datagram socket it bound),
+    /// `d` (UDP) or `t` (TCP).
     pub(crate) fn export(&self) -> (String, Vec<RawFd>) {
         let mut entries = Vec::new();
         let mut fds = Vec::new();
@@ -242,10 +247,13 @@ impl Listeners {
             fds.push(fd);
             let (kind, dev, ino, path) = match (&held.activated, &held.unix_path) {
                 (Some(_), _) => ('a', 0, 0, String::new()),
-                (None, Some((path, dev, ino))) => {
-                    ('u', *dev, *ino, path.to_string_lossy().into_owned())
-                }
-                (None, None) => ('t', 0, 0, String::new()),
+                (None, Some((path, dev, ino))) => (
+                    if held.datagram { 'g' } else { 'u' },
+                    *dev,
+                    *ino,
+                    path.to_string_lossy().into_owned(),
+                ),
+                (None, None) => (if held.datagram { 'd' } else { 't' }, 0, 0, String::new()),
             };
             entries.push(format!(
                 "{fd},{kind},{dev},{ino},{},{}",
@@ -257,9 +265,10 @@ impl Listeners {
     }
 
     /// The table a predecessor exported. Every entry is checked before any
-    /// descriptor is taken: a listening stream socket of the kind the entry
-    /// states (a Unix socket at the entry's path, a TCP socket), each
-    /// descriptor once, and never `control`. Then the descriptors are made
+    /// descriptor is taken: a listening stream socket or a bound datagram
+    /// socket of the kind the entry states (a Unix socket at the entry's
+    /// path, a TCP or UDP socket), each descriptor once, and never
+    /// `control`. Then the descriptors are made
     /// close-on-exec and owned from here on.
     pub(crate) fn import(value: &str, control: RawFd) -> Result<Listeners, ImportError> {
         let mut checked = Vec::new();
@@ -296,19 +305,29 @@ impl Listeners {
                 key: key.clone(),
                 why: why.to_string(),
             };
-            if !is_listening_stream(borrowed) {
-                return Err(refused("not a listening stream socket"));
+            if !servable(borrowed) {
+                return Err(refused(
+                    "neither a listening stream socket nor a datagram socket",
+                ));
             }
             let (unix_path, activated) = match (kind, &local) {
                 ("a", _) => (None, Some(local.clone())),
-                ("u", Local::Unix(bound)) if *bound == Path::new(&path) => {
+                ("u", Local::Unix(bound)) | ("g", Local::Unixgram(bound))
+                    if *bound == Path::new(&path) =>
+                {
                     let dev = dev.parse().map_err(|_| bad())?;
                     let ino = ino.parse().map_err(|_| bad())?;
                     (Some((PathBuf::from(path), dev, ino)), None)
                 }
                 ("u", _) => return Err(refused("not a Unix socket bound at the entry's path")),
-                ("t", Local::Tcp(_)) => (None, None),
+                ("g", _) => {
+                    return Err(refused(
+                        "not a Unix datagram socket bound at the entry's path",
+                    ))
+                }
+                ("t", Local::Tcp(_)) | ("d", Local::Udp(_)) => (None, None),
                 ("t", _) => return Err(refused("not a TCP socket")),
+                ("d", _) => return Err(refused("not a UDP socket")),
                 _ => return Err(bad()),
             };
             checked.push((fd, key, local, unix_path, activated));
@@ -328,6 +347,7 @@ impl Listeners {
                 users: HashSet::new(),
                 unix_path,
                 activated,
+                datagram: local.is_datagram(),
             };
             listeners.map.insert(key, held);
         }
@@ -346,11 +366,15 @@ impl Listeners {
                 fd: held.fd.as_raw_fd(),
                 kind: match (&held.activated, &held.unix_path) {
                     (Some(_), _) => ListenerKind::Activated,
-                    (None, Some((path, dev, ino))) => ListenerKind::Unix {
-                        path: path.as_os_str().as_bytes().to_vec(),
-                        dev: *dev,
-                        ino: *ino,
-                    },
+                    (None, Some((path, dev, ino))) => {
+                        let (path, dev, ino) = (path.as_os_str().as_bytes().to_vec(), *dev, *ino);
+                        if held.datagram {
+                            ListenerKind::Unixgram { path, dev, ino }
+                        } else {
+                            ListenerKind::Unix { path, dev, ino }
+                        }
+                    }
+                    (None, None) if held.datagram => ListenerKind::Udp,
                     (None, None) => ListenerKind::Tcp,
                 },
                 users: held.users.iter().copied().collect(),
@@ -371,11 +395,12 @@ impl Listeners {
                 Ok((fd, local)) => {
                     let (unix_path, activated) = match entry.kind {
                         ListenerKind::Activated => (None, Some(local.clone())),
-                        ListenerKind::Unix { path, dev, ino } => (
+                        ListenerKind::Unix { path, dev, ino }
+                        | ListenerKind::Unixgram { path, dev, ino } => (
                             Some((PathBuf::from(OsString::from_vec(path)), dev, ino)),
                             None,
                         ),
-                        ListenerKind::Tcp => (None, None),
+                        ListenerKind::Tcp | ListenerKind::Udp => (None, None),
                     };
                     if entry.kept {
                         listeners.kept.insert(entry.key.clone());
@@ -388,6 +413,7 @@ impl Listeners {
                             users: entry.users.into_iter().collect(),
                             unix_path,
                             activated,
+                            datagram: local.is_datagram(),
                         },
                     );
                 }
@@ -402,17 +428,20 @@ impl Listeners {
     }
 }
 
-/// Takes one carried listener: an open, listening stream socket of the
-/// kind the entry states, made close-on-exec.
+/// Takes one carried listener: an open, listening stream socket or a
+/// datagram socket of the kind the entry states, made close-on-exec.
 fn take_carried(entry: &ListenerState) -> Result<(OwnedFd, Local), String> {
     crate::fd::take_carried(entry.fd, |borrowed| {
         let local = Local::of(borrowed).map_err(|e| e.to_string())?;
-        if !is_listening_stream(borrowed) {
-            return Err("not a listening stream socket".into());
+        if !servable(borrowed) {
+            return Err("neither a listening stream socket nor a datagram socket".into());
         }
         match (&entry.kind, &local) {
-            (ListenerKind::Tcp, Local::Tcp(_)) | (ListenerKind::Activated, _) => Ok(local),
+            (ListenerKind::Tcp, Local::Tcp(_))
+            | (ListenerKind::Udp, Local::Udp(_))
+            | (ListenerKind::Activated, _) => Ok(local),
             (ListenerKind::Unix { path, .. }, Local::Unix(bound))
+            | (ListenerKind::Unixgram { path, .. }, Local::Unixgram(bound))
                 if bound.as_os_str().as_bytes() == path.as_slice() =>
             {
                 Ok(local)
@@ -422,11 +451,15 @@ fn take_carried(entry: &ListenerState) -> Result<(OwnedFd, Local), String> {
     })
 }
 
-/// Whether `fd` is a stream socket that listens.
-fn is_listening_stream(fd: BorrowedFd<'_>) -> bool {
-    use nix::sys::socket::{getsockopt, sockopt};
-    getsockopt(&fd, sockopt::SockType) == Ok(nix::sys::socket::SockType::Stream)
-        && getsockopt(&fd, sockopt::AcceptConn) == Ok(true)
+/// Whether `fd` can be served: a stream socket that listens, or a datagram
+/// socket (which needs no more than its bound address).
+fn servable(fd: BorrowedFd<'_>) -> bool {
+    use nix::sys::socket::{getsockopt, sockopt, SockType};
+    match getsockopt(&fd, sockopt::SockType) {
+        Ok(SockType::Stream) => getsockopt(&fd, sockopt::AcceptConn) == Ok(true),
+        Ok(SockType::Datagram) => true,
+        _ => false,
+    }
 }
 
 fn hex(text: &str) -> String {
@@ -639,7 +672,7 @@ mod tests {
     }
 
     #[test]
-    fn only_listening_stream_sockets_of_the_stated_kind_are_taken() {
+    fn only_listening_stream_and_datagram_sockets_of_the_stated_kind_are_taken() {
         use std::os::fd::IntoRawFd;
         let entry = |fd: RawFd, kind: &str, path: &str| {
             format!("{fd},{kind},0,0,{},{}", hex("k"), hex(path))
@@ -648,13 +681,16 @@ mod tests {
             Err(ImportError::Refused { why, .. }) => why,
             other => panic!("{value}: expected a refusal, got {other:?}"),
         };
-        // A UDP socket and a connected TCP socket are not listeners.
+        // A UDP socket is not TCP, nor a TCP listener UDP, and a connected
+        // TCP socket is neither a listener nor a datagram socket.
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        assert!(refused(&entry(udp.as_raw_fd(), "t", ""), -1).contains("not a listening stream"));
+        assert!(refused(&entry(udp.as_raw_fd(), "t", ""), -1).contains("not a TCP socket"));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(refused(&entry(listener.as_raw_fd(), "d", ""), -1).contains("not a UDP socket"));
         let connected = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        assert!(
-            refused(&entry(connected.as_raw_fd(), "t", ""), -1).contains("not a listening stream")
+        assert_eq!(
+            refused(&entry(connected.as_raw_fd(), "t", ""), -1),
+            "neither a listening stream socket nor a datagram socket"
         );
         // A TCP listener stated as a Unix socket at some path: refused, so
         // that its closing can never remove that path.
@@ -674,10 +710,45 @@ mod tests {
             Local::of(listener.as_fd()).is_ok(),
             "the listener was closed"
         );
-        // The real thing is taken.
-        let taken = Listeners::import(&entry(listener.into_raw_fd(), "t", ""), -1).unwrap();
-        assert_eq!(taken.map.len(), 1);
-        drop(udp);
+        // A Unix datagram socket stated at another path, or as a stream
+        // socket: refused.
+        let dir = std::env::temp_dir().join(format!("graceful-import-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("d.sock");
+        let gram = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let elsewhere = entry(gram.as_raw_fd(), "g", "/elsewhere");
+        assert!(refused(&elsewhere, -1).contains("not a Unix datagram socket bound at"));
+        let as_stream = entry(gram.as_raw_fd(), "u", path.to_str().unwrap());
+        assert!(refused(&as_stream, -1).contains("not a Unix socket bound at"));
+        // The real things are taken, each as the kind it is.
+        let keyed = |key: &str, fd: RawFd, kind: &str, path: &str| {
+            format!("{fd},{kind},0,0,{},{}", hex(key), hex(path))
+        };
+        let value = [
+            keyed("tcp", listener.into_raw_fd(), "t", ""),
+            keyed("udp", udp.into_raw_fd(), "d", ""),
+            keyed("gram", gram.into_raw_fd(), "g", path.to_str().unwrap()),
+        ]
+        .join(";");
+        let taken = Listeners::import(&value, -1).unwrap();
+        let datagram: HashMap<&str, bool> = taken
+            .map
+            .iter()
+            .map(|(key, held)| (key.as_str(), held.datagram))
+            .collect();
+        assert_eq!(
+            datagram,
+            HashMap::from([("tcp", false), ("udp", true), ("gram", true)])
+        );
+        let mut kinds: Vec<String> = taken
+            .export()
+            .0
+            .split(';')
+            .map(|e| e.split(',').nth(1).unwrap().to_string())
+            .collect();
+        kinds.sort();
+        assert_eq!(kinds, ["d", "g", "t"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

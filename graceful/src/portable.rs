@@ -10,7 +10,7 @@ use crate::addr::ListenRequest;
 use crate::config::Config;
 use crate::log::log;
 use crate::registration::{MainOutput, Registration};
-use crate::serve::{self, Adapter, Listener, StartError};
+use crate::serve::{self, Adapter, Datagram, Listener, StartError};
 use crate::status::Report;
 use crate::{drain, Error};
 
@@ -56,6 +56,9 @@ impl Adapter for Portable {
             "listening on {local} (registered as {:?})",
             request.addr.to_string()
         );
+        if request.addr.is_datagram() {
+            return Ok(Listener::Datagram(Datagram::Udp(socket.into())));
+        }
         let listener = std::net::TcpListener::from(socket);
         let ready = listener
             .set_nonblocking(true)

@@ -14,10 +14,10 @@ use hyper_util::server::conn::auto;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::addr::ListenRequest;
+use crate::addr::{ListenAddr, ListenRequest};
 use crate::config::Config;
 use crate::drain::{self, Tracked};
-use crate::handler::{CatchUnwind, Connection, Handler, Peer};
+use crate::handler::{CatchUnwind, Connection, DatagramSocket, Handler, Peer, Serves};
 use crate::log::{log, Throttled};
 use crate::registration::{self, MainOutput, Registration};
 use crate::Error;
@@ -179,18 +179,76 @@ where
     Ok(registrations)
 }
 
-/// A listening socket on the runtime.
+/// A socket to serve: a listening socket on the runtime, or a datagram
+/// socket for a datagram handler.
 #[derive(Debug)]
 pub(crate) enum Listener {
     Tcp(tokio::net::TcpListener),
     #[cfg(unix)]
     Unix(tokio::net::UnixListener),
+    Datagram(Datagram),
 }
 
-/// A listening socket, as the runtime's listener.
+/// A datagram socket, kept as it came: each run of its handler gets its own
+/// copy on the runtime (a handler that panics is started again).
+#[derive(Debug)]
+pub(crate) enum Datagram {
+    Udp(std::net::UdpSocket),
+    #[cfg(unix)]
+    Unixgram(std::os::unix::net::UnixDatagram),
+}
+
+impl Datagram {
+    /// The kind of handler this socket is for.
+    fn serves(&self) -> Serves {
+        match self {
+            Datagram::Udp(_) => Serves::Udp,
+            #[cfg(unix)]
+            Datagram::Unixgram(_) => Serves::Unixgram,
+        }
+    }
+
+    /// A copy of the socket on the runtime, for one run of the handler.
+    fn for_handler(&self) -> std::io::Result<DatagramSocket> {
+        Ok(match self {
+            Datagram::Udp(socket) => {
+                let copy = socket.try_clone()?;
+                copy.set_nonblocking(true)?;
+                DatagramSocket::Udp(tokio::net::UdpSocket::from_std(copy)?)
+            }
+            #[cfg(unix)]
+            Datagram::Unixgram(socket) => {
+                let copy = socket.try_clone()?;
+                copy.set_nonblocking(true)?;
+                DatagramSocket::Unixgram(tokio::net::UnixDatagram::from_std(copy)?)
+            }
+        })
+    }
+}
+
+impl Listener {
+    /// The kind of handler this socket is for.
+    fn serves(&self) -> Serves {
+        match self {
+            Listener::Datagram(socket) => socket.serves(),
+            _ => Serves::Connections,
+        }
+    }
+}
+
+/// A socket the master or a predecessor handed over, as the runtime's
+/// listener or a datagram socket, by its type.
 #[cfg(unix)]
 pub(crate) fn to_listener(fd: std::os::fd::OwnedFd) -> std::io::Result<Listener> {
-    let is_unix = socket2::SockRef::from(&fd).local_addr()?.is_unix();
+    let socket = socket2::SockRef::from(&fd);
+    let is_unix = socket.local_addr()?.is_unix();
+    if socket.r#type()? == socket2::Type::DGRAM {
+        return Ok(Listener::Datagram(if is_unix {
+            Datagram::Unixgram(std::os::unix::net::UnixDatagram::from(fd))
+        } else {
+            Datagram::Udp(std::net::UdpSocket::from(fd))
+        }));
+    }
     if is_unix {
         let std = std::os::unix::net::UnixListener::from(fd);
         std.set_nonblocking(true)?;
@@ -204,9 +262,18 @@ pub(crate) fn to_listener(fd: std::os::fd::OwnedFd) -> std::io::Result<Listener>
 
 /// A listener, its handler, and its TLS acceptor if it serves TLS.
 struct Served {
+    /// The address as registered, for the log.
+    addr: String,
     listener: Listener,
     handler: Handler,
     tls: Option<Tls>,
+}
+
+/// A listening socket an accept loop serves.
+enum Accepting {
+    Tcp(tokio::net::TcpListener),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixListener),
 }
 
 #[cfg(feature = "tls")]
@@ -241,14 +308,25 @@ async fn acquire<A: Adapter>(
         let served = async {
             let tls = load_tls(&registration)?;
             let request = ListenRequest::new(&registration.addr, registration.unix_mode)?;
-            let listener = adapter
-                .listener(&request)
-                .await
-                .map_err(|reason| Error::Listen {
-                    addr: registration.addr.clone(),
-                    reason,
-                })?;
+            let serves = registration.handler.serves();
+            let refused = |reason: String| Error::Listen {
+                addr: registration.addr.clone(),
+                reason,
+            };
+            if let Some(reason) = mismatch(serves, &request.addr, tls.is_some()) {
+                return Err(refused(reason));
+            }
+            let listener = adapter.listener(&request).await.map_err(refused)?;
+            if listener.serves() != serves {
+                // A socket systemd passed under a name, of the other kind.
+                return Err(refused(format!(
+                    "the socket is {}, and the handler serves {}",
+                    describe(listener.serves()),
+                    describe(serves)
+                )));
+            }
             Ok::<_, Error>(Served {
+                addr: registration.addr.clone(),
                 listener,
                 handler: registration.handler.clone(),
                 tls,
@@ -266,8 +344,49 @@ async fn acquire<A: Adapter>(
     }
 }
 
+/// What a handler that serves `serves` cannot be given at `addr`, with or
+/// without TLS; `None` if nothing. An address systemd names is checked
+/// once its socket is had.
+fn mismatch(serves: Serves, addr: &ListenAddr, tls: bool) -> Option<String> {
+    if tls && serves != Serves::Connections {
+        return Some("`tls =` applies to connections, not to a datagram handler".into());
+    }
+    let fits = match addr {
+        ListenAddr::Systemd(_) => true,
+        ListenAddr::Udp { .. } => serves == Serves::Udp,
+        ListenAddr::Unixgram(_) => serves == Serves::Unixgram,
+        ListenAddr::Tcp { .. } | ListenAddr::Unix(_) => serves == Serves::Connections,
+    };
+    (!fits).then(|| {
+        let wanted = match serves {
+            Serves::Connections => {
+                "a \"host:port\" or \"unix:\" address; \"udp:\" and \"unixgram:\" take a \
+                 datagram handler, async fn(tokio::net::UdpSocket) or \
+                 async fn(tokio::net::UnixDatagram)"
+            }
+            Serves::Udp => {
+                "a \"udp:host:port\" address (or \"systemd:NAME\" for a UDP socket systemd passes)"
+            }
+            Serves::Unixgram => {
+                "a \"unixgram:/path\" address (or \"systemd:NAME\" for a Unix datagram socket \
+                 systemd passes)"
+            }
+        };
+        format!("the handler serves {}: it needs {wanted}", describe(serves))
+    })
+}
+
+/// A kind of socket, as errors name it.
+fn describe(serves: Serves) -> &'static str {
+    match serves {
+        Serves::Connections => "connections (HTTP or a stream handler)",
+        Serves::Udp => "UDP datagrams",
+        Serves::Unixgram => "Unix datagrams",
+    }
+}
+
 /// Serves every listener, each on its own accept loop, all within one
-/// connection limit.
+/// connection limit, and starts each datagram handler.
 fn start_serving(served: Vec<Served>, config: &Config) -> Vec<JoinHandle<()>> {
     let limits = config.limits;
     let cap = connection_cap(limits.max_connections);
@@ -291,10 +410,81 @@ fn start_serving(served: Vec<Served>, config: &Config) -> Vec<JoinHandle<()>> {
         slots: Arc::new(Semaphore::new(cap)),
         cap,
     });
-    served
-        .into_iter()
-        .map(|served| tokio::spawn(accept_loop(served, shared.clone())))
-        .collect()
+    let mut accepting = Vec::new();
+    for served in served {
+        let listener = match served.listener {
+            Listener::Datagram(socket) => {
+                tokio::spawn(serve_datagrams(served.addr, served.handler, socket));
+                continue;
+            }
+            Listener::Tcp(listener) => Accepting::Tcp(listener),
+            #[cfg(unix)]
+            Listener::Unix(listener) => Accepting::Unix(listener),
+        };
+        let loop_ = accept_loop(listener, served.handler, served.tls, shared.clone());
+        accepting.push(tokio::spawn(loop_));
+    }
+    accepting
+}
+
+/// How long a datagram handler that ended while serving waits before it is
+/// started again.
+const DATAGRAM_RESTART: Duration = Duration::from_secs(1);
+
+/// Runs a datagram handler until the drain, and counts it in the drain as
+/// one open connection until it returns. One that ends before the drain (it
+/// returned, or panicked) is logged and started again after
+/// [`DATAGRAM_RESTART`]: the socket must be read, or datagrams pile up
+/// unanswered.
+async fn serve_datagrams(addr: String, handler: Handler, socket: Datagram) {
+    let _open = drain::global().hold();
+    let mut stopping = drain::global().subscribe();
+    loop {
+        let ended = match socket.for_handler() {
+            Ok(copy) => handler.serve_datagrams(copy).await,
+            Err(e) => {
+                crate::log::event!(
+                    Error,
+                    { event = "datagram_handler_failed", address = addr.as_str() },
+                    "cannot hand the socket of {addr:?} to its datagram handler: {e}; \
+                     its datagrams go to other workers only"
+                );
+                return;
+            }
+        };
+        let draining = *stopping.borrow();
+        match ended {
+            Ok(()) if draining => return,
+            Ok(()) => crate::log::event!(
+                Warn,
+                { event = "datagram_handler_returned", address = addr.as_str() },
+                "the datagram handler of {addr:?} returned while serving; started again in {:?} \
+                 (a datagram handler reads until graceful::shutdown_signal())",
+                DATAGRAM_RESTART
+            ),
+            Err(message) => crate::log::event!(
+                Error,
+                {
+                    event = "handler_panicked",
+                    address = addr.as_str(),
+                    panic = message.as_str(),
+                },
+                "the datagram handler of {addr:?} panicked: {message}{}",
+                if draining {
+                    String::new()
+                } else {
+                    format!("; started again in {DATAGRAM_RESTART:?}")
+                }
+            ),
+        }
+        if draining {
+            return;
+        }
+        tokio::select! {
+            _ = stopping.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(DATAGRAM_RESTART) => {}
+        }
+    }
 }
 
 /// Connections one process may hold: `max_connections`, lowered to fit the
@@ -391,12 +581,7 @@ fn is_connection_error(e: &std::io::Error) -> bool {
     )
 }
 
-async fn accept_loop(served: Served, shared: Arc<Shared>) {
-    let Served {
-        listener,
-        handler,
-        tls,
-    } = served;
+async fn accept_loop(listener: Accepting, handler: Handler, tls: Option<Tls>, shared: Arc<Shared>) {
     let mut stopping = drain::global().subscribe();
     loop {
         // A slot first: at the limit, new connections wait in the backlog.
@@ -531,10 +716,53 @@ enum Accepted {
     Unix(tokio::net::UnixStream),
 }
 
-async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
+async fn accept(listener: &Accepting) -> std::io::Result<Accepted> {
     match listener {
-        Listener::Tcp(l) => l.accept().await.map(|(s, peer)| Accepted::Tcp(s, peer)),
+        Accepting::Tcp(l) => l.accept().await.map(|(s, peer)| Accepted::Tcp(s, peer)),
         #[cfg(unix)]
-        Listener::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+        Accepting::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handler_is_given_only_the_kind_of_socket_it_serves() {
+        let addr = |text: &str| ListenAddr::parse(text).unwrap();
+        let fits = |serves, text: &str, tls| mismatch(serves, &addr(text), tls).is_none();
+        for text in [":80", "127.0.0.1:80", "unix:/a", "systemd:web"] {
+            assert!(fits(Serves::Connections, text, false), "{text}");
+            assert!(fits(Serves::Connections, text, true), "{text} with TLS");
+        }
+        for text in ["udp::53", "udp:[::1]:53", "systemd:dns"] {
+            assert!(fits(Serves::Udp, text, false), "{text}");
+        }
+        assert!(fits(Serves::Unixgram, "unixgram:/a", false));
+        assert!(fits(Serves::Unixgram, "systemd:log", false));
+        for (serves, text) in [
+            (Serves::Connections, "udp::53"),
+            (Serves::Connections, "unixgram:/a"),
+            (Serves::Udp, ":53"),
+            (Serves::Udp, "unixgram:/a"),
+            (Serves::Udp, "unix:/a"),
+            (Serves::Unixgram, "udp::53"),
+            (Serves::Unixgram, "unix:/a"),
+        ] {
+            assert!(!fits(serves, text, false), "{serves:?} on {text}");
+        }
+        assert_eq!(
+            mismatch(Serves::Udp, &addr(":53"), false).unwrap(),
+            "the handler serves UDP datagrams: it needs a \"udp:host:port\" address (or \
+             \"systemd:NAME\" for a UDP socket systemd passes)"
+        );
+        assert!(mismatch(Serves::Connections, &addr("udp::53"), false)
+            .unwrap()
+            .starts_with("the handler serves connections (HTTP or a stream handler): it needs"));
+        assert_eq!(
+            mismatch(Serves::Udp, &addr("udp::53"), true).unwrap(),
+            "`tls =` applies to connections, not to a datagram handler"
+        );
     }
 }

@@ -193,6 +193,14 @@ pub(crate) enum ListenerKind {
     },
     /// Passed by systemd.
     Activated,
+    /// A UDP socket, for a datagram handler.
+    Udp,
+    /// A Unix datagram socket file this service bound.
+    Unixgram {
+        path: Vec<u8>,
+        dev: u64,
+        ino: u64,
+    },
 }
 
 /// The control socket and its connections.
@@ -507,6 +515,24 @@ pub(crate) mod tests {
                     kind: ListenerKind::Activated,
                     users: vec![],
                     kept: false,
+                },
+                ListenerState {
+                    key: "udp::5353".into(),
+                    fd: 13,
+                    kind: ListenerKind::Udp,
+                    users: vec![2],
+                    kept: true,
+                },
+                ListenerState {
+                    key: "unixgram:/run/app.dgram".into(),
+                    fd: 14,
+                    kind: ListenerKind::Unixgram {
+                        path: b"/run/app.dgram".to_vec(),
+                        dev: 2049,
+                        ino: 79,
+                    },
+                    users: vec![2],
+                    kept: true,
                 },
             ],
             control: Some(ControlState {
