@@ -401,3 +401,105 @@ fn a_failed_reload_leaves_the_old_worker_reading() {
     assert!(tally.answered.len() as u64 >= after + 200, "sent {sent}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// One datagram and its answer, with a bounded wait.
+fn ask(socket: &std::net::UdpSocket, datagram: &str) -> String {
+    socket.set_read_timeout(Some(T)).unwrap();
+    socket.send(datagram.as_bytes()).unwrap();
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("an answer");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn a_datagram_handler_that_panics_or_returns_is_started_again() {
+    let mut service = Service::start(&built("datagram_faults"), &["udp:127.0.0.1:0"], &[]);
+    let socket = udp_client(udp_port(&service));
+    let worker = service.ready_worker(1, T);
+    assert_eq!(ask(&socket, "1"), format!("{worker} 1"));
+    socket.send(b"panic").unwrap();
+    service.wait_line(
+        "the datagram handler of \"udp:127.0.0.1:0\" panicked: told to panic; started again in 1s",
+        T,
+    );
+    // Meanwhile the datagram waits in the socket, and the same worker,
+    // with its handler started again, answers it.
+    assert_eq!(ask(&socket, "2"), format!("{worker} 2"));
+    socket.send(b"return").unwrap();
+    service.wait_line(
+        "the datagram handler of \"udp:127.0.0.1:0\" returned while serving",
+        T,
+    );
+    assert_eq!(ask(&socket, "3"), format!("{worker} 3"));
+    // Its third start (the line may come after the answer: another pipe).
+    service.wait_line_n(
+        &format!("datagram_faults: handler started in {worker}"),
+        2,
+        T,
+    );
+    // A handler that returns on shutdown_signal() is not started again.
+    service.signal(Signal::SIGTERM);
+    assert!(service.wait_exit(T).success(), "{}", service.log_text());
+    assert_eq!(service.count_lines("datagram_faults: handler started"), 3);
+    assert_eq!(service.count_lines("returned while serving"), 1);
+}
+
+#[test]
+fn a_handler_on_the_wrong_kind_of_address_fails_the_start_naming_it() {
+    let mut service = Service::start(&built("datagram_faults"), &["127.0.0.1:0"], &[]);
+    assert_eq!(service.wait_exit(T).code(), Some(1));
+    let log = service.log_text();
+    assert!(
+        log.contains(
+            "cannot listen on \"127.0.0.1:0\": the handler serves UDP datagrams: it needs a \
+             \"udp:host:port\" address"
+        ),
+        "{log}"
+    );
+    assert_eq!(
+        service.count_lines("listening on"),
+        0,
+        "nothing was bound:\n{log}"
+    );
+}
+
+#[test]
+fn single_mode_hands_a_udp_socket_to_each_successor_without_loss() {
+    let _service = Service::start(
+        &built("udp_echo"),
+        &["udp:127.0.0.1:0"],
+        &[("GRACEFUL_MODE", "single")],
+    );
+    let service = &_service;
+    let client = Client::start(udp_client(udp_port(&service)));
+    let mut process = service.ready("process", 1, T);
+    client.wait_answers(50);
+    for generation in 2..=11 {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(process), Signal::SIGHUP).unwrap();
+        let new = service.ready("process", generation, T);
+        assert!(wait_gone(process, T), "process {process} did not exit");
+        let from = client.next.load(Ordering::SeqCst);
+        client.wait_answers(50);
+        let tally = client.tally.lock().unwrap();
+        assert!(
+            tally
+                .answered
+                .range(from..)
+                .all(|(_, by)| *by == new as u32),
+            "answered by an older process after the handover"
+        );
+        drop(tally);
+        process = new;
+    }
+    let (sent, tally) = client.finish();
+    println!(
+        "single mode: {sent} datagrams over 10 handovers: {} answered once, {} lost",
+        tally.answered.len(),
+        tally.lost.len()
+    );
+    assert!(
+        tally.lost.is_empty() && tally.duplicated.is_empty(),
+        "{tally:?}"
+    );
+    assert_eq!(tally.answered.len() as u64, sent);
+}

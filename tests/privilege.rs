@@ -343,3 +343,25 @@ fn the_files_the_master_creates_stay_roots_and_the_unprivileged_worker_serves_it
     // The master, still root, removed what it made.
     assert!(!socket.exists() && !control.exists() && !pid_file.exists());
 }
+
+#[test]
+fn a_udp_port_below_1024_is_served_by_an_unprivileged_worker() {
+    let (uid, _, _) = user_ids();
+    let port = (700..1000)
+        .find(|port| std::net::UdpSocket::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free UDP port between 700 and 999");
+    let service = Service::start(
+        &graceful_dev::built("udp_echo"),
+        &[&format!("udp:127.0.0.1:{port}")],
+        &[("GRACEFUL_USER", USER)],
+    );
+    let worker = service.ready_worker(1, T);
+    assert_eq!(threads(worker)[0].1.uids, [uid; 4]);
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.connect(("127.0.0.1", port)).unwrap();
+    client.set_read_timeout(Some(T)).unwrap();
+    client.send(b"hello").unwrap();
+    let mut buf = [0u8; 64];
+    let n = client.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], format!("{worker} hello").as_bytes());
+}
