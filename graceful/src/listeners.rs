@@ -646,6 +646,72 @@ mod tests {
     }
 
     #[test]
+    fn a_table_crosses_the_exec_with_each_socket_as_the_kind_it_is() {
+        let dir = std::env::temp_dir().join(format!("graceful-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let gram = dir.join("g.sock");
+        let mut table = Listeners::default();
+        for addr in [
+            "127.0.0.1:0".to_string(),
+            "udp:127.0.0.1:0".to_string(),
+            format!("unixgram:{}", gram.display()),
+        ] {
+            table.acquire(1, &request(&addr)).unwrap();
+        }
+        table.keep(1);
+        let state = table.to_state();
+        let kinds: HashMap<String, ListenerKind> = state
+            .iter()
+            .map(|entry| (entry.key.clone(), entry.kind.clone()))
+            .collect();
+        assert_eq!(kinds["127.0.0.1:0"], ListenerKind::Tcp);
+        assert_eq!(kinds["udp:127.0.0.1:0"], ListenerKind::Udp);
+        assert!(matches!(
+            &kinds[&format!("unixgram:{}", gram.display())],
+            ListenerKind::Unixgram { path, .. } if path == gram.as_os_str().as_bytes()
+        ));
+        // Across execve the descriptors stay open and pass to the new
+        // image's table, which takes them from the state.
+        std::mem::forget(table);
+        let resumed = Listeners::from_state(state);
+        let datagram: HashMap<&str, bool> = resumed
+            .map
+            .iter()
+            .map(|(key, held)| (key.as_str(), held.datagram))
+            .collect();
+        assert_eq!(datagram.len(), 3, "{datagram:?}");
+        assert!(!datagram["127.0.0.1:0"] && datagram["udp:127.0.0.1:0"]);
+        assert_eq!(resumed.kept.len(), 3);
+        // A state that calls a UDP socket TCP, or names another path for a
+        // datagram socket file, does not get it.
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let other = std::os::unix::net::UnixDatagram::bind(dir.join("other.sock")).unwrap();
+        let lying = vec![
+            ListenerState {
+                key: "udp:x".into(),
+                fd: udp.as_raw_fd(),
+                kind: ListenerKind::Tcp,
+                users: vec![],
+                kept: true,
+            },
+            ListenerState {
+                key: "unixgram:x".into(),
+                fd: other.as_raw_fd(),
+                kind: ListenerKind::Unixgram {
+                    path: b"/elsewhere".to_vec(),
+                    dev: 0,
+                    ino: 0,
+                },
+                users: vec![],
+                kept: true,
+            },
+        ];
+        assert!(Listeners::from_state(lying).map.is_empty());
+        drop(resumed);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_host_name_and_its_address_find_the_same_socket() {
         let mut table = Listeners::default();
         let by_name = table
