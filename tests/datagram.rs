@@ -465,12 +465,11 @@ fn a_handler_on_the_wrong_kind_of_address_fails_the_start_naming_it() {
 
 #[test]
 fn single_mode_hands_a_udp_socket_to_each_successor_without_loss() {
-    let _service = Service::start(
+    let service = Service::start(
         &built("udp_echo"),
         &["udp:127.0.0.1:0"],
         &[("GRACEFUL_MODE", "single")],
     );
-    let service = &_service;
     let client = Client::start(udp_client(udp_port(&service)));
     let mut process = service.ready("process", 1, T);
     client.wait_answers(50);

@@ -36,6 +36,7 @@ const KEYS: &[&str] = &[
     "upgrade_master",
     "user",
     "group",
+    "shutdown_delay",
 ];
 
 /// The smallest `max_header_size` the runtime accepts (hyper's read buffer).
@@ -74,6 +75,7 @@ pub(crate) struct Config {
     pub(crate) control_socket: Option<syn::LitStr>,
     pub(crate) watchdog: Option<u64>,
     pub(crate) upgrade_master: Option<bool>,
+    pub(crate) shutdown_delay: Option<u64>,
     pub(crate) user: Option<syn::LitStr>,
     pub(crate) group: Option<syn::LitStr>,
 }
@@ -126,6 +128,9 @@ impl Config {
                     config.ready_timeout = duration(&key, &value, false, &mut errors)
                 }
                 "idle_grace" => config.idle_grace = duration(&key, &value, true, &mut errors),
+                "shutdown_delay" => {
+                    config.shutdown_delay = duration(&key, &value, true, &mut errors)
+                }
                 "reload" => config.reload = signals(&key, &value, true, &mut errors),
                 "stop" => config.stop = signals(&key, &value, false, &mut errors),
                 "worker_threads" => {

@@ -102,6 +102,7 @@ fn bootstrap(func: &ItemFn, config: &Config) -> TokenStream {
         (config.stop_timeout, "stop_timeout"),
         (config.ready_timeout, "ready_timeout"),
         (config.idle_grace, "idle_grace"),
+        (config.shutdown_delay, "shutdown_delay"),
         (config.header_timeout, "header_timeout"),
         (config.idle_timeout, "idle_timeout"),
         (config.watchdog, "watchdog"),

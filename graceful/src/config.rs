@@ -45,6 +45,9 @@ pub(crate) const ENV_UPGRADE_MASTER: &str = "GRACEFUL_UPGRADE_MASTER";
 pub(crate) const ENV_USER: &str = "GRACEFUL_USER";
 pub(crate) const ENV_GROUP: &str = "GRACEFUL_GROUP";
 
+/// The environment variable that overrides `shutdown_delay` set in code.
+pub(crate) const ENV_SHUTDOWN_DELAY: &str = "GRACEFUL_SHUTDOWN_DELAY";
+
 /// The environment variable that overrides the mode set in code.
 pub(crate) const ENV_MODE: &str = "GRACEFUL_MODE";
 
@@ -95,6 +98,9 @@ pub(crate) struct Config {
     pub(crate) watchdog: Option<Duration>,
     /// The master re-executes itself into the new build after a reload.
     pub(crate) upgrade_master: bool,
+    /// On a stop signal, how long the serving process keeps accepting and
+    /// serving, not ready to health checks, before it drains.
+    pub(crate) shutdown_delay: Duration,
     /// The user workers serve as, by name or uid (`privilege.rs`).
     pub(crate) user: Option<String>,
     /// Their group, by name or gid; `None`: the user's own.
@@ -142,6 +148,7 @@ pub(crate) struct Options {
     pub(crate) upgrade_master: bool,
     pub(crate) user: Option<String>,
     pub(crate) group: Option<String>,
+    pub(crate) shutdown_delay: Duration,
 }
 
 impl Default for Options {
@@ -166,6 +173,7 @@ impl Default for Options {
             upgrade_master: true,
             user: None,
             group: None,
+            shutdown_delay: Duration::ZERO,
         }
     }
 }
@@ -236,6 +244,12 @@ impl Options {
         let user = name("user", ENV_USER, std::env::var_os(ENV_USER), self.user)?;
         let group = name("group", ENV_GROUP, std::env::var_os(ENV_GROUP), self.group)?;
         identity_options(user.as_deref(), group.as_deref())?;
+        let shutdown_delay = duration_value(
+            "shutdown_delay",
+            ENV_SHUTDOWN_DELAY,
+            std::env::var_os(ENV_SHUTDOWN_DELAY).as_deref(),
+            self.shutdown_delay,
+        )?;
         Ok(Config {
             stop_timeout: self.stop_timeout,
             ready_timeout: self.ready_timeout,
@@ -262,8 +276,37 @@ impl Options {
             upgrade_master: switch("upgrade_master", ENV_UPGRADE_MASTER, self.upgrade_master)?,
             user,
             group,
+            shutdown_delay,
         })
     }
+}
+
+/// A duration option: `var` in the environment (`"5s"`, `"500ms"`,
+/// `"1m30s"`) overrides the value set in code.
+fn duration_value(
+    option: &'static str,
+    var: &str,
+    value: Option<&std::ffi::OsStr>,
+    in_code: Duration,
+) -> Result<Duration, Error> {
+    let Some(value) = value else {
+        return Ok(in_code);
+    };
+    let invalid = |why: String| Error::InvalidOption {
+        option,
+        reason: format!("{var}={value:?} {why}"),
+    };
+    let text = value
+        .to_str()
+        .ok_or_else(|| invalid("is not UTF-8".into()))?;
+    let digits_only = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    if digits_only {
+        return Err(invalid(
+            "has no unit; write it like \"5s\" or \"500ms\"".into(),
+        ));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| invalid(format!("is not a duration like \"5s\" or \"500ms\": {e}")))
 }
 
 /// A user or group option: `var` in the environment overrides the value set
@@ -534,6 +577,40 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_duration_variable_overrides_the_code_or_names_itself() {
+        use std::ffi::OsStr;
+        let var = "GRACEFUL_SHUTDOWN_DELAY";
+        let value = |v: Option<&str>| {
+            duration_value(
+                "shutdown_delay",
+                var,
+                v.map(OsStr::new),
+                Duration::from_secs(3),
+            )
+        };
+        assert_eq!(value(None).unwrap(), Duration::from_secs(3));
+        assert_eq!(value(Some("5s")).unwrap(), Duration::from_secs(5));
+        assert_eq!(value(Some("500ms")).unwrap(), Duration::from_millis(500));
+        assert_eq!(value(Some("1m30s")).unwrap(), Duration::from_secs(90));
+        assert_eq!(value(Some("0s")).unwrap(), Duration::ZERO);
+        assert_eq!(
+            value(Some("5")).unwrap_err().to_string(),
+            "invalid option shutdown_delay: GRACEFUL_SHUTDOWN_DELAY=\"5\" has no unit; write it \
+             like \"5s\" or \"500ms\""
+        );
+        for bad in ["", "soon", "5 parsecs", "-1s"] {
+            let err = value(Some(bad)).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!(
+                    "invalid option shutdown_delay: GRACEFUL_SHUTDOWN_DELAY={bad:?} is not a \
+                     duration"
+                )),
+                "{bad:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn defaults_are_the_documented_ones() {
         let config = config();
         assert_eq!(config.stop_timeout, Duration::from_secs(20));
@@ -545,6 +622,7 @@ pub(crate) mod tests {
         assert_eq!(config.mode, Mode::Master);
         assert!(config.upgrade_master);
         assert_eq!((config.user, config.group), (None, None));
+        assert_eq!(config.shutdown_delay, Duration::ZERO);
         assert_eq!(
             config.limits,
             Limits {

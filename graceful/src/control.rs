@@ -69,6 +69,9 @@ pub(crate) enum ToWorker<Fd> {
     ListenError(String),
     /// Drain and exit.
     Stop,
+    /// The service is stopping, and this worker serves on for the
+    /// `shutdown_delay`: health checks are told it is not ready.
+    LameDuck,
     /// Answer with `Alive` from the runtime.
     Check(u64),
     /// How the reload this process asked for ended.
@@ -99,6 +102,7 @@ const ALIVE: u8 = b'A';
 const CHECK: u8 = b'C';
 const RELOADED: u8 = b'D';
 const STOPPED_ACCEPTING: u8 = b'N';
+const LAME_DUCK: u8 = b'K';
 
 /// A message as it is sent.
 pub(crate) trait Encode {
@@ -244,6 +248,7 @@ impl Encode for ToWorker<BorrowedFd<'_>> {
             ToWorker::Listener(fd) => (vec![LISTENER], Some(*fd)),
             ToWorker::ListenError(why) => (tagged(LISTEN_ERROR, why), None),
             ToWorker::Stop => (vec![STOP], None),
+            ToWorker::LameDuck => (vec![LAME_DUCK], None),
             ToWorker::Check(check) => {
                 let mut bytes = vec![CHECK];
                 bytes.extend_from_slice(&check.to_be_bytes());
@@ -279,6 +284,7 @@ impl Decode for ToWorker<OwnedFd> {
             }
             LISTEN_ERROR => Ok(ToWorker::ListenError(reason(payload))),
             STOP => no_payload(tag, payload, ToWorker::Stop),
+            LAME_DUCK => no_payload(tag, payload, ToWorker::LameDuck),
             CHECK => {
                 let (check, rest) = be_u64(tag, payload)?;
                 no_payload(tag, rest, ToWorker::Check(check))
@@ -533,6 +539,7 @@ mod tests {
             ToWorker::<OwnedFd>::decode(&bytes, None).unwrap()
         };
         assert!(matches!(round_trip(ToWorker::Stop), ToWorker::Stop));
+        assert!(matches!(round_trip(ToWorker::LameDuck), ToWorker::LameDuck));
         assert!(matches!(
             round_trip(ToWorker::Check(u64::MAX - 1)),
             ToWorker::Check(n) if n == u64::MAX - 1

@@ -74,6 +74,7 @@ mod exec;
 #[cfg(unix)]
 mod fd;
 mod handler;
+mod health;
 #[cfg(unix)]
 mod listeners;
 mod log;
@@ -107,6 +108,7 @@ pub use config::Mode;
 pub use drain::{is_shutting_down, shutdown_signal};
 pub use error::Error;
 pub use handler::{marker, BoxError, Connection, Handler, IntoHandler, Peer};
+pub use health::{health, is_ready};
 pub use registration::{MainOutput, Registration};
 pub use server::Server;
 pub use signal::Signal;
@@ -133,6 +135,7 @@ pub use tokio_rustls::rustls;
 /// | --- | --- | --- |
 /// | `stop_timeout = "20s"` | `"20s"` | how long a stopping worker drains before open connections are cut |
 /// | `ready_timeout = "30s"` | `"30s"` | how long a new worker may take to become ready before the reload is rolled back |
+/// | `shutdown_delay = "5s"` | `"0s"` | on a stop signal, keep accepting and serving this long, with [`health`] answering `/readyz` 503, before the drain; a second stop signal skips it (`GRACEFUL_SHUTDOWN_DELAY` overrides it); see [`Server::shutdown_delay`] |
 /// | `idle_grace = "500ms"` | `"500ms"` | how long a draining worker keeps idle HTTP/1 keep-alive connections |
 /// | `reload = [SIGHUP, SIGUSR1]` | `[SIGHUP, SIGUSR1]` | signals that reload; `[]` leaves only [`reload()`] |
 /// | `stop = [SIGTERM, SIGINT]` | `[SIGTERM, SIGINT]` | signals that stop |

@@ -12,7 +12,7 @@ use crate::log::log;
 use crate::registration::{MainOutput, Registration};
 use crate::serve::{self, Adapter, Datagram, Listener, StartError};
 use crate::status::Report;
-use crate::{drain, Error};
+use crate::Error;
 
 /// Runs the one process of this platform.
 pub(crate) fn run<F, Fut>(
@@ -39,10 +39,11 @@ impl Adapter for Portable {
         format!("process (pid {})", std::process::id())
     }
 
-    fn install(&mut self, _config: &Config) -> Result<(), Error> {
-        tokio::spawn(async {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                drain::global().start(Some("received Ctrl-C"));
+    fn install(&mut self, config: &Config) -> Result<(), Error> {
+        let delay = config.shutdown_delay;
+        tokio::spawn(async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                crate::health::stop_requested("received Ctrl-C", delay);
             }
         });
         Ok(())

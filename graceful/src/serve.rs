@@ -130,6 +130,10 @@ where
             .await
             .map_err(|e| adapter.fail(e))?;
         adapter.confine().map_err(|e| adapter.fail(e))?;
+        // Ready from the first accept: a health check never reaches a
+        // process that is not, and the start cannot fail after this but
+        // for the announcement, which ends the process.
+        crate::health::set_ready();
         let accepting = start_serving(served, config);
         adapter
             .ready(config, started)

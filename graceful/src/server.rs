@@ -200,6 +200,19 @@ impl Server {
         self
     }
 
+    /// On a stop signal, how long to keep accepting and serving before the
+    /// drain, while [`health`](crate::health) and [`is_ready`](crate::is_ready)
+    /// report the process as stopping (default 0: drain at once). Load
+    /// balancers and Kubernetes take a replica out of rotation some seconds
+    /// after it is told to stop; until then new connections keep coming,
+    /// and are served. A second stop signal skips the rest of the delay.
+    /// It applies in master and single mode; a reload is not delayed.
+    /// `GRACEFUL_SHUTDOWN_DELAY` (`"5s"`, `"500ms"`) overrides it.
+    pub fn shutdown_delay(mut self, delay: Duration) -> Server {
+        self.options.shutdown_delay = delay;
+        self
+    }
+
     /// Workers serve as this user, given by name or uid, while the master
     /// stays as it was started (root). Each worker runs `main` and takes its
     /// listeners with the master's privileges, so root-only files (a TLS

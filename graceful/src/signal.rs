@@ -111,7 +111,7 @@ mod serving {
     use tokio::sync::mpsc::UnboundedSender;
 
     use super::Signal;
-    use crate::{drain, Error};
+    use crate::Error;
 
     /// Handles the configured signals in a serving process. Stop signals
     /// start the drain, also when sent to a worker directly (as with
@@ -119,9 +119,12 @@ mod serving {
     /// group). With `reload` (single mode) each reload signal is sent on it;
     /// without it, reload signals are the master's business, received and
     /// ignored.
+    /// A stop signal drains, after `shutdown_delay` if one is set (see
+    /// `health::stop_requested`).
     pub(crate) fn handle_in_serving(
         reload_signals: &[Signal],
         stop_signals: &[Signal],
+        shutdown_delay: std::time::Duration,
         reload: Option<UnboundedSender<String>>,
     ) -> Result<(), Error> {
         let handle = |sig: Signal| -> Result<Stream, Error> {
@@ -144,8 +147,8 @@ mod serving {
         for &sig in stop_signals {
             let mut stream = handle(sig)?;
             tokio::spawn(async move {
-                if stream.recv().await.is_some() {
-                    drain::global().start(Some(&format!("received {sig}")));
+                while stream.recv().await.is_some() {
+                    crate::health::stop_requested(&format!("received {sig}"), shutdown_delay);
                 }
             });
         }

@@ -213,6 +213,7 @@ impl Adapter for Single {
         signal::handle_in_serving(
             &config.reload_signals,
             &config.stop_signals,
+            config.shutdown_delay,
             Some(reload_tx),
         )
     }
@@ -347,6 +348,14 @@ async fn reloads(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<Stri
                 None => break,
             },
         };
+        if crate::health::stopping() {
+            log!("reload requested ({why}) while the service is stopping; ignored");
+            tell(
+                take_waiters(),
+                &Outcome::Failed("the service is stopping".into()),
+            );
+            continue;
+        }
         if std::process::id() == 1 {
             log!(
                 "reload requested ({why}) but this process is PID 1, and its successor would \

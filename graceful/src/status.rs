@@ -108,6 +108,14 @@ pub(crate) enum Report {
         stop_timeout: Duration,
         extend: Duration,
     },
+    /// The master stops on `signal`, and its serving worker serves on for
+    /// `delay` (`shutdown_delay`), not ready to health checks, before the
+    /// drain; systemd is asked for `extend` more time.
+    LameDuck {
+        signal: Signal,
+        delay: Duration,
+        extend: Duration,
+    },
     /// Single mode: `name` (this process) drains before it exits, and asks
     /// systemd for `extend` more time. The drain itself logs why.
     Draining { name: String, extend: Duration },
@@ -185,6 +193,11 @@ impl Report {
                 { event = "stopping", workers = *workers as u64, stop_timeout_ms = millis(*stop_timeout) },
                 "{line}"
             ),
+            Report::LameDuck { delay, .. } => event_at!(
+                level,
+                { event = "lame_duck", shutdown_delay_ms = millis(*delay) },
+                "{line}"
+            ),
             Report::Draining { .. } => {}
         }
     }
@@ -219,6 +232,10 @@ impl Report {
             } => format!(
                 "stopping ({signal}): draining {workers} worker(s) for up to {stop_timeout:?}"
             ),
+            Report::LameDuck { signal, delay, .. } => format!(
+                "stopping ({signal}): serving on for the {delay:?} shutdown_delay, not ready to \
+                 health checks, then draining; {signal} again drains at once"
+            ),
             Report::Draining { .. } => return None,
         })
     }
@@ -251,6 +268,14 @@ impl Report {
                 ..
             } => format!(
                 "STOPPING=1\nEXTEND_TIMEOUT_USEC={}\nSTATUS=stopping ({signal}): draining {workers} worker(s)",
+                extend.as_micros()
+            ),
+            Report::LameDuck {
+                signal,
+                delay,
+                extend,
+            } => format!(
+                "STOPPING=1\nEXTEND_TIMEOUT_USEC={}\nSTATUS=stopping ({signal}): serving on for the {delay:?} shutdown_delay",
                 extend.as_micros()
             ),
             Report::Draining { name, extend } => format!(

@@ -145,7 +145,12 @@ impl Adapter for Worker {
     }
 
     fn install(&mut self, config: &Config) -> Result<(), Error> {
-        signal::handle_in_serving(&config.reload_signals, &config.stop_signals, None)?;
+        signal::handle_in_serving(
+            &config.reload_signals,
+            &config.stop_signals,
+            config.shutdown_delay,
+            None,
+        )?;
         if let Control::Raw(raw) = std::mem::replace(&mut self.control, Control::Gone) {
             let channel =
                 Channel::new(raw).map_err(|e| Error::io("cannot watch the control socket", e))?;
@@ -166,6 +171,7 @@ impl Adapter for Worker {
                 Ok(Some(ToWorker::Listener(fd))) => break fd,
                 Ok(Some(ToWorker::ListenError(reason))) => return Err(reason),
                 Ok(Some(ToWorker::Stop)) => return Err("the master is stopping".into()),
+                Ok(Some(ToWorker::LameDuck)) => crate::health::set_lame_duck(),
                 // `main` may have asked for a reload already.
                 Ok(Some(ToWorker::Reloaded(outcome))) => deliver(outcome),
                 Ok(Some(ToWorker::Check(check))) => answer_check(channel, check),
@@ -235,6 +241,7 @@ async fn watch_master(channel: Arc<Channel>) {
     let why = loop {
         match channel.recv::<ToWorker<OwnedFd>>().await {
             Ok(Some(ToWorker::Stop)) => drain::global().start(None),
+            Ok(Some(ToWorker::LameDuck)) => crate::health::set_lame_duck(),
             Ok(Some(ToWorker::Check(check))) => answer_check(&channel, check),
             Ok(Some(ToWorker::Reloaded(outcome))) => deliver(outcome),
             Ok(Some(other)) => {

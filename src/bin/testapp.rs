@@ -17,6 +17,9 @@
 //! - `TESTAPP_WATCHDOG_MS`: the `watchdog` option. (`control_socket` is set
 //!   with `GRACEFUL_CONTROL_SOCKET`, `user` and `group` with `GRACEFUL_USER`
 //!   and `GRACEFUL_GROUP`.)
+//! - `TESTAPP_HEALTH_ADDR=ADDR`: also serve `graceful::health` there (its
+//!   listener is the second the master logs). `shutdown_delay` is set with
+//!   `GRACEFUL_SHUTDOWN_DELAY`.
 //! - `TESTAPP_EXTRA_THREADS=1`: `main` starts a thread of its own and a
 //!   thread of the runtime's blocking pool, both still alive when the worker
 //!   starts serving.
@@ -224,6 +227,7 @@ async fn app() -> Result<(), String> {
             .await
             .expect("run on the blocking pool");
     }
+    let health = std::env::var("TESTAPP_HEALTH_ADDR").ok();
     match (
         std::env::var_os("TESTAPP_TLS_CERT"),
         std::env::var_os("TESTAPP_TLS_KEY"),
@@ -233,6 +237,9 @@ async fn app() -> Result<(), String> {
             graceful::register!(addr, handle, tls = tls);
         }
         _ => graceful::register!(addr, handle),
+    }
+    if let Some(health) = health {
+        graceful::register!(health, graceful::health);
     }
     Ok(())
 }

@@ -151,6 +151,9 @@ pub(crate) enum Action {
     Spawn { generation: u64 },
     /// Tell generation N to drain and exit.
     Stop { generation: u64 },
+    /// Tell generation N that the service is stopping: it serves on for the
+    /// `shutdown_delay`, not ready to health checks.
+    LameDuck { generation: u64 },
     /// SIGKILL this child.
     Kill { pid: u32 },
     /// A lifecycle event for the log and systemd.
@@ -255,6 +258,11 @@ impl Worker {
 #[derive(Debug)]
 pub(crate) struct Core {
     stop_timeout: Duration,
+    shutdown_delay: Duration,
+    /// A stop in its `shutdown_delay`: the drain starts at this instant,
+    /// for the stop signal that began it. Not carried across an upgrade,
+    /// which never happens while stopping.
+    lame_duck: Option<(Instant, Signal)>,
     ready_timeout: Duration,
     max_draining: usize,
     upgrade_master: bool,
@@ -293,6 +301,8 @@ impl Core {
     ) -> (Core, Vec<Action>) {
         let mut core = Core {
             stop_timeout: config.stop_timeout,
+            shutdown_delay: config.shutdown_delay,
+            lame_duck: None,
             ready_timeout: config.ready_timeout,
             max_draining: config.max_draining,
             upgrade_master: config.upgrade_master,
@@ -410,7 +420,9 @@ impl Core {
         let watchdog = self.watchdog.map(|w| w.next).filter(|_| self.serving());
         let queries = self.queries.iter().map(|q| q.deadline);
         let held = self.held.iter().map(|h| h.until);
+        let lame_duck = self.lame_duck.map(|(until, _)| until);
         workers
+            .chain(lame_duck)
             .chain(restart)
             .chain(watchdog)
             .chain(self.changed)
@@ -744,11 +756,18 @@ impl Core {
         self.release_held(now);
         if matches!(self.phase, Phase::Stopping { .. }) && self.workers.is_empty() {
             self.phase = Phase::Done;
+            self.lame_duck = None;
             self.out.push(Action::Exit(Ok(())));
         }
     }
 
     fn tick(&mut self, now: Instant) {
+        if let Some((until, signal)) = self.lame_duck {
+            if until <= now {
+                self.lame_duck = None;
+                self.drain_all(now, signal);
+            }
+        }
         if self.changed.is_some_and(|at| at <= now) {
             self.changed = None;
             self.request_reload(now, "the executable changed", None);
@@ -804,7 +823,19 @@ impl Core {
         }
     }
 
+    /// A stop signal. The first one stops the service: with a
+    /// `shutdown_delay` and a serving worker, that worker serves on for the
+    /// delay, then every worker drains. One during the delay drains at once;
+    /// one during the drain kills every worker.
     fn stop(&mut self, now: Instant, signal: Signal) {
+        if let Some((_, first)) = self.lame_duck.take() {
+            self.log(format!(
+                "{signal} received again: the rest of the {:?} shutdown_delay is skipped",
+                self.shutdown_delay
+            ));
+            self.drain_all(now, first);
+            return;
+        }
         if let Phase::Stopping { .. } = self.phase {
             self.warn(format!(
                 "{signal} received again while stopping; killing every worker now"
@@ -825,6 +856,32 @@ impl Core {
         // Reloads that finished are told so now: every worker stops.
         let held = std::mem::take(&mut self.held);
         self.out.extend(held.into_iter().map(Held::answer));
+        if current.is_none() || self.shutdown_delay.is_zero() {
+            self.drain_all(now, signal);
+            return;
+        }
+        self.lame_duck = Some((now + self.shutdown_delay, signal));
+        self.report(Report::LameDuck {
+            signal,
+            delay: self.shutdown_delay,
+            // The delay and the whole drain, so that neither is cut short
+            // by TimeoutStopSec.
+            extend: self.shutdown_delay + self.stop_timeout + KILL_GRACE + Duration::from_secs(1),
+        });
+        // A reload's new worker serves nothing yet, and never will.
+        self.kill_all(|state| matches!(state, State::Starting { .. }));
+        let serving = self.workers.iter().filter(|w| w.state == State::Serving);
+        let lame: Vec<Action> = serving
+            .map(|w| Action::LameDuck {
+                generation: w.generation,
+            })
+            .collect();
+        self.out.extend(lame);
+    }
+
+    /// Tells every serving worker to drain (on `signal`), and kills those
+    /// still starting; exits at once if no worker is left.
+    fn drain_all(&mut self, now: Instant, signal: Signal) {
         self.report(Report::Stopping {
             signal,
             workers: self.workers.len(),
@@ -1268,6 +1325,8 @@ impl Core {
         let carried_watchdog = carried.watchdog;
         Core {
             stop_timeout: config.stop_timeout,
+            shutdown_delay: config.shutdown_delay,
+            lame_duck: None,
             ready_timeout: config.ready_timeout,
             max_draining: config.max_draining,
             upgrade_master: config.upgrade_master,
@@ -1855,6 +1914,135 @@ mod tests {
         let actions = run.at(1002, exited(102, 1));
         assert_eq!(no_worker_delay(&actions), Some(100 * MS), "{actions:?}");
         assert_eq!(spawns(&run.at(1102, Event::Tick)), 1);
+    }
+
+    /// Serving worker 1 (pid 101) with a 5 s `shutdown_delay`.
+    fn with_delay() -> Run {
+        let config = Config {
+            upgrade_master: false,
+            shutdown_delay: Duration::from_secs(5),
+            ..config()
+        };
+        let mut run = Run::with_config(&config, None);
+        run.spawned(0, 1, 101);
+        run.at(
+            5,
+            Event::Ready {
+                generation: 1,
+                readiness: None,
+            },
+        );
+        run
+    }
+
+    #[test]
+    fn with_a_shutdown_delay_the_serving_worker_serves_on_then_drains() {
+        let mut run = with_delay();
+        let actions = run.at(1000, Event::Signal(Signal::SIGTERM));
+        assert_eq!(
+            actions,
+            [
+                Action::Report(Report::LameDuck {
+                    signal: Signal::SIGTERM,
+                    delay: Duration::from_secs(5),
+                    extend: Duration::from_millis(26_500),
+                }),
+                Action::LameDuck { generation: 1 },
+            ]
+        );
+        assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 6000));
+        // Reloads are refused meanwhile; the status says stopping.
+        assert_eq!(
+            run.at(2000, Event::Signal(Signal::SIGHUP)),
+            [Action::Log(
+                Level::Warn,
+                "reload requested (signal SIGHUP) while stopping; ignored".into()
+            )]
+        );
+        assert_eq!(run.at(5999, Event::Tick), []);
+        let actions = run.at(6000, Event::Tick);
+        assert_eq!(
+            actions,
+            [
+                Action::Report(Report::Stopping {
+                    signal: Signal::SIGTERM,
+                    workers: 1,
+                    stop_timeout: Duration::from_secs(20),
+                    extend: Duration::from_millis(21_500),
+                }),
+                Action::Stop { generation: 1 },
+            ]
+        );
+        assert_eq!(
+            run.at(6100, exited(101, 0)).last(),
+            Some(&Action::Exit(Ok(())))
+        );
+    }
+
+    #[test]
+    fn a_second_stop_signal_skips_the_rest_of_the_shutdown_delay() {
+        let mut run = with_delay();
+        run.at(1000, Event::Signal(Signal::SIGTERM));
+        let actions = run.at(1500, Event::Signal(Signal::SIGINT));
+        assert_eq!(
+            actions[0],
+            Action::Log(
+                Level::Info,
+                "SIGINT received again: the rest of the 5s shutdown_delay is skipped".into()
+            )
+        );
+        assert!(
+            actions.contains(&Action::Stop { generation: 1 }),
+            "{actions:?}"
+        );
+        assert!(
+            matches!(
+                actions[1],
+                Action::Report(Report::Stopping {
+                    signal: Signal::SIGTERM,
+                    ..
+                })
+            ),
+            "{actions:?}"
+        );
+        // The delay's end changes nothing now; a third signal kills.
+        assert_eq!(run.at(6000, Event::Tick), []);
+        assert_eq!(
+            run.at(6001, Event::Signal(Signal::SIGTERM)).last(),
+            Some(&Action::Kill { pid: 101 })
+        );
+    }
+
+    #[test]
+    fn a_stop_in_the_delay_kills_a_starting_worker_and_a_crash_ends_it() {
+        let mut run = with_delay();
+        run.reload(500, 2, 102);
+        let actions = run.at(1000, Event::Signal(Signal::SIGTERM));
+        assert!(actions.contains(&Action::Kill { pid: 102 }), "{actions:?}");
+        assert!(actions.contains(&Action::LameDuck { generation: 1 }));
+        assert!(!actions.contains(&Action::LameDuck { generation: 2 }));
+        run.at(1001, exited(102, 0));
+        // The serving worker dies in the delay: nothing to restart or drain.
+        let last = run.at(2000, exited(101, 1));
+        assert_eq!(last.last(), Some(&Action::Exit(Ok(()))), "{last:?}");
+        assert_eq!(run.core.next_deadline(), None);
+        assert_eq!(run.at(6000, Event::Tick), []);
+    }
+
+    #[test]
+    fn without_a_serving_worker_a_stop_drains_at_once_despite_the_delay() {
+        let config = Config {
+            shutdown_delay: Duration::from_secs(5),
+            ..config()
+        };
+        let mut run = Run::with_config(&config, None);
+        run.spawned(0, 1, 101);
+        let actions = run.at(10, Event::Signal(Signal::SIGTERM));
+        assert!(
+            matches!(actions[0], Action::Report(Report::Stopping { .. })),
+            "{actions:?}"
+        );
+        assert!(actions.contains(&Action::Kill { pid: 101 }));
     }
 
     #[test]

@@ -743,6 +743,12 @@ impl Master {
                     }
                     None
                 }
+                Action::LameDuck { generation } => {
+                    if let Some(control) = self.control(generation) {
+                        let _ = control::send(control, &ToWorker::LameDuck);
+                    }
+                    None
+                }
                 // Only our own, unreaped child, which leads its own process
                 // group: neither can have been reused. The whole group, so
                 // that nothing the worker started outlives it.

@@ -1,0 +1,149 @@
+//! What a fleet behind a load balancer needs: the health handler
+//! (`graceful::health`), and the lame-duck stop (`shutdown_delay`): on a
+//! stop signal the service keeps accepting and serving for the delay while
+//! `/readyz` says it is stopping, then drains; a second stop signal skips
+//! the rest of the delay. In master and single mode.
+
+use std::time::{Duration, Instant};
+
+use graceful_dev::http::get;
+use graceful_dev::process::Service;
+use graceful_dev::{testapp, TIMEOUT as T};
+use nix::sys::signal::Signal;
+
+/// One request with its status, headers and body, on a new connection.
+fn request(addr: &str, method: &str, path: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(T)).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// testapp with the health handler on a second listener and the given
+/// extra environment; returns the service, the app's and the health
+/// handler's addresses.
+fn service(envs: &[(&str, &str)]) -> (Service, String, String) {
+    // Another address than the app's: "127.0.0.1:0" twice is one socket.
+    let mut all = vec![("TESTAPP_HEALTH_ADDR", "127.0.0.2:0")];
+    all.extend_from_slice(envs);
+    let service = Service::start(&testapp(), &["127.0.0.1:0"], &all);
+    let app = service.addr_n(0, T);
+    let health = service.addr_n(1, T);
+    (service, app, health)
+}
+
+#[test]
+fn the_health_handler_answers_livez_and_readyz_without_caching() {
+    let (service, _, health) = service(&[]);
+    service.ready_worker(1, T);
+    for path in ["/livez", "/readyz"] {
+        let (status, head, body) = request(&health, "GET", path);
+        assert_eq!(status, 200, "{path}");
+        assert!(head.contains("cache-control: no-store"), "{path}: {head}");
+        assert_eq!(body, if path == "/livez" { "ok\n" } else { "ready\n" });
+        let (status, _, body) = request(&health, "HEAD", path);
+        assert_eq!((status, body.as_str()), (200, ""), "HEAD {path}");
+    }
+    assert_eq!(request(&health, "GET", "/other").0, 404);
+    assert_eq!(request(&health, "POST", "/readyz").0, 405);
+}
+
+/// Sends `signal` to `pid`, and checks that for `delay` after it the
+/// service still accepts and serves while `/readyz` says `stopping`; then
+/// that it drains and exits 0, not before the delay is over.
+fn serves_on_through_the_delay(
+    mut service: Service,
+    stopper: i32,
+    app: &str,
+    health: &str,
+    delay: Duration,
+) {
+    let signalled = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(stopper), Signal::SIGTERM).unwrap();
+    service.wait_line("shutdown_delay", T);
+    let (status, head, body) = request(health, "GET", "/readyz");
+    assert_eq!((status, body.as_str()), (503, "stopping\n"));
+    assert!(head.contains("cache-control: no-store"), "{head}");
+    assert_eq!(request(health, "GET", "/livez").0, 200);
+    // New connections are still served while the delay lasts.
+    let mut served = 0;
+    while signalled.elapsed() < delay.mul_f32(0.8) {
+        assert_eq!(get(app, "/").expect("served in the delay").0, 200);
+        served += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(served > 5, "only {served} requests in the delay");
+    let status = service.wait_exit(T);
+    let took = signalled.elapsed();
+    assert!(status.success(), "{}", service.log_text());
+    assert!(
+        took >= delay,
+        "exited {took:?} after the signal, within the {delay:?} delay"
+    );
+    println!("{served} new connections served in the delay; exited {took:?} after SIGTERM");
+}
+
+#[test]
+fn with_a_shutdown_delay_a_stop_serves_on_and_reports_stopping_then_drains() {
+    let (service, app, health) = service(&[("GRACEFUL_SHUTDOWN_DELAY", "1500ms")]);
+    service.ready_worker(1, T);
+    let master = service.pid();
+    serves_on_through_the_delay(service, master, &app, &health, Duration::from_millis(1500));
+}
+
+#[test]
+fn in_single_mode_too() {
+    let (service, app, health) = service(&[
+        ("GRACEFUL_SHUTDOWN_DELAY", "1500ms"),
+        ("GRACEFUL_MODE", "single"),
+    ]);
+    let process = service.ready("process", 1, T);
+    serves_on_through_the_delay(service, process, &app, &health, Duration::from_millis(1500));
+}
+
+#[test]
+fn a_second_stop_signal_skips_the_rest_of_the_delay() {
+    let (mut service, _, health) = service(&[("GRACEFUL_SHUTDOWN_DELAY", "1h")]);
+    service.ready_worker(1, T);
+    service.signal(Signal::SIGTERM);
+    service.wait_line("serving on for the 3600s shutdown_delay", T);
+    assert_eq!(request(&health, "GET", "/readyz").0, 503);
+    service.signal(Signal::SIGTERM);
+    // Bounded by T, far below the hour.
+    assert!(service.wait_exit(T).success(), "{}", service.log_text());
+    service.wait_line(
+        "SIGTERM received again: the rest of the 3600s shutdown_delay is skipped",
+        Duration::ZERO,
+    );
+}
+
+#[test]
+fn a_malformed_shutdown_delay_stops_the_start_naming_it() {
+    let mut service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[("GRACEFUL_SHUTDOWN_DELAY", "5")],
+    );
+    assert_eq!(service.wait_exit(T).code(), Some(1));
+    let log = service.log_text();
+    assert!(
+        log.contains(
+            "invalid option shutdown_delay: GRACEFUL_SHUTDOWN_DELAY=\"5\" has no unit; write it \
+             like \"5s\" or \"500ms\""
+        ),
+        "{log}"
+    );
+}
