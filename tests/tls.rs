@@ -255,3 +255,99 @@ fn listen_and_serve_tls_is_a_drop_in_that_reloads() {
     assert_eq!(got.body.trim(), second.to_string());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A Kubernetes Secret volume in `dir/volume`: `tls.crt` and `tls.key` are
+/// symlinks through `..data` to a timestamped directory. `swap` writes the
+/// new files into a new directory and swaps `..data` atomically, as the
+/// kubelet's atomic writer does.
+struct Volume {
+    dir: PathBuf,
+    version: u32,
+}
+
+impl Volume {
+    fn new(dir: &Path, cert: &str, key: &str) -> Volume {
+        let dir = dir.join("volume");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut volume = Volume { dir, version: 0 };
+        volume.swap(cert, key);
+        for name in ["tls.crt", "tls.key"] {
+            std::os::unix::fs::symlink(format!("..data/{name}"), volume.dir.join(name)).unwrap();
+        }
+        volume
+    }
+
+    fn swap(&mut self, cert: &str, key: &str) {
+        self.version += 1;
+        let version = format!("..2026_12_02_{}", self.version);
+        let target = self.dir.join(&version);
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("tls.crt"), cert).unwrap();
+        std::fs::write(target.join("tls.key"), key).unwrap();
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+    }
+}
+
+#[test]
+fn a_certificate_rotated_by_a_data_swap_is_served_with_no_signal_and_no_failure() {
+    let dir = temp_dir("tls-watch");
+    let ca = TestCa::new();
+    let first = ca.leaf("first");
+    let mut volume = Volume::new(&dir, &first.cert_pem, &first.key_pem);
+    let service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[
+            ("TESTAPP_TLS_CERT", s(&volume.dir.join("tls.crt"))),
+            ("TESTAPP_TLS_KEY", s(&volume.dir.join("tls.key"))),
+            ("GRACEFUL_WATCH_PATHS", s(&volume.dir)),
+        ],
+    );
+    let addr: SocketAddr = service.addr(T).parse().unwrap();
+    service.ready_worker(1, T);
+    service.wait_line(&format!("watching {} to reload", volume.dir.display()), T);
+    let client = ca.client_config();
+    assert_eq!(
+        fetch(addr, &client, false, "/").unwrap().peer_cert,
+        first.der
+    );
+    let load = Load::start_with(addr, Mode::NewConnection, 2, "/", Some(client.clone()));
+    assert!(load.wait_progress(20, T));
+    // Rotated: no signal is sent.
+    let second = ca.leaf("second");
+    volume.swap(&second.cert_pem, &second.key_pem);
+    service.wait_line(
+        &format!("reload started ({} changed)", volume.dir.display()),
+        T,
+    );
+    service.ready_worker(2, T);
+    assert!(load.wait_progress(20, T));
+    for http2 in [false, true] {
+        assert_eq!(
+            fetch(addr, &client, http2, "/").unwrap().peer_cert,
+            second.der
+        );
+    }
+    // A broken certificate: the reload fails, names the file, and the
+    // second certificate is still served.
+    volume.swap("not a certificate", &second.key_pem);
+    let failed = service.wait_line("reload failed", T);
+    assert!(failed.contains("TLS file"), "{failed}");
+    assert!(failed.contains("tls.crt"), "{failed}");
+    assert!(load.wait_progress(20, T));
+    assert_eq!(
+        fetch(addr, &client, true, "/").unwrap().peer_cert,
+        second.der
+    );
+    let report = load.stop();
+    eprintln!(
+        "new TLS connections through a rotation and a failed one: {}",
+        report.summary()
+    );
+    report.assert_clean("new connection over TLS");
+    assert_eq!(service.count_lines("reload started"), 2);
+    drop(service);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -25,6 +25,8 @@ pub(crate) enum RawValue {
     Bool(syn::LitBool),
     /// `[SIGHUP, SIGUSR1]`; the span covers the brackets.
     List(Vec<Ident>, Span),
+    /// `["/etc/app/config.toml", "/etc/tls/"]`; the span covers the brackets.
+    Strings(Vec<LitStr>, Span),
 }
 
 impl RawValue {
@@ -33,7 +35,7 @@ impl RawValue {
             RawValue::Str(s) => s.span(),
             RawValue::Int(i) => i.span(),
             RawValue::Bool(b) => b.span(),
-            RawValue::List(_, span) => *span,
+            RawValue::List(_, span) | RawValue::Strings(_, span) => *span,
         }
     }
 
@@ -42,7 +44,8 @@ impl RawValue {
             RawValue::Str(_) => "a string",
             RawValue::Int(_) => "an integer",
             RawValue::Bool(_) => "`true` or `false`",
-            RawValue::List(..) => "a list",
+            RawValue::List(..) => "a list of names",
+            RawValue::Strings(..) => "a list of strings",
         }
     }
 }
@@ -82,8 +85,13 @@ impl Parse for RawArg {
         } else if lookahead.peek(syn::token::Bracket) {
             let content;
             let brackets = bracketed!(content in input);
-            let items = Punctuated::<Ident, Token![,]>::parse_terminated(&content)?;
-            RawValue::List(items.into_iter().collect(), brackets.span.join())
+            if content.peek(LitStr) {
+                let items = Punctuated::<LitStr, Token![,]>::parse_terminated(&content)?;
+                RawValue::Strings(items.into_iter().collect(), brackets.span.join())
+            } else {
+                let items = Punctuated::<Ident, Token![,]>::parse_terminated(&content)?;
+                RawValue::List(items.into_iter().collect(), brackets.span.join())
+            }
         } else {
             return Err(lookahead.error());
         };

@@ -37,6 +37,7 @@ const KEYS: &[&str] = &[
     "user",
     "group",
     "shutdown_delay",
+    "watch_paths",
 ];
 
 /// The smallest `max_header_size` the runtime accepts (hyper's read buffer).
@@ -76,6 +77,7 @@ pub(crate) struct Config {
     pub(crate) watchdog: Option<u64>,
     pub(crate) upgrade_master: Option<bool>,
     pub(crate) shutdown_delay: Option<u64>,
+    pub(crate) watch_paths: Option<Vec<syn::LitStr>>,
     pub(crate) user: Option<syn::LitStr>,
     pub(crate) group: Option<syn::LitStr>,
 }
@@ -128,6 +130,7 @@ impl Config {
                     config.ready_timeout = duration(&key, &value, false, &mut errors)
                 }
                 "idle_grace" => config.idle_grace = duration(&key, &value, true, &mut errors),
+                "watch_paths" => config.watch_paths = paths(&key, &value, &mut errors),
                 "shutdown_delay" => {
                     config.shutdown_delay = duration(&key, &value, true, &mut errors)
                 }
@@ -394,6 +397,36 @@ fn mode(key: &Ident, value: &RawValue, errors: &mut Errors) -> Option<String> {
     } else {
         errors.push(lit.span(), format!("unknown mode {mode:?}; {help}"));
         None
+    }
+}
+
+/// A list of paths, each non-empty; `[]` is none.
+fn paths(key: &Ident, value: &RawValue, errors: &mut Errors) -> Option<Vec<syn::LitStr>> {
+    match value {
+        RawValue::List(items, _) if items.is_empty() => Some(Vec::new()),
+        RawValue::Strings(items, _) => {
+            let mut ok = true;
+            for lit in items {
+                if lit.value().is_empty() {
+                    errors.push(
+                        lit.span(),
+                        format!("`{key}` needs paths, not an empty string"),
+                    );
+                    ok = false;
+                }
+            }
+            ok.then(|| items.clone())
+        }
+        other => {
+            errors.push(
+                other.span(),
+                format!(
+                    "`{key}` takes a list of paths like `[\"/etc/app/config.toml\", \"/etc/tls/\"]`, not {}",
+                    other.kind()
+                ),
+            );
+            None
+        }
     }
 }
 

@@ -154,6 +154,9 @@ fn bootstrap(func: &ItemFn, config: &Config) -> TokenStream {
     if let Some(path) = &config.control_socket {
         builder.extend(quote! { .control_socket(#path) });
     }
+    if let Some(paths) = &config.watch_paths {
+        builder.extend(quote! { .watch_paths([#(#paths),*]) });
+    }
     if let Some(user) = &config.user {
         builder.extend(quote! { .user(#user) });
     }

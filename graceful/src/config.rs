@@ -45,6 +45,10 @@ pub(crate) const ENV_UPGRADE_MASTER: &str = "GRACEFUL_UPGRADE_MASTER";
 pub(crate) const ENV_USER: &str = "GRACEFUL_USER";
 pub(crate) const ENV_GROUP: &str = "GRACEFUL_GROUP";
 
+/// The environment variable that overrides `watch_paths` set in code:
+/// paths separated by `:` (an empty value watches none).
+pub(crate) const ENV_WATCH_PATHS: &str = "GRACEFUL_WATCH_PATHS";
+
 /// The environment variable that overrides `shutdown_delay` set in code.
 pub(crate) const ENV_SHUTDOWN_DELAY: &str = "GRACEFUL_SHUTDOWN_DELAY";
 
@@ -101,6 +105,8 @@ pub(crate) struct Config {
     /// On a stop signal, how long the serving process keeps accepting and
     /// serving, not ready to health checks, before it drains.
     pub(crate) shutdown_delay: Duration,
+    /// Reload when one of these files or directories changes.
+    pub(crate) watch_paths: Vec<PathBuf>,
     /// The user workers serve as, by name or uid (`privilege.rs`).
     pub(crate) user: Option<String>,
     /// Their group, by name or gid; `None`: the user's own.
@@ -149,6 +155,7 @@ pub(crate) struct Options {
     pub(crate) user: Option<String>,
     pub(crate) group: Option<String>,
     pub(crate) shutdown_delay: Duration,
+    pub(crate) watch_paths: Vec<PathBuf>,
 }
 
 impl Default for Options {
@@ -174,6 +181,7 @@ impl Default for Options {
             user: None,
             group: None,
             shutdown_delay: Duration::ZERO,
+            watch_paths: Vec::new(),
         }
     }
 }
@@ -277,6 +285,12 @@ impl Options {
             user,
             group,
             shutdown_delay,
+            watch_paths: match std::env::var_os(ENV_WATCH_PATHS) {
+                None => self.watch_paths,
+                Some(value) => std::env::split_paths(&value)
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .collect(),
+            },
         })
     }
 }

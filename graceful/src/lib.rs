@@ -148,6 +148,7 @@ pub use tokio_rustls::rustls;
 /// | `max_header_size = 65536` | `65536` | the largest request head, in bytes; see [`Server::max_header_size`] |
 /// | `max_draining = 4` | `4` | old workers draining at once; see [`Server::max_draining`] |
 /// | `watch = true` | `false` | reload when the executable is replaced; see [`Server::watch`] |
+/// | `watch_paths = ["/etc/tls/"]` | none | reload when one of these files or directories changes (a renewed certificate, a Kubernetes Secret or ConfigMap volume); `GRACEFUL_WATCH_PATHS` (`:`-separated) overrides it; see [`Server::watch_paths`] |
 /// | `control_socket = "/run/app/graceful.sock"` | none | where `graceful reload` and `graceful status` reach the master (`GRACEFUL_CONTROL_SOCKET` overrides it); see [`Server::control_socket`] and [`ctl`] |
 /// | `watchdog = "10s"` | off (under systemd: a quarter of `WatchdogSec=`) | check that the serving worker's runtime answers, and replace it if not; see [`Server::watchdog`] |
 /// | `user = "www-data"` | none | workers serve as this user (name or uid) once they have their listeners; the master stays root (`GRACEFUL_USER` overrides it); see [`Server::user`] |

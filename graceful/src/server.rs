@@ -200,6 +200,21 @@ impl Server {
         self
     }
 
+    /// Reload when one of these files or directories changes: a
+    /// certificate renewed by certbot, a Kubernetes Secret or ConfigMap
+    /// volume whose `..data` symlink is swapped, a configuration file
+    /// rewritten in place. The master watches each path's directory with
+    /// inotify in its poll set (Linux; no thread, no periodic wake-up) and
+    /// reloads once the changes have been quiet for 300 ms. A path's
+    /// directory must exist when the master starts. A new worker that fails
+    /// on the new files (a bad certificate) is rolled back as any failed
+    /// reload; the log names the path that changed. `GRACEFUL_WATCH_PATHS`
+    /// (paths separated by `:`) overrides it.
+    pub fn watch_paths<P: Into<PathBuf>>(mut self, paths: impl IntoIterator<Item = P>) -> Server {
+        self.options.watch_paths = paths.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// On a stop signal, how long to keep accepting and serving before the
     /// drain, while [`health`](crate::health) and [`is_ready`](crate::is_ready)
     /// report the process as stopping (default 0: drain at once). Load

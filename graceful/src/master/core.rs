@@ -140,6 +140,10 @@ pub(crate) enum Event {
     /// Linux has the watch).
     #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
     ExecutableChanged,
+    /// A path of `watch_paths` changed (debounced as `ExecutableChanged`;
+    /// Linux only, too).
+    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
+    PathChanged(String),
     /// Time passed: deadlines up to now are due.
     Tick,
 }
@@ -289,6 +293,9 @@ pub(crate) struct Core {
     /// The executable changed: reload at this instant if nothing else
     /// changes it before.
     changed: Option<Instant>,
+    /// What changed, for the reload's reason: a watched path, or the
+    /// executable (`None`).
+    changed_path: Option<String>,
     out: Vec<Action>,
 }
 
@@ -325,6 +332,7 @@ impl Core {
             phase: Phase::Done,
             queued: false,
             changed: None,
+            changed_path: None,
             out: Vec::new(),
         };
         let first = core.spawn(now);
@@ -398,6 +406,10 @@ impl Core {
             }
             Event::Exited { pid, how } => self.exited(now, pid, &how),
             Event::ExecutableChanged => self.changed = Some(now + WATCH_QUIET),
+            Event::PathChanged(path) => {
+                self.changed = Some(now + WATCH_QUIET);
+                self.changed_path = Some(path);
+            }
             Event::Tick => self.tick(now),
         }
         std::mem::take(&mut self.out)
@@ -770,7 +782,11 @@ impl Core {
         }
         if self.changed.is_some_and(|at| at <= now) {
             self.changed = None;
-            self.request_reload(now, "the executable changed", None);
+            let why = match self.changed_path.take() {
+                Some(path) => format!("{path} changed"),
+                None => "the executable changed".to_string(),
+            };
+            self.request_reload(now, &why, None);
         }
         self.watchdog_tick(now);
         self.release_held(now);
@@ -1374,6 +1390,8 @@ impl Core {
             phase,
             queued: carried.queued,
             changed: carried.changed.map(|at| clock.at(at)),
+            // Not carried: a reload due then says the executable changed.
+            changed_path: None,
             out: Vec::new(),
         }
     }
@@ -2741,6 +2759,46 @@ mod tests {
         );
         assert_eq!(spawns(&actions), 1);
         assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 31_800));
+    }
+
+    #[test]
+    fn a_changed_watched_path_reloads_once_quiet_and_names_the_path() {
+        let mut run = Run::serving();
+        // A Kubernetes swap: several events within a few milliseconds.
+        for at in [1000, 1001, 1003] {
+            assert_eq!(run.at(at, Event::PathChanged("/etc/tls/".into())), []);
+        }
+        assert_eq!(run.at(1302, Event::Tick), []);
+        let actions = run.at(1303, Event::Tick);
+        assert_eq!(
+            actions[0],
+            Action::Report(Report::ReloadStarted {
+                why: "/etc/tls/ changed".into(),
+                starting: Some("worker 2".into()),
+            })
+        );
+        assert_eq!(spawns(&actions), 1);
+        // The executable, next time, is named as such.
+        run.at(
+            1304,
+            Event::Spawned {
+                generation: 2,
+                pid: 102,
+            },
+        );
+        run.at(
+            1310,
+            Event::Ready {
+                generation: 2,
+                readiness: None,
+            },
+        );
+        run.at(2000, Event::ExecutableChanged);
+        let actions = run.at(2300, Event::Tick);
+        assert!(
+            matches!(&actions[0], Action::Report(Report::ReloadStarted { why, .. }) if why == "the executable changed"),
+            "{actions:?}"
+        );
     }
 
     #[test]

@@ -59,6 +59,9 @@ struct Master {
     children: HashMap<u64, Child>,
     #[cfg(any(target_os = "linux", target_os = "android"))]
     watch: Option<watch::ExecutableWatch>,
+    /// `watch_paths`.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    paths: Option<watch::PathsWatch>,
     control: Option<ControlSocket>,
     core: Core,
     exit: Option<Result<(), String>>,
@@ -132,6 +135,18 @@ fn watch_executable(path: &std::path::Path) -> Option<watch::ExecutableWatch> {
     }
 }
 
+/// Starts watching `watch_paths`, if any; an error names the path.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn watch_paths(paths: &[std::path::PathBuf]) -> Result<Option<watch::PathsWatch>, String> {
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    let watch = watch::PathsWatch::new(paths)?;
+    let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    log!("watching {} to reload when they change", list.join(", "));
+    Ok(Some(watch))
+}
+
 /// The worker watchdog: from systemd's `WATCHDOG_USEC` when it is set
 /// (checks at a quarter of it, so that a wedged worker is found and
 /// replaced before systemd's own deadline), else from the option.
@@ -191,6 +206,18 @@ pub(crate) fn run(config: Config) -> Result<(), Error> {
     if config.watch {
         log!("watch is not available on this platform (it needs inotify); reload with a signal");
     }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let paths = watch_paths(&config.watch_paths).map_err(|reason| Error::InvalidOption {
+        option: "watch_paths",
+        reason,
+    })?;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    if !config.watch_paths.is_empty() {
+        return Err(Error::InvalidOption {
+            option: "watch_paths",
+            reason: "watching files needs inotify (Linux); reload with a signal".into(),
+        });
+    }
     let control = match &config.control_socket {
         Some(path) => Some(bind_control(path)?),
         None => None,
@@ -224,6 +251,8 @@ pub(crate) fn run(config: Config) -> Result<(), Error> {
         children: HashMap::new(),
         #[cfg(any(target_os = "linux", target_os = "android"))]
         watch,
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        paths,
         control,
         core,
         exit: None,
@@ -308,6 +337,12 @@ pub(crate) fn resume(config: Config, pipe: OwnedFd) -> Result<(), Error> {
         (true, None) => watch_executable(executable.path()),
         (false, _) => None,
     };
+    // Watched anew: a change in the exec's few milliseconds is not seen.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let paths = watch_paths(&config.watch_paths)
+        .map_err(|e| log!("watch_paths after the master's upgrade: {e}; reload with a signal"))
+        .ok()
+        .flatten();
     let mut control = state.control.and_then(|carried| {
         ControlSocket::from_state(carried, &clock)
             .map_err(|e| log!("the control socket did not survive the master's upgrade: {e}"))
@@ -386,6 +421,8 @@ pub(crate) fn resume(config: Config, pipe: OwnedFd) -> Result<(), Error> {
         children,
         #[cfg(any(target_os = "linux", target_os = "android"))]
         watch,
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        paths,
         control,
         core,
         exit: None,
@@ -616,12 +653,19 @@ impl Master {
             };
             #[cfg(any(target_os = "linux", target_os = "android"))]
             let mut watched = false;
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            let mut paths_changed = false;
             let mut accept = false;
             let (readable, clients): (Vec<u64>, Vec<u64>) = {
                 let mut fds = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
                 #[cfg(any(target_os = "linux", target_os = "android"))]
                 let watch_at = self.watch.as_ref().map(|watch| {
                     fds.push(PollFd::new(watch.fd(), PollFlags::POLLIN));
+                    fds.len() - 1
+                });
+                #[cfg(any(target_os = "linux", target_os = "android"))]
+                let paths_at = self.paths.as_ref().map(|paths| {
+                    fds.push(PollFd::new(paths.fd(), PollFlags::POLLIN));
                     fds.len() - 1
                 });
                 let listener_at = self.control.as_ref().map(|control| {
@@ -653,6 +697,10 @@ impl Master {
                 if let Some(at) = watch_at {
                     watched = ready(&fds[at]);
                 }
+                #[cfg(any(target_os = "linux", target_os = "android"))]
+                if let Some(at) = paths_at {
+                    paths_changed = ready(&fds[at]);
+                }
                 if let Some(at) = listener_at {
                     accept = ready(&fds[at]);
                 }
@@ -682,6 +730,13 @@ impl Master {
             #[cfg(any(target_os = "linux", target_os = "android"))]
             if watched && self.watch.as_ref().is_some_and(|w| w.changed()) {
                 self.handle(Event::ExecutableChanged);
+            }
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            if let Some(path) = paths_changed
+                .then(|| self.paths.as_ref().and_then(|p| p.changed()))
+                .flatten()
+            {
+                self.handle(Event::PathChanged(path.display().to_string()));
             }
             self.reap();
             for id in clients {

@@ -1,12 +1,13 @@
-//! Watching the executable file for a new build (`watch = true`): inotify on
-//! its directory, one descriptor in the master's `poll` set, no thread and
-//! no timer of its own. Linux only.
+//! Watching the executable file for a new build (`watch = true`), and the
+//! files and directories of `watch_paths`: inotify on their directories, one
+//! descriptor each in the master's `poll` set, no thread and no timer of
+//! their own. Linux only.
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
 /// Changes to one file, seen through its directory (a build renamed or
 /// linked over the path replaces the file, which a watch on the file itself
@@ -76,5 +77,151 @@ impl ExecutableWatch {
                 .any(|event| event.name.as_deref() == Some(self.name.as_os_str()));
         }
         changed
+    }
+}
+
+/// Files and directories whose change reloads (`watch_paths`), each
+/// watched through a directory: a directory given is watched itself, and
+/// any change in it counts; a file is watched through its directory, where
+/// a change to its name counts, and so does one to a name that starts with
+/// `..` (Kubernetes swaps a volume's `..data` symlink, so the file's own
+/// name never changes). Renames over the name (certbot's symlinks, an
+/// editor's save) and rewrites in place are both seen.
+#[derive(Debug)]
+pub(crate) struct PathsWatch {
+    inotify: Inotify,
+    /// Each watch: its descriptor, the path as configured, and the name to
+    /// look for in the directory (`None`: any).
+    watches: Vec<(WatchDescriptor, PathBuf, Option<OsString>)>,
+}
+
+impl PathsWatch {
+    /// Watches `paths`; an error names the path that cannot be watched.
+    pub(crate) fn new(paths: &[PathBuf]) -> Result<PathsWatch, String> {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .map_err(|e| format!("cannot start inotify: {e}"))?;
+        let mask = AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_MOVED_FROM
+            | AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_DELETE
+            | AddWatchFlags::IN_MODIFY
+            | AddWatchFlags::IN_ATTRIB;
+        let mut watches = Vec::new();
+        for path in paths {
+            let (dir, name) = if path.is_dir() {
+                (path.as_path(), None)
+            } else {
+                let dir = match path.parent() {
+                    Some(dir) if !dir.as_os_str().is_empty() => dir,
+                    _ => Path::new("."),
+                };
+                let name = path
+                    .file_name()
+                    .ok_or_else(|| format!("cannot watch {}: it names no file", path.display()))?;
+                (dir, Some(name.to_owned()))
+            };
+            let wd = inotify.add_watch(dir, mask).map_err(|e| {
+                format!(
+                    "cannot watch {} (its directory {}): {e}",
+                    path.display(),
+                    dir.display()
+                )
+            })?;
+            watches.push((wd, path.clone(), name));
+        }
+        Ok(PathsWatch { inotify, watches })
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.inotify.as_fd()
+    }
+
+    /// Reads what happened since the last call: the first watched path a
+    /// change concerns, if any.
+    pub(crate) fn changed(&self) -> Option<PathBuf> {
+        let mut changed = None;
+        while let Ok(events) = self.inotify.read_events() {
+            if events.is_empty() {
+                break;
+            }
+            for event in &events {
+                let hit = self.watches.iter().find(|(wd, _, name)| {
+                    *wd == event.wd && concerns(name.as_deref(), event.name.as_deref())
+                });
+                if let (None, Some((_, path, _))) = (&changed, hit) {
+                    changed = Some(path.clone());
+                }
+            }
+        }
+        changed
+    }
+}
+
+/// Whether a change to the entry `entry` of a watched directory concerns
+/// the file `name` in it (`None`: the directory itself is watched).
+fn concerns(name: Option<&std::ffi::OsStr>, entry: Option<&std::ffi::OsStr>) -> bool {
+    match (name, entry) {
+        (None, _) => true,
+        (Some(name), Some(entry)) => entry == name || entry.as_encoded_bytes().starts_with(b".."),
+        (Some(_), None) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn a_change_concerns_the_file_its_name_or_a_kubernetes_swap() {
+        let file = Some(OsStr::new("tls.crt"));
+        assert!(concerns(file, Some(OsStr::new("tls.crt"))));
+        assert!(concerns(file, Some(OsStr::new("..data"))));
+        assert!(concerns(
+            file,
+            Some(OsStr::new("..2026_12_02_08_00_00.123"))
+        ));
+        assert!(!concerns(file, Some(OsStr::new("tls.key"))));
+        assert!(!concerns(file, Some(OsStr::new(".tls.crt.swp"))));
+        assert!(!concerns(file, None));
+        assert!(concerns(None, Some(OsStr::new("anything"))));
+        assert!(concerns(None, None));
+    }
+
+    #[test]
+    fn renames_rewrites_and_a_data_swap_are_seen_and_others_are_not() {
+        let dir = std::env::temp_dir().join(format!("graceful-paths-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let volume = dir.join("volume");
+        std::fs::create_dir_all(&volume).unwrap();
+        let cert = dir.join("tls.crt");
+        std::fs::write(&cert, "one").unwrap();
+        let watch = PathsWatch::new(&[cert.clone(), volume.clone()]).unwrap();
+        assert_eq!(watch.changed(), None);
+        // Another file in the same directory: not a change.
+        std::fs::write(dir.join("other"), "x").unwrap();
+        assert_eq!(watch.changed(), None);
+        // Rewritten in place, then replaced by a rename.
+        std::fs::write(&cert, "two").unwrap();
+        assert_eq!(watch.changed(), Some(cert.clone()));
+        std::fs::write(dir.join("tls.crt.new"), "three").unwrap();
+        assert_eq!(watch.changed(), None);
+        std::fs::rename(dir.join("tls.crt.new"), &cert).unwrap();
+        assert_eq!(watch.changed(), Some(cert.clone()));
+        // A Kubernetes volume: ..data swapped to a new directory.
+        std::fs::create_dir(volume.join("..2")).unwrap();
+        std::os::unix::fs::symlink("..2", volume.join("..data_tmp")).unwrap();
+        let _ = watch.changed();
+        std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
+        assert_eq!(watch.changed(), Some(volume.clone()));
+        // A directory that does not exist is named in the error.
+        let missing = dir.join("missing").join("x.pem");
+        let err = PathsWatch::new(std::slice::from_ref(&missing)).unwrap_err();
+        assert!(
+            err.starts_with(&format!("cannot watch {}", missing.display())),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

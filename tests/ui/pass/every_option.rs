@@ -12,6 +12,8 @@ async fn hello(_: http::Request<hyper::body::Incoming>) -> Result<http::Response
     worker_threads = 2,
     mode = "single",
     pid_file = "/run/app.pid",
+    shutdown_delay = "5s",
+    watch_paths = ["/etc/app/config.toml", "/etc/tls/"],
 )]
 async fn serve() {
     graceful::register!(":9222", hello);

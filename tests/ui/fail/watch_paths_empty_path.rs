@@ -1,0 +1,2 @@
+#[graceful::main(watch_paths = ["/etc/tls/", ""])]
+async fn main() {}

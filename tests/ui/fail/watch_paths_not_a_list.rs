@@ -1,0 +1,2 @@
+#[graceful::main(watch_paths = "/etc/app/config.toml")]
+async fn main() {}
