@@ -29,6 +29,7 @@ pub fn tool(name: &str) -> PathBuf {
         "systemd-socket-activate" => "apt-get install systemd (installing it starts nothing)",
         "unshare" | "prlimit" | "taskset" | "setpriv" => "apt-get install util-linux",
         "supervisord" | "supervisorctl" => "python3 -m pip install supervisor",
+        "haproxy" => "apt-get install haproxy",
         _ => "see scripts/test",
     };
     let path = std::env::var_os("PATH").unwrap_or_default();
