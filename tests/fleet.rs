@@ -4,6 +4,7 @@
 //! `/readyz` says it is stopping, then drains; a second stop signal skips
 //! the rest of the delay. In master and single mode.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use graceful_dev::http::get;
@@ -145,5 +146,67 @@ fn a_malformed_shutdown_delay_stops_the_start_naming_it() {
              like \"5s\" or \"500ms\""
         ),
         "{log}"
+    );
+}
+
+/// The value after `key` on the first line of `text` that has it.
+fn value_after<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines()
+        .find_map(|line| line.trim().strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key:?}"))
+        .trim()
+        .trim_matches('"')
+}
+
+/// Seconds in `"5s"` or `"20s"`.
+fn seconds(text: &str) -> u64 {
+    text.strip_suffix('s').unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_kubernetes_grace_period_covers_the_delay_and_the_drain_without_a_pre_stop_hook() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest =
+        std::fs::read_to_string(root.join("examples/kubernetes/deployment.yaml")).unwrap();
+    let example = std::fs::read_to_string(root.join("examples/service.rs")).unwrap();
+    let grace: u64 = value_after(&manifest, "terminationGracePeriodSeconds:")
+        .parse()
+        .unwrap();
+    let env_delay = manifest
+        .split("name: GRACEFUL_SHUTDOWN_DELAY")
+        .nth(1)
+        .map(|rest| seconds(value_after(rest, "value:")))
+        .expect("GRACEFUL_SHUTDOWN_DELAY in the Deployment");
+    let attribute = value_after(&example, "#[graceful::main(");
+    let option = |name: &str| {
+        let rest = attribute.split(&format!("{name} = \"")).nth(1).unwrap();
+        seconds(&format!("{}s", rest.split("s\"").next().unwrap()))
+    };
+    let (code_delay, stop_timeout) = (option("shutdown_delay"), option("stop_timeout"));
+    assert_eq!(
+        env_delay, code_delay,
+        "the Deployment and the example agree"
+    );
+    assert!(
+        grace > env_delay + stop_timeout,
+        "terminationGracePeriodSeconds {grace} must exceed shutdown_delay {env_delay} + \
+         stop_timeout {stop_timeout}"
+    );
+    assert!(
+        !manifest.contains("preStop:"),
+        "the delay replaces a preStop sleep"
+    );
+    assert_eq!(
+        value_after(manifest.split("readinessProbe:").nth(1).unwrap(), "path:"),
+        "/readyz"
+    );
+    assert_eq!(
+        value_after(manifest.split("livenessProbe:").nth(1).unwrap(), "path:"),
+        "/livez"
+    );
+    let dockerfile = std::fs::read_to_string(root.join("examples/kubernetes/Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains("ENTRYPOINT [\"/service\""),
+        "the exec form: the master is PID 1"
     );
 }
