@@ -30,6 +30,7 @@ pub fn tool(name: &str) -> PathBuf {
         "unshare" | "prlimit" | "taskset" | "setpriv" => "apt-get install util-linux",
         "supervisord" | "supervisorctl" => "python3 -m pip install supervisor",
         "haproxy" => "apt-get install haproxy",
+        "promtool" => "apt-get install prometheus (installing it starts nothing without systemd)",
         _ => "see scripts/test",
     };
     let path = std::env::var_os("PATH").unwrap_or_default();

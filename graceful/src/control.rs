@@ -48,6 +48,11 @@ pub(crate) enum ToMaster {
     /// Told to stop, this worker no longer accepts: every accept loop has
     /// ended and dropped its listener, so new connections go to the others.
     StoppedAccepting,
+    /// The drain is over: this many connections ended in it, this many
+    /// were cut at `stop_timeout`. Sent only to a master that counts them.
+    Drained { drained: u64, cut: u64 },
+    /// `graceful::metrics` was asked: the master answers with `Metrics`.
+    Metrics,
 }
 
 /// What a ready worker's build can take over from its master.
@@ -76,6 +81,8 @@ pub(crate) enum ToWorker<Fd> {
     Check(u64),
     /// How the reload this process asked for ended.
     Reloaded(Outcome),
+    /// The answer to `Metrics`: the service's metrics, as text.
+    Metrics(String),
 }
 
 /// Why received bytes are not a message.
@@ -103,6 +110,8 @@ const CHECK: u8 = b'C';
 const RELOADED: u8 = b'D';
 const STOPPED_ACCEPTING: u8 = b'N';
 const LAME_DUCK: u8 = b'K';
+const DRAINED: u8 = b'X';
+const METRICS: u8 = b'M';
 
 /// A message as it is sent.
 pub(crate) trait Encode {
@@ -180,6 +189,13 @@ impl Encode for ToMaster {
             ToMaster::Failed(why) => tagged(FAILED, why),
             ToMaster::Reload => vec![RELOAD],
             ToMaster::StoppedAccepting => vec![STOPPED_ACCEPTING],
+            ToMaster::Drained { drained, cut } => {
+                let mut bytes = vec![DRAINED];
+                bytes.extend_from_slice(&drained.to_be_bytes());
+                bytes.extend_from_slice(&cut.to_be_bytes());
+                bytes
+            }
+            ToMaster::Metrics => vec![METRICS],
             ToMaster::Alive { check, connections } => {
                 let mut bytes = vec![ALIVE];
                 bytes.extend_from_slice(&check.to_be_bytes());
@@ -232,6 +248,12 @@ impl Decode for ToMaster {
             FAILED => Ok(ToMaster::Failed(reason(payload))),
             RELOAD => no_payload(tag, payload, ToMaster::Reload),
             STOPPED_ACCEPTING => no_payload(tag, payload, ToMaster::StoppedAccepting),
+            DRAINED => {
+                let (drained, rest) = be_u64(tag, payload)?;
+                let (cut, rest) = be_u64(tag, rest)?;
+                no_payload(tag, rest, ToMaster::Drained { drained, cut })
+            }
+            METRICS => no_payload(tag, payload, ToMaster::Metrics),
             ALIVE => {
                 let (check, rest) = be_u64(tag, payload)?;
                 let (connections, rest) = be_u64(tag, rest)?;
@@ -249,6 +271,7 @@ impl Encode for ToWorker<BorrowedFd<'_>> {
             ToWorker::ListenError(why) => (tagged(LISTEN_ERROR, why), None),
             ToWorker::Stop => (vec![STOP], None),
             ToWorker::LameDuck => (vec![LAME_DUCK], None),
+            ToWorker::Metrics(text) => (tagged(METRICS, text), None),
             ToWorker::Check(check) => {
                 let mut bytes = vec![CHECK];
                 bytes.extend_from_slice(&check.to_be_bytes());
@@ -285,6 +308,7 @@ impl Decode for ToWorker<OwnedFd> {
             LISTEN_ERROR => Ok(ToWorker::ListenError(reason(payload))),
             STOP => no_payload(tag, payload, ToWorker::Stop),
             LAME_DUCK => no_payload(tag, payload, ToWorker::LameDuck),
+            METRICS => Ok(ToWorker::Metrics(reason(payload))),
             CHECK => {
                 let (check, rest) = be_u64(tag, payload)?;
                 no_payload(tag, rest, ToWorker::Check(check))
@@ -526,9 +550,21 @@ mod tests {
                 check: 7,
                 connections: 10_000,
             },
+            ToMaster::Drained {
+                drained: 12,
+                cut: u64::MAX,
+            },
+            ToMaster::Metrics,
+            listen("udp::5353", None),
+            listen("unixgram:/run/log.sock", Some(0o666)),
         ] {
             assert_eq!(round_trip(&message), message);
         }
+        // A drain report is two numbers, nothing less or more.
+        for bytes in [&b"X"[..], &[b'X'; 9][..], &[b'X'; 18][..]] {
+            assert!(ToMaster::decode(bytes, None).is_err(), "{bytes:?}");
+        }
+        assert!(ToMaster::decode(b"Mx", None).is_err());
     }
 
     #[test]
@@ -540,6 +576,11 @@ mod tests {
         };
         assert!(matches!(round_trip(ToWorker::Stop), ToWorker::Stop));
         assert!(matches!(round_trip(ToWorker::LameDuck), ToWorker::LameDuck));
+        let text = "graceful_info{version=\"0.1.0\",pid=\"1\"} 1\n";
+        assert!(matches!(
+            round_trip(ToWorker::Metrics(text.into())),
+            ToWorker::Metrics(got) if got == text
+        ));
         assert!(matches!(
             round_trip(ToWorker::Check(u64::MAX - 1)),
             ToWorker::Check(n) if n == u64::MAX - 1

@@ -45,7 +45,11 @@ const ANSWER_MARGIN: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Request {
     Reload,
-    Status { json: bool },
+    Status {
+        json: bool,
+    },
+    /// The metrics, in the Prometheus text format.
+    Metrics,
 }
 
 impl Request {
@@ -55,8 +59,9 @@ impl Request {
             "reload" => Ok(Request::Reload),
             "status" => Ok(Request::Status { json: false }),
             "status json" => Ok(Request::Status { json: true }),
+            "metrics" => Ok(Request::Metrics),
             other => Err(format!(
-                "unknown request {:?}; expected \"reload\", \"status\" or \"status json\"",
+                "unknown request {:?}; expected \"reload\", \"status\", \"status json\" or \"metrics\"",
                 other.chars().take(MAX_REQUEST).collect::<String>()
             )),
         }
@@ -68,6 +73,7 @@ impl Request {
             Request::Reload => "reload\n",
             Request::Status { json: false } => "status\n",
             Request::Status { json: true } => "status json\n",
+            Request::Metrics => "metrics\n",
         }
     }
 }
@@ -361,8 +367,21 @@ pub fn reload(socket: impl AsRef<Path>) -> Result<Reloaded, Error> {
 /// Reads the status of the service whose master owns the control socket
 /// `socket`: for a person, or as one line of JSON.
 pub fn status(socket: impl AsRef<Path>, json: bool) -> Result<String, Error> {
-    let socket = socket.as_ref();
-    let lines = exchange(socket, Request::Status { json })?.lines;
+    text(socket.as_ref(), Request::Status { json })
+}
+
+/// Reads the metrics of the service whose master owns the control socket
+/// `socket`, in the Prometheus text format (`graceful metrics`): reloads by
+/// outcome, worker starts and crashes, workers by state, open connections
+/// by generation, reload durations, connections drained and cut, and the
+/// version and master PID.
+pub fn metrics(socket: impl AsRef<Path>) -> Result<String, Error> {
+    text(socket.as_ref(), Request::Metrics)
+}
+
+/// The whole answer to `request`, as text.
+fn text(socket: &Path, request: Request) -> Result<String, Error> {
+    let lines = exchange(socket, request)?.lines;
     if lines.is_empty() {
         return Err(Error::Control {
             socket: socket.to_path_buf(),
@@ -408,10 +427,11 @@ fn parse_outcome(line: Option<&str>) -> Result<Reloaded, Answer> {
 const USAGE: &str = "\
 usage: graceful reload [--json] [SOCKET]
        graceful status [--json] [SOCKET]
+       graceful metrics [SOCKET]
 
 Asks a graceful service's master, through its control socket, to reload
-(and waits for the outcome) or for its status. SOCKET defaults to
-$GRACEFUL_CONTROL_SOCKET.
+(and waits for the outcome), for its status, or for its metrics in the
+Prometheus text format. SOCKET defaults to $GRACEFUL_CONTROL_SOCKET.
 
 exit status: 0 done; 1 the reload failed and was rolled back (the old
 worker still serves); 2 the service could not be asked, or bad usage.";
@@ -493,6 +513,16 @@ pub fn main() -> std::process::ExitCode {
                 ExitCode::from(2)
             }
         },
+        ("metrics", false) => match metrics(&socket) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("graceful: {e}");
+                ExitCode::from(2)
+            }
+        },
         ("status", json) => match status(&socket, json) {
             Ok(text) => {
                 print!("{text}");
@@ -520,6 +550,7 @@ mod tests {
             Request::Reload,
             Request::Status { json: false },
             Request::Status { json: true },
+            Request::Metrics,
         ] {
             assert_eq!(Request::parse(request.line()), Ok(request));
         }
@@ -610,6 +641,7 @@ mod tests {
                 },
             )),
             reloads_queued: true,
+            counters: Default::default(),
         };
         (status, now)
     }

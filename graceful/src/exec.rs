@@ -10,7 +10,7 @@ use std::process::Command;
 
 use crate::control;
 use crate::fd::set_nonblocking;
-use crate::role::{ENV_CONTROL_FD, ENV_GENERATION, ENV_MASTER_FORMAT};
+use crate::role::{ENV_CONTROL_FD, ENV_GENERATION, ENV_MASTER_FORMAT, ENV_MASTER_METRICS};
 use crate::{Error, Signal};
 
 /// The program this service runs again on reload: recorded once, at start,
@@ -19,6 +19,14 @@ use crate::{Error, Signal};
 pub(crate) struct Executable {
     path: PathBuf,
     argv: Vec<OsString>,
+}
+
+/// What a master tells each worker it starts about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FromMaster {
+    /// The state format of a master that can upgrade into the worker's
+    /// build (`upgrade_master`).
+    pub(crate) upgrade_format: Option<u32>,
 }
 
 impl Executable {
@@ -62,8 +70,10 @@ impl Executable {
     /// process group of its own, so that a kill of that group reaches every
     /// process it started.
     ///
-    /// `master_format` is the state format of a master that can upgrade
-    /// into the child's build: the child then says whether it reads it.
+    /// `master` is set when the parent is a master (not a single-mode
+    /// predecessor): the child may then report its drain and ask for
+    /// metrics, and says whether it reads the master's state format, if
+    /// the master can upgrade into the child's build.
     ///
     /// Between fork and exec the child also ignores `ignore` (a reload
     /// signal sent to the process group must not kill it before it installs
@@ -76,7 +86,7 @@ impl Executable {
         ignore: &[Signal],
         default: Vec<i32>,
         own_group: bool,
-        master_format: Option<u32>,
+        master: Option<FromMaster>,
     ) -> std::io::Result<Prepared> {
         let (mine, theirs) = control::pair()?;
         set_nonblocking(mine.as_fd())?;
@@ -85,8 +95,11 @@ impl Executable {
         command
             .env(ENV_CONTROL_FD, theirs.as_raw_fd().to_string())
             .env(ENV_GENERATION, generation.to_string());
-        if let Some(format) = master_format {
-            command.env(ENV_MASTER_FORMAT, format.to_string());
+        if let Some(master) = master {
+            command.env(ENV_MASTER_METRICS, "1");
+            if let Some(format) = master.upgrade_format {
+                command.env(ENV_MASTER_FORMAT, format.to_string());
+            }
         }
         let ignore: Vec<i32> = ignore.iter().map(|s| s.number()).collect();
         // SAFETY: between fork and exec only async-signal-safe calls are made

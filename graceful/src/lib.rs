@@ -37,6 +37,10 @@
 //!   TlsConfig::from_pem_files(cert, key))` or [`listen_and_serve_tls`]. Each
 //!   new worker reads the files again, so rotating a certificate is "replace
 //!   the files, send SIGHUP".
+//! - For fleets: [`health`] (`/livez`, `/readyz`) and [`is_ready`],
+//!   `shutdown_delay` (keep serving after a stop signal while `/readyz`
+//!   says 503), `watch_paths` (reload when a certificate or configuration
+//!   file changes) and [`metrics`] in the Prometheus text format.
 //! - [`shutdown_signal()`] for handlers that hold connections open
 //!   (WebSocket, server-sent events).
 //! - Least privilege on Linux: with `#[graceful::main(user = "www-data")]`
@@ -80,6 +84,7 @@ mod listeners;
 mod log;
 #[cfg(unix)]
 mod master;
+mod metrics;
 #[cfg(unix)]
 mod notify;
 #[cfg(unix)]
@@ -109,6 +114,7 @@ pub use drain::{is_shutting_down, shutdown_signal};
 pub use error::Error;
 pub use handler::{marker, BoxError, Connection, Handler, IntoHandler, Peer};
 pub use health::{health, is_ready};
+pub use metrics::metrics;
 pub use registration::{MainOutput, Registration};
 pub use server::Server;
 pub use signal::Signal;

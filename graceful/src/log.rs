@@ -69,21 +69,17 @@ pub(crate) fn line_at(level: Level, args: std::fmt::Arguments<'_>) {
 }
 
 /// The generation of this serving process, for the fields of its `tracing`
-/// events (0: not known, as in the master).
-#[cfg(feature = "tracing")]
+/// events and its own metrics (0: not known, as in the master).
 static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Records this serving process's generation for its events.
-#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
 #[cfg_attr(not(unix), allow(dead_code))]
 pub(crate) fn set_generation(generation: u64) {
-    #[cfg(feature = "tracing")]
-    GENERATION.store(generation, Ordering::Relaxed);
+    GENERATION.store(generation, std::sync::atomic::Ordering::Relaxed);
 }
 
-#[cfg(feature = "tracing")]
 pub(crate) fn generation() -> u64 {
-    GENERATION.load(Ordering::Relaxed)
+    GENERATION.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Whether events go to the application's `tracing` subscriber rather than

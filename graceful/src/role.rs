@@ -22,6 +22,10 @@ pub(crate) const ENV_INHERIT: &str = "GRACEFUL_INHERIT";
 /// state format it writes. A worker that sees it says in its ready message
 /// which formats its build reads.
 pub(crate) const ENV_MASTER_FORMAT: &str = "GRACEFUL_MASTER_FORMAT";
+/// Set by a master that counts its workers' drains and answers their
+/// metrics requests (`ToMaster::Drained`, `ToMaster::Metrics`): a worker
+/// sends those only to such a master.
+pub(crate) const ENV_MASTER_METRICS: &str = "GRACEFUL_MASTER_METRICS";
 /// The read end of a pipe holding a master's state (`state.rs`): for the
 /// master image that takes over, or, with `GRACEFUL_ROLE=check`, for the
 /// new executable asked whether it can.
@@ -59,6 +63,9 @@ pub(crate) struct Parent {
     /// The master can upgrade itself into this build, and asks whether it
     /// may (`GRACEFUL_MASTER_FORMAT`).
     pub(crate) master_upgrades: bool,
+    /// The master counts drains and answers metrics requests
+    /// (`GRACEFUL_MASTER_METRICS`).
+    pub(crate) master_metrics: bool,
 }
 
 impl Role {
@@ -73,6 +80,7 @@ impl Role {
         let successor = role.as_ref().is_some_and(|role| role == "successor");
         let inherited = std::env::var(ENV_INHERIT).unwrap_or_default();
         let master_upgrades = std::env::var_os(ENV_MASTER_FORMAT).is_some();
+        let master_metrics = std::env::var_os(ENV_MASTER_METRICS).is_some();
         let state = std::env::var_os(ENV_MASTER_STATE);
         // Removed so that processes the app starts are not mistaken for
         // graceful's own.
@@ -82,6 +90,7 @@ impl Role {
             ENV_ROLE,
             ENV_INHERIT,
             ENV_MASTER_FORMAT,
+            ENV_MASTER_METRICS,
             ENV_MASTER_STATE,
         ] {
             std::env::remove_var(var);
@@ -110,6 +119,7 @@ impl Role {
                 (ENV_ROLE, role.is_some()),
                 (ENV_INHERIT, !inherited.is_empty()),
                 (ENV_MASTER_FORMAT, master_upgrades),
+                (ENV_MASTER_METRICS, master_metrics),
             ];
             for (var, present) in stray {
                 if present {
@@ -126,6 +136,7 @@ impl Role {
         };
         let mut parent = Parent::from_markers(&control.to_string_lossy(), &generation)?;
         parent.master_upgrades = master_upgrades;
+        parent.master_metrics = master_metrics;
         // A successor serves in single mode whatever its own mode says: its
         // predecessor hands over to it and exits.
         Ok(if successor {
@@ -217,6 +228,7 @@ impl Parent {
             control,
             generation,
             master_upgrades: false,
+            master_metrics: false,
         })
     }
 }

@@ -92,6 +92,10 @@ pub(crate) trait Adapter {
     /// listener: new connections go to whoever else holds the sockets.
     fn stopped_accepting(&self) {}
 
+    /// The drain is over: `drained` connections ended in it, `cut` were
+    /// cut at `stop_timeout`.
+    fn drained(&self, _drained: u64, _cut: u64) {}
+
     /// After the runtime has shut down.
     fn finish(self, _config: &Config) -> Result<(), Error>
     where
@@ -549,6 +553,7 @@ async fn wait_drained<A: Adapter>(accepting: Vec<JoinHandle<()>>, config: &Confi
     };
     let open = drain::global().handled();
     let drained = open - cut.min(open);
+    adapter.drained(drained as u64, cut as u64);
     let took = started.elapsed();
     let line = format!(
         "{name} drained {drained} connection(s) in {} ms, {cut} cut at the {:?} stop_timeout",

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::status::Outcome;
+use crate::status::{Counters, Outcome};
 
 /// The format this build writes.
 pub(crate) const FORMAT: u32 = 1;
@@ -253,6 +253,10 @@ pub(crate) struct CoreState {
     pub(crate) watchdog: Option<(Rel, Option<(u64, u64)>)>,
     pub(crate) queries: Vec<QueryState>,
     pub(crate) changed: Option<Rel>,
+    /// What the master has counted, for metrics. Absent in a state from
+    /// before this field.
+    #[serde(default)]
+    pub(crate) counters: Counters,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -613,6 +617,16 @@ pub(crate) mod tests {
                     deadline: 500_000,
                 }],
                 changed: None,
+                counters: Counters {
+                    reloads_succeeded: 7,
+                    reloads_failed: 1,
+                    worker_starts: 9,
+                    worker_crashes: 1,
+                    connections_drained: 120,
+                    connections_cut: 2,
+                    reload_buckets: [0, 1, 5, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+                    reload_ms_sum: 190,
+                },
             },
             lost_log_lines: 3,
         }

@@ -68,6 +68,48 @@ pub(crate) struct Status {
     /// When the last reload ended, and how.
     pub(crate) last_reload: Option<(Instant, Outcome)>,
     pub(crate) reloads_queued: bool,
+    /// What the master has counted, for metrics.
+    pub(crate) counters: Counters,
+}
+
+/// The upper bounds of the reload-duration histogram's buckets, in
+/// milliseconds (the last bucket, `+Inf`, is implied).
+pub(crate) const RELOAD_BUCKETS_MS: [u64; 11] =
+    [10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000];
+
+/// What a master counts from its first start on, across its upgrades in
+/// place, for `graceful metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(unix, derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(unix, serde(deny_unknown_fields))]
+pub(crate) struct Counters {
+    pub(crate) reloads_succeeded: u64,
+    pub(crate) reloads_failed: u64,
+    pub(crate) worker_starts: u64,
+    /// Serving workers that exited without being told to stop.
+    pub(crate) worker_crashes: u64,
+    /// Connections that ended in a worker's drain, and those cut at its
+    /// `stop_timeout`, as the workers reported them.
+    pub(crate) connections_drained: u64,
+    pub(crate) connections_cut: u64,
+    /// Reloads by how long the new worker took to be ready: a count per
+    /// bucket of [`RELOAD_BUCKETS_MS`] plus `+Inf`, not cumulative.
+    pub(crate) reload_buckets: [u64; 12],
+    pub(crate) reload_ms_sum: u64,
+}
+
+impl Counters {
+    /// One reload whose new worker was ready in `took`.
+    pub(crate) fn reloaded(&mut self, took: Duration) {
+        let ms = crate::log::millis(took);
+        let bucket = RELOAD_BUCKETS_MS
+            .iter()
+            .position(|&bound| ms <= bound)
+            .unwrap_or(RELOAD_BUCKETS_MS.len());
+        self.reload_buckets[bucket] += 1;
+        self.reload_ms_sum += ms;
+        self.reloads_succeeded += 1;
+    }
 }
 
 /// One event worth a line in the log and, under systemd, a notification.

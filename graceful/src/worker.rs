@@ -49,6 +49,44 @@ pub(crate) fn request_reload(
     })
 }
 
+/// Who waits for the master's answers to this worker's metrics requests,
+/// in the order they were sent (the master answers in that order).
+static METRICS: Mutex<VecDeque<oneshot::Sender<String>>> = Mutex::new(VecDeque::new());
+
+/// Set when the master counts drains and answers metrics requests.
+static MASTER_METRICS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `graceful::metrics` in a worker: asks the master. `None`: this process is
+/// not a worker; `Err`: its master cannot answer.
+pub(crate) fn request_metrics() -> Option<Result<oneshot::Receiver<String>, String>> {
+    let control = CONTROL.get()?;
+    if !MASTER_METRICS.load(std::sync::atomic::Ordering::Relaxed) {
+        return Some(Err(
+            "this worker's master is a build without metrics; reload it into this one".into(),
+        ));
+    }
+    let (tx, rx) = oneshot::channel();
+    let mut waiting = METRICS.lock().unwrap_or_else(|e| e.into_inner());
+    Some(match control.send(&ToMaster::Metrics) {
+        Ok(()) => {
+            waiting.push_back(tx);
+            Ok(rx)
+        }
+        Err(e) => Err(format!("cannot ask the master: {e}")),
+    })
+}
+
+/// The master's answer to the oldest metrics request.
+fn deliver_metrics(text: String) {
+    let waiter = METRICS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop_front();
+    if let Some(waiter) = waiter {
+        let _ = waiter.send(text);
+    }
+}
+
 /// The master's answer to the oldest reload request.
 fn deliver(outcome: Outcome) {
     if let Some(Some(waiter)) = waiters().pop_front() {
@@ -76,6 +114,7 @@ where
     Fut::Output: MainOutput,
 {
     crate::log::set_generation(parent.generation);
+    MASTER_METRICS.store(parent.master_metrics, std::sync::atomic::Ordering::Relaxed);
     #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
     let mut worker = Worker {
         generation: parent.generation,
@@ -172,6 +211,7 @@ impl Adapter for Worker {
                 Ok(Some(ToWorker::ListenError(reason))) => return Err(reason),
                 Ok(Some(ToWorker::Stop)) => return Err("the master is stopping".into()),
                 Ok(Some(ToWorker::LameDuck)) => crate::health::set_lame_duck(),
+                Ok(Some(ToWorker::Metrics(text))) => deliver_metrics(text),
                 // `main` may have asked for a reload already.
                 Ok(Some(ToWorker::Reloaded(outcome))) => deliver(outcome),
                 Ok(Some(ToWorker::Check(check))) => answer_check(channel, check),
@@ -216,6 +256,16 @@ impl Adapter for Worker {
         Ok(())
     }
 
+    /// A master that counts them is told how the drain ended.
+    fn drained(&self, drained: u64, cut: u64) {
+        if let (true, Ok(channel)) = (
+            MASTER_METRICS.load(std::sync::atomic::Ordering::Relaxed),
+            self.channel(),
+        ) {
+            let _ = channel.send(&ToMaster::Drained { drained, cut });
+        }
+    }
+
     /// The master answers those who asked for the reload once the old
     /// worker no longer takes new connections.
     fn stopped_accepting(&self) {
@@ -242,6 +292,7 @@ async fn watch_master(channel: Arc<Channel>) {
         match channel.recv::<ToWorker<OwnedFd>>().await {
             Ok(Some(ToWorker::Stop)) => drain::global().start(None),
             Ok(Some(ToWorker::LameDuck)) => crate::health::set_lame_duck(),
+            Ok(Some(ToWorker::Metrics(text))) => deliver_metrics(text),
             Ok(Some(ToWorker::Check(check))) => answer_check(&channel, check),
             Ok(Some(ToWorker::Reloaded(outcome))) => deliver(outcome),
             Ok(Some(other)) => {

@@ -31,7 +31,8 @@
 //! `/child` (starts a process that runs for a minute; answers its PID),
 //! `/orphan` (starts a process that outlives its parent; answers its PID),
 //! `/panic` (the handler panics), `/error` (the handler returns `Err`), `/abort` (the worker aborts), `/stream`
-//! (ticks until `graceful::shutdown_signal()`, then `event: bye`), `/upgrade`
+//! (ticks until `graceful::shutdown_signal()`, then `event: bye`), `/metrics`
+//! (`graceful::metrics`), `/upgrade`
 //! (an upgraded connection that ends on `shutdown_signal()`, or never with
 //! `?stubborn`), `/open?PATH` (reads the file at PATH; answers its size or
 //! the error), `/signal-master` (checks with signal 0 whether this process
@@ -107,6 +108,13 @@ async fn handle(req: Request<Incoming>) -> Result<Response<BoxBody>, std::io::Er
     }
     if req.uri().path() == "/stream" {
         return Ok(stream().map(|b| b.boxed_unsync()));
+    }
+    if req.uri().path() == "/metrics" {
+        let response = match graceful::metrics(req).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        return Ok(response.map(|b| Full::new(Bytes::from(b)).boxed_unsync()));
     }
     let response = match handle_text(req).await {
         Ok(response) => response,

@@ -15,7 +15,7 @@ use crate::state::{
     self, Clock, CoreState, HeldState, PhaseState, QueryState, WaiterState, WorkerPhase,
     WorkerState,
 };
-use crate::status::{Outcome, Report, Status, WorkerStatus};
+use crate::status::{Counters, Outcome, Report, Status, WorkerStatus};
 use crate::Signal;
 
 /// How long after `stop_timeout` the master waits before it kills a worker
@@ -131,6 +131,13 @@ pub(crate) enum Event {
         check: u64,
         connections: u64,
     },
+    /// Generation N finished its drain: `drained` connections ended, `cut`
+    /// were cut at `stop_timeout`.
+    Drained {
+        generation: u64,
+        drained: u64,
+        cut: u64,
+    },
     /// Generation N's control channel reached EOF or broke.
     ControlClosed { generation: u64 },
     /// A child was reaped; `how` is "exited with status 3", "was killed by
@@ -172,7 +179,7 @@ pub(crate) enum Action {
     /// Tell a waiter how the reload it asked for ended.
     Answer { to: Waiter, outcome: Outcome },
     /// Give the control socket's client the status.
-    Status { client: u64, status: Status },
+    Status { client: u64, status: Box<Status> },
     /// Generation N serves: keep its listeners open even while no worker
     /// runs (after a crash), so that clients wait in the backlog.
     KeepListeners { generation: u64 },
@@ -296,6 +303,7 @@ pub(crate) struct Core {
     /// What changed, for the reload's reason: a watched path, or the
     /// executable (`None`).
     changed_path: Option<String>,
+    counters: Counters,
     out: Vec<Action>,
 }
 
@@ -333,6 +341,7 @@ impl Core {
             queued: false,
             changed: None,
             changed_path: None,
+            counters: Counters::default(),
             out: Vec::new(),
         };
         let first = core.spawn(now);
@@ -387,6 +396,10 @@ impl Core {
                 self.release_held(now);
             }
             Event::StatusRequested { client } => self.query(now, client),
+            Event::Drained { drained, cut, .. } => {
+                self.counters.connections_drained += drained;
+                self.counters.connections_cut += cut;
+            }
             Event::Alive {
                 generation,
                 check,
@@ -495,6 +508,7 @@ impl Core {
     fn spawn(&mut self, now: Instant) -> u64 {
         let generation = self.next_generation;
         self.next_generation += 1;
+        self.counters.worker_starts += 1;
         self.workers.push(Worker {
             generation,
             pid: None,
@@ -651,6 +665,7 @@ impl Core {
                 }
                 self.out.push(Action::Stop { generation: old });
                 let old = self.name_of(old);
+                self.counters.reloaded(took);
                 self.report(Report::ReloadFinished { name, took, old });
                 self.cut_excess_draining();
                 self.upgrade(generation, readiness.as_ref());
@@ -694,6 +709,7 @@ impl Core {
                     streak,
                 };
                 let still = self.name_of(current);
+                self.counters.reloads_failed += 1;
                 let report = Report::ReloadFailed { reason, still };
                 if let Some(line) = report.log_line() {
                     self.finish_reload(now, Outcome::Failed(line));
@@ -750,6 +766,7 @@ impl Core {
                     .ready_at
                     .is_some_and(|at| now.duration_since(at) >= STABLE_AFTER);
                 let streak = if stable { 0 } else { streak };
+                self.counters.worker_crashes += 1;
                 self.error(detail("unexpectedly"));
                 match starting {
                     // A reload in flight replaces it.
@@ -1048,7 +1065,7 @@ impl Core {
                 let status = self.status(query.check);
                 self.out.push(Action::Status {
                     client: query.client,
-                    status,
+                    status: Box::new(status),
                 });
             } else {
                 i += 1;
@@ -1096,6 +1113,7 @@ impl Core {
             draining,
             last_reload: self.last_reload.clone(),
             reloads_queued: self.queued,
+            counters: self.counters.clone(),
         }
     }
 
@@ -1267,6 +1285,7 @@ impl Core {
                 })
                 .collect(),
             changed: self.changed.map(|at| clock.rel(at)),
+            counters: self.counters.clone(),
         }
     }
 
@@ -1392,6 +1411,7 @@ impl Core {
             changed: carried.changed.map(|at| clock.at(at)),
             // Not carried: a reload due then says the executable changed.
             changed_path: None,
+            counters: carried.counters,
             out: Vec::new(),
         }
     }
@@ -2799,6 +2819,52 @@ mod tests {
             matches!(&actions[0], Action::Report(Report::ReloadStarted { why, .. }) if why == "the executable changed"),
             "{actions:?}"
         );
+    }
+
+    #[test]
+    fn the_counters_count_reloads_starts_crashes_and_drains() {
+        let mut run = Run::serving();
+        run.reload(1000, 2, 102);
+        run.at(
+            1040,
+            Event::Ready {
+                generation: 2,
+                readiness: None,
+            },
+        );
+        run.at(
+            1100,
+            Event::Drained {
+                generation: 1,
+                drained: 3,
+                cut: 1,
+            },
+        );
+        run.at(1101, exited(101, 0));
+        run.reload(2000, 3, 103);
+        run.at(2010, exited(103, 1));
+        // The serving worker crashes; its replacement starts.
+        run.at(60_000, exited(102, 1));
+        run.at(60_100, Event::Tick);
+        let counters = &run.core.status(0).counters;
+        let mut expected = Counters {
+            reloads_failed: 1,
+            worker_starts: 4,
+            worker_crashes: 1,
+            connections_drained: 3,
+            connections_cut: 1,
+            ..Counters::default()
+        };
+        expected.reloaded(Duration::from_millis(40));
+        assert_eq!(counters, &expected);
+        assert_eq!(
+            expected.reload_buckets[2], 1,
+            "40 ms is in the 50 ms bucket"
+        );
+        // They cross an upgrade in place.
+        let clock = Clock::writer(run.t0);
+        let state = run.core.export(&clock);
+        assert_eq!(&state.counters, counters);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use self::socket::ControlSocket;
 use crate::config::{Config, SignalList};
 use crate::control::{self, ToMaster, ToWorker};
 use crate::ctl::{self, Request};
-use crate::exec::Executable;
+use crate::exec::{Executable, FromMaster};
 use crate::listeners::Listeners;
 use crate::log::log;
 use crate::notify::{self, Notifier};
@@ -40,7 +40,7 @@ use crate::signal::SignalPipe;
 use crate::state::{
     ChildState, Clock, ExecutableState, MasterInfo, MasterState, NotifyState, OptionsState,
 };
-use crate::{activation, pidfile, Error, Signal};
+use crate::{activation, metrics, pidfile, Error, Signal};
 
 /// A started worker, as the loop knows it: its PID and its channel.
 #[derive(Debug)]
@@ -72,6 +72,11 @@ struct Master {
     /// The core asked to upgrade into generation N's build: done at the end
     /// of the loop's turn, with every action of the turn carried out.
     upgrade: Option<u64>,
+    /// Status queries made for a worker's metrics request: the query's
+    /// client number, and the generation that asked. Numbers from
+    /// [`METRICS_QUERIES`] up, never a control socket client's.
+    metrics_queries: HashMap<u64, u64>,
+    next_metrics_query: u64,
 }
 
 /// The signals the master handles: the configured ones, those whose
@@ -134,6 +139,10 @@ fn watch_executable(path: &std::path::Path) -> Option<watch::ExecutableWatch> {
         }
     }
 }
+
+/// The first query number for a worker's metrics request, far above any
+/// control socket client's.
+const METRICS_QUERIES: u64 = 1 << 62;
 
 /// Starts watching `watch_paths`, if any; an error names the path.
 #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -259,6 +268,8 @@ pub(crate) fn run(config: Config) -> Result<(), Error> {
         caught,
         info,
         upgrade: None,
+        metrics_queries: HashMap::new(),
+        next_metrics_query: METRICS_QUERIES,
     };
     master.perform(actions);
     master.serve()
@@ -429,6 +440,8 @@ pub(crate) fn resume(config: Config, pipe: OwnedFd) -> Result<(), Error> {
         caught,
         info,
         upgrade: None,
+        metrics_queries: HashMap::new(),
+        next_metrics_query: METRICS_QUERIES,
     };
     // Received by the old image and not acted on yet: first.
     for number in state.signals {
@@ -777,7 +790,9 @@ impl Master {
                     by: Waiter::Client(id),
                 });
             }
-            Some(Request::Status { .. }) => self.handle(Event::StatusRequested { client: id }),
+            Some(Request::Status { .. } | Request::Metrics) => {
+                self.handle(Event::StatusRequested { client: id })
+            }
             None => {}
         }
     }
@@ -867,7 +882,13 @@ impl Master {
                     None
                 }
                 Action::Status { client, status } => {
-                    if let Some(control) = &mut self.control {
+                    if let Some(generation) = self.metrics_queries.remove(&client) {
+                        let text =
+                            metrics::render(std::process::id(), &status, Some(&status.counters));
+                        if let Some(control) = self.control(generation) {
+                            let _ = control::send(control, &ToWorker::Metrics(text));
+                        }
+                    } else if let Some(control) = &mut self.control {
                         let view = ctl::View {
                             master_pid: std::process::id(),
                             master: &self.info,
@@ -879,6 +900,11 @@ impl Master {
                         // A client that hung up meanwhile is gone: nothing to render.
                         let text = match control.asked(client) {
                             Some(Request::Status { json: true }) => Some(view.json()),
+                            Some(Request::Metrics) => Some(metrics::render(
+                                std::process::id(),
+                                &status,
+                                Some(&status.counters),
+                            )),
                             Some(_) => Some(view.text()),
                             None => None,
                         };
@@ -926,7 +952,9 @@ impl Master {
                 &self.config.reload_signals,
                 default,
                 true,
-                self.config.upgrade_master.then_some(crate::state::FORMAT),
+                Some(FromMaster {
+                    upgrade_format: self.config.upgrade_master.then_some(crate::state::FORMAT),
+                }),
             )
             .and_then(|prepared| prepared.spawn());
         match started {
@@ -986,6 +1014,17 @@ impl Master {
                     by: Waiter::Worker(generation),
                 },
                 Ok(Some(ToMaster::StoppedAccepting)) => Event::StoppedAccepting { generation },
+                Ok(Some(ToMaster::Drained { drained, cut })) => Event::Drained {
+                    generation,
+                    drained,
+                    cut,
+                },
+                Ok(Some(ToMaster::Metrics)) => {
+                    let client = self.next_metrics_query;
+                    self.next_metrics_query += 1;
+                    self.metrics_queries.insert(client, generation);
+                    Event::StatusRequested { client }
+                }
                 Ok(Some(ToMaster::Alive { check, connections })) => Event::Alive {
                     generation,
                     check,
