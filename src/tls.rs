@@ -189,3 +189,37 @@ pub fn fetch(
             .map_err(|_| "no answer within 10 s".to_string())?
     })
 }
+
+/// A Kubernetes Secret volume in `dir/volume`: `tls.crt` and `tls.key` are
+/// symlinks through `..data` to a timestamped directory. `swap` writes the
+/// new files into a new directory and swaps `..data` atomically, as the
+/// kubelet's atomic writer does.
+pub struct Volume {
+    pub dir: PathBuf,
+    version: u32,
+}
+
+impl Volume {
+    pub fn new(dir: &Path, cert: &str, key: &str) -> Volume {
+        let dir = dir.join("volume");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut volume = Volume { dir, version: 0 };
+        volume.swap(cert, key);
+        for name in ["tls.crt", "tls.key"] {
+            std::os::unix::fs::symlink(format!("..data/{name}"), volume.dir.join(name)).unwrap();
+        }
+        volume
+    }
+
+    pub fn swap(&mut self, cert: &str, key: &str) {
+        self.version += 1;
+        let version = format!("..2026_12_02_{}", self.version);
+        let target = self.dir.join(&version);
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("tls.crt"), cert).unwrap();
+        std::fs::write(target.join("tls.key"), key).unwrap();
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+    }
+}

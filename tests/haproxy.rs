@@ -4,7 +4,9 @@
 //! whole time. A rolling restart, the Kubernetes way (stop one instance,
 //! start it again, then the next), loses nothing with `shutdown_delay`; the
 //! same restart without it is measured for comparison. A rolling reload,
-//! the graceful way, loses nothing.
+//! the graceful way, loses nothing. And behind HAProxy in TCP mode, a
+//! certificate rotated by a Kubernetes `..data` swap (`watch_paths`, no
+//! signal) fails no TLS handshake, and the new certificate is served.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -46,6 +48,24 @@ impl Instance {
         self.service = Some(service);
     }
 
+    /// testapp over TLS with the files in `volume`, reloading when they
+    /// change, and the health handler on the admin port.
+    fn start_tls(&mut self, volume: &Path) {
+        let file = |name: &str| volume.join(name).to_str().unwrap().to_string();
+        let service = Service::start(
+            &graceful_dev::testapp(),
+            &[&format!("127.0.0.1:{}", self.app)],
+            &[
+                ("TESTAPP_TLS_CERT", &file("tls.crt")),
+                ("TESTAPP_TLS_KEY", &file("tls.key")),
+                ("GRACEFUL_WATCH_PATHS", volume.to_str().unwrap()),
+                ("TESTAPP_HEALTH_ADDR", &format!("127.0.0.1:{}", self.admin)),
+            ],
+        );
+        service.ready_worker(1, T);
+        self.service = Some(service);
+    }
+
     /// SIGTERM, and the master's exit (0).
     fn stop(&mut self) -> Duration {
         let mut service = self.service.take().expect("running");
@@ -65,6 +85,11 @@ struct Balancer {
 
 impl Balancer {
     fn start(dir: &Path, instances: &[Instance]) -> Balancer {
+        Balancer::start_in(dir, instances, "http")
+    }
+
+    /// With `mode` `tcp`, HAProxy passes TLS through to the instances.
+    fn start_in(dir: &Path, instances: &[Instance], mode: &str) -> Balancer {
         let frontend: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let socket = dir.join("haproxy.sock");
         let servers: String = instances
@@ -81,7 +106,7 @@ impl Balancer {
         // that fails to another server.
         let config = format!(
             "global\n    maxconn 1000\n    stats socket {} mode 600 level admin\n\
-             defaults\n    mode http\n    timeout connect 1s\n    timeout client 10s\n    \
+             defaults\n    mode {mode}\n    timeout connect 1s\n    timeout client 10s\n    \
              timeout server 10s\n    timeout check 500ms\n    retries 3\n    option redispatch\n\
              frontend web\n    bind {frontend}\n    default_backend app\n\
              backend app\n    option httpchk GET /readyz\n    http-check expect status 200\n{servers}",
@@ -230,4 +255,71 @@ fn a_rolling_reload_loses_nothing() {
     for (mode, report) in &reports {
         report.assert_clean(mode.name());
     }
+}
+
+#[test]
+fn a_certificate_rotated_by_a_data_swap_behind_haproxy_fails_no_handshake() {
+    use graceful_dev::tls::{fetch, TestCa, Volume};
+    let dir = temp_dir("haproxy-tls");
+    let ca = TestCa::new();
+    let first = ca.leaf("first");
+    // One Secret volume, mounted by every instance, as a Deployment's pods
+    // each mount the same Secret.
+    let mut volume = Volume::new(&dir, &first.cert_pem, &first.key_pem);
+    let mut instances: Vec<Instance> = (0..3)
+        .map(|_| Instance {
+            app: free_port(),
+            admin: free_port(),
+            service: None,
+        })
+        .collect();
+    for instance in &mut instances {
+        instance.start_tls(&volume.dir);
+    }
+    let balancer = Balancer::start_in(&dir, &instances, "tcp");
+    let client = ca.client_config();
+    assert_eq!(
+        fetch(balancer.frontend, &client, false, "/")
+            .unwrap()
+            .peer_cert,
+        first.der
+    );
+    let loads: Vec<(Mode, Load)> = [Mode::KeepAlive, Mode::NewConnection, Mode::Http2]
+        .into_iter()
+        .map(|mode| {
+            let load = Load::start_with(balancer.frontend, mode, 2, "/", Some(client.clone()));
+            (mode, load)
+        })
+        .collect();
+    for (_, load) in &loads {
+        assert!(load.wait_progress(50, T));
+    }
+    // The rotation: no signal is sent; every instance reloads by itself.
+    let second = ca.leaf("second");
+    volume.swap(&second.cert_pem, &second.key_pem);
+    for instance in &instances {
+        let service = instance.service.as_ref().unwrap();
+        service.ready_worker(2, T);
+        service.wait_line("after draining", T);
+    }
+    for (_, load) in &loads {
+        assert!(load.wait_progress(50, T));
+    }
+    // Every instance now presents the new certificate.
+    for _ in 0..6 {
+        let got = fetch(balancer.frontend, &client, false, "/").unwrap();
+        assert_eq!(got.peer_cert, second.der);
+    }
+    for (mode, load) in loads {
+        let report = load.stop();
+        println!(
+            "TLS through HAProxy during a rotation, {}: {}",
+            mode.name(),
+            report.summary()
+        );
+        report.assert_clean(mode.name());
+    }
+    drop(balancer);
+    drop(instances);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -13,7 +13,7 @@ use graceful_dev::process::Service;
 use graceful_dev::procfs::{fd_count, wait_gone};
 use graceful_dev::temp_dir;
 use graceful_dev::testapp;
-use graceful_dev::tls::{fetch, TestCa};
+use graceful_dev::tls::{fetch, TestCa, Volume};
 use nix::sys::signal::Signal;
 
 use graceful_dev::TIMEOUT as T;
@@ -254,40 +254,6 @@ fn listen_and_serve_tls_is_a_drop_in_that_reloads() {
     let got = fetch(addr, &client, true, "/").unwrap();
     assert_eq!(got.body.trim(), second.to_string());
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A Kubernetes Secret volume in `dir/volume`: `tls.crt` and `tls.key` are
-/// symlinks through `..data` to a timestamped directory. `swap` writes the
-/// new files into a new directory and swaps `..data` atomically, as the
-/// kubelet's atomic writer does.
-struct Volume {
-    dir: PathBuf,
-    version: u32,
-}
-
-impl Volume {
-    fn new(dir: &Path, cert: &str, key: &str) -> Volume {
-        let dir = dir.join("volume");
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut volume = Volume { dir, version: 0 };
-        volume.swap(cert, key);
-        for name in ["tls.crt", "tls.key"] {
-            std::os::unix::fs::symlink(format!("..data/{name}"), volume.dir.join(name)).unwrap();
-        }
-        volume
-    }
-
-    fn swap(&mut self, cert: &str, key: &str) {
-        self.version += 1;
-        let version = format!("..2026_12_02_{}", self.version);
-        let target = self.dir.join(&version);
-        std::fs::create_dir(&target).unwrap();
-        std::fs::write(target.join("tls.crt"), cert).unwrap();
-        std::fs::write(target.join("tls.key"), key).unwrap();
-        let tmp = self.dir.join("..data_tmp");
-        std::os::unix::fs::symlink(&version, &tmp).unwrap();
-        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
-    }
 }
 
 #[test]
