@@ -131,14 +131,20 @@ fn run(socket: &dyn Datagrams, stop: &AtomicBool, next: &AtomicU64, tally: &Mute
             return;
         }
         while !stopping && (in_flight.len() as u64) < WINDOW {
-            let seq = next.load(Ordering::SeqCst);
+            // The number is taken before the send: a test that reads
+            // `next` then knows every datagram from there on is sent after
+            // it read. (Taken after, a datagram already sent to the old
+            // worker could look as if it came later: under two busy loops
+            // the test once saw one "answered by an older worker".)
+            let seq = next.fetch_add(1, Ordering::SeqCst);
             match socket.send(seq.to_string().as_bytes()) {
                 Ok(_) => {
                     in_flight.insert(seq, Instant::now());
-                    next.store(seq + 1, Ordering::SeqCst);
                 }
-                // An ICMP "port unreachable" for an earlier datagram.
+                // An ICMP "port unreachable" for an earlier datagram: the
+                // number is sent again next time.
                 Err(_) => {
+                    next.store(seq, Ordering::SeqCst);
                     tally.lock().unwrap().refused += 1;
                     break;
                 }
