@@ -214,6 +214,40 @@ fn a_failed_registration_fails_the_start_and_names_the_address() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// One address registered twice (here, port 0 spelled two ways) is one
+/// socket: two handlers would share its connections at random. The start
+/// fails, naming the address.
+#[test]
+fn one_socket_registered_twice_fails_the_start_and_names_it() {
+    let dir = temp_dir("twice");
+    let flag = dir.join("fail");
+    // testapp registers its argument, and "port-in-use:ADDR" registers ADDR
+    // first: "localhost:0" is held as "127.0.0.1:0", the same socket.
+    std::fs::write(&flag, "port-in-use:localhost:0").unwrap();
+    let mut service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[("TESTAPP_FAIL_IF_EXISTS", flag.to_str().unwrap())],
+    );
+    assert_eq!(
+        service.wait_exit(T).code(),
+        Some(1),
+        "{}",
+        service.log_text()
+    );
+    let log = service.log_text();
+    assert!(
+        log.contains(
+            "cannot listen on \"127.0.0.1:0\": it is the socket \"localhost:0\" was registered \
+             on: an address is served by one handler"
+        ),
+        "{log}"
+    );
+    assert!(!log.contains("and serving"), "{log}");
+    drop(service);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn bad_addresses_fail_the_start_with_a_clear_error() {
     for (addr, expected) in [

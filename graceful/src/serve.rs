@@ -235,6 +235,21 @@ impl Datagram {
 }
 
 impl Listener {
+    /// The socket's identity, its device and inode: the same for every
+    /// descriptor of one socket.
+    #[cfg(unix)]
+    fn socket_id(&self) -> Option<(u64, u64)> {
+        use std::os::fd::AsFd;
+        let fd = match self {
+            Listener::Tcp(listener) => listener.as_fd(),
+            Listener::Unix(listener) => listener.as_fd(),
+            Listener::Datagram(Datagram::Udp(socket)) => socket.as_fd(),
+            Listener::Datagram(Datagram::Unixgram(socket)) => socket.as_fd(),
+        };
+        let stat = nix::sys::stat::fstat(fd).ok()?;
+        Some((stat.st_dev as u64, stat.st_ino as u64))
+    }
+
     /// The kind of handler this socket is for.
     fn serves(&self) -> Serves {
         match self {
@@ -312,6 +327,9 @@ async fn acquire<A: Adapter>(
 ) -> Result<Vec<Served>, StartError> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
+    // Each socket had, by its identity, and the address that had it.
+    #[cfg(unix)]
+    let mut had: Vec<((u64, u64), String)> = Vec::new();
     for registration in registrations {
         let served = async {
             let tls = load_tls(&registration)?;
@@ -332,6 +350,19 @@ async fn acquire<A: Adapter>(
                     describe(listener.serves()),
                     describe(serves)
                 )));
+            }
+            // Two registrations of one socket would share its connections
+            // at random between two handlers.
+            #[cfg(unix)]
+            if let Some(id) = listener.socket_id() {
+                if let Some((_, first)) = had.iter().find(|(seen, _)| *seen == id) {
+                    return Err(refused(format!(
+                        "it is the socket {first:?} was registered on: an address is served \
+                         by one handler (\"127.0.0.1:0\" is one port, bound once; use another \
+                         address for another listener)"
+                    )));
+                }
+                had.push((id, registration.addr.clone()));
             }
             Ok::<_, Error>(Served {
                 addr: registration.addr.clone(),
