@@ -13,6 +13,11 @@
 //! (default 32).
 //!
 //! Two more measurements, each on its own:
+//! - `bench --saturate [ROUNDS] [SECONDS]`: throughput against plain
+//!   hyper-util with clients that saturate the server (wrk for HTTP/1.1,
+//!   h2load for h2c; Debian `wrk` and `nghttp2-client`), the servers on
+//!   CPU 0 and the client on CPU 1, interleaved, with a plain / plain
+//!   control; 8 rounds of 3 s by default.
 //! - `bench --pinned [ROUNDS] [SECONDS]`: throughput with the servers on CPU 0
 //!   and the load generator on CPU 1 (`taskset`, `sched_setaffinity`), so
 //!   that a few percent can be told from noise; the ratio's median and
@@ -198,6 +203,147 @@ fn pinned(me: &std::path::Path, rounds: usize, seconds: u64) {
             mode.name(),
             cells.join(", "),
             median(ratios.clone())
+        );
+    }
+}
+
+/// A client that saturates a server: wrk (HTTP/1.1) or h2load (h2c).
+#[derive(Debug, Clone, Copy)]
+enum Saturating {
+    KeepAlive,
+    NewConnection,
+    Http2,
+}
+
+impl Saturating {
+    const ALL: [Saturating; 3] = [
+        Saturating::KeepAlive,
+        Saturating::NewConnection,
+        Saturating::Http2,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Saturating::KeepAlive => "http1 keep-alive (wrk -t1 -c32)",
+            Saturating::NewConnection => "http1 new connection (wrk -t1 -c32, Connection: close)",
+            Saturating::Http2 => "h2c (h2load -t1 -c32 -m10)",
+        }
+    }
+
+    /// Runs the client on CPU 1 against `addr` for `seconds`; its rate, in
+    /// requests per second. Any error or non-2xx answer is a failure.
+    fn run(self, addr: SocketAddr, seconds: u64) -> f64 {
+        let taskset = graceful_dev::tool("taskset");
+        let url = format!("http://{addr}/");
+        let duration = format!("{seconds}s");
+        let mut command = std::process::Command::new(taskset);
+        command.args(["-c", "1"]);
+        match self {
+            Saturating::KeepAlive => {
+                command.args(["wrk", "-t1", "-c32", "-d", &duration, &url]);
+            }
+            Saturating::NewConnection => {
+                command.args([
+                    "wrk",
+                    "-t1",
+                    "-c32",
+                    "-d",
+                    &duration,
+                    "-H",
+                    "Connection: close",
+                    &url,
+                ]);
+            }
+            Saturating::Http2 => {
+                command.args(["h2load", "-t1", "-c32", "-m10", "-D", &duration, &url]);
+            }
+        }
+        let (code, out, err) = graceful_dev::run_bounded(&mut command);
+        assert_eq!(code, 0, "{}: {out}{err}", self.name());
+        match self {
+            Saturating::KeepAlive | Saturating::NewConnection => {
+                assert!(
+                    !out.contains("Non-2xx") && !out.contains("Socket errors"),
+                    "wrk saw failures:\n{out}"
+                );
+                out.lines()
+                    .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("no rate in wrk's output:\n{out}"))
+            }
+            Saturating::Http2 => {
+                let failed = out
+                    .lines()
+                    .find(|l| l.starts_with("requests:"))
+                    .unwrap_or_default();
+                assert!(
+                    failed.contains(" 0 failed, 0 errored"),
+                    "h2load saw failures: {failed}\n{out}"
+                );
+                out.lines()
+                    .find_map(|l| l.strip_prefix("finished in "))
+                    .and_then(|l| l.split(", ").nth(1))
+                    .and_then(|r| r.strip_suffix(" req/s"))
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or_else(|| panic!("no rate in h2load's output:\n{out}"))
+            }
+        }
+    }
+}
+
+/// Throughput of graceful against plain hyper-util with independent
+/// clients that saturate the server: the servers on CPU 0, wrk or h2load on
+/// CPU 1, interleaved round by round (plain, graceful, a second plain
+/// server), so that plain against plain is the A/A control. Prints, for
+/// each client, the rate against the plain server, each round's ratio, the
+/// median and the spread.
+fn saturate(me: &std::path::Path, rounds: usize, seconds: u64) {
+    let taskset = graceful_dev::tool("taskset");
+    let me = me.to_str().unwrap();
+    println!(
+        "bench --saturate: servers on CPU 0, the client on CPU 1; {rounds} rounds of {seconds} s per server and client, interleaved\n"
+    );
+    println!("| client | its rate against plain, median req/s | graceful / plain, each round | median | min – max | A/A plain / plain, median (min – max) |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let spread = |v: &[f64]| {
+        v.iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &r| (a.min(r), b.max(r)))
+    };
+    for client in Saturating::ALL {
+        let (mut ratios, mut controls, mut plain_rates) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let start_plain = || {
+                let plain =
+                    Service::start(&taskset, &["-c", "0", me, "--plain", "127.0.0.1:0"], &[]);
+                let addr: SocketAddr = plain.addr(T).parse().unwrap();
+                (plain, addr)
+            };
+            let (plain, plain_addr) = start_plain();
+            let plain_rate = client.run(plain_addr, seconds);
+            drop(plain);
+            let service =
+                Service::start(&taskset, &["-c", "0", me, "--graceful", "127.0.0.1:0"], &[]);
+            let addr: SocketAddr = service.addr(T).parse().unwrap();
+            service.ready_worker(1, T);
+            let rate = client.run(addr, seconds);
+            drop(service);
+            let (other, other_addr) = start_plain();
+            let other_rate = client.run(other_addr, seconds);
+            drop(other);
+            plain_rates.push(plain_rate);
+            ratios.push(rate / plain_rate);
+            controls.push(other_rate / plain_rate);
+        }
+        let cells: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+        let (min, max) = spread(&ratios);
+        let (cmin, cmax) = spread(&controls);
+        println!(
+            "| {} | {:.0} | {} | {:.3} | {min:.3} – {max:.3} | {:.3} ({cmin:.3} – {cmax:.3}) |",
+            client.name(),
+            median(plain_rates),
+            cells.join(", "),
+            median(ratios.clone()),
+            median(controls.clone()),
         );
     }
 }
@@ -392,6 +538,15 @@ fn main() {
         return;
     }
     let me = std::env::current_exe().unwrap();
+    if first.as_deref() == Some("--saturate") {
+        let arg = |n: usize, default: u64| {
+            std::env::args()
+                .nth(n)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        return saturate(&me, arg(2, 8) as usize, arg(3, 3));
+    }
     if first.as_deref() == Some("--pinned") {
         let number = |n: usize, default: u64| {
             std::env::args()
