@@ -1,4 +1,4 @@
-//! One-shot HTTP clients for tests: a raw HTTP/1.1 GET and curl.
+//! One-shot HTTP clients for tests: a raw HTTP/1.1 request and curl.
 
 use std::ffi::OsStr;
 use std::io::{Read, Write};
@@ -13,13 +13,18 @@ pub fn pid_of(addr: &str) -> i32 {
     body.trim().parse().expect("a pid")
 }
 
-/// One HTTP/1.1 request on a new connection; returns (status, body).
+/// One HTTP/1.1 GET on a new connection; returns (status, body).
 pub fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    request(addr, "GET", path).map(|(status, _, body)| (status, body))
+}
+
+/// One HTTP/1.1 request on a new connection; returns (status, head, body).
+pub fn request(addr: &str, method: &str, path: &str) -> std::io::Result<(u16, String, String)> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
@@ -28,10 +33,10 @@ pub fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad response: {response:?}")))?;
-    let body = response
+    let (head, body) = response
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+        .map(|(h, b)| (h.to_string(), b.to_string()))
+        .unwrap_or((response.clone(), String::new()));
     // Chunked bodies: keep only the data lines.
     let body = if response
         .to_ascii_lowercase()
@@ -46,7 +51,7 @@ pub fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     } else {
         body
     };
-    Ok((status, body))
+    Ok((status, head, body))
 }
 
 /// Runs `curl` with `args` and returns its stdout; panics with stderr on failure.

@@ -46,6 +46,16 @@ pub fn tool(name: &str) -> PathBuf {
         })
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a tool whose
+/// configuration needs a number (systemd-socket-activate, HAProxy).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The application the integration tests drive (`src/bin/testapp.rs`).
 pub fn testapp() -> PathBuf {
     built("testapp")

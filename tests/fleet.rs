@@ -12,25 +12,26 @@ use graceful_dev::process::Service;
 use graceful_dev::{testapp, TIMEOUT as T};
 use nix::sys::signal::Signal;
 
-/// One request with its status, headers and body, on a new connection.
+/// One request on a new connection: its status, its head in lower case
+/// (for header names), and its body.
 fn request(addr: &str, method: &str, path: &str) -> (u16, String, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(T)).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_ascii_lowercase(), body.to_string())
+    let (status, head, body) = graceful_dev::http::request(addr, method, path).expect("request");
+    (status, head.to_ascii_lowercase(), body)
+}
+
+/// The first `/readyz` answer that is not 200, polled (bounded): the stop's
+/// log line is written by the master, and the worker it then tells may not
+/// have heard yet.
+fn not_ready(health: &str) -> (u16, String, String) {
+    let deadline = Instant::now() + T;
+    loop {
+        let answer = request(health, "GET", "/readyz");
+        if answer.0 != 200 {
+            return answer;
+        }
+        assert!(Instant::now() < deadline, "/readyz still answers 200");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// testapp with the health handler on a second listener and the given
@@ -75,7 +76,7 @@ fn serves_on_through_the_delay(
     let signalled = Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(stopper), Signal::SIGTERM).unwrap();
     service.wait_line("shutdown_delay", T);
-    let (status, head, body) = request(health, "GET", "/readyz");
+    let (status, head, body) = not_ready(health);
     assert_eq!((status, body.as_str()), (503, "stopping\n"));
     assert!(head.contains("cache-control: no-store"), "{head}");
     assert_eq!(request(health, "GET", "/livez").0, 200);
@@ -121,7 +122,7 @@ fn a_second_stop_signal_skips_the_rest_of_the_delay() {
     service.ready_worker(1, T);
     service.signal(Signal::SIGTERM);
     service.wait_line("serving on for the 3600s shutdown_delay", T);
-    assert_eq!(request(&health, "GET", "/readyz").0, 503);
+    assert_eq!(not_ready(&health).0, 503);
     service.signal(Signal::SIGTERM);
     // Bounded by T, far below the hour.
     assert!(service.wait_exit(T).success(), "{}", service.log_text());

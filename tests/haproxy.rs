@@ -18,15 +18,6 @@ use graceful_dev::process::Service;
 use graceful_dev::{built, temp_dir, TIMEOUT as T};
 use nix::sys::signal::Signal;
 
-/// A port that was free a moment ago: HAProxy's configuration needs numbers.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One instance: its ports, and the running service.
 struct Instance {
     app: u16,
@@ -35,6 +26,17 @@ struct Instance {
 }
 
 impl Instance {
+    /// Three instances, not started, each with ports of its own.
+    fn three() -> Vec<Instance> {
+        (0..3)
+            .map(|_| Instance {
+                app: graceful_dev::free_port(),
+                admin: graceful_dev::free_port(),
+                service: None,
+            })
+            .collect()
+    }
+
     fn start(&mut self, delay: &str) {
         let service = Service::start(
             &built("service"),
@@ -90,7 +92,9 @@ impl Balancer {
 
     /// With `mode` `tcp`, HAProxy passes TLS through to the instances.
     fn start_in(dir: &Path, instances: &[Instance], mode: &str) -> Balancer {
-        let frontend: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let frontend: SocketAddr = format!("127.0.0.1:{}", graceful_dev::free_port())
+            .parse()
+            .unwrap();
         let socket = dir.join("haproxy.sock");
         let servers: String = instances
             .iter()
@@ -171,13 +175,7 @@ impl Balancer {
 /// for until HAProxy has all three up again. Returns each load's report.
 fn fleet(name: &str, delay: &str, roll: impl Fn(&mut Instance, &Balancer)) -> Vec<(Mode, Report)> {
     let dir = temp_dir(name);
-    let mut instances: Vec<Instance> = (0..3)
-        .map(|_| Instance {
-            app: free_port(),
-            admin: free_port(),
-            service: None,
-        })
-        .collect();
+    let mut instances = Instance::three();
     for instance in &mut instances {
         instance.start(delay);
     }
@@ -266,13 +264,7 @@ fn a_certificate_rotated_by_a_data_swap_behind_haproxy_fails_no_handshake() {
     // One Secret volume, mounted by every instance, as a Deployment's pods
     // each mount the same Secret.
     let mut volume = Volume::new(&dir, &first.cert_pem, &first.key_pem);
-    let mut instances: Vec<Instance> = (0..3)
-        .map(|_| Instance {
-            app: free_port(),
-            admin: free_port(),
-            service: None,
-        })
-        .collect();
+    let mut instances = Instance::three();
     for instance in &mut instances {
         instance.start_tls(&volume.dir);
     }

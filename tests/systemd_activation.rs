@@ -19,15 +19,6 @@ fn activate() -> PathBuf {
     graceful_dev::tool("systemd-socket-activate")
 }
 
-/// A port that was free a moment ago (systemd-socket-activate needs a number).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// systemd-socket-activate logs "Listening on" around its listen() call: wait
 /// (bounded) until a connection is accepted into the backlog.
 fn wait_listening(addr: &str) {
@@ -82,7 +73,7 @@ fn reloads_keep_the_activated_socket(service: &Service, addr: &str, first_respon
 /// accepts connections. Like systemd, systemd-socket-activate starts the
 /// service on the first connection, which waits in the backlog meanwhile.
 fn activated(fdname: Option<&str>, register: impl FnOnce(&str) -> String) -> (Service, String) {
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = format!("127.0.0.1:{}", graceful_dev::free_port());
     let testapp = testapp();
     let register = register(&addr);
     let fdname = fdname.map(|name| format!("--fdname={name}"));
@@ -139,7 +130,7 @@ fn a_systemd_name_without_activation_is_a_clear_error() {
 
 #[test]
 fn single_mode_hands_the_activated_socket_to_each_successor() {
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = format!("127.0.0.1:{}", graceful_dev::free_port());
     let testapp = testapp();
     let args = [
         "-l",
@@ -217,7 +208,7 @@ fn sockets_passed_without_listen_pid_are_used_as_systemfd_passes_them() {
 #[test]
 fn an_upgraded_master_keeps_the_activated_socket_and_notifies_from_the_same_pid() {
     let notes = graceful_dev::notify::Notifications::bind("activation-upgrade", T);
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = format!("127.0.0.1:{}", graceful_dev::free_port());
     let testapp = testapp();
     // systemd-socket-activate passes on only the variables named with -E.
     let notify = format!("NOTIFY_SOCKET={}", notes.address());
