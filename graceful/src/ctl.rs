@@ -513,29 +513,26 @@ pub fn main() -> std::process::ExitCode {
                 ExitCode::from(2)
             }
         },
-        ("metrics", false) => match metrics(&socket) {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("graceful: {e}");
-                ExitCode::from(2)
-            }
-        },
-        ("status", json) => match status(&socket, json) {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("graceful: {e}");
-                ExitCode::from(2)
-            }
-        },
+        ("metrics", false) => printed(metrics(&socket)),
+        ("status", json) => printed(status(&socket, json)),
         _ => {
             eprintln!("graceful: unknown command {command:?}\n\n{USAGE}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// The text asked for, printed (exit 0), or why it could not be had
+/// (exit 2).
+fn printed(text: Result<String, Error>) -> std::process::ExitCode {
+    match text {
+        Ok(text) => {
+            print!("{text}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("graceful: {e}");
+            std::process::ExitCode::from(2)
         }
     }
 }
@@ -641,7 +638,7 @@ mod tests {
                 },
             )),
             reloads_queued: true,
-            counters: Default::default(),
+            counters: None,
         };
         (status, now)
     }
