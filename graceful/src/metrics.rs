@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::{header, Request, Response, StatusCode};
 
-use crate::status::{Counters, Status, RELOAD_BUCKETS_MS};
+use crate::status::{Status, RELOAD_BUCKETS_MS};
 
 /// The content type of the text format.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -27,7 +27,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 /// The metrics of a service whose serving process, or master, is `pid`,
 /// with `status`; the counters are left out where there are none (single
 /// mode).
-pub(crate) fn render(pid: u32, status: &Status, counters: Option<&Counters>) -> String {
+pub(crate) fn render(pid: u32, status: &Status) -> String {
     let mut out = String::new();
     family(
         &mut out,
@@ -69,7 +69,7 @@ pub(crate) fn render(pid: u32, status: &Status, counters: Option<&Counters>) -> 
             );
         }
     }
-    let Some(counters) = counters else {
+    let Some(counters) = &status.counters else {
         return out;
     };
     family(
@@ -81,7 +81,7 @@ pub(crate) fn render(pid: u32, status: &Status, counters: Option<&Counters>) -> 
     let _ = writeln!(
         out,
         "graceful_reloads_total{{outcome=\"succeeded\"}} {}",
-        counters.reloads_succeeded
+        counters.reloads_succeeded()
     );
     let _ = writeln!(
         out,
@@ -197,7 +197,7 @@ async fn collect() -> Result<String, String> {
             )),
         };
     }
-    Ok(render(std::process::id(), &local_status(), None))
+    Ok(render(std::process::id(), &local_status()))
 }
 
 /// This process as the one serving worker, with its open connections.
@@ -219,14 +219,14 @@ fn local_status() -> Status {
         draining: Vec::new(),
         last_reload: None,
         reloads_queued: false,
-        counters: Counters::default(),
+        counters: None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::WorkerStatus;
+    use crate::status::{Counters, WorkerStatus};
 
     fn status() -> Status {
         let now = std::time::Instant::now();
@@ -243,7 +243,7 @@ mod tests {
             draining: vec![worker(3, Some(2))],
             last_reload: None,
             reloads_queued: false,
-            counters: Counters::default(),
+            counters: None,
         }
     }
 
@@ -260,7 +260,13 @@ mod tests {
         counters.reloaded(Duration::from_millis(7));
         counters.reloaded(Duration::from_millis(40));
         counters.reloaded(Duration::from_secs(60));
-        let text = render(42, &status(), Some(&counters));
+        let text = render(
+            42,
+            &Status {
+                counters: Some(counters),
+                ..status()
+            },
+        );
         for line in [
             "graceful_info{version=\"0.1.0\",pid=\"42\"} 1",
             "graceful_workers{state=\"starting\"} 1",
@@ -293,7 +299,7 @@ mod tests {
 
     #[test]
     fn without_counters_only_what_a_process_knows_of_itself() {
-        let text = render(7, &status(), None);
+        let text = render(7, &status());
         assert!(text.contains("graceful_info{"));
         assert!(text.contains("graceful_open_connections{generation=\"4\"} 12"));
         assert!(!text.contains("graceful_reloads_total"), "{text}");

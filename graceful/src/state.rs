@@ -618,7 +618,6 @@ pub(crate) mod tests {
                 }],
                 changed: None,
                 counters: Counters {
-                    reloads_succeeded: 7,
                     reloads_failed: 1,
                     worker_starts: 9,
                     worker_crashes: 1,

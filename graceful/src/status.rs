@@ -68,8 +68,9 @@ pub(crate) struct Status {
     /// When the last reload ended, and how.
     pub(crate) last_reload: Option<(Instant, Outcome)>,
     pub(crate) reloads_queued: bool,
-    /// What the master has counted, for metrics.
-    pub(crate) counters: Counters,
+    /// What the master has counted, for metrics; `None` where no master
+    /// counts (a single-mode process).
+    pub(crate) counters: Option<Counters>,
 }
 
 /// The upper bounds of the reload-duration histogram's buckets, in
@@ -83,7 +84,6 @@ pub(crate) const RELOAD_BUCKETS_MS: [u64; 11] =
 #[cfg_attr(unix, derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(unix, serde(deny_unknown_fields))]
 pub(crate) struct Counters {
-    pub(crate) reloads_succeeded: u64,
     pub(crate) reloads_failed: u64,
     pub(crate) worker_starts: u64,
     /// Serving workers that exited without being told to stop.
@@ -92,8 +92,9 @@ pub(crate) struct Counters {
     /// `stop_timeout`, as the workers reported them.
     pub(crate) connections_drained: u64,
     pub(crate) connections_cut: u64,
-    /// Reloads by how long the new worker took to be ready: a count per
-    /// bucket of [`RELOAD_BUCKETS_MS`] plus `+Inf`, not cumulative.
+    /// Successful reloads by how long the new worker took to be ready: a
+    /// count per bucket of [`RELOAD_BUCKETS_MS`] plus `+Inf`, not
+    /// cumulative.
     pub(crate) reload_buckets: [u64; 12],
     pub(crate) reload_ms_sum: u64,
 }
@@ -108,7 +109,11 @@ impl Counters {
             .unwrap_or(RELOAD_BUCKETS_MS.len());
         self.reload_buckets[bucket] += 1;
         self.reload_ms_sum += ms;
-        self.reloads_succeeded += 1;
+    }
+
+    /// Successful reloads: every one is in a bucket.
+    pub(crate) fn reloads_succeeded(&self) -> u64 {
+        self.reload_buckets.iter().sum()
     }
 }
 

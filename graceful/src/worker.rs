@@ -23,14 +23,45 @@ use crate::{drain, signal, Error};
 /// This worker's control channel, for [`request_reload`].
 static CONTROL: OnceLock<Arc<Channel>> = OnceLock::new();
 
-/// Who waits for the answers to this worker's reload requests, in the order
+/// Who waits for the master's answers to one kind of request, in the order
 /// the requests were sent: the master answers each request once, in that
-/// order. `None` for a request nobody waits on (`graceful::reload()`).
-static WAITERS: Mutex<VecDeque<Option<oneshot::Sender<Outcome>>>> = Mutex::new(VecDeque::new());
+/// order.
+struct Answers<T>(Mutex<VecDeque<T>>);
 
-fn waiters() -> std::sync::MutexGuard<'static, VecDeque<Option<oneshot::Sender<Outcome>>>> {
-    WAITERS.lock().unwrap_or_else(|e| e.into_inner())
+impl<T> Answers<T> {
+    const fn new() -> Answers<T> {
+        Answers(Mutex::new(VecDeque::new()))
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<T>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends `message` and, once it is sent, queues `waiter` for its
+    /// answer: under the lock, so that the queue's order is the messages'.
+    fn ask(&self, control: &Channel, message: &ToMaster, waiter: T) -> std::io::Result<()> {
+        let mut queue = self.queue();
+        control.send(message)?;
+        queue.push_back(waiter);
+        Ok(())
+    }
+
+    /// The waiter of the oldest request, whose answer has come.
+    fn answered(&self) -> Option<T> {
+        self.queue().pop_front()
+    }
+
+    /// Nobody will answer: the waiters are told so by their dropped
+    /// senders.
+    fn clear(&self) {
+        self.queue().clear();
+    }
 }
+
+/// Reload requests; `None` for one nobody waits on (`graceful::reload()`).
+static RELOADS: Answers<Option<oneshot::Sender<Outcome>>> = Answers::new();
+/// Metrics requests (`graceful::metrics`).
+static METRICS: Answers<oneshot::Sender<String>> = Answers::new();
 
 /// `graceful::reload()` (without `waiter`) or `reload_and_wait()` in a
 /// worker: asks the master. `None`: this process is not a worker.
@@ -38,20 +69,12 @@ pub(crate) fn request_reload(
     waiter: Option<oneshot::Sender<Outcome>>,
 ) -> Option<Result<(), Error>> {
     let control = CONTROL.get()?;
-    // Held across the send, so that the queue's order is the requests'.
-    let mut waiters = waiters();
-    Some(match control.send(&ToMaster::Reload) {
-        Ok(()) => {
-            waiters.push_back(waiter);
-            Ok(())
-        }
-        Err(e) => Err(Error::io("cannot ask the master to reload", e)),
-    })
+    Some(
+        RELOADS
+            .ask(control, &ToMaster::Reload, waiter)
+            .map_err(|e| Error::io("cannot ask the master to reload", e)),
+    )
 }
-
-/// Who waits for the master's answers to this worker's metrics requests,
-/// in the order they were sent (the master answers in that order).
-static METRICS: Mutex<VecDeque<oneshot::Sender<String>>> = Mutex::new(VecDeque::new());
 
 /// Set when the master counts drains and answers metrics requests.
 static MASTER_METRICS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -66,30 +89,24 @@ pub(crate) fn request_metrics() -> Option<Result<oneshot::Receiver<String>, Stri
         ));
     }
     let (tx, rx) = oneshot::channel();
-    let mut waiting = METRICS.lock().unwrap_or_else(|e| e.into_inner());
-    Some(match control.send(&ToMaster::Metrics) {
-        Ok(()) => {
-            waiting.push_back(tx);
-            Ok(rx)
-        }
-        Err(e) => Err(format!("cannot ask the master: {e}")),
-    })
+    Some(
+        METRICS
+            .ask(control, &ToMaster::Metrics, tx)
+            .map(|()| rx)
+            .map_err(|e| format!("cannot ask the master: {e}")),
+    )
 }
 
 /// The master's answer to the oldest metrics request.
 fn deliver_metrics(text: String) {
-    let waiter = METRICS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .pop_front();
-    if let Some(waiter) = waiter {
+    if let Some(waiter) = METRICS.answered() {
         let _ = waiter.send(text);
     }
 }
 
 /// The master's answer to the oldest reload request.
 fn deliver(outcome: Outcome) {
-    if let Some(Some(waiter)) = waiters().pop_front() {
+    if let Some(Some(waiter)) = RELOADS.answered() {
         let _ = waiter.send(outcome);
     }
 }
@@ -302,9 +319,9 @@ async fn watch_master(channel: Arc<Channel>) {
             Err(e) => break format!("the control socket failed: {e}"),
         }
     };
-    // Nobody will answer the reloads asked for: their waiters are told so
-    // by the dropped senders.
-    waiters().clear();
+    // Nobody will answer the reloads and metrics asked for.
+    RELOADS.clear();
+    METRICS.clear();
     // Once: a worker told to stop is draining already, and says nothing.
     drain::global().start(Some(&why));
 }

@@ -1113,7 +1113,7 @@ impl Core {
             draining,
             last_reload: self.last_reload.clone(),
             reloads_queued: self.queued,
-            counters: self.counters.clone(),
+            counters: Some(self.counters.clone()),
         }
     }
 
@@ -2846,7 +2846,7 @@ mod tests {
         // The serving worker crashes; its replacement starts.
         run.at(60_000, exited(102, 1));
         run.at(60_100, Event::Tick);
-        let counters = &run.core.status(0).counters;
+        let counters = &run.core.status(0).counters.expect("a master counts");
         let mut expected = Counters {
             reloads_failed: 1,
             worker_starts: 4,

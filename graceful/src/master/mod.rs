@@ -883,8 +883,7 @@ impl Master {
                 }
                 Action::Status { client, status } => {
                     if let Some(generation) = self.metrics_queries.remove(&client) {
-                        let text =
-                            metrics::render(std::process::id(), &status, Some(&status.counters));
+                        let text = metrics::render(std::process::id(), &status);
                         if let Some(control) = self.control(generation) {
                             let _ = control::send(control, &ToWorker::Metrics(text));
                         }
@@ -900,11 +899,9 @@ impl Master {
                         // A client that hung up meanwhile is gone: nothing to render.
                         let text = match control.asked(client) {
                             Some(Request::Status { json: true }) => Some(view.json()),
-                            Some(Request::Metrics) => Some(metrics::render(
-                                std::process::id(),
-                                &status,
-                                Some(&status.counters),
-                            )),
+                            Some(Request::Metrics) => {
+                                Some(metrics::render(std::process::id(), &status))
+                            }
                             Some(_) => Some(view.text()),
                             None => None,
                         };
