@@ -72,11 +72,7 @@ struct Master {
     /// The core asked to upgrade into generation N's build: done at the end
     /// of the loop's turn, with every action of the turn carried out.
     upgrade: Option<u64>,
-    /// Status queries made for a worker's metrics request: the query's
-    /// client number, and the generation that asked. Numbers from
-    /// [`METRICS_QUERIES`] up, never a control socket client's.
-    metrics_queries: HashMap<u64, u64>,
-    next_metrics_query: u64,
+    metrics_queries: MetricsQueries,
 }
 
 /// The signals the master handles: the configured ones, those whose
@@ -140,9 +136,37 @@ fn watch_executable(path: &std::path::Path) -> Option<watch::ExecutableWatch> {
     }
 }
 
-/// The first query number for a worker's metrics request, far above any
+/// The status queries made for workers' metrics requests: the core answers
+/// a query by its client number, which for these starts far above any
 /// control socket client's.
-const METRICS_QUERIES: u64 = 1 << 62;
+#[derive(Debug)]
+struct MetricsQueries {
+    /// Each query's client number, and the generation that asked.
+    pending: HashMap<u64, u64>,
+    next: u64,
+}
+
+impl MetricsQueries {
+    fn new() -> MetricsQueries {
+        MetricsQueries {
+            pending: HashMap::new(),
+            next: 1 << 62,
+        }
+    }
+
+    /// The client number of a new query for `generation`.
+    fn ask(&mut self, generation: u64) -> u64 {
+        let client = self.next;
+        self.next += 1;
+        self.pending.insert(client, generation);
+        client
+    }
+
+    /// The generation that asked, if `client` is one of these queries.
+    fn answered(&mut self, client: u64) -> Option<u64> {
+        self.pending.remove(&client)
+    }
+}
 
 /// Starts watching `watch_paths`, if any; an error names the path.
 #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -268,8 +292,7 @@ pub(crate) fn run(config: Config) -> Result<(), Error> {
         caught,
         info,
         upgrade: None,
-        metrics_queries: HashMap::new(),
-        next_metrics_query: METRICS_QUERIES,
+        metrics_queries: MetricsQueries::new(),
     };
     master.perform(actions);
     master.serve()
@@ -440,8 +463,7 @@ pub(crate) fn resume(config: Config, pipe: OwnedFd) -> Result<(), Error> {
         caught,
         info,
         upgrade: None,
-        metrics_queries: HashMap::new(),
-        next_metrics_query: METRICS_QUERIES,
+        metrics_queries: MetricsQueries::new(),
     };
     // Received by the old image and not acted on yet: first.
     for number in state.signals {
@@ -882,7 +904,7 @@ impl Master {
                     None
                 }
                 Action::Status { client, status } => {
-                    if let Some(generation) = self.metrics_queries.remove(&client) {
+                    if let Some(generation) = self.metrics_queries.answered(client) {
                         let text = metrics::render(std::process::id(), &status);
                         if let Some(control) = self.control(generation) {
                             let _ = control::send(control, &ToWorker::Metrics(text));
@@ -1016,12 +1038,9 @@ impl Master {
                     drained,
                     cut,
                 },
-                Ok(Some(ToMaster::Metrics)) => {
-                    let client = self.next_metrics_query;
-                    self.next_metrics_query += 1;
-                    self.metrics_queries.insert(client, generation);
-                    Event::StatusRequested { client }
-                }
+                Ok(Some(ToMaster::Metrics)) => Event::StatusRequested {
+                    client: self.metrics_queries.ask(generation),
+                },
                 Ok(Some(ToMaster::Alive { check, connections })) => Event::Alive {
                     generation,
                     check,
