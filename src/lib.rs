@@ -46,6 +46,16 @@ pub fn tool(name: &str) -> PathBuf {
         })
 }
 
+/// Writes `text` and a newline to stderr in one `write(2)`, so that the line
+/// is not split by graceful's own log lines, which the process writes through
+/// a descriptor of its own (`eprintln!` writes a formatted line in pieces).
+/// Test programs announce what tests wait for with it.
+pub fn say(text: &str) {
+    use std::io::Write;
+    let line = format!("{text}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago, for a tool whose
 /// configuration needs a number (systemd-socket-activate, HAProxy).
 pub fn free_port() -> u16 {

@@ -6,7 +6,10 @@
 use tokio::net::UdpSocket;
 
 async fn handler(socket: UdpSocket) {
-    eprintln!("datagram_faults: handler started in {}", std::process::id());
+    graceful_dev::say(&format!(
+        "datagram_faults: handler started in {}",
+        std::process::id()
+    ));
     let mut buf = [0u8; 512];
     loop {
         let received = tokio::select! {

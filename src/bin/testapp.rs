@@ -52,7 +52,10 @@ use hyper::body::Incoming;
 fn stream() -> Response<Channel<Bytes, Infallible>> {
     let (mut tx, body) = Channel::new(4);
     tokio::spawn(async move {
-        eprintln!("testapp: stream started in pid {}", std::process::id());
+        graceful_dev::say(&format!(
+            "testapp: stream started in pid {}",
+            std::process::id()
+        ));
         loop {
             tokio::select! {
                 _ = graceful::shutdown_signal() => {
@@ -82,7 +85,7 @@ fn upgrade(mut req: Request<Incoming>) -> Response<BoxBody> {
             return;
         };
         let mut io = hyper_util::rt::TokioIo::new(upgraded);
-        eprintln!("testapp: upgraded in pid {}", std::process::id());
+        graceful_dev::say(&format!("testapp: upgraded in pid {}", std::process::id()));
         let _ = io.write_all(b"hello\n").await;
         graceful::shutdown_signal().await;
         if stubborn {
@@ -131,7 +134,7 @@ async fn handle_text(req: Request<Incoming>) -> Result<Response<String>, Infalli
     match req.uri().path() {
         "/slow" => {
             let ms = graceful_dev::versioned::slow_ms(req.uri());
-            eprintln!("testapp: slow request started in pid {pid}");
+            graceful_dev::say(&format!("testapp: slow request started in pid {pid}"));
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Ok(Response::new(format!("slow {ms} done by {pid}\n")))
         }
