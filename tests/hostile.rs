@@ -177,6 +177,126 @@ fn a_partial_http2_preface_or_an_idle_http2_connection_is_closed() {
 }
 
 #[test]
+fn a_kept_alive_connection_whose_next_request_head_trickles_is_closed_at_the_header_timeout() {
+    // The idle timeout is long: only the header timeout can close this
+    // connection within the wait below.
+    let service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[
+            ("TESTAPP_HEADER_TIMEOUT_MS", "1000"),
+            ("TESTAPP_IDLE_TIMEOUT_MS", "60000"),
+        ],
+    );
+    let addr = service.addr(T);
+    service.ready_worker(1, T);
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+        let n = conn.read(&mut buf).expect("the first response");
+        assert!(n > 0, "closed before the first response");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    // The next request head, a byte every 200 ms: never complete.
+    let began = Instant::now();
+    let head = b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Trickle: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut closed = false;
+    for byte in head.iter().cycle().take(100) {
+        if conn.write_all(&[*byte]).is_err() {
+            closed = true;
+            break;
+        }
+        match conn.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            // The rest of the first response, if any.
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    let took = began.elapsed();
+    println!("a trickled request head was cut after {took:?}");
+    assert!(closed, "still open after {took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+/// The TCP keep-alive timer of the server's end of the connection from
+/// `client` (`/proc/net/tcp`: timer kind 2 is keep-alive), in seconds, or
+/// `None` when no keep-alive timer runs. Data not yet acknowledged shows
+/// its retransmission timer instead: that passes within a round trip.
+fn server_keepalive_timer(server: &str, client: std::net::SocketAddr) -> Option<f64> {
+    let port = |addr: &str| -> u16 { addr.rsplit(':').next().unwrap().parse().unwrap() };
+    let local = format!("0100007F:{:04X}", port(server));
+    let remote = format!("0100007F:{:04X}", client.port());
+    let began = Instant::now();
+    loop {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let row = table
+            .lines()
+            .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .find(|f| f.len() > 5 && f[1] == local && f[2] == remote)
+            .unwrap_or_else(|| panic!("no row for {local} {remote} in\n{table}"));
+        let (kind, when) = row[5].split_once(':').unwrap();
+        if kind != "01" || began.elapsed() > T {
+            return (kind == "02").then(|| u64::from_str_radix(when, 16).unwrap() as f64 / 100.0);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn http2_connections_have_the_kernel_probe_for_a_vanished_peer_and_http1_ones_do_not() {
+    let service = Service::start(&testapp(), &["127.0.0.1:0"], &[]);
+    let addr = service.addr(T);
+    service.ready_worker(1, T);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let client = stream.local_addr().unwrap();
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        let conn = tokio::spawn(conn);
+        let request = http::Request::get(format!("http://{addr}/"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        assert_eq!(sender.send_request(request).await.unwrap().status(), 200);
+        // Probes start after 20 s of silence (the timer is in ticks of
+        // 10 ms, so a little under).
+        let timer = server_keepalive_timer(&addr, client);
+        assert!(
+            timer.is_some_and(|t| t > 15.0 && t <= 20.0),
+            "HTTP/2 keep-alive timer: {timer:?}"
+        );
+        conn.abort();
+    });
+    let mut http1 = TcpStream::connect(&addr).unwrap();
+    http1.set_read_timeout(Some(T)).unwrap();
+    http1
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    assert!(http1.read(&mut buf).unwrap() > 0);
+    let timer = server_keepalive_timer(&addr, http1.local_addr().unwrap());
+    assert_eq!(timer, None, "an HTTP/1 connection");
+}
+
+#[test]
 fn draining_workers_are_bounded_and_the_oldest_is_cut() {
     let service = Service::start(
         &testapp(),

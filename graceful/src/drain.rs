@@ -21,14 +21,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{HeaderValue, CONNECTION};
-use http::{Request, StatusCode, Version};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Notify};
 
-use crate::handler::Handler;
+use crate::handler::{Handler, Handling, ResponseBody};
 
 /// Process-wide drain state. One per process: a worker drains once.
 #[derive(Debug)]
@@ -277,13 +277,15 @@ pub(crate) struct Timers {
 }
 
 /// Requests a connection has seen, how many are being handled, and when a
-/// request last started or ended (milliseconds since `epoch`).
+/// request last ended (milliseconds since `epoch`).
 struct Activity {
     epoch: tokio::time::Instant,
     started: AtomicUsize,
     handling: AtomicUsize,
     last: std::sync::atomic::AtomicU64,
     h2: AtomicBool,
+    /// The TCP socket under the connection, if it is one.
+    tcp: Option<TcpSocket>,
 }
 
 impl Activity {
@@ -293,17 +295,138 @@ impl Activity {
     }
 }
 
+/// What woke a connection's task.
+enum Woke {
+    Closed,
+    Drain,
+    Timer,
+}
+
+/// The service hyper calls for each request on one connection.
+struct ConnService {
+    handler: Handler,
+    activity: Arc<Activity>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Serving;
+
+    fn call(&self, req: Request<Incoming>) -> Serving {
+        let activity = &self.activity;
+        let http1 = req.version() < Version::HTTP_2;
+        if !http1 && !activity.h2.swap(true, Ordering::Relaxed) {
+            if let Some(tcp) = &activity.tcp {
+                tcp.probe_dead_peer();
+            }
+        }
+        activity.started.fetch_add(1, Ordering::Relaxed);
+        activity.handling.fetch_add(1, Ordering::Relaxed);
+        Serving {
+            handling: self.handler.handle(req),
+            activity: activity.clone(),
+            http1,
+        }
+    }
+}
+
+/// One request being served: the handler's future, then the connection's
+/// bookkeeping.
+struct Serving {
+    handling: Handling,
+    activity: Arc<Activity>,
+    http1: bool,
+}
+
+impl Future for Serving {
+    type Output = Result<Response<ResponseBody>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut response = std::task::ready!(Pin::new(&mut self.handling).poll(cx));
+        self.activity.handling.fetch_sub(1, Ordering::Relaxed);
+        self.activity.touch();
+        if self.http1 && is_shutting_down() && response.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        Poll::Ready(Ok(response))
+    }
+}
+
+/// How long a dead peer may hold an HTTP/2 connection: TCP keep-alive
+/// probes start after this much silence ...
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(20);
+/// ... and come this often, ...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// ... this many times before the kernel gives up on the peer;
+const KEEPALIVE_PROBES: u32 = 4;
+/// and data sent but not acknowledged for this long ends the connection
+/// too (Linux).
+const UNACKNOWLEDGED: Duration = Duration::from_secs(40);
+
+/// The TCP socket under a connection, borrowed for as long as the
+/// connection lives.
+pub(crate) struct TcpSocket {
+    #[cfg(unix)]
+    fd: std::os::fd::RawFd,
+}
+
+impl TcpSocket {
+    #[cfg(unix)]
+    pub(crate) fn of(stream: &tokio::net::TcpStream) -> Option<TcpSocket> {
+        use std::os::fd::AsRawFd;
+        Some(TcpSocket {
+            fd: stream.as_raw_fd(),
+        })
+    }
+
+    #[cfg(not(unix))]
+    pub(crate) fn of(_stream: &tokio::net::TcpStream) -> Option<TcpSocket> {
+        None
+    }
+
+    /// Has the kernel find out when the peer of a long-lived connection is
+    /// gone (power lost, network cut): an HTTP/2 connection without
+    /// streams is ended by the idle timeout, but one whose streams are open
+    /// would otherwise wait for the peer forever. hyper's HTTP/2 PING
+    /// keep-alive would do the same, but takes a lock and reads the clock
+    /// on every frame; the kernel's probes cost nothing while the peer
+    /// talks. Best effort: a failure leaves the connection as it was.
+    fn probe_dead_peer(&self) {
+        #[cfg(unix)]
+        {
+            // SAFETY: the descriptor belongs to the socket of the
+            // connection that carries the request being served, which
+            // outlives this call.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
+            let socket = socket2::SockRef::from(&fd);
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(KEEPALIVE_IDLE)
+                .with_interval(KEEPALIVE_INTERVAL)
+                .with_retries(KEEPALIVE_PROBES);
+            let _ = socket.set_tcp_keepalive(&keepalive);
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            let _ = socket.set_tcp_user_timeout(Some(UNACKNOWLEDGED));
+        }
+    }
+}
+
 /// Serves one accepted connection until it closes, a timer ends it, or the
 /// drain ends it. `io` is (or wraps) a [`Tracked`] socket, so it counts in
-/// the drain.
+/// the drain; `tcp` is its TCP socket, if it is one.
 ///
 /// A connection that has not started a request within `header_timeout` is
 /// dropped: a client that sends nothing, or part of the HTTP/2 preface, or
 /// nothing after its TLS handshake. One that then starts no new request for
-/// `idle_timeout` is shut down politely (a response in progress finishes;
-/// HTTP/2 gets GOAWAY).
+/// `idle_timeout` (HTTP/1: the shorter of the two) is shut down politely (a
+/// response in progress finishes; HTTP/2 gets GOAWAY). The connection's one
+/// timer is looked at only when it fires: a request costs no timer.
 pub(crate) async fn serve_connection<T>(
     io: T,
+    tcp: Option<TcpSocket>,
     handler: Handler,
     builder: &auto::Builder<TokioExecutor>,
     timers: Timers,
@@ -317,73 +440,84 @@ pub(crate) async fn serve_connection<T>(
         handling: AtomicUsize::new(0),
         last: std::sync::atomic::AtomicU64::new(0),
         h2: AtomicBool::new(false),
+        tcp,
     });
-    let service = {
-        let activity = activity.clone();
-        hyper::service::service_fn(move |req: Request<Incoming>| {
-            let handler = handler.clone();
-            let activity = activity.clone();
-            async move {
-                let http1 = req.version() < Version::HTTP_2;
-                if !http1 {
-                    activity.h2.store(true, Ordering::Relaxed);
-                }
-                activity.started.fetch_add(1, Ordering::Relaxed);
-                activity.handling.fetch_add(1, Ordering::Relaxed);
-                let mut response = handler.serve(req).await;
-                activity.handling.fetch_sub(1, Ordering::Relaxed);
-                activity.touch();
-                if http1
-                    && is_shutting_down()
-                    && response.status() != StatusCode::SWITCHING_PROTOCOLS
-                {
-                    response
-                        .headers_mut()
-                        .insert(CONNECTION, HeaderValue::from_static("close"));
-                }
-                Ok::<_, Infallible>(response)
-            }
-        })
+    let service = ConnService {
+        handler,
+        activity: activity.clone(),
     };
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut started = drain.subscribe();
+    let drain_started = async { drop(started.wait_for(|s| *s).await) };
+    tokio::pin!(drain_started);
     // Until the first request, the header timeout; then the idle timeout
     // from the last request's end, pushed back while one is being handled.
     // The first check comes at the earlier of the two.
     let first_check = timers.header_timeout.min(timers.idle_timeout);
-    let mut deadline = activity.epoch + first_check;
+    let timer = tokio::time::sleep_until(activity.epoch + first_check);
+    tokio::pin!(timer);
+    // The waker the timer and the drain were last polled with: they wake it
+    // when they fire, so while it stays the task's waker, each wake of the
+    // connection looks at two flags instead of polling both again.
+    let mut armed: Option<std::task::Waker> = None;
     loop {
-        tokio::select! {
-            _ = conn.as_mut() => return,
-            // The guard `wait_for` returns is not `Send`: drop it inside.
-            _ = async { drop(started.wait_for(|s| *s).await) } => break,
-            _ = tokio::time::sleep_until(deadline) => {
-                let now = tokio::time::Instant::now();
-                if activity.started.load(Ordering::Relaxed) == 0 {
-                    let limit = activity.epoch + timers.header_timeout;
-                    if now < limit {
-                        deadline = limit;
-                        continue;
-                    }
-                    // Nothing worth keeping: drop the connection.
-                    return;
-                }
-                if activity.handling.load(Ordering::Relaxed) > 0 {
-                    deadline = now + timers.idle_timeout;
-                    continue;
-                }
-                let last = Duration::from_millis(activity.last.load(Ordering::Relaxed));
-                let idle_until = activity.epoch + last + timers.idle_timeout;
-                if now < idle_until {
-                    deadline = idle_until;
-                    continue;
-                }
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-                return;
+        let woke = std::future::poll_fn(|cx| {
+            if conn.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Woke::Closed);
             }
+            let fresh = armed.as_ref().is_none_or(|w| !w.will_wake(cx.waker()));
+            if (fresh || drain.starting.load(Ordering::Relaxed))
+                && drain_started.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Woke::Drain);
+            }
+            if (fresh || timer.is_elapsed()) && timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Woke::Timer);
+            }
+            if fresh {
+                armed = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await;
+        match woke {
+            Woke::Closed => return,
+            Woke::Drain => break,
+            Woke::Timer => {}
         }
+        // Polled again with the new deadline before the next wait.
+        armed = None;
+        let now = tokio::time::Instant::now();
+        if activity.started.load(Ordering::Relaxed) == 0 {
+            let limit = activity.epoch + timers.header_timeout;
+            if now < limit {
+                timer.as_mut().reset(limit);
+                continue;
+            }
+            // Nothing worth keeping: drop the connection.
+            return;
+        }
+        // HTTP/1: the next request head must also come within the header
+        // timeout of the last request's end.
+        let idle_timeout = if activity.h2.load(Ordering::Relaxed) {
+            timers.idle_timeout
+        } else {
+            first_check
+        };
+        if activity.handling.load(Ordering::Relaxed) > 0 {
+            timer.as_mut().reset(now + idle_timeout);
+            continue;
+        }
+        let last = Duration::from_millis(activity.last.load(Ordering::Relaxed));
+        let idle_until = activity.epoch + last + idle_timeout;
+        if now < idle_until {
+            timer.as_mut().reset(idle_until);
+            continue;
+        }
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+        return;
     }
     if !activity.h2.load(Ordering::Relaxed) {
         tokio::select! {

@@ -14,7 +14,6 @@
 //! and a log line; they never take the worker down.
 
 use std::any::Any;
-use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -23,16 +22,109 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
-use http::{Request, Response, StatusCode};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 
 /// A boxed error, as handlers and bodies may return any error type.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The response body every handler's body is converted to.
-pub(crate) type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+/// The response body every handler's body is converted to: a whole body
+/// held as it is, or any other body boxed.
+///
+/// Most responses are whole (`String`, `Full<Bytes>`, `Empty`): those
+/// are not boxed, which saves an allocation and a dynamic call per request.
+pub(crate) enum ResponseBody {
+    /// The whole body, until it is sent; `None` once sent, or if empty.
+    Whole(Option<Bytes>),
+    /// Any other body.
+    Boxed(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::Whole(data) => {
+                Poll::Ready(data.take().map(|d| Ok(http_body::Frame::data(d))))
+            }
+            ResponseBody::Boxed(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Whole(data) => data.is_none(),
+            ResponseBody::Boxed(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            ResponseBody::Whole(data) => {
+                http_body::SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            ResponseBody::Boxed(body) => body.size_hint(),
+        }
+    }
+}
+
+impl ResponseBody {
+    fn whole(data: Bytes) -> ResponseBody {
+        ResponseBody::Whole(if data.is_empty() { None } else { Some(data) })
+    }
+
+    /// Converts any body: `String`, `Full<Bytes>` and `Empty<Bytes>`, which
+    /// hold their whole data, are taken apart without a copy; a body boxed
+    /// already is kept; anything else is boxed.
+    fn from_body<B>(body: B) -> ResponseBody
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let mut slot = Some(body);
+        let any: &mut dyn Any = &mut slot;
+        if let Some(s) = any.downcast_mut::<Option<String>>().and_then(Option::take) {
+            return ResponseBody::whole(Bytes::from(s));
+        }
+        if any.downcast_mut::<Option<Empty<Bytes>>>().is_some() {
+            return ResponseBody::Whole(None);
+        }
+        if let Some(full) = any
+            .downcast_mut::<Option<Full<Bytes>>>()
+            .and_then(Option::take)
+        {
+            return ResponseBody::Whole(whole_data(full));
+        }
+        if let Some(boxed) = any
+            .downcast_mut::<Option<UnsyncBoxBody<Bytes, BoxError>>>()
+            .and_then(Option::take)
+        {
+            return ResponseBody::Boxed(boxed);
+        }
+        let body = slot.expect("taken only by a match, which returns");
+        ResponseBody::Boxed(IntoBytes(body).boxed_unsync())
+    }
+}
+
+/// The data of a `Full`, which gives it up on its first poll, at once.
+fn whole_data(mut full: Full<Bytes>) -> Option<Bytes> {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match Pin::new(&mut full).poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().ok().filter(|d| !d.is_empty()),
+        Poll::Ready(Some(Err(never))) => match never {},
+        Poll::Ready(None) | Poll::Pending => None,
+    }
+}
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send>>;
 
@@ -232,7 +324,7 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    response.map(|body| IntoBytes(body).boxed_unsync())
+    response.map(ResponseBody::from_body)
 }
 
 /// Converts a body's data to `Bytes` while keeping its size hint, so that a
@@ -368,11 +460,9 @@ pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
 }
 
 fn internal_error() -> Response<ResponseBody> {
-    let mut response = Response::new(
-        Full::new(Bytes::from_static(b"Internal Server Error\n"))
-            .map_err(|never: Infallible| match never {})
-            .boxed_unsync(),
-    );
+    let mut response = Response::new(ResponseBody::whole(Bytes::from_static(
+        b"Internal Server Error\n",
+    )));
     *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     response
 }
@@ -423,46 +513,170 @@ impl Handler {
         }
     }
 
-    /// Calls the handler; errors and panics become a logged 500.
-    pub(crate) async fn serve(&self, req: Request<Incoming>) -> Response<ResponseBody> {
-        // Kept for the log line on error; both clones are reference counts
-        // or inline values, not allocations, for ordinary requests.
-        let method = req.method().clone();
-        let uri = req.uri().clone();
+    /// Calls the handler with `req`; its errors and panics (in the call or
+    /// in the future it returns) become a logged 500.
+    pub(crate) fn handle(&self, req: Request<Incoming>) -> Handling {
         let Kind::Http(call) = &self.kind else {
-            unreachable!("serve is called for HTTP handlers only");
+            unreachable!("handle is called for HTTP handlers only");
         };
-        match CatchUnwind(call(req)).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => {
-                let error = error.to_string();
-                crate::log::event!(
-                    Error,
-                    {
-                        event = "handler_error",
-                        method = method.as_str(),
-                        path = uri.path(),
-                        error = error.as_str(),
-                    },
-                    "handler error on {method} {}: {error}; answered 500",
-                    uri.path()
-                );
-                internal_error()
+        // Kept for the log line on error: a method is inline for the
+        // standard ones, and a path is a reference count.
+        let method = req.method().clone();
+        let path = req.uri().path_and_query().cloned();
+        let future = std::panic::catch_unwind(AssertUnwindSafe(|| call(req)))
+            .map_err(|panic| panic_message(&*panic));
+        Handling {
+            future,
+            method,
+            path,
+        }
+    }
+}
+
+/// One request in an HTTP handler: the handler's future, and what a log
+/// line about its failure names. Small, as hyper moves it about.
+pub(crate) struct Handling {
+    /// `Err`: the handler panicked when called.
+    future: Result<BoxFuture, String>,
+    method: Method,
+    path: Option<PathAndQuery>,
+}
+
+impl Future for Handling {
+    type Output = Response<ResponseBody>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let path = this.path.as_ref().map_or("", PathAndQuery::path);
+        let method = &this.method;
+        let panic = match &mut this.future {
+            Ok(future) => {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+                    Ok(Poll::Pending) => return Poll::Pending,
+                    Ok(Poll::Ready(Ok(response))) => return Poll::Ready(response),
+                    Ok(Poll::Ready(Err(error))) => {
+                        let error = error.to_string();
+                        crate::log::event!(
+                            Error,
+                            {
+                                event = "handler_error",
+                                method = method.as_str(),
+                                path = path,
+                                error = error.as_str(),
+                            },
+                            "handler error on {method} {path}: {error}; answered 500"
+                        );
+                        return Poll::Ready(internal_error());
+                    }
+                    Err(panic) => panic_message(&*panic),
+                }
             }
-            Err(message) => {
-                crate::log::event!(
-                    Error,
-                    {
-                        event = "handler_panicked",
-                        method = method.as_str(),
-                        path = uri.path(),
-                        panic = message.as_str(),
-                    },
-                    "handler panicked on {method} {}: {message}; answered 500",
-                    uri.path()
-                );
-                internal_error()
+            Err(message) => std::mem::take(message),
+        };
+        crate::log::event!(
+            Error,
+            {
+                event = "handler_panicked",
+                method = method.as_str(),
+                path = path,
+                panic = panic.as_str(),
+            },
+            "handler panicked on {method} {path}: {panic}; answered 500"
+        );
+        Poll::Ready(internal_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every frame of a body, polled to its end, and its size hint first.
+    fn drain(mut body: ResponseBody) -> (Option<u64>, bool, Vec<Bytes>) {
+        let hint = body.size_hint().exact();
+        let ended_at_once = body.is_end_stream();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut frames = Vec::new();
+        loop {
+            match Pin::new(&mut body).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => frames.push(frame.into_data().unwrap()),
+                Poll::Ready(Some(Err(e))) => panic!("{e}"),
+                Poll::Ready(None) => break,
+                Poll::Pending => panic!("a test body is always ready"),
             }
+        }
+        (hint, ended_at_once, frames)
+    }
+
+    #[test]
+    fn whole_bodies_are_held_unboxed_with_their_length_and_data() {
+        let hello = || Bytes::from_static(b"hello");
+        let cases = [
+            ResponseBody::from_body(String::from("hello")),
+            ResponseBody::from_body(Full::new(hello())),
+        ];
+        for mut body in cases {
+            assert!(matches!(body, ResponseBody::Whole(Some(_))));
+            // After its one frame, the body says it has ended, so that the
+            // frame carries the end of the stream.
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let copy = match &body {
+                ResponseBody::Whole(data) => ResponseBody::Whole(data.clone()),
+                ResponseBody::Boxed(_) => unreachable!(),
+            };
+            assert!(Pin::new(&mut body).poll_frame(&mut cx).is_ready());
+            assert!(body.is_end_stream());
+            let body = copy;
+            assert_eq!(drain(body), (Some(5), false, vec![hello()]));
+        }
+        for empty in [
+            ResponseBody::from_body(String::new()),
+            ResponseBody::from_body(Empty::<Bytes>::new()),
+            ResponseBody::from_body(Full::new(Bytes::new())),
+        ] {
+            assert!(matches!(empty, ResponseBody::Whole(None)));
+            assert_eq!(drain(empty), (Some(0), true, vec![]));
+        }
+    }
+
+    #[test]
+    fn other_bodies_are_boxed_once_and_keep_their_frames_and_hint() {
+        // A body in two frames, of unknown length.
+        let chunks = Chunks(vec![Bytes::from_static(b"one "), Bytes::from_static(b"two")].into());
+        let body = ResponseBody::from_body(chunks);
+        assert!(matches!(body, ResponseBody::Boxed(_)));
+        assert_eq!(
+            drain(body),
+            (
+                None,
+                false,
+                vec![Bytes::from_static(b"one "), Bytes::from_static(b"two")]
+            )
+        );
+        // A body already boxed is not boxed again.
+        let boxed: UnsyncBoxBody<Bytes, BoxError> = Full::new(Bytes::from_static(b"x"))
+            .map_err(|never: std::convert::Infallible| match never {})
+            .boxed_unsync();
+        let body = ResponseBody::from_body(boxed);
+        assert!(matches!(body, ResponseBody::Boxed(_)));
+        assert_eq!(
+            drain(body),
+            (Some(1), false, vec![Bytes::from_static(b"x")])
+        );
+    }
+
+    /// Data frames that are all ready, of a length not told in advance.
+    struct Chunks(std::collections::VecDeque<Bytes>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|c| Ok(http_body::Frame::data(c))))
         }
     }
 }

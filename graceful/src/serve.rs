@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -22,10 +22,6 @@ use crate::log::{log, Throttled};
 use crate::registration::{self, MainOutput, Registration};
 use crate::Error;
 
-/// HTTP/2 keep-alive: a ping this often, and the connection closed if one
-/// goes unanswered this long (a peer that vanished without a FIN).
-const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
-const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// Descriptors kept free of connections, for listeners, the control socket,
 /// files the application opens, and the runtime itself.
 #[cfg(unix)]
@@ -430,14 +426,15 @@ fn start_serving(served: Vec<Served>, config: &Config) -> Vec<JoinHandle<()>> {
     let limits = config.limits;
     let cap = connection_cap(limits.max_connections);
     let mut http = auto::Builder::new(TokioExecutor::new());
+    // No hyper timers: a header read timeout would arm a timer for every
+    // HTTP/1 request, and HTTP/2 PING keep-alive takes a lock and reads the
+    // clock on every frame. drain::serve_connection enforces both
+    // timeouts with one timer per connection, and the kernel's keep-alive
+    // probes find the dead peers of HTTP/2 connections.
     http.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_size);
     http.http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(H2_PING_INTERVAL)
-        .keep_alive_timeout(H2_PING_TIMEOUT)
         .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
     let shared = Arc::new(Shared {
         http,
@@ -663,11 +660,17 @@ async fn accept_loop(listener: Accepting, handler: Handler, tls: Option<Tls>, sh
         match accepted {
             Ok(Accepted::Tcp(stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                conn.spawn(Tracked::new(stream, slot), Peer::Tcp(peer), tls.as_ref());
+                let tcp = drain::TcpSocket::of(&stream);
+                conn.spawn(
+                    Tracked::new(stream, slot),
+                    tcp,
+                    Peer::Tcp(peer),
+                    tls.as_ref(),
+                );
             }
             #[cfg(unix)]
             Ok(Accepted::Unix(stream)) => {
-                conn.spawn(Tracked::new(stream, slot), Peer::Unix, tls.as_ref())
+                conn.spawn(Tracked::new(stream, slot), None, Peer::Unix, tls.as_ref())
             }
             Err(e) if is_connection_error(&e) => {}
             Err(e) => {
@@ -697,14 +700,14 @@ impl Conn {
     /// handshake if the listener has TLS. The connection was counted
     /// (`Tracked`) before this is called, so the drain cannot miss it, the
     /// handshake included.
-    fn spawn<T>(self, io: Tracked<T>, peer: Peer, tls: Option<&Tls>)
+    fn spawn<T>(self, io: Tracked<T>, tcp: Option<drain::TcpSocket>, peer: Peer, tls: Option<&Tls>)
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let Conn { handler, shared } = self;
         match tls {
             None => {
-                tokio::spawn(async move { serve(io, peer, handler, &shared).await });
+                tokio::spawn(async move { serve(io, tcp, peer, handler, &shared).await });
             }
             #[cfg(feature = "tls")]
             Some(acceptor) => {
@@ -726,7 +729,7 @@ impl Conn {
                         _ = drained => return,
                     };
                     if let Ok(Ok(stream)) = stream {
-                        serve(stream, peer, handler, &shared).await;
+                        serve(stream, tcp, peer, handler, &shared).await;
                     }
                 });
             }
@@ -739,14 +742,19 @@ impl Conn {
 /// Serves one connection: HTTP, or the stream handler's protocol. A stream
 /// connection counts in the drain for as long as the handler holds it; the
 /// handler sees `shutdown_signal()` and is cut at `stop_timeout`.
-async fn serve<T>(io: T, peer: Peer, handler: Handler, shared: &Shared)
-where
+async fn serve<T>(
+    io: T,
+    tcp: Option<drain::TcpSocket>,
+    peer: Peer,
+    handler: Handler,
+    shared: &Shared,
+) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     if handler.is_stream() {
         handler.serve_stream(Connection::new(io), peer).await;
     } else {
-        drain::serve_connection(io, handler, &shared.http, shared.timers).await;
+        drain::serve_connection(io, tcp, handler, &shared.http, shared.timers).await;
     }
 }
 

@@ -112,9 +112,11 @@ impl Server {
 
     /// How long a keep-alive connection (HTTP/1 or HTTP/2) may go without a
     /// new request before it is closed politely (default 60 s): a response
-    /// in progress finishes first, and an HTTP/2 client gets GOAWAY. HTTP/2
-    /// connections are also pinged every 20 s and closed if a ping goes
-    /// unanswered for 20 s.
+    /// in progress finishes first, and an HTTP/2 client gets GOAWAY. For
+    /// HTTP/1 the [header timeout](Server::header_timeout) bounds that wait
+    /// too, so the shorter applies. The TCP sockets of HTTP/2 connections
+    /// also get the kernel's keep-alive probes, so one whose peer vanished
+    /// is closed within about 40 s.
     pub fn idle_timeout(mut self, timeout: Duration) -> Server {
         self.options.idle_timeout = timeout;
         self
