@@ -358,13 +358,17 @@ impl Future for Serving {
 
 /// How long a dead peer may hold an HTTP/2 connection: TCP keep-alive
 /// probes start after this much silence ...
+#[cfg(unix)]
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(20);
 /// ... and come this often, ...
+#[cfg(unix)]
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// ... this many times before the kernel gives up on the peer;
+#[cfg(unix)]
 const KEEPALIVE_PROBES: u32 = 4;
 /// and data sent but not acknowledged for this long ends the connection
 /// too (Linux).
+#[cfg(any(target_os = "linux", target_os = "android"))]
 const UNACKNOWLEDGED: Duration = Duration::from_secs(40);
 
 /// The TCP socket under a connection, borrowed for as long as the
