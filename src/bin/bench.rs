@@ -294,7 +294,8 @@ impl Saturating {
 /// Throughput of graceful against plain hyper-util with independent
 /// clients that saturate the server: the servers on CPU 0, wrk or h2load on
 /// CPU 1, interleaved round by round (plain, graceful, a second plain
-/// server), so that plain against plain is the A/A control. Prints, for
+/// server; the two plain servers swap places every other round), so that
+/// plain against plain is the A/A control. Prints, for
 /// each client, the rate against the plain server, each round's ratio, the
 /// median and the spread.
 fn saturate(me: &std::path::Path, rounds: usize, seconds: u64) {
@@ -311,28 +312,35 @@ fn saturate(me: &std::path::Path, rounds: usize, seconds: u64) {
     };
     for client in Saturating::ALL {
         let (mut ratios, mut controls, mut plain_rates) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..rounds {
-            let start_plain = || {
+        for round in 0..rounds {
+            let plain_rate = || {
                 let plain =
                     Service::start(&taskset, &["-c", "0", me, "--plain", "127.0.0.1:0"], &[]);
                 let addr: SocketAddr = plain.addr(T).parse().unwrap();
-                (plain, addr)
+                client.run(addr, seconds)
             };
-            let (plain, plain_addr) = start_plain();
-            let plain_rate = client.run(plain_addr, seconds);
-            drop(plain);
-            let service =
-                Service::start(&taskset, &["-c", "0", me, "--graceful", "127.0.0.1:0"], &[]);
-            let addr: SocketAddr = service.addr(T).parse().unwrap();
-            service.ready_worker(1, T);
-            let rate = client.run(addr, seconds);
-            drop(service);
-            let (other, other_addr) = start_plain();
-            let other_rate = client.run(other_addr, seconds);
-            drop(other);
-            plain_rates.push(plain_rate);
-            ratios.push(rate / plain_rate);
-            controls.push(other_rate / plain_rate);
+            let graceful_rate = || {
+                let service =
+                    Service::start(&taskset, &["-c", "0", me, "--graceful", "127.0.0.1:0"], &[]);
+                let addr: SocketAddr = service.addr(T).parse().unwrap();
+                service.ready_worker(1, T);
+                client.run(addr, seconds)
+            };
+            // The reference plain server runs first in even rounds and last
+            // in odd ones, graceful always in between: a drift within a
+            // round then counts for and against each server alike.
+            let (plain, rate, other) = if round % 2 == 0 {
+                let plain = plain_rate();
+                let rate = graceful_rate();
+                (plain, rate, plain_rate())
+            } else {
+                let other = plain_rate();
+                let rate = graceful_rate();
+                (plain_rate(), rate, other)
+            };
+            plain_rates.push(plain);
+            ratios.push(rate / plain);
+            controls.push(other / plain);
         }
         let cells: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
         let (min, max) = spread(&ratios);
