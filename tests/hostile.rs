@@ -333,7 +333,25 @@ fn draining_workers_are_bounded_and_the_oldest_is_cut() {
     let cut = service.wait_line("killing worker 1 (pid", T);
     assert!(cut.contains("more than max_draining"), "{cut}");
     service.wait_line("was killed by SIGKILL after draining", T);
-    assert_eq!(graceful_dev::procfs::children_of(service.pid()).len(), 2);
+    // Workers 2 and 3 are left. Once, beside two busy loops, a third live
+    // child was seen at this moment and not at the next look: it is shown
+    // (its /proc stat and command line) and waited for, within bounds, so
+    // that a process that stays is still a failure.
+    let began = std::time::Instant::now();
+    let mut children = graceful_dev::procfs::children_of(service.pid());
+    while children.len() != 2 && began.elapsed() < T {
+        for child in &children {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            println!(
+                "child {child}: {stat} {:?}",
+                String::from_utf8_lossy(&cmdline)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        children = graceful_dev::procfs::children_of(service.pid());
+    }
+    assert_eq!(children.len(), 2, "{children:?}\n{}", service.log_text());
     drop(service);
     for request in held {
         let _ = request.join();
