@@ -123,16 +123,22 @@ fn silent_connections_are_closed_and_a_normal_client_is_served() {
         .contains("connections open, the most this process serves at once"));
 }
 
-#[test]
-fn a_partial_http2_preface_or_an_idle_http2_connection_is_closed() {
-    let service = Service::start(
+/// The test app on a port of its own, with these header and idle timeouts
+/// (milliseconds).
+fn testapp_with_timeouts(header_ms: &str, idle_ms: &str) -> Service {
+    Service::start(
         &testapp(),
         &["127.0.0.1:0"],
         &[
-            ("TESTAPP_HEADER_TIMEOUT_MS", "1000"),
-            ("TESTAPP_IDLE_TIMEOUT_MS", "1000"),
+            ("TESTAPP_HEADER_TIMEOUT_MS", header_ms),
+            ("TESTAPP_IDLE_TIMEOUT_MS", idle_ms),
         ],
-    );
+    )
+}
+
+#[test]
+fn a_partial_http2_preface_or_an_idle_http2_connection_is_closed() {
+    let service = testapp_with_timeouts("1000", "1000");
     let addr = service.addr(T);
     service.ready_worker(1, T);
     // Half the preface, then nothing.
@@ -180,14 +186,7 @@ fn a_partial_http2_preface_or_an_idle_http2_connection_is_closed() {
 fn a_kept_alive_connection_whose_next_request_head_trickles_is_closed_at_the_header_timeout() {
     // The idle timeout is long: only the header timeout can close this
     // connection within the wait below.
-    let service = Service::start(
-        &testapp(),
-        &["127.0.0.1:0"],
-        &[
-            ("TESTAPP_HEADER_TIMEOUT_MS", "1000"),
-            ("TESTAPP_IDLE_TIMEOUT_MS", "60000"),
-        ],
-    );
+    let service = testapp_with_timeouts("1000", "60000");
     let addr = service.addr(T);
     service.ready_worker(1, T);
     let mut conn = TcpStream::connect(&addr).unwrap();
