@@ -255,6 +255,13 @@ fn the_reload_command_fails_clearly_when_it_cannot_ask() {
     let (code, _, err) = graceful_command(&["restart", stale.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("unknown command \"restart\""), "{err}");
+    // An option the command does not have, named as such.
+    let (code, _, err) = graceful_command(&["metrics", "--json", stale.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("graceful metrics has no --json: the metrics are Prometheus text"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -470,6 +470,12 @@ pub fn main() -> std::process::ExitCode {
             return ExitCode::from(2);
         }
     };
+    if command == "metrics" && json {
+        eprintln!(
+            "graceful: graceful metrics has no --json: the metrics are Prometheus text\n\n{USAGE}"
+        );
+        return ExitCode::from(2);
+    }
     let socket = match socket.or_else(|| {
         std::env::var_os(crate::config::ENV_CONTROL_SOCKET)
             .filter(|v| !v.is_empty())
@@ -513,7 +519,7 @@ pub fn main() -> std::process::ExitCode {
                 ExitCode::from(2)
             }
         },
-        ("metrics", false) => printed(metrics(&socket)),
+        ("metrics", _) => printed(metrics(&socket)),
         ("status", json) => printed(status(&socket, json)),
         _ => {
             eprintln!("graceful: unknown command {command:?}\n\n{USAGE}");
