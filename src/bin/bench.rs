@@ -150,6 +150,12 @@ fn failures(report: &Report) -> String {
         .join(", ")
 }
 
+/// The smallest and the largest of `v`.
+fn spread(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &r| (a.min(r), b.max(r)))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -195,9 +201,7 @@ fn pinned(me: &std::path::Path, rounds: usize, seconds: u64) {
             ratios.push(sum(&rate) / sum(&plain_rate));
         }
         let cells: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
-        let (min, max) = ratios
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(a, b), &r| (a.min(r), b.max(r)));
+        let (min, max) = spread(&ratios);
         println!(
             "| {} | {} | {:.3} | {min:.3} – {max:.3} |",
             mode.name(),
@@ -306,10 +310,6 @@ fn saturate(me: &std::path::Path, rounds: usize, seconds: u64) {
     );
     println!("| client | its rate against plain, median req/s | graceful / plain, each round | median | min – max | A/A plain / plain, median (min – max) |");
     println!("| --- | --- | --- | --- | --- | --- |");
-    let spread = |v: &[f64]| {
-        v.iter()
-            .fold((f64::MAX, f64::MIN), |(a, b), &r| (a.min(r), b.max(r)))
-    };
     for client in Saturating::ALL {
         let (mut ratios, mut controls, mut plain_rates) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
