@@ -316,7 +316,12 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     fn call(&self, req: Request<Incoming>) -> Serving {
         let activity = &self.activity;
         let http1 = req.version() < Version::HTTP_2;
-        if !http1 && !activity.h2.swap(true, Ordering::Relaxed) {
+        // The first HTTP/2 request only: a plain load before the swap keeps
+        // the locked read-modify-write off every later request.
+        if !http1
+            && !activity.h2.load(Ordering::Relaxed)
+            && !activity.h2.swap(true, Ordering::Relaxed)
+        {
             if let Some(tcp) = &activity.tcp {
                 tcp.probe_dead_peer();
             }
