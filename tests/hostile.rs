@@ -136,6 +136,31 @@ fn testapp_with_timeouts(header_ms: &str, idle_ms: &str) -> Service {
     )
 }
 
+/// An HTTP/2 connection to `addr` that has made one request, answered 200:
+/// its local address, its sender (the client closes the connection once the
+/// sender is dropped), and its task, which ends when the connection does.
+async fn http2_one_request(
+    addr: &str,
+) -> (
+    std::net::SocketAddr,
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let client = stream.local_addr().unwrap();
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let request = http::Request::get(format!("http://{addr}/"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(sender.send_request(request).await.unwrap().status(), 200);
+    (client, sender, conn)
+}
+
 #[test]
 fn a_partial_http2_preface_or_an_idle_http2_connection_is_closed() {
     let service = testapp_with_timeouts("1000", "1000");
@@ -157,17 +182,7 @@ fn a_partial_http2_preface_or_an_idle_http2_connection_is_closed() {
     // closed after the idle timeout.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let took = runtime.block_on(async {
-        let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-                .await
-                .unwrap();
-        let conn = tokio::spawn(conn);
-        let request = http::Request::get(format!("http://{addr}/"))
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .unwrap();
-        assert_eq!(sender.send_request(request).await.unwrap().status(), 200);
+        let (_, _sender, conn) = http2_one_request(&addr).await;
         let idle = Instant::now();
         tokio::time::timeout(T, conn)
             .await
@@ -263,18 +278,7 @@ fn http2_connections_have_the_kernel_probe_for_a_vanished_peer_and_http1_ones_do
     service.ready_worker(1, T);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        let client = stream.local_addr().unwrap();
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-                .await
-                .unwrap();
-        let conn = tokio::spawn(conn);
-        let request = http::Request::get(format!("http://{addr}/"))
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .unwrap();
-        assert_eq!(sender.send_request(request).await.unwrap().status(), 200);
+        let (client, _sender, conn) = http2_one_request(&addr).await;
         // Probes start after 20 s of silence (the timer is in ticks of
         // 10 ms, so a little under).
         let timer = server_keepalive_timer(&addr, client);
