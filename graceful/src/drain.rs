@@ -125,12 +125,8 @@ impl Drain {
     }
 
     /// Counts as one open connection until the guard is dropped: a
-    /// datagram handler while it runs.
+    /// connection's socket, or a datagram handler while it runs.
     pub(crate) fn hold(&'static self) -> Guard {
-        self.track()
-    }
-
-    fn track(&'static self) -> Guard {
         self.opened.fetch_add(1, Ordering::SeqCst);
         self.active.fetch_add(1, Ordering::SeqCst);
         Guard(self)
@@ -192,7 +188,7 @@ impl<T> Tracked<T> {
         Tracked {
             io,
             linger: None,
-            _guard: global().track(),
+            _guard: global().hold(),
             _slot: slot,
         }
     }
