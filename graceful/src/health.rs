@@ -37,7 +37,7 @@ static LAME_DUCK: AtomicBool = AtomicBool::new(false);
 /// }
 /// ```
 pub fn is_ready() -> bool {
-    READY.load(Ordering::SeqCst) && !LAME_DUCK.load(Ordering::SeqCst) && !drain::is_shutting_down()
+    not_ready().is_none()
 }
 
 /// Why [`is_ready`] is `false`, as `/readyz` says it; `None` if ready.
@@ -130,11 +130,20 @@ pub async fn health(req: Request<hyper::body::Incoming>) -> Result<Response<Stri
         (_, "/livez" | "/readyz") => (StatusCode::METHOD_NOT_ALLOWED, "use GET or HEAD"),
         _ => (StatusCode::NOT_FOUND, "not found; try /livez or /readyz"),
     };
-    let response = Response::builder()
+    Ok(uncached(
+        status,
+        "text/plain; charset=utf-8",
+        format!("{body}\n"),
+    ))
+}
+
+/// A response that no cache keeps (`Cache-Control: no-store`), as health
+/// and metrics answers are: each tells the state of this moment.
+pub(crate) fn uncached(status: StatusCode, content_type: &str, body: String) -> Response<String> {
+    Response::builder()
         .status(status)
         .header(header::CACHE_CONTROL, "no-store")
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(format!("{body}\n"))
-        .expect("a response of static parts");
-    Ok(response)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(body)
+        .expect("a response of static parts")
 }

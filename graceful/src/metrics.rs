@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use http::{header, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 
 use crate::status::{Status, RELOAD_BUCKETS_MS};
 
@@ -175,13 +175,7 @@ pub async fn metrics(_req: Request<hyper::body::Incoming>) -> Result<Response<St
         Ok(text) => (StatusCode::OK, text),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     };
-    let response = Response::builder()
-        .status(status)
-        .header(header::CACHE_CONTROL, "no-store")
-        .header(header::CONTENT_TYPE, CONTENT_TYPE)
-        .body(body)
-        .expect("a response of static parts");
-    Ok(response)
+    Ok(crate::health::uncached(status, CONTENT_TYPE, body))
 }
 
 /// The metrics text, from the master or from this process.
