@@ -111,6 +111,20 @@ fn deliver(outcome: Outcome) {
     }
 }
 
+/// Handles a message the master may send at any time, while the worker
+/// waits for its listeners (`main` may have asked for a reload already) and
+/// while it serves and drains; gives back any other.
+fn in_passing(channel: &Channel, message: ToWorker<OwnedFd>) -> Result<(), ToWorker<OwnedFd>> {
+    match message {
+        ToWorker::LameDuck => crate::health::set_lame_duck(),
+        ToWorker::Metrics(text) => deliver_metrics(text),
+        ToWorker::Reloaded(outcome) => deliver(outcome),
+        ToWorker::Check(check) => answer_check(channel, check),
+        other => return Err(other),
+    }
+    Ok(())
+}
+
 /// Answers a check from the master: from this task, on the runtime, so a
 /// runtime that cannot run tasks does not answer.
 fn answer_check(channel: &Channel, check: u64) {
@@ -223,17 +237,17 @@ impl Adapter for Worker {
             .send(&ToMaster::Listen(request.clone()))
             .map_err(|e| format!("cannot ask the master: {e}"))?;
         let fd = loop {
-            match channel.recv::<ToWorker<OwnedFd>>().await {
-                Ok(Some(ToWorker::Listener(fd))) => break fd,
-                Ok(Some(ToWorker::ListenError(reason))) => return Err(reason),
-                Ok(Some(ToWorker::Stop)) => return Err("the master is stopping".into()),
-                Ok(Some(ToWorker::LameDuck)) => crate::health::set_lame_duck(),
-                Ok(Some(ToWorker::Metrics(text))) => deliver_metrics(text),
-                // `main` may have asked for a reload already.
-                Ok(Some(ToWorker::Reloaded(outcome))) => deliver(outcome),
-                Ok(Some(ToWorker::Check(check))) => answer_check(channel, check),
+            let message = match channel.recv::<ToWorker<OwnedFd>>().await {
+                Ok(Some(message)) => message,
                 Ok(None) => return Err("the master exited".into()),
                 Err(e) => return Err(format!("control channel: {e}")),
+            };
+            match in_passing(channel, message) {
+                Ok(()) => {}
+                Err(ToWorker::Listener(fd)) => break fd,
+                Err(ToWorker::ListenError(reason)) => return Err(reason),
+                Err(ToWorker::Stop) => return Err("the master is stopping".into()),
+                Err(other) => return Err(format!("unexpected control message {other:?}")),
             }
         };
         serve::to_listener(fd).map_err(|e| format!("cannot use the listener: {e}"))
@@ -306,17 +320,17 @@ impl Adapter for Worker {
 /// starts the drain too. No polling: the read waits in epoll.
 async fn watch_master(channel: Arc<Channel>) {
     let why = loop {
-        match channel.recv::<ToWorker<OwnedFd>>().await {
-            Ok(Some(ToWorker::Stop)) => drain::global().start(None),
-            Ok(Some(ToWorker::LameDuck)) => crate::health::set_lame_duck(),
-            Ok(Some(ToWorker::Metrics(text))) => deliver_metrics(text),
-            Ok(Some(ToWorker::Check(check))) => answer_check(&channel, check),
-            Ok(Some(ToWorker::Reloaded(outcome))) => deliver(outcome),
-            Ok(Some(other)) => {
-                crate::log::log_at!(Warn, "unexpected control message {other:?}; ignored")
-            }
+        let message = match channel.recv::<ToWorker<OwnedFd>>().await {
+            Ok(Some(message)) => message,
             Ok(None) => break "the master exited".to_string(),
             Err(e) => break format!("the control socket failed: {e}"),
+        };
+        match in_passing(&channel, message) {
+            Ok(()) => {}
+            Err(ToWorker::Stop) => drain::global().start(None),
+            Err(other) => {
+                crate::log::log_at!(Warn, "unexpected control message {other:?}; ignored")
+            }
         }
     };
     // Nobody will answer the reloads and metrics asked for.
