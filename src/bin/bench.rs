@@ -13,7 +13,7 @@
 //! (default 32).
 //!
 //! Two more measurements, each on its own:
-//! - `bench --saturate [ROUNDS] [SECONDS]`: throughput against plain
+//! - `bench --saturate [ROUNDS] [SECONDS] [h1|close|h2]`: throughput against plain
 //!   hyper-util with clients that saturate the server (wrk for HTTP/1.1,
 //!   h2load for h2c; Debian `wrk` and `nghttp2-client`), the servers on
 //!   CPU 0 and the client on CPU 1, interleaved, with a plain / plain
@@ -234,9 +234,26 @@ impl Saturating {
         }
     }
 
-    /// Runs the client on CPU 1 against `addr` for `seconds`; its rate, in
-    /// requests per second. Any error or non-2xx answer is a failure.
+    /// The name `bench --saturate` takes to run this client only.
+    fn key(self) -> &'static str {
+        match self {
+            Saturating::KeepAlive => "h1",
+            Saturating::NewConnection => "close",
+            Saturating::Http2 => "h2",
+        }
+    }
+
+    /// Runs the client on CPU 1 against `addr`: first for a second not
+    /// counted (the server's first page faults, its allocator's first
+    /// growth, the same for every server), then for `seconds`; its rate
+    /// then, in requests per second. Any error or non-2xx answer is a
+    /// failure.
     fn run(self, addr: SocketAddr, seconds: u64) -> f64 {
+        self.run_once(addr, 1);
+        self.run_once(addr, seconds)
+    }
+
+    fn run_once(self, addr: SocketAddr, seconds: u64) -> f64 {
         let taskset = graceful_dev::tool("taskset");
         let url = format!("http://{addr}/");
         let duration = format!("{seconds}s");
@@ -302,7 +319,7 @@ impl Saturating {
 /// plain against plain is the A/A control. Prints, for
 /// each client, the rate against the plain server, each round's ratio, the
 /// median and the spread.
-fn saturate(me: &std::path::Path, rounds: usize, seconds: u64) {
+fn saturate(me: &std::path::Path, rounds: usize, seconds: u64, only: Option<&str>) {
     let taskset = graceful_dev::tool("taskset");
     let me = me.to_str().unwrap();
     println!(
@@ -311,6 +328,9 @@ fn saturate(me: &std::path::Path, rounds: usize, seconds: u64) {
     println!("| client | its rate against plain, median req/s | graceful / plain, each round | median | min – max | A/A plain / plain, median (min – max) |");
     println!("| --- | --- | --- | --- | --- | --- |");
     for client in Saturating::ALL {
+        if only.is_some_and(|key| key != client.key()) {
+            continue;
+        }
         let (mut ratios, mut controls, mut plain_rates) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
             let plain_rate = || {
@@ -553,7 +573,15 @@ fn main() {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(default)
         };
-        return saturate(&me, arg(2, 8) as usize, arg(3, 3));
+        let only = std::env::args().nth(4);
+        if let Some(key) = only.as_deref() {
+            let keys = Saturating::ALL.map(Saturating::key);
+            if !keys.contains(&key) {
+                eprintln!("bench --saturate ROUNDS SECONDS [CLIENT]: CLIENT is one of {keys:?}, not {key:?}");
+                std::process::exit(2);
+            }
+        }
+        return saturate(&me, arg(2, 8) as usize, arg(3, 3), only.as_deref());
     }
     if first.as_deref() == Some("--pinned") {
         let number = |n: usize, default: u64| {
