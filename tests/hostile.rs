@@ -197,6 +197,51 @@ fn a_partial_http2_preface_or_an_idle_http2_connection_is_closed() {
     );
 }
 
+/// A request on `sender`'s connection to `addr`, answered 200.
+async fn http2_get(
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    addr: &str,
+    path: &str,
+) {
+    let request = http::Request::get(format!("http://{addr}{path}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+}
+
+#[test]
+fn a_busy_connection_outlives_the_idle_timeout_and_is_closed_once_idle() {
+    // Each wait below is shorter than the idle timeout, and the whole test
+    // longer: the connection stays open only if the end of each request
+    // pushes the idle deadline back, and a request being handled holds it.
+    let service = testapp_with_timeouts("1000", "1000");
+    let addr = service.addr(T);
+    service.ready_worker(1, T);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let took = runtime.block_on(async {
+        let (_, mut sender, mut conn) = http2_one_request(&addr).await;
+        // Handled for twice the idle timeout.
+        http2_get(&mut sender, &addr, "/slow?ms=2000").await;
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            http2_get(&mut sender, &addr, "/pid").await;
+        }
+        assert!(!conn.is_finished(), "the busy connection was closed");
+        let idle = Instant::now();
+        tokio::time::timeout(T, &mut conn)
+            .await
+            .expect("the idle connection stays open")
+            .ok();
+        idle.elapsed()
+    });
+    println!("a connection busy for 4.4 s was closed {took:?} after its last request");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
 #[test]
 fn a_kept_alive_connection_whose_next_request_head_trickles_is_closed_at_the_header_timeout() {
     // The idle timeout is long: only the header timeout can close this

@@ -272,11 +272,11 @@ pub(crate) struct Timers {
     pub(crate) idle_timeout: Duration,
 }
 
-/// Requests a connection has seen, how many are being handled, and when a
-/// request last ended (milliseconds since `epoch`).
+/// Whether a connection has started a request, how many it is handling,
+/// and when one last ended (milliseconds of [`coarse_millis`]).
 struct Activity {
     epoch: tokio::time::Instant,
-    started: AtomicUsize,
+    started: AtomicBool,
     handling: AtomicUsize,
     last: std::sync::atomic::AtomicU64,
     h2: AtomicBool,
@@ -286,9 +286,35 @@ struct Activity {
 
 impl Activity {
     fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.last.store(ms, Ordering::Relaxed);
+        self.last.store(coarse_millis(), Ordering::Relaxed);
     }
+
+    /// How long the connection has gone without a request ending (or since
+    /// it opened, if none has).
+    fn idle_for(&self) -> Duration {
+        let last = self.last.load(Ordering::Relaxed);
+        Duration::from_millis(coarse_millis().saturating_sub(last))
+    }
+}
+
+/// A monotonic clock in milliseconds, read at the end of every request.
+/// Linux: `CLOCK_MONOTONIC_COARSE`, a variable the kernel updates at each
+/// tick (1 to 10 ms), which the vDSO reads without the hardware clock; the
+/// idle timeout it serves is counted in seconds. The precise clock cost
+/// 0.7 % of the serving process's time under a saturating HTTP/2 load.
+fn coarse_millis() -> u64 {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use nix::time::{clock_gettime, ClockId};
+        if let Ok(t) = clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE) {
+            return t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000;
+        }
+    }
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 /// What woke a connection's task.
@@ -322,7 +348,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 tcp.probe_dead_peer();
             }
         }
-        activity.started.fetch_add(1, Ordering::Relaxed);
+        if !activity.started.load(Ordering::Relaxed) {
+            activity.started.store(true, Ordering::Relaxed);
+        }
         activity.handling.fetch_add(1, Ordering::Relaxed);
         Serving {
             handling: self.handler.handle(req),
@@ -441,9 +469,9 @@ pub(crate) async fn serve_connection<T>(
     let drain = global();
     let activity = Arc::new(Activity {
         epoch: tokio::time::Instant::now(),
-        started: AtomicUsize::new(0),
+        started: AtomicBool::new(false),
         handling: AtomicUsize::new(0),
-        last: std::sync::atomic::AtomicU64::new(0),
+        last: std::sync::atomic::AtomicU64::new(coarse_millis()),
         h2: AtomicBool::new(false),
         tcp,
     });
@@ -494,7 +522,7 @@ pub(crate) async fn serve_connection<T>(
         // Polled again with the new deadline before the next wait.
         armed = None;
         let now = tokio::time::Instant::now();
-        if activity.started.load(Ordering::Relaxed) == 0 {
+        if !activity.started.load(Ordering::Relaxed) {
             let limit = activity.epoch + timers.header_timeout;
             if now < limit {
                 timer.as_mut().reset(limit);
@@ -514,10 +542,9 @@ pub(crate) async fn serve_connection<T>(
             timer.as_mut().reset(now + idle_timeout);
             continue;
         }
-        let last = Duration::from_millis(activity.last.load(Ordering::Relaxed));
-        let idle_until = activity.epoch + last + idle_timeout;
-        if now < idle_until {
-            timer.as_mut().reset(idle_until);
+        let idle_for = activity.idle_for();
+        if idle_for < idle_timeout {
+            timer.as_mut().reset(now + (idle_timeout - idle_for));
             continue;
         }
         conn.as_mut().graceful_shutdown();
