@@ -28,7 +28,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Notify};
 
-use crate::handler::{Handler, Handling, ResponseBody};
+use pin_project_lite::pin_project;
 
 /// Process-wide drain state. One per process: a worker drains once.
 #[derive(Debug)]
@@ -324,18 +324,33 @@ enum Woke {
     Timer,
 }
 
+/// What answers the requests of a connection: an HTTP handler, typed, so
+/// that hyper calls it and polls its future without a box or a dynamic
+/// call per request.
+pub(crate) trait Respond: Send + Sync + 'static {
+    /// The response body.
+    type Body: hyper::body::Body<Data = bytes::Bytes, Error = Self::BodyError> + Send + 'static;
+    /// The body's error.
+    type BodyError: Into<Box<dyn std::error::Error + Send + Sync>>;
+    /// One request's answer. It never fails: a handler's errors and panics
+    /// are answered already (500).
+    type Future: Future<Output = Response<Self::Body>> + Send + 'static;
+
+    fn respond(&self, req: Request<Incoming>) -> Self::Future;
+}
+
 /// The service hyper calls for each request on one connection.
-struct ConnService {
-    handler: Handler,
+struct ConnService<R> {
+    respond: Arc<R>,
     activity: Arc<Activity>,
 }
 
-impl hyper::service::Service<Request<Incoming>> for ConnService {
-    type Response = Response<ResponseBody>;
+impl<R: Respond> hyper::service::Service<Request<Incoming>> for ConnService<R> {
+    type Response = Response<R::Body>;
     type Error = Infallible;
-    type Future = Serving;
+    type Future = Serving<R::Future>;
 
-    fn call(&self, req: Request<Incoming>) -> Serving {
+    fn call(&self, req: Request<Incoming>) -> Serving<R::Future> {
         let activity = &self.activity;
         let http1 = req.version() < Version::HTTP_2;
         // The first HTTP/2 request only: a plain load before the swap keeps
@@ -353,29 +368,36 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         }
         activity.handling.fetch_add(1, Ordering::Relaxed);
         Serving {
-            handling: self.handler.handle(req),
+            handling: self.respond.respond(req),
             activity: activity.clone(),
             http1,
         }
     }
 }
 
-/// One request being served: the handler's future, then the connection's
-/// bookkeeping.
-struct Serving {
-    handling: Handling,
-    activity: Arc<Activity>,
-    http1: bool,
+pin_project! {
+    /// One request being served: the handler's future, then the
+    /// connection's bookkeeping.
+    struct Serving<F> {
+        #[pin]
+        handling: F,
+        activity: Arc<Activity>,
+        http1: bool,
+    }
 }
 
-impl Future for Serving {
-    type Output = Result<Response<ResponseBody>, Infallible>;
+impl<F, B> Future for Serving<F>
+where
+    F: Future<Output = Response<B>>,
+{
+    type Output = Result<Response<B>, Infallible>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut response = std::task::ready!(Pin::new(&mut self.handling).poll(cx));
-        self.activity.handling.fetch_sub(1, Ordering::Relaxed);
-        self.activity.touch();
-        if self.http1 && is_shutting_down() && response.status() != StatusCode::SWITCHING_PROTOCOLS
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = std::task::ready!(this.handling.poll(cx));
+        this.activity.handling.fetch_sub(1, Ordering::Relaxed);
+        this.activity.touch();
+        if *this.http1 && is_shutting_down() && response.status() != StatusCode::SWITCHING_PROTOCOLS
         {
             response
                 .headers_mut()
@@ -457,14 +479,15 @@ impl TcpSocket {
 /// `idle_timeout` (HTTP/1: the shorter of the two) is shut down politely (a
 /// response in progress finishes; HTTP/2 gets GOAWAY). The connection's one
 /// timer is looked at only when it fires: a request costs no timer.
-pub(crate) async fn serve_connection<T>(
+pub(crate) async fn serve_connection<T, R>(
     io: T,
     tcp: Option<TcpSocket>,
-    handler: Handler,
+    respond: Arc<R>,
     builder: &auto::Builder<TokioExecutor>,
     timers: Timers,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R: Respond,
 {
     let drain = global();
     let activity = Arc::new(Activity {
@@ -476,7 +499,7 @@ pub(crate) async fn serve_connection<T>(
         tcp,
     });
     let service = ConnService {
-        handler,
+        respond,
         activity: activity.clone(),
     };
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);

@@ -28,6 +28,11 @@ use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
+use pin_project_lite::pin_project;
+
+use crate::drain::{self, Respond};
 
 /// A boxed error, as handlers and bodies may return any error type.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -112,7 +117,7 @@ impl ResponseBody {
             return ResponseBody::Boxed(boxed);
         }
         let body = slot.expect("taken only by a match, which returns");
-        ResponseBody::Boxed(IntoBytes(body).boxed_unsync())
+        ResponseBody::Boxed(IntoBytes { body }.boxed_unsync())
     }
 }
 
@@ -128,6 +133,31 @@ fn whole_data(mut full: Full<Bytes>) -> Option<Bytes> {
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send>>;
 
+/// An HTTP handler with its type erased per connection, not per request:
+/// each handler type gets its own copy of the connection's serving code,
+/// so a request costs no box and no dynamic call.
+trait ServeHttp: Send + Sync {
+    fn serve<'a>(
+        self: Arc<Self>,
+        io: Connection,
+        tcp: Option<drain::TcpSocket>,
+        builder: &'a auto::Builder<TokioExecutor>,
+        timers: drain::Timers,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+}
+
+impl<R: Respond> ServeHttp for R {
+    fn serve<'a>(
+        self: Arc<Self>,
+        io: Connection,
+        tcp: Option<drain::TcpSocket>,
+        builder: &'a auto::Builder<TokioExecutor>,
+        timers: drain::Timers,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(drain::serve_connection(io, tcp, self, builder, timers))
+    }
+}
+
 /// A handler in the boxed form the worker serves. Made by [`IntoHandler`].
 #[derive(Clone)]
 pub struct Handler {
@@ -136,7 +166,7 @@ pub struct Handler {
 
 #[derive(Clone)]
 enum Kind {
-    Http(Arc<dyn Fn(Request<Incoming>) -> BoxFuture + Send + Sync>),
+    Http(Arc<dyn ServeHttp>),
     Stream(Arc<StreamFn>),
     Udp(Arc<DatagramFn<tokio::net::UdpSocket>>),
     #[cfg(unix)]
@@ -219,6 +249,18 @@ impl tokio::io::AsyncWrite for Connection {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.io.as_mut().poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.io.as_mut().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }
 
@@ -327,10 +369,15 @@ where
     response.map(ResponseBody::from_body)
 }
 
-/// Converts a body's data to `Bytes` while keeping its size hint, so that a
-/// body of known length is still sent with `Content-Length` (a `MapFrame`
-/// would lose the hint and force chunked encoding).
-struct IntoBytes<B>(B);
+pin_project! {
+    /// Converts a body's data to `Bytes` while keeping its size hint, so
+    /// that a body of known length is still sent with `Content-Length` (a
+    /// `MapFrame` would lose the hint and force chunked encoding).
+    struct IntoBytes<B> {
+        #[pin]
+        body: B,
+    }
+}
 
 impl<B> Body for IntoBytes<B>
 where
@@ -344,10 +391,7 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        // SAFETY: `IntoBytes` is a plain newtype that never moves its field
-        // out; this is structural pinning of the only field.
-        let inner = unsafe { self.map_unchecked_mut(|this| &mut this.0) };
-        inner.poll_frame(cx).map(|frame| {
+        self.project().body.poll_frame(cx).map(|frame| {
             frame.map(|result| {
                 result
                     .map(|frame| frame.map_data(|mut data| data.copy_to_bytes(data.remaining())))
@@ -357,11 +401,11 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
+        self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.0.size_hint()
+        self.body.size_hint()
     }
 }
 
@@ -376,11 +420,31 @@ where
 {
     fn into_handler(self) -> Handler {
         Handler {
-            kind: Kind::Http(Arc::new(move |req| {
-                let fut = self(req);
-                Box::pin(async move { fut.await.map(box_body).map_err(Into::into) })
-            })),
+            kind: Kind::Http(Arc::new(AsyncFnHandler(self))),
         }
+    }
+}
+
+/// An async fn or closure as an HTTP handler.
+struct AsyncFnHandler<F>(F);
+
+impl<F, Fut, B, E> Respond for AsyncFnHandler<F>
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    E: Into<BoxError>,
+{
+    type Body = ResponseBody;
+    type BodyError = BoxError;
+    type Future = Handling<Converted<Fut>>;
+
+    fn respond(&self, req: Request<Incoming>) -> Self::Future {
+        Handling::call(req, |req| Converted {
+            future: (self.0)(req),
+        })
     }
 }
 
@@ -395,11 +459,31 @@ where
 {
     fn into_handler(self) -> Handler {
         Handler {
-            kind: Kind::Http(Arc::new(move |req| {
-                let fut = self.call(req);
-                Box::pin(async move { fut.await.map(box_body).map_err(Into::into) })
-            })),
+            kind: Kind::Http(Arc::new(HyperHandler(self))),
         }
+    }
+}
+
+/// A `hyper::service::Service` as an HTTP handler.
+struct HyperHandler<S>(S);
+
+impl<S, B> Respond for HyperHandler<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Body = ResponseBody;
+    type BodyError = BoxError;
+    type Future = Handling<Converted<S::Future>>;
+
+    fn respond(&self, req: Request<Incoming>) -> Self::Future {
+        Handling::call(req, |req| Converted {
+            future: self.0.call(req),
+        })
     }
 }
 
@@ -418,16 +502,70 @@ where
 {
     fn into_handler(self) -> Handler {
         Handler {
-            kind: Kind::Http(Arc::new(move |req| {
-                let mut svc = self.clone();
-                Box::pin(async move {
-                    std::future::poll_fn(|cx| svc.poll_ready(cx))
-                        .await
-                        .map_err(Into::into)?;
-                    svc.call(req).await.map(box_body).map_err(Into::into)
-                })
-            })),
+            kind: Kind::Http(Arc::new(TowerHandler(self))),
         }
+    }
+}
+
+/// A `tower::Service` as an HTTP handler: cloned for each request, which
+/// waits for `poll_ready` before it is called. Its future is boxed (it is
+/// an async block); an axum router boxes its own anyway.
+struct TowerHandler<S>(S);
+
+impl<S, B> Respond for TowerHandler<S>
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Body = ResponseBody;
+    type BodyError = BoxError;
+    type Future = Handling<BoxFuture>;
+
+    fn respond(&self, req: Request<Incoming>) -> Self::Future {
+        Handling::call(req, |req| {
+            let mut svc = self.0.clone();
+            Box::pin(async move {
+                std::future::poll_fn(|cx| svc.poll_ready(cx))
+                    .await
+                    .map_err(Into::into)?;
+                svc.call(req).await.map(box_body).map_err(Into::into)
+            }) as BoxFuture
+        })
+    }
+}
+
+pin_project! {
+    /// A handler's future, its response body converted to [`ResponseBody`]
+    /// and its error boxed.
+    pub(crate) struct Converted<F> {
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F, B, E> Future for Converted<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<ResponseBody>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project()
+            .future
+            .poll(cx)
+            .map(|result| result.map(box_body).map_err(Into::into))
     }
 }
 
@@ -513,45 +651,76 @@ impl Handler {
         }
     }
 
-    /// Calls the handler with `req`; its errors and panics (in the call or
-    /// in the future it returns) become a logged 500.
-    pub(crate) fn handle(&self, req: Request<Incoming>) -> Handling {
-        let Kind::Http(call) = &self.kind else {
-            unreachable!("handle is called for HTTP handlers only");
+    /// Serves one accepted connection over HTTP until it closes, a timer
+    /// ends it, or the drain ends it (see [`drain::serve_connection`]).
+    pub(crate) async fn serve_http(
+        &self,
+        io: Connection,
+        tcp: Option<drain::TcpSocket>,
+        builder: &auto::Builder<TokioExecutor>,
+        timers: drain::Timers,
+    ) {
+        let Kind::Http(http) = &self.kind else {
+            unreachable!("serve_http is called for HTTP handlers only");
         };
+        http.clone().serve(io, tcp, builder, timers).await;
+    }
+}
+
+pin_project! {
+    /// One request in an HTTP handler: the handler's future, and what a log
+    /// line about its failure names. Its errors and panics (in the call or
+    /// in the future it returns) become a logged 500.
+    pub(crate) struct Handling<F> {
+        #[pin]
+        call: Call<F>,
+        method: Method,
+        path: Option<PathAndQuery>,
+    }
+}
+
+pin_project! {
+    /// The handler's future, or the message of its panic when called.
+    #[project = CallProj]
+    enum Call<F> {
+        Running { #[pin] future: F },
+        Panicked { message: String },
+    }
+}
+
+impl<F> Handling<F>
+where
+    F: Future<Output = Result<Response<ResponseBody>, BoxError>>,
+{
+    /// Calls the handler with `req` (`call`), catching a panic in the call.
+    fn call<B>(req: Request<B>, call: impl FnOnce(Request<B>) -> F) -> Handling<F> {
         // Kept for the log line on error: a method is inline for the
         // standard ones, and a path is a reference count.
         let method = req.method().clone();
         let path = req.uri().path_and_query().cloned();
-        let future = std::panic::catch_unwind(AssertUnwindSafe(|| call(req)))
-            .map_err(|panic| panic_message(&*panic));
-        Handling {
-            future,
-            method,
-            path,
-        }
+        let call = match std::panic::catch_unwind(AssertUnwindSafe(|| call(req))) {
+            Ok(future) => Call::Running { future },
+            Err(panic) => Call::Panicked {
+                message: panic_message(&*panic),
+            },
+        };
+        Handling { call, method, path }
     }
 }
 
-/// One request in an HTTP handler: the handler's future, and what a log
-/// line about its failure names. Small, as hyper moves it about.
-pub(crate) struct Handling {
-    /// `Err`: the handler panicked when called.
-    future: Result<BoxFuture, String>,
-    method: Method,
-    path: Option<PathAndQuery>,
-}
-
-impl Future for Handling {
+impl<F> Future for Handling<F>
+where
+    F: Future<Output = Result<Response<ResponseBody>, BoxError>>,
+{
     type Output = Response<ResponseBody>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
+        let this = self.project();
         let path = this.path.as_ref().map_or("", PathAndQuery::path);
-        let method = &this.method;
-        let panic = match &mut this.future {
-            Ok(future) => {
-                match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+        let method = &*this.method;
+        let panic = match this.call.project() {
+            CallProj::Running { future } => {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
                     Ok(Poll::Pending) => return Poll::Pending,
                     Ok(Poll::Ready(Ok(response))) => return Poll::Ready(response),
                     Ok(Poll::Ready(Err(error))) => {
@@ -571,7 +740,7 @@ impl Future for Handling {
                     Err(panic) => panic_message(&*panic),
                 }
             }
-            Err(message) => std::mem::take(message),
+            CallProj::Panicked { message } => std::mem::take(message),
         };
         crate::log::event!(
             Error,
@@ -678,5 +847,83 @@ mod tests {
         ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
             Poll::Ready(self.0.pop_front().map(|c| Ok(http_body::Frame::data(c))))
         }
+    }
+
+    /// A connection writes the way its socket does: a TCP socket takes a
+    /// response's head and body in one vectored write, and the box around
+    /// it must not turn that into one write per buffer, or a copy.
+    #[test]
+    fn a_connection_writes_vectored_when_its_socket_does() {
+        use tokio::io::{AsyncReadExt, AsyncWrite};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (mut server, _) = listener.accept().await.unwrap();
+            let mut conn = Connection::new(client);
+            assert!(conn.is_write_vectored());
+            let bufs = [
+                std::io::IoSlice::new(b"head "),
+                std::io::IoSlice::new(b"body"),
+            ];
+            let written =
+                std::future::poll_fn(|cx| Pin::new(&mut conn).poll_write_vectored(cx, &bufs))
+                    .await
+                    .unwrap();
+            assert_eq!(written, 9, "both buffers in one write");
+            let mut got = [0u8; 9];
+            server.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"head body");
+        });
+    }
+
+    /// A handler's panic, in the call or in its future, and its error are
+    /// each answered 500; a response is passed on as it is.
+    #[test]
+    fn a_panic_in_the_call_or_the_future_and_an_error_are_answered_500() {
+        type Answer = Result<Response<ResponseBody>, BoxError>;
+        fn answer(handling: Handling<Pin<Box<dyn Future<Output = Answer> + Send>>>) -> StatusCode {
+            let mut handling = std::pin::pin!(handling);
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            match handling.as_mut().poll(&mut cx) {
+                Poll::Ready(response) => response.status(),
+                Poll::Pending => panic!("the handlers here are ready at once"),
+            }
+        }
+        let request = || Request::get("/x").body(()).unwrap();
+        let ok = Handling::call(request(), |_| {
+            Box::pin(async { Ok(Response::new(ResponseBody::Whole(None))) })
+                as Pin<Box<dyn Future<Output = Answer> + Send>>
+        });
+        assert_eq!(answer(ok), StatusCode::OK);
+        let panics_when_called = Handling::call(
+            request(),
+            |_| -> Pin<Box<dyn Future<Output = Answer> + Send>> { panic!("in the call") },
+        );
+        assert_eq!(
+            answer(panics_when_called),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        let panics_when_polled = Handling::call(request(), |_| {
+            Box::pin(async {
+                panic!("in the future");
+                #[allow(unreachable_code)]
+                Err("unreachable".into())
+            }) as Pin<Box<dyn Future<Output = Answer> + Send>>
+        });
+        assert_eq!(
+            answer(panics_when_polled),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        let fails = Handling::call(request(), |_| {
+            Box::pin(async { Err::<Response<ResponseBody>, BoxError>("no".into()) })
+                as Pin<Box<dyn Future<Output = Answer> + Send>>
+        });
+        assert_eq!(answer(fails), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -754,7 +754,10 @@ async fn serve<T>(
     if handler.is_stream() {
         handler.serve_stream(Connection::new(io), peer).await;
     } else {
-        drain::serve_connection(io, tcp, handler, &shared.http, shared.timers).await;
+        let io = Connection::new(io);
+        handler
+            .serve_http(io, tcp, &shared.http, shared.timers)
+            .await;
     }
 }
 
