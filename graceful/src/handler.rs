@@ -716,33 +716,53 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let path = this.path.as_ref().map_or("", PathAndQuery::path);
-        let method = &*this.method;
-        let panic = match this.call.project() {
+        let failure = match this.call.project() {
             CallProj::Running { future } => {
                 match std::panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
                     Ok(Poll::Pending) => return Poll::Pending,
                     Ok(Poll::Ready(Ok(response))) => return Poll::Ready(response),
-                    Ok(Poll::Ready(Err(error))) => {
-                        let error = error.to_string();
-                        crate::log::event!(
-                            Error,
-                            {
-                                event = "handler_error",
-                                method = method.as_str(),
-                                path = path,
-                                error = error.as_str(),
-                            },
-                            "handler error on {method} {path}: {error}; answered 500"
-                        );
-                        return Poll::Ready(internal_error());
-                    }
-                    Err(panic) => panic_message(&*panic),
+                    Ok(Poll::Ready(Err(error))) => Failure::Error(error),
+                    Err(panic) => Failure::Panicked(panic_message(&*panic)),
                 }
             }
-            CallProj::Panicked { message } => std::mem::take(message),
+            CallProj::Panicked { message } => Failure::Panicked(std::mem::take(message)),
         };
-        crate::log::event!(
+        Poll::Ready(failed(this.method, this.path.as_ref(), failure))
+    }
+}
+
+/// How a handler failed.
+enum Failure {
+    Error(BoxError),
+    Panicked(String),
+}
+
+/// Logs a handler's failure on `method` `path`, and answers 500. Apart from
+/// `Handling::poll`, which runs for every request, so that the log lines'
+/// code stays out of its way.
+#[cold]
+#[inline(never)]
+fn failed(
+    method: &Method,
+    path: Option<&PathAndQuery>,
+    failure: Failure,
+) -> Response<ResponseBody> {
+    let path = path.map_or("", PathAndQuery::path);
+    match failure {
+        Failure::Error(error) => {
+            let error = error.to_string();
+            crate::log::event!(
+                Error,
+                {
+                    event = "handler_error",
+                    method = method.as_str(),
+                    path = path,
+                    error = error.as_str(),
+                },
+                "handler error on {method} {path}: {error}; answered 500"
+            );
+        }
+        Failure::Panicked(panic) => crate::log::event!(
             Error,
             {
                 event = "handler_panicked",
@@ -751,9 +771,9 @@ where
                 panic = panic.as_str(),
             },
             "handler panicked on {method} {path}: {panic}; answered 500"
-        );
-        Poll::Ready(internal_error())
+        ),
     }
+    internal_error()
 }
 
 #[cfg(test)]
