@@ -583,3 +583,52 @@ pub(crate) async fn serve_connection<T, R>(
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The coarse clock counts milliseconds, as the precise one does, to
+    /// within its tick (at most 10 ms) and the scheduler's delay.
+    #[test]
+    fn the_coarse_clock_counts_milliseconds() {
+        let precise = std::time::Instant::now();
+        let start = coarse_millis();
+        std::thread::sleep(Duration::from_millis(100));
+        let counted = coarse_millis() - start;
+        let elapsed = precise.elapsed().as_millis() as u64;
+        assert!(
+            counted + 20 >= elapsed && counted <= elapsed + 20,
+            "coarse {counted} ms, precise {elapsed} ms"
+        );
+        assert!(counted >= 80, "coarse {counted} ms over 100 ms");
+        // And it is the kernel's monotonic clock, in milliseconds.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+            let precise = t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000;
+            assert!(precise.abs_diff(coarse_millis()) <= 20, "{precise}");
+        }
+    }
+
+    /// A connection is idle from the end of its last request: `touch`
+    /// starts the count again.
+    #[test]
+    fn a_request_ending_starts_the_idle_count_again() {
+        let activity = Activity {
+            epoch: tokio::time::Instant::now(),
+            started: AtomicBool::new(true),
+            handling: AtomicUsize::new(0),
+            last: std::sync::atomic::AtomicU64::new(coarse_millis() - 5_000),
+            h2: AtomicBool::new(false),
+            tcp: None,
+        };
+        let idle = activity.idle_for();
+        assert!(
+            idle >= Duration::from_secs(5) && idle < Duration::from_secs(6),
+            "{idle:?}"
+        );
+        activity.touch();
+        assert!(activity.idle_for() < Duration::from_millis(50));
+    }
+}

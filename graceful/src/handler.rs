@@ -874,7 +874,7 @@ mod tests {
     /// it must not turn that into one write per buffer, or a copy.
     #[test]
     fn a_connection_writes_vectored_when_its_socket_does() {
-        use tokio::io::{AsyncReadExt, AsyncWrite};
+        use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .build()
@@ -899,6 +899,22 @@ mod tests {
             let mut got = [0u8; 9];
             server.read_exact(&mut got).await.unwrap();
             assert_eq!(&got, b"head body");
+            // Plain reads, writes, flush and shutdown pass through too.
+            conn.write_all(b"more").await.unwrap();
+            conn.flush().await.unwrap();
+            let mut got = [0u8; 4];
+            server.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"more");
+            server.write_all(b"back").await.unwrap();
+            let mut got = [0u8; 4];
+            conn.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"back");
+            conn.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            server.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty(), "EOF after the shutdown");
+            // A stream that does not write vectored is not said to.
+            assert!(!Connection::new(NotVectored).is_write_vectored());
         });
     }
 
@@ -945,5 +961,52 @@ mod tests {
                 as Pin<Box<dyn Future<Output = Answer> + Send>>
         });
         assert_eq!(answer(fails), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    /// A body of another type is boxed through `IntoBytes`, which keeps
+    /// its size hint (or `Content-Length` would be lost) and its end.
+    #[test]
+    fn a_body_of_another_type_keeps_its_size_and_its_end() {
+        let body = ResponseBody::from_body(Full::new(&b"hello"[..]));
+        assert!(matches!(body, ResponseBody::Boxed(_)));
+        assert_eq!(
+            drain(body),
+            (Some(5), false, vec![Bytes::from_static(b"hello")])
+        );
+        let empty = ResponseBody::from_body(Full::new(&b""[..]));
+        assert!(matches!(empty, ResponseBody::Boxed(_)));
+        assert_eq!(drain(empty), (Some(0), true, vec![]));
+    }
+
+    /// A stream that writes one buffer at a time: an end of file to read,
+    /// and a sink to write.
+    struct NotVectored;
+
+    impl tokio::io::AsyncRead for NotVectored {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl tokio::io::AsyncWrite for NotVectored {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
     }
 }
