@@ -154,11 +154,30 @@ async fn http2_one_request(
             .await
             .unwrap();
     let conn = tokio::spawn(conn);
-    let request = http::Request::get(format!("http://{addr}/"))
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    assert_eq!(sender.send_request(request).await.unwrap().status(), 200);
+    http2_get(&mut sender, addr, "/").await;
     (client, sender, conn)
+}
+
+/// How long `conn` stays open from now; it must close within the test's
+/// bound.
+async fn time_until_closed(
+    conn: &mut tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) -> Duration {
+    let idle = Instant::now();
+    tokio::time::timeout(T, conn)
+        .await
+        .expect("the idle connection stays open")
+        .ok();
+    idle.elapsed()
+}
+
+/// A connection closed by an idle timeout of 1 s: not before it, and not
+/// long after.
+fn assert_closed_by_the_idle_timeout(took: Duration) {
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
 }
 
 #[test]
@@ -182,19 +201,11 @@ fn a_partial_http2_preface_or_an_idle_http2_connection_is_closed() {
     // closed after the idle timeout.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let took = runtime.block_on(async {
-        let (_, _sender, conn) = http2_one_request(&addr).await;
-        let idle = Instant::now();
-        tokio::time::timeout(T, conn)
-            .await
-            .expect("the idle connection stays open")
-            .ok();
-        idle.elapsed()
+        let (_, _sender, mut conn) = http2_one_request(&addr).await;
+        time_until_closed(&mut conn).await
     });
     println!("an idle HTTP/2 connection was closed after {took:?}");
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
-        "{took:?}"
-    );
+    assert_closed_by_the_idle_timeout(took);
 }
 
 /// A request on `sender`'s connection to `addr`, answered 200.
@@ -228,18 +239,10 @@ fn a_busy_connection_outlives_the_idle_timeout_and_is_closed_once_idle() {
             http2_get(&mut sender, &addr, "/pid").await;
         }
         assert!(!conn.is_finished(), "the busy connection was closed");
-        let idle = Instant::now();
-        tokio::time::timeout(T, &mut conn)
-            .await
-            .expect("the idle connection stays open")
-            .ok();
-        idle.elapsed()
+        time_until_closed(&mut conn).await
     });
     println!("a connection busy for 4.4 s was closed {took:?} after its last request");
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
-        "{took:?}"
-    );
+    assert_closed_by_the_idle_timeout(took);
 }
 
 #[test]
