@@ -268,19 +268,13 @@ impl Worker {
 /// The master's state and decisions.
 #[derive(Debug)]
 pub(crate) struct Core {
-    stop_timeout: Duration,
-    shutdown_delay: Duration,
+    options: Options,
     /// A stop in its `shutdown_delay`: the drain starts at this instant,
     /// for the stop signal that began it. Not carried across an upgrade,
     /// which never happens while stopping.
     lame_duck: Option<(Instant, Signal)>,
-    ready_timeout: Duration,
-    max_draining: usize,
-    upgrade_master: bool,
     /// Draining workers cut because more than `max_draining` were draining.
     cut_draining: u64,
-    reload_signals: Vec<Signal>,
-    stop_signals: Vec<Signal>,
     watchdog: Option<Watchdog>,
     /// Numbers the checks sent to workers.
     checks: u64,
@@ -307,6 +301,33 @@ pub(crate) struct Core {
     out: Vec<Action>,
 }
 
+/// The options the core decides by: always the running build's, never
+/// carried across an upgrade in place.
+#[derive(Debug)]
+struct Options {
+    stop_timeout: Duration,
+    shutdown_delay: Duration,
+    ready_timeout: Duration,
+    max_draining: usize,
+    upgrade_master: bool,
+    reload_signals: Vec<Signal>,
+    stop_signals: Vec<Signal>,
+}
+
+impl Options {
+    fn new(config: &Config) -> Options {
+        Options {
+            stop_timeout: config.stop_timeout,
+            shutdown_delay: config.shutdown_delay,
+            ready_timeout: config.ready_timeout,
+            max_draining: config.max_draining,
+            upgrade_master: config.upgrade_master,
+            reload_signals: config.reload_signals.clone(),
+            stop_signals: config.stop_signals.clone(),
+        }
+    }
+}
+
 impl Core {
     /// A master that starts its first worker: `Spawn { generation: 1 }`.
     pub(crate) fn start(
@@ -315,15 +336,9 @@ impl Core {
         now: Instant,
     ) -> (Core, Vec<Action>) {
         let mut core = Core {
-            stop_timeout: config.stop_timeout,
-            shutdown_delay: config.shutdown_delay,
+            options: Options::new(config),
             lame_duck: None,
-            ready_timeout: config.ready_timeout,
-            max_draining: config.max_draining,
-            upgrade_master: config.upgrade_master,
             cut_draining: 0,
-            reload_signals: config.reload_signals.clone(),
-            stop_signals: config.stop_signals.clone(),
             watchdog: watchdog.map(|config| Watchdog {
                 config,
                 next: now + config.every,
@@ -354,9 +369,9 @@ impl Core {
     pub(crate) fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
         match event {
             Event::Signal(signal) => {
-                if self.stop_signals.contains(&signal) {
+                if self.options.stop_signals.contains(&signal) {
                     self.stop(now, signal);
-                } else if self.reload_signals.contains(&signal) {
+                } else if self.options.reload_signals.contains(&signal) {
                     self.request_reload(now, &format!("signal {signal}"), None);
                 } else if signal == Signal::SIGQUIT {
                     // Its default action would kill the master and leave the
@@ -513,7 +528,7 @@ impl Core {
             generation,
             pid: None,
             state: State::Starting {
-                deadline: now + self.ready_timeout,
+                deadline: now + self.options.ready_timeout,
             },
             started: now,
             ready_at: None,
@@ -658,7 +673,7 @@ impl Core {
             Some(old) => {
                 // Before the stop: the old worker may be the one that asked.
                 self.finish_replacing(now, reloaded);
-                let kill_at = now + self.stop_timeout + KILL_GRACE;
+                let kill_at = now + self.options.stop_timeout + KILL_GRACE;
                 if let Some(w) = self.worker(old) {
                     w.state = State::Draining { kill_at };
                     w.stopped_at = Some(now);
@@ -825,7 +840,7 @@ impl Core {
                 };
             }
         }
-        let ready_timeout = self.ready_timeout;
+        let ready_timeout = self.options.ready_timeout;
         let mut kills = Vec::new();
         for w in &mut self.workers {
             let why = match w.state {
@@ -864,7 +879,7 @@ impl Core {
         if let Some((_, first)) = self.lame_duck.take() {
             self.log(format!(
                 "{signal} received again: the rest of the {:?} shutdown_delay is skipped",
-                self.shutdown_delay
+                self.options.shutdown_delay
             ));
             self.drain_all(now, first);
             return;
@@ -889,17 +904,20 @@ impl Core {
         // Reloads that finished are told so now: every worker stops.
         let held = std::mem::take(&mut self.held);
         self.out.extend(held.into_iter().map(Held::answer));
-        if current.is_none() || self.shutdown_delay.is_zero() {
+        if current.is_none() || self.options.shutdown_delay.is_zero() {
             self.drain_all(now, signal);
             return;
         }
-        self.lame_duck = Some((now + self.shutdown_delay, signal));
+        self.lame_duck = Some((now + self.options.shutdown_delay, signal));
         self.report(Report::LameDuck {
             signal,
-            delay: self.shutdown_delay,
+            delay: self.options.shutdown_delay,
             // The delay and the whole drain, so that neither is cut short
             // by TimeoutStopSec.
-            extend: self.shutdown_delay + self.stop_timeout + KILL_GRACE + Duration::from_secs(1),
+            extend: self.options.shutdown_delay
+                + self.options.stop_timeout
+                + KILL_GRACE
+                + Duration::from_secs(1),
         });
         // A reload's new worker serves nothing yet, and never will.
         self.kill_all(|state| matches!(state, State::Starting { .. }));
@@ -918,14 +936,14 @@ impl Core {
         self.report(Report::Stopping {
             signal,
             workers: self.workers.len(),
-            stop_timeout: self.stop_timeout,
+            stop_timeout: self.options.stop_timeout,
             // Ask systemd for the whole drain, so a long stop_timeout is not
             // cut short by TimeoutStopSec.
-            extend: self.stop_timeout + KILL_GRACE + Duration::from_secs(1),
+            extend: self.options.stop_timeout + KILL_GRACE + Duration::from_secs(1),
         });
         // Starting workers serve nothing yet: nothing to drain.
         self.kill_all(|state| matches!(state, State::Starting { .. }));
-        let kill_at = now + self.stop_timeout + KILL_GRACE;
+        let kill_at = now + self.options.stop_timeout + KILL_GRACE;
         let mut stops = Vec::new();
         for w in &mut self.workers {
             if w.state == State::Serving {
@@ -1127,7 +1145,7 @@ impl Core {
             .filter_map(|w| Some((w.generation, w.pid?)))
             .collect();
         draining.sort_unstable();
-        let excess = draining.len().saturating_sub(self.max_draining);
+        let excess = draining.len().saturating_sub(self.options.max_draining);
         for &(generation, pid) in &draining[..excess] {
             self.cut_draining += 1;
             if let Some(w) = self.worker(generation) {
@@ -1140,7 +1158,7 @@ impl Core {
             self.warn(format!(
                 "killing {name} with SIGKILL: more than max_draining ({}) workers were draining \
                  ({} cut so far)",
-                self.max_draining, self.cut_draining
+                self.options.max_draining, self.cut_draining
             ));
             self.out.push(Action::Kill { pid });
         }
@@ -1149,7 +1167,7 @@ impl Core {
     /// A reload replaced a worker: the master follows into the new build if
     /// that build reads the state this one writes, and says why not if not.
     fn upgrade(&mut self, generation: u64, readiness: Option<&Readiness>) {
-        if !self.upgrade_master {
+        if !self.options.upgrade_master {
             return;
         }
         let why_not = match readiness {
@@ -1359,15 +1377,9 @@ impl Core {
             .collect();
         let carried_watchdog = carried.watchdog;
         Core {
-            stop_timeout: config.stop_timeout,
-            shutdown_delay: config.shutdown_delay,
+            options: Options::new(config),
             lame_duck: None,
-            ready_timeout: config.ready_timeout,
-            max_draining: config.max_draining,
-            upgrade_master: config.upgrade_master,
             cut_draining: carried.cut_draining,
-            reload_signals: config.reload_signals.clone(),
-            stop_signals: config.stop_signals.clone(),
             watchdog: watchdog.map(|config| match carried_watchdog {
                 Some((next, pending)) => Watchdog {
                     config,
