@@ -246,6 +246,30 @@ fn a_busy_connection_outlives_the_idle_timeout_and_is_closed_once_idle() {
 }
 
 #[test]
+fn a_cancelled_request_does_not_keep_an_http2_connection_open() {
+    // A client that starts a long request and resets its stream: the
+    // connection is idle from then on, and the idle timeout must close it,
+    // not wait for a request that will never end.
+    let service = testapp_with_timeouts("1000", "1000");
+    let addr = service.addr(T);
+    service.ready_worker(1, T);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let took = runtime.block_on(async {
+        let (_, mut sender, mut conn) = http2_one_request(&addr).await;
+        let request = http::Request::get(format!("http://{addr}/slow?ms=60000"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let pending = sender.send_request(request);
+        // Dropped unanswered: the client resets the stream.
+        let cancelled = tokio::time::timeout(Duration::from_millis(300), pending).await;
+        assert!(cancelled.is_err(), "the slow request was answered");
+        time_until_closed(&mut conn).await
+    });
+    println!("an HTTP/2 connection whose only request was cancelled was closed {took:?} later");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+#[test]
 fn a_kept_alive_connection_whose_next_request_head_trickles_is_closed_at_the_header_timeout() {
     // The idle timeout is long: only the header timeout can close this
     // connection within the wait below.

@@ -272,19 +272,32 @@ pub(crate) struct Timers {
     pub(crate) idle_timeout: Duration,
 }
 
-/// Whether a connection has started a request, how many it is handling,
-/// and when one last ended (milliseconds of [`coarse_millis`]).
+/// Whether a connection has started a request, and when one last ended
+/// (milliseconds of [`coarse_millis`]). How many it is handling is how many
+/// requests hold it: see [`Activity::handling`].
 struct Activity {
     epoch: tokio::time::Instant,
     started: AtomicBool,
-    handling: AtomicUsize,
     last: std::sync::atomic::AtomicU64,
     h2: AtomicBool,
     /// The TCP socket under the connection, if it is one.
     tcp: Option<TcpSocket>,
 }
 
+/// The holders of a connection's [`Activity`] that are not requests: the
+/// connection's task and its service.
+const NOT_REQUESTS: usize = 2;
+
 impl Activity {
+    /// How many requests are being handled: each request's future holds the
+    /// activity until it is dropped, whether it finished or was cancelled
+    /// (an HTTP/2 stream the client reset). Counting the holders needs no
+    /// count of its own, which a cancelled request would leave raised
+    /// forever (it never reaches the end that lowers it).
+    fn handling(self: &Arc<Self>) -> usize {
+        Arc::strong_count(self) - NOT_REQUESTS
+    }
+
     fn touch(&self) {
         self.last.store(coarse_millis(), Ordering::Relaxed);
     }
@@ -366,7 +379,6 @@ impl<R: Respond> hyper::service::Service<Request<Incoming>> for ConnService<R> {
         if !activity.started.load(Ordering::Relaxed) {
             activity.started.store(true, Ordering::Relaxed);
         }
-        activity.handling.fetch_add(1, Ordering::Relaxed);
         Serving {
             handling: self.respond.respond(req),
             activity: activity.clone(),
@@ -395,7 +407,6 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut response = std::task::ready!(this.handling.poll(cx));
-        this.activity.handling.fetch_sub(1, Ordering::Relaxed);
         this.activity.touch();
         if *this.http1 && is_shutting_down() && response.status() != StatusCode::SWITCHING_PROTOCOLS
         {
@@ -493,7 +504,6 @@ pub(crate) async fn serve_connection<T, R>(
     let activity = Arc::new(Activity {
         epoch: tokio::time::Instant::now(),
         started: AtomicBool::new(false),
-        handling: AtomicUsize::new(0),
         last: std::sync::atomic::AtomicU64::new(coarse_millis()),
         h2: AtomicBool::new(false),
         tcp,
@@ -561,7 +571,7 @@ pub(crate) async fn serve_connection<T, R>(
         } else {
             first_check
         };
-        if activity.handling.load(Ordering::Relaxed) > 0 {
+        if activity.handling() > 0 {
             timer.as_mut().reset(now + idle_timeout);
             continue;
         }
@@ -618,7 +628,6 @@ mod tests {
         let activity = Activity {
             epoch: tokio::time::Instant::now(),
             started: AtomicBool::new(true),
-            handling: AtomicUsize::new(0),
             last: std::sync::atomic::AtomicU64::new(coarse_millis() - 5_000),
             h2: AtomicBool::new(false),
             tcp: None,
@@ -630,5 +639,15 @@ mod tests {
         );
         activity.touch();
         assert!(activity.idle_for() < Duration::from_millis(50));
+        // The connection's task and its service hold it; each request's
+        // future adds one until it is dropped.
+        let task = Arc::new(activity);
+        let service = task.clone();
+        assert_eq!(task.handling(), 0);
+        let request = task.clone();
+        assert_eq!(task.handling(), 1);
+        drop(request);
+        assert_eq!(task.handling(), 0);
+        drop(service);
     }
 }
