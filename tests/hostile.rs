@@ -182,9 +182,7 @@ fn assert_closed_by_the_idle_timeout(took: Duration) {
 
 #[test]
 fn a_partial_http2_preface_or_an_idle_http2_connection_is_closed() {
-    let service = testapp_with_timeouts("1000", "1000");
-    let addr = service.addr(T);
-    service.ready_worker(1, T);
+    let (_service, addr, runtime) = serving_with_an_idle_timeout_of_1s();
     // Half the preface, then nothing.
     let mut partial = TcpStream::connect(&addr).unwrap();
     partial.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
@@ -199,7 +197,6 @@ fn a_partial_http2_preface_or_an_idle_http2_connection_is_closed() {
     );
     // An HTTP/2 connection that made one request, then idles: GOAWAY and
     // closed after the idle timeout.
-    let runtime = tokio::runtime::Runtime::new().unwrap();
     let took = runtime.block_on(async {
         let (_, _sender, mut conn) = http2_one_request(&addr).await;
         time_until_closed(&mut conn).await
@@ -214,11 +211,24 @@ async fn http2_get(
     addr: &str,
     path: &str,
 ) {
-    let request = http::Request::get(format!("http://{addr}{path}"))
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
+    let response = sender.send_request(get_request(addr, path)).await.unwrap();
     assert_eq!(response.status(), 200, "{path}");
+}
+
+/// A GET of `path` from `addr`, for an HTTP/2 sender.
+fn get_request(addr: &str, path: &str) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+    http::Request::get(format!("http://{addr}{path}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap()
+}
+
+/// The test app with header and idle timeouts of 1 s, its worker ready:
+/// the service, its address, and a runtime for a client.
+fn serving_with_an_idle_timeout_of_1s() -> (Service, String, tokio::runtime::Runtime) {
+    let service = testapp_with_timeouts("1000", "1000");
+    let addr = service.addr(T);
+    service.ready_worker(1, T);
+    (service, addr, tokio::runtime::Runtime::new().unwrap())
 }
 
 #[test]
@@ -226,10 +236,7 @@ fn a_busy_connection_outlives_the_idle_timeout_and_is_closed_once_idle() {
     // Each wait below is shorter than the idle timeout, and the whole test
     // longer: the connection stays open only if the end of each request
     // pushes the idle deadline back, and a request being handled holds it.
-    let service = testapp_with_timeouts("1000", "1000");
-    let addr = service.addr(T);
-    service.ready_worker(1, T);
-    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (_service, addr, runtime) = serving_with_an_idle_timeout_of_1s();
     let took = runtime.block_on(async {
         let (_, mut sender, mut conn) = http2_one_request(&addr).await;
         // Handled for twice the idle timeout.
@@ -250,16 +257,10 @@ fn a_cancelled_request_does_not_keep_an_http2_connection_open() {
     // A client that starts a long request and resets its stream: the
     // connection is idle from then on, and the idle timeout must close it,
     // not wait for a request that will never end.
-    let service = testapp_with_timeouts("1000", "1000");
-    let addr = service.addr(T);
-    service.ready_worker(1, T);
-    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (_service, addr, runtime) = serving_with_an_idle_timeout_of_1s();
     let took = runtime.block_on(async {
         let (_, mut sender, mut conn) = http2_one_request(&addr).await;
-        let request = http::Request::get(format!("http://{addr}/slow?ms=60000"))
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .unwrap();
-        let pending = sender.send_request(request);
+        let pending = sender.send_request(get_request(&addr, "/slow?ms=60000"));
         // Dropped unanswered: the client resets the stream.
         let cancelled = tokio::time::timeout(Duration::from_millis(300), pending).await;
         assert!(cancelled.is_err(), "the slow request was answered");
