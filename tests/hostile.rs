@@ -111,7 +111,13 @@ fn silent_connections_are_closed_and_a_normal_client_is_served() {
         match conn.read(&mut buf) {
             Ok(0) => {}
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-            other => panic!("silent connection {i}: {other:?}"),
+            other => panic!(
+                "silent connection {i}: {other:?}; the server's side of it: {}; \
+                 the kernel's listen overflows: {}; the service's log:\n{}",
+                server_side(&addr, conn.local_addr().unwrap()),
+                listen_overflows(),
+                service.log_text()
+            ),
         }
     }
     println!(
@@ -121,6 +127,45 @@ fn silent_connections_are_closed_and_a_normal_client_is_served() {
     assert!(service
         .log_text()
         .contains("connections open, the most this process serves at once"));
+}
+
+/// For a failure message: the row of `/proc/net/tcp` for the server's side
+/// of the connection from `client` to `server` (its state is the fourth
+/// field, `01` established), or that the server has none, which means its
+/// kernel never completed the handshake (and no process ever accepted it).
+fn server_side(server: &str, client: std::net::SocketAddr) -> String {
+    let port: u16 = server.rsplit(':').next().unwrap().parse().unwrap();
+    let local = format!("0100007F:{port:04X}");
+    let remote = format!("0100007F:{:04X}", client.port());
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .find(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == local && f[2] == remote
+        })
+        .map_or_else(|| format!("no socket {local} <- {remote}"), str::to_string)
+}
+
+/// For a failure message: the kernel's counts of handshakes dropped because
+/// a listener's accept queue was full, since boot.
+fn listen_overflows() -> String {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let rows: Vec<Vec<&str>> = netstat
+        .lines()
+        .filter(|l| l.starts_with("TcpExt:"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let [names, values] = rows.as_slice() else {
+        return "unknown".into();
+    };
+    names
+        .iter()
+        .zip(values)
+        .filter(|(name, _)| name.starts_with("Listen"))
+        .map(|(name, value)| format!("{name} {value}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The test app on a port of its own, with these header and idle timeouts
