@@ -342,9 +342,11 @@ enum Woke {
 /// call per request.
 pub(crate) trait Respond: Send + Sync + 'static {
     /// The response body.
-    type Body: hyper::body::Body<Data = bytes::Bytes, Error = Self::BodyError> + Send + 'static;
-    /// The body's error.
-    type BodyError: Into<Box<dyn std::error::Error + Send + Sync>>;
+    type Body: hyper::body::Body<
+            Data = bytes::Bytes,
+            Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        > + Send
+        + 'static;
     /// One request's answer. It never fails: a handler's errors and panics
     /// are answered already (500).
     type Future: Future<Output = Response<Self::Body>> + Send + 'static;
@@ -615,8 +617,7 @@ mod tests {
         // And it is the kernel's monotonic clock, in milliseconds.
         #[cfg(any(target_os = "linux", target_os = "android"))]
         {
-            let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
-            let precise = t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000;
+            let precise = crate::notify::monotonic_usec() / 1000;
             assert!(precise.abs_diff(coarse_millis()) <= 20, "{precise}");
         }
     }

@@ -438,7 +438,6 @@ where
     E: Into<BoxError>,
 {
     type Body = ResponseBody;
-    type BodyError = BoxError;
     type Future = Handling<Converted<Fut>>;
 
     fn respond(&self, req: Request<Incoming>) -> Self::Future {
@@ -477,7 +476,6 @@ where
     B::Error: Into<BoxError>,
 {
     type Body = ResponseBody;
-    type BodyError = BoxError;
     type Future = Handling<Converted<S::Future>>;
 
     fn respond(&self, req: Request<Incoming>) -> Self::Future {
@@ -526,7 +524,6 @@ where
     B::Error: Into<BoxError>,
 {
     type Body = ResponseBody;
-    type BodyError = BoxError;
     type Future = Handling<BoxFuture>;
 
     fn respond(&self, req: Request<Incoming>) -> Self::Future {
@@ -569,17 +566,29 @@ where
     }
 }
 
-/// A future that turns a panic of the inner future into `Err(message)`.
-/// Used for handlers (a panic becomes a 500) and for `main` in workers (a
-/// panic becomes a reported start failure).
-pub(crate) struct CatchUnwind<F: ?Sized>(pub(crate) Pin<Box<F>>);
+pin_project! {
+    /// A future that turns a panic of the inner future into
+    /// `Err(message)`. Used for handlers (a panic becomes a 500, or ends a
+    /// stream connection), datagram handlers (started again), and `main` in
+    /// workers (a panic becomes a reported start failure).
+    pub(crate) struct CatchUnwind<F> {
+        #[pin]
+        future: F,
+    }
+}
 
-impl<F: Future + ?Sized> Future for CatchUnwind<F> {
+impl<F> CatchUnwind<F> {
+    pub(crate) fn new(future: F) -> CatchUnwind<F> {
+        CatchUnwind { future }
+    }
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
     type Output = Result<F::Output, String>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = &mut self.0;
-        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let future = self.project().future;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
             Err(panic) => Poll::Ready(Err(panic_message(&*panic))),
@@ -630,7 +639,7 @@ impl Handler {
             (Kind::Unixgram(call), DatagramSocket::Unixgram(socket)) => call(socket),
             _ => unreachable!("a datagram handler is given the socket it serves"),
         };
-        CatchUnwind(run).await
+        CatchUnwind::new(run).await
     }
 
     /// Gives a connection to a stream handler; a panic in it is logged and
@@ -641,7 +650,7 @@ impl Handler {
         };
         // For the log line on a panic only: a copy, formatted then.
         let from = peer.clone();
-        if let Err(message) = CatchUnwind(call(conn, peer)).await {
+        if let Err(message) = CatchUnwind::new(call(conn, peer)).await {
             let peer = format!("{from:?}");
             crate::log::event!(
                 Error,
@@ -683,7 +692,7 @@ pin_project! {
     /// The handler's future, or the message of its panic when called.
     #[project = CallProj]
     enum Call<F> {
-        Running { #[pin] future: F },
+        Running { #[pin] future: CatchUnwind<F> },
         Panicked { message: String },
     }
 }
@@ -699,7 +708,9 @@ where
         let method = req.method().clone();
         let path = req.uri().path_and_query().cloned();
         let call = match std::panic::catch_unwind(AssertUnwindSafe(|| call(req))) {
-            Ok(future) => Call::Running { future },
+            Ok(future) => Call::Running {
+                future: CatchUnwind::new(future),
+            },
             Err(panic) => Call::Panicked {
                 message: panic_message(&*panic),
             },
@@ -717,14 +728,12 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let failure = match this.call.project() {
-            CallProj::Running { future } => {
-                match std::panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
-                    Ok(Poll::Pending) => return Poll::Pending,
-                    Ok(Poll::Ready(Ok(response))) => return Poll::Ready(response),
-                    Ok(Poll::Ready(Err(error))) => Failure::Error(error),
-                    Err(panic) => Failure::Panicked(panic_message(&*panic)),
-                }
-            }
+            CallProj::Running { future } => match future.poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(Ok(response))) => return Poll::Ready(response),
+                Poll::Ready(Ok(Err(error))) => Failure::Error(error),
+                Poll::Ready(Err(panic)) => Failure::Panicked(panic),
+            },
             CallProj::Panicked { message } => Failure::Panicked(std::mem::take(message)),
         };
         Poll::Ready(failed(this.method, this.path.as_ref(), failure))

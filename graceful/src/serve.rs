@@ -172,7 +172,7 @@ where
     Fut: Future,
     Fut::Output: MainOutput,
 {
-    match CatchUnwind(Box::pin(main())).await {
+    match CatchUnwind::new(main()).await {
         Err(panic) => return Err(StartError::Panicked(panic)),
         Ok(output) => output.into_result().map_err(StartError::Main)?,
     }
@@ -751,10 +751,10 @@ async fn serve<T>(
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let io = Connection::new(io);
     if handler.is_stream() {
-        handler.serve_stream(Connection::new(io), peer).await;
+        handler.serve_stream(io, peer).await;
     } else {
-        let io = Connection::new(io);
         handler
             .serve_http(io, tcp, &shared.http, shared.timers)
             .await;
