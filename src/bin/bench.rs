@@ -319,7 +319,7 @@ impl Saturating {
 /// plain against plain is the A/A control. Prints, for
 /// each client, the rate against the plain server, each round's ratio, the
 /// median and the spread.
-fn saturate(me: &std::path::Path, rounds: usize, seconds: u64, only: Option<&str>) {
+fn saturate(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Saturating]) {
     let taskset = graceful_dev::tool("taskset");
     let me = me.to_str().unwrap();
     println!(
@@ -327,10 +327,7 @@ fn saturate(me: &std::path::Path, rounds: usize, seconds: u64, only: Option<&str
     );
     println!("| client | its rate against plain, median req/s | graceful / plain, each round | median | min – max | A/A plain / plain, median (min – max) |");
     println!("| --- | --- | --- | --- | --- | --- |");
-    for client in Saturating::ALL {
-        if only.is_some_and(|key| key != client.key()) {
-            continue;
-        }
+    for &client in clients {
         let (mut ratios, mut controls, mut plain_rates) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
             let plain_rate = || {
@@ -573,15 +570,18 @@ fn main() {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(default)
         };
-        let only = std::env::args().nth(4);
-        if let Some(key) = only.as_deref() {
-            let keys = Saturating::ALL.map(Saturating::key);
-            if !keys.contains(&key) {
-                eprintln!("bench --saturate ROUNDS SECONDS [CLIENT]: CLIENT is one of {keys:?}, not {key:?}");
-                std::process::exit(2);
-            }
-        }
-        return saturate(&me, arg(2, 8) as usize, arg(3, 3), only.as_deref());
+        let clients = match std::env::args().nth(4) {
+            None => Saturating::ALL.to_vec(),
+            Some(key) => match Saturating::ALL.into_iter().find(|c| c.key() == key) {
+                Some(client) => vec![client],
+                None => {
+                    let keys = Saturating::ALL.map(Saturating::key);
+                    eprintln!("bench --saturate ROUNDS SECONDS [CLIENT]: CLIENT is one of {keys:?}, not {key:?}");
+                    std::process::exit(2);
+                }
+            },
+        };
+        return saturate(&me, arg(2, 8) as usize, arg(3, 3), &clients);
     }
     if first.as_deref() == Some("--pinned") {
         let number = |n: usize, default: u64| {
