@@ -129,22 +129,28 @@ fn silent_connections_are_closed_and_a_normal_client_is_served() {
         .contains("connections open, the most this process serves at once"));
 }
 
-/// For a failure message: the row of `/proc/net/tcp` for the server's side
-/// of the connection from `client` to `server` (its state is the fourth
-/// field, `01` established), or that the server has none, which means its
-/// kernel never completed the handshake (and no process ever accepted it).
-fn server_side(server: &str, client: std::net::SocketAddr) -> String {
+/// The fields of the row of `/proc/net/tcp` for the server's side of the
+/// connection from `client` to `server` (the fourth, `01`, is established;
+/// the fifth the timer), if the server's kernel has one.
+fn server_row(server: &str, client: std::net::SocketAddr) -> Option<Vec<String>> {
     let port: u16 = server.rsplit(':').next().unwrap().parse().unwrap();
     let local = format!("0100007F:{port:04X}");
     let remote = format!("0100007F:{:04X}", client.port());
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    table
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
         .lines()
-        .find(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() > 3 && f[1] == local && f[2] == remote
-        })
-        .map_or_else(|| format!("no socket {local} <- {remote}"), str::to_string)
+        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .find(|f| f.len() > 5 && f[1] == local && f[2] == remote)
+}
+
+/// For a failure message: the server's side of the connection from
+/// `client`, or that the server has none, which means its kernel never
+/// completed the handshake (and no process ever accepted it).
+fn server_side(server: &str, client: std::net::SocketAddr) -> String {
+    server_row(server, client).map_or_else(
+        || format!("no socket on {server} for {client}"),
+        |row| row.join(" "),
+    )
 }
 
 /// For a failure message: the kernel's counts of handshakes dropped because
@@ -370,17 +376,14 @@ fn a_kept_alive_connection_whose_next_request_head_trickles_is_closed_at_the_hea
 /// `None` when no keep-alive timer runs. Data not yet acknowledged shows
 /// its retransmission timer instead: that passes within a round trip.
 fn server_keepalive_timer(server: &str, client: std::net::SocketAddr) -> Option<f64> {
-    let port = |addr: &str| -> u16 { addr.rsplit(':').next().unwrap().parse().unwrap() };
-    let local = format!("0100007F:{:04X}", port(server));
-    let remote = format!("0100007F:{:04X}", client.port());
     let began = Instant::now();
     loop {
-        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-        let row = table
-            .lines()
-            .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-            .find(|f| f.len() > 5 && f[1] == local && f[2] == remote)
-            .unwrap_or_else(|| panic!("no row for {local} {remote} in\n{table}"));
+        let row = server_row(server, client).unwrap_or_else(|| {
+            panic!(
+                "no socket on {server} for {client} in\n{}",
+                std::fs::read_to_string("/proc/net/tcp").unwrap_or_default()
+            )
+        });
         let (kind, when) = row[5].split_once(':').unwrap();
         if kind != "01" || began.elapsed() > T {
             return (kind == "02").then(|| u64::from_str_radix(when, 16).unwrap() as f64 / 100.0);
