@@ -205,3 +205,40 @@ fn a_closed_connection_lingers_so_the_client_reads_eof_not_a_reset() {
     // The server still reads (and drops) what comes after its FIN.
     assert!(client.write_all(b"more").is_ok());
 }
+
+#[test]
+fn an_http1_response_finished_in_the_drain_says_connection_close_and_the_connection_ends() {
+    // A keep-alive client whose request is answered while the worker drains
+    // (within idle_grace, 20 s here, so hyper has not been told to close)
+    // must learn from the response that the connection ends, or it may send
+    // its next request just as the server closes.
+    let service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[("TESTAPP_IDLE_GRACE_MS", "20000")],
+    );
+    let addr = service.addr(T);
+    let old = service.ready_worker(1, T);
+    let mut client = std::net::TcpStream::connect(&addr).unwrap();
+    client.set_read_timeout(Some(T)).unwrap();
+    client
+        .write_all(b"GET /until-drain HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    service.wait_line("waiting for the drain", T);
+    service.signal(Signal::SIGHUP);
+    let mut answer = Vec::new();
+    let read = client.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(read.is_ok(), "{read:?} after {answer:?}");
+    assert!(answer.starts_with("http/1.1 200 ok\r\n"), "{answer:?}");
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or_default();
+    assert!(
+        head.lines().any(|l| l == "connection: close"),
+        "no `connection: close` in a response finished in the drain: {head:?}"
+    );
+    assert_eq!(
+        body.trim(),
+        old.to_string(),
+        "answered by the draining worker"
+    );
+}

@@ -384,7 +384,6 @@ impl<R: Respond> hyper::service::Service<Request<Incoming>> for ConnService<R> {
         Serving {
             handling: self.respond.respond(req),
             activity: activity.clone(),
-            http1,
         }
     }
 }
@@ -396,7 +395,6 @@ pin_project! {
         #[pin]
         handling: F,
         activity: Arc<Activity>,
-        http1: bool,
     }
 }
 
@@ -410,7 +408,12 @@ where
         let this = self.project();
         let mut response = std::task::ready!(this.handling.poll(cx));
         this.activity.touch();
-        if *this.http1 && is_shutting_down() && response.status() != StatusCode::SWITCHING_PROTOCOLS
+        // HTTP/1 only (a connection is HTTP/2 from its first request): the
+        // version is the connection's, read here rather than kept in every
+        // request's task.
+        if is_shutting_down()
+            && !this.activity.h2.load(Ordering::Relaxed)
+            && response.status() != StatusCode::SWITCHING_PROTOCOLS
         {
             response
                 .headers_mut()

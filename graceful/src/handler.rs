@@ -98,6 +98,12 @@ impl ResponseBody {
     {
         let mut slot = Some(body);
         let any: &mut dyn Any = &mut slot;
+        if let Some(body) = any
+            .downcast_mut::<Option<ResponseBody>>()
+            .and_then(Option::take)
+        {
+            return body;
+        }
         if let Some(s) = any.downcast_mut::<Option<String>>().and_then(Option::take) {
             return ResponseBody::whole(Bytes::from(s));
         }
@@ -131,7 +137,8 @@ fn whole_data(mut full: Full<Bytes>) -> Option<Bytes> {
     }
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send>>;
+/// A tower service's future, boxed with its readiness.
+type BoxFuture<B> = Pin<Box<dyn Future<Output = Result<Response<B>, BoxError>> + Send>>;
 
 /// An HTTP handler with its type erased per connection, not per request:
 /// each handler type gets its own copy of the connection's serving code,
@@ -438,12 +445,10 @@ where
     E: Into<BoxError>,
 {
     type Body = ResponseBody;
-    type Future = Handling<Converted<Fut>>;
+    type Future = Handling<Fut>;
 
     fn respond(&self, req: Request<Incoming>) -> Self::Future {
-        Handling::call(req, |req| Converted {
-            future: (self.0)(req),
-        })
+        Handling::call(req, |req| (self.0)(req))
     }
 }
 
@@ -476,12 +481,10 @@ where
     B::Error: Into<BoxError>,
 {
     type Body = ResponseBody;
-    type Future = Handling<Converted<S::Future>>;
+    type Future = Handling<S::Future>;
 
     fn respond(&self, req: Request<Incoming>) -> Self::Future {
-        Handling::call(req, |req| Converted {
-            future: self.0.call(req),
-        })
+        Handling::call(req, |req| self.0.call(req))
     }
 }
 
@@ -524,7 +527,7 @@ where
     B::Error: Into<BoxError>,
 {
     type Body = ResponseBody;
-    type Future = Handling<BoxFuture>;
+    type Future = Handling<BoxFuture<B>>;
 
     fn respond(&self, req: Request<Incoming>) -> Self::Future {
         Handling::call(req, |req| {
@@ -533,36 +536,9 @@ where
                 std::future::poll_fn(|cx| svc.poll_ready(cx))
                     .await
                     .map_err(Into::into)?;
-                svc.call(req).await.map(box_body).map_err(Into::into)
-            }) as BoxFuture
+                svc.call(req).await.map_err(Into::into)
+            }) as BoxFuture<B>
         })
-    }
-}
-
-pin_project! {
-    /// A handler's future, its response body converted to [`ResponseBody`]
-    /// and its error boxed.
-    pub(crate) struct Converted<F> {
-        #[pin]
-        future: F,
-    }
-}
-
-impl<F, B, E> Future for Converted<F>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-    E: Into<BoxError>,
-{
-    type Output = Result<Response<ResponseBody>, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project()
-            .future
-            .poll(cx)
-            .map(|result| result.map(box_body).map_err(Into::into))
     }
 }
 
@@ -678,65 +654,77 @@ impl Handler {
 
 pin_project! {
     /// One request in an HTTP handler: the handler's future, and what a log
-    /// line about its failure names. Its errors and panics (in the call or
-    /// in the future it returns) become a logged 500.
-    pub(crate) struct Handling<F> {
-        #[pin]
-        call: Call<F>,
-        method: Method,
-        path: Option<PathAndQuery>,
+    /// line about its failure names; or, if the call panicked, a 500 to
+    /// answer. Its response body becomes a [`ResponseBody`]; its errors and
+    /// panics (in the call or in the future it returns) become a logged 500.
+    /// An enum rather than an optional future, so that its tag is folded
+    /// into the method's and costs no room in every request's task.
+    #[project = HandlingProj]
+    pub(crate) enum Handling<F> {
+        Running {
+            #[pin]
+            future: F,
+            method: Method,
+            path: Option<PathAndQuery>,
+        },
+        CallPanicked,
     }
 }
 
-pin_project! {
-    /// The handler's future, or the message of its panic when called.
-    #[project = CallProj]
-    enum Call<F> {
-        Running { #[pin] future: CatchUnwind<F> },
-        Panicked { message: String },
-    }
-}
-
-impl<F> Handling<F>
-where
-    F: Future<Output = Result<Response<ResponseBody>, BoxError>>,
-{
-    /// Calls the handler with `req` (`call`), catching a panic in the call.
-    fn call<B>(req: Request<B>, call: impl FnOnce(Request<B>) -> F) -> Handling<F> {
+impl<F> Handling<F> {
+    /// Calls the handler with `req` (`call`). A panic in the call is logged
+    /// at once, and the request answered 500 when polled.
+    fn call<Q>(req: Request<Q>, call: impl FnOnce(Request<Q>) -> F) -> Handling<F> {
         // Kept for the log line on error: a method is inline for the
         // standard ones, and a path is a reference count.
         let method = req.method().clone();
         let path = req.uri().path_and_query().cloned();
-        let call = match std::panic::catch_unwind(AssertUnwindSafe(|| call(req))) {
-            Ok(future) => Call::Running {
-                future: CatchUnwind::new(future),
+        match std::panic::catch_unwind(AssertUnwindSafe(|| call(req))) {
+            Ok(future) => Handling::Running {
+                future,
+                method,
+                path,
             },
-            Err(panic) => Call::Panicked {
-                message: panic_message(&*panic),
-            },
-        };
-        Handling { call, method, path }
+            Err(panic) => {
+                log_failure(
+                    &method,
+                    path.as_ref(),
+                    Failure::Panicked(panic_message(&*panic)),
+                );
+                Handling::CallPanicked
+            }
+        }
     }
 }
 
-impl<F> Future for Handling<F>
+impl<F, B, E> Future for Handling<F>
 where
-    F: Future<Output = Result<Response<ResponseBody>, BoxError>>,
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    E: Into<BoxError>,
 {
     type Output = Response<ResponseBody>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let failure = match this.call.project() {
-            CallProj::Running { future } => match future.poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(Ok(response))) => return Poll::Ready(response),
-                Poll::Ready(Ok(Err(error))) => Failure::Error(error),
-                Poll::Ready(Err(panic)) => Failure::Panicked(panic),
-            },
-            CallProj::Panicked { message } => Failure::Panicked(std::mem::take(message)),
+        let HandlingProj::Running {
+            future,
+            method,
+            path,
+        } = self.project()
+        else {
+            // Logged when the call panicked.
+            return Poll::Ready(internal_error());
         };
-        Poll::Ready(failed(this.method, this.path.as_ref(), failure))
+        let failure = match std::panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(Ok(response))) => return Poll::Ready(box_body(response)),
+            Ok(Poll::Ready(Err(error))) => Failure::Error(error.into()),
+            Err(panic) => Failure::Panicked(panic_message(&*panic)),
+        };
+        log_failure(method, path.as_ref(), failure);
+        Poll::Ready(internal_error())
     }
 }
 
@@ -746,16 +734,12 @@ enum Failure {
     Panicked(String),
 }
 
-/// Logs a handler's failure on `method` `path`, and answers 500. Apart from
+/// Logs a handler's failure on `method` `path`. Apart from
 /// `Handling::poll`, which runs for every request, so that the log lines'
 /// code stays out of its way.
 #[cold]
 #[inline(never)]
-fn failed(
-    method: &Method,
-    path: Option<&PathAndQuery>,
-    failure: Failure,
-) -> Response<ResponseBody> {
+fn log_failure(method: &Method, path: Option<&PathAndQuery>, failure: Failure) {
     let path = path.map_or("", PathAndQuery::path);
     match failure {
         Failure::Error(error) => {
@@ -782,7 +766,6 @@ fn failed(
             "handler panicked on {method} {path}: {panic}; answered 500"
         ),
     }
-    internal_error()
 }
 
 #[cfg(test)]

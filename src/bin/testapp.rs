@@ -27,7 +27,8 @@
 //! `GRACEFUL_MODE=single` runs it in single-process mode.
 //!
 //! Routes: `/` (version and worker pid), `/slow?ms=N` (answers after N ms),
-//! `/pid` (worker pid only), `/reload` (calls `graceful::reload()`),
+//! `/pid` (worker pid only), `/until-drain` (answers its worker's pid once
+//! that worker drains), `/reload` (calls `graceful::reload()`),
 //! `/child` (starts a process that runs for a minute; answers its PID),
 //! `/orphan` (starts a process that outlives its parent; answers its PID),
 //! `/panic` (the handler panics), `/error` (the handler returns `Err`), `/abort` (the worker aborts), `/stream`
@@ -139,6 +140,11 @@ async fn handle_text(req: Request<Incoming>) -> Result<Response<String>, Infalli
             Ok(Response::new(format!("slow {ms} done by {pid}\n")))
         }
         "/pid" => Ok(Response::new(format!("{pid}\n"))),
+        "/until-drain" => {
+            graceful_dev::say(&format!("testapp: waiting for the drain in pid {pid}"));
+            graceful::shutdown_signal().await;
+            Ok(Response::new(format!("{pid}\n")))
+        }
         // A child process that runs for a minute; answers its PID.
         "/child" => {
             let mut child = tokio::process::Command::new("sleep")
