@@ -314,62 +314,116 @@ impl Saturating {
 
 /// Throughput of graceful against plain hyper-util with independent
 /// clients that saturate the server: the servers on CPU 0, wrk or h2load on
-/// CPU 1, interleaved round by round (plain, graceful, a second plain
-/// server; the two plain servers swap places every other round), so that
-/// plain against plain is the A/A control. Prints, for
-/// each client, the rate against the plain server, each round's ratio, the
-/// median and the spread.
+/// CPU 1. Each round runs five servers in turn, each a fresh process:
+/// plain, graceful, plain, a second plain server (the A/A control), plain;
+/// graceful and the control swap places every other round. Each is
+/// measured against the geometric mean of the two plain runs just before
+/// and after it, so that a drift of the machine's speed during the round
+/// falls on both sides alike, and the control goes through exactly what
+/// graceful does. Prints, for each client, the plain server's rate, each
+/// round's ratio, the median with its 95 % confidence interval, and the
+/// control's median and interval.
 fn saturate(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Saturating]) {
     let taskset = graceful_dev::tool("taskset");
     let me = me.to_str().unwrap();
     println!(
-        "bench --saturate: servers on CPU 0, the client on CPU 1; {rounds} rounds of {seconds} s per server and client, interleaved\n"
+        "bench --saturate: servers on CPU 0, the client on CPU 1; {rounds} rounds of {seconds} s per server, five servers a round (plain, graceful, plain, plain as the A/A control, plain; graceful and the control swap every other round), each against the plain runs before and after it\n"
     );
-    println!("| client | its rate against plain, median req/s | graceful / plain, each round | median | min – max | A/A plain / plain, median (min – max) |");
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!("| client | plain, median req/s | graceful / plain, each round | median (95 % CI) | A/A plain / plain, median (95 % CI) |");
+    println!("| --- | --- | --- | --- | --- |");
     for &client in clients {
         let (mut ratios, mut controls, mut plain_rates) = (Vec::new(), Vec::new(), Vec::new());
+        let plain_rate = || {
+            let plain = Service::start(&taskset, &["-c", "0", me, "--plain", "127.0.0.1:0"], &[]);
+            let addr: SocketAddr = plain.addr(T).parse().unwrap();
+            client.run(addr, seconds)
+        };
+        let graceful_rate = || {
+            let service =
+                Service::start(&taskset, &["-c", "0", me, "--graceful", "127.0.0.1:0"], &[]);
+            let addr: SocketAddr = service.addr(T).parse().unwrap();
+            service.ready_worker(1, T);
+            client.run(addr, seconds)
+        };
         for round in 0..rounds {
-            let plain_rate = || {
-                let plain =
-                    Service::start(&taskset, &["-c", "0", me, "--plain", "127.0.0.1:0"], &[]);
-                let addr: SocketAddr = plain.addr(T).parse().unwrap();
-                client.run(addr, seconds)
-            };
-            let graceful_rate = || {
-                let service =
-                    Service::start(&taskset, &["-c", "0", me, "--graceful", "127.0.0.1:0"], &[]);
-                let addr: SocketAddr = service.addr(T).parse().unwrap();
-                service.ready_worker(1, T);
-                client.run(addr, seconds)
-            };
-            // The reference plain server runs first in even rounds and last
-            // in odd ones, graceful always in between: a drift within a
-            // round then counts for and against each server alike.
-            let (plain, rate, other) = if round % 2 == 0 {
-                let plain = plain_rate();
-                let rate = graceful_rate();
-                (plain, rate, plain_rate())
+            let graceful_first = round % 2 == 0;
+            let first = plain_rate();
+            let middle_one = if graceful_first {
+                graceful_rate()
             } else {
-                let other = plain_rate();
-                let rate = graceful_rate();
-                (plain_rate(), rate, other)
+                plain_rate()
             };
-            plain_rates.push(plain);
-            ratios.push(rate / plain);
-            controls.push(other / plain);
+            let second = plain_rate();
+            let middle_two = if graceful_first {
+                plain_rate()
+            } else {
+                graceful_rate()
+            };
+            let third = plain_rate();
+            let (rate, control) = if graceful_first {
+                (
+                    middle_one / (first * second).sqrt(),
+                    middle_two / (second * third).sqrt(),
+                )
+            } else {
+                (
+                    middle_two / (second * third).sqrt(),
+                    middle_one / (first * second).sqrt(),
+                )
+            };
+            plain_rates.extend([first, second, third]);
+            ratios.push(rate);
+            controls.push(control);
         }
         let cells: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
-        let (min, max) = spread(&ratios);
-        let (cmin, cmax) = spread(&controls);
+        let (low, high) = median_interval(&ratios);
+        let (clow, chigh) = median_interval(&controls);
         println!(
-            "| {} | {:.0} | {} | {:.3} | {min:.3} – {max:.3} | {:.3} ({cmin:.3} – {cmax:.3}) |",
+            "| {} | {:.0} | {} | {:.3} ({low:.3} – {high:.3}) | {:.3} ({clow:.3} – {chigh:.3}) |",
             client.name(),
             median(plain_rates),
             cells.join(", "),
             median(ratios.clone()),
             median(controls.clone()),
         );
+    }
+}
+
+/// A 95 % confidence interval for the median of `v`, from its order
+/// statistics (distribution-free): the `k`-th smallest and the `k`-th
+/// largest value, for the largest `k` with P(Binomial(n, ½) < k) ≤ 2.5 %.
+/// Fewer than 6 values give no such `k`: the interval is then the whole
+/// range.
+fn median_interval(v: &[f64]) -> (f64, f64) {
+    let mut sorted = v.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    if n == 0 {
+        return (0.0, 0.0);
+    }
+    let k = rank_for_median_interval(n);
+    (sorted[k - 1], sorted[n - k])
+}
+
+/// The rank `k` (1-based) of [`median_interval`]'s lower end among `n`
+/// values: the largest `k` with P(X ≤ k - 1) ≤ 0.025 for X ~ Binomial(n, ½),
+/// and 1 when there is none.
+fn rank_for_median_interval(n: usize) -> usize {
+    let mut pmf = 0.5f64.powi(n as i32); // P(X = 0)
+    let mut cdf = pmf; // P(X <= k - 1), for k = 1
+    let mut k = 1;
+    if cdf > 0.025 {
+        return 1;
+    }
+    loop {
+        // Whether k + 1 qualifies: P(X <= k) = P(X <= k - 1) + P(X = k).
+        pmf *= (n - k + 1) as f64 / k as f64;
+        let next = cdf + pmf;
+        if next > 0.025 || k + 1 > n / 2 {
+            return k;
+        }
+        cdf = next;
+        k += 1;
     }
 }
 
@@ -931,5 +985,37 @@ fn main() {
     println!();
     for note in master_notes {
         println!("{note}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ranks of the median's 95 % interval are those of the binomial
+    /// tables: none below 6 values, then x(1)–x(n) up to 8, x(3)–x(10)
+    /// of 12, x(4)–x(13) of 16, x(6)–x(15) of 20.
+    #[test]
+    fn the_median_interval_has_the_ranks_of_the_binomial_tables() {
+        let ranks: Vec<(usize, usize)> = [5, 6, 8, 9, 12, 16, 20, 30]
+            .into_iter()
+            .map(|n| (n, rank_for_median_interval(n)))
+            .collect();
+        assert_eq!(
+            ranks,
+            [
+                (5, 1),
+                (6, 1),
+                (8, 1),
+                (9, 2),
+                (12, 3),
+                (16, 4),
+                (20, 6),
+                (30, 10)
+            ]
+        );
+        let values: Vec<f64> = (1..=16).rev().map(f64::from).collect();
+        assert_eq!(median_interval(&values), (4.0, 13.0));
+        assert_eq!(median_interval(&[]), (0.0, 0.0));
     }
 }
