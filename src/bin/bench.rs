@@ -407,24 +407,25 @@ fn median_interval(v: &[f64]) -> (f64, f64) {
 
 /// The rank `k` (1-based) of [`median_interval`]'s lower end among `n`
 /// values: the largest `k` with P(X ≤ k - 1) ≤ 0.025 for X ~ Binomial(n, ½),
-/// and 1 when there is none.
+/// and 1 when there is none. The probabilities are summed from their
+/// logarithms, so that 2⁻ⁿ does not underflow for any number of rounds.
 fn rank_for_median_interval(n: usize) -> usize {
-    let mut pmf = 0.5f64.powi(n as i32); // P(X = 0)
-    let mut cdf = pmf; // P(X <= k - 1), for k = 1
+    let mut ln_pmf = -(n as f64) * std::f64::consts::LN_2; // ln P(X = 0)
+    let mut cdf = ln_pmf.exp(); // P(X <= k - 1), for k = 1
     let mut k = 1;
-    if cdf > 0.025 {
-        return 1;
-    }
-    loop {
+    // The tail reaches 0.025 long before the middle; the bound only makes
+    // the loop's end plain.
+    while k < n {
         // Whether k + 1 qualifies: P(X <= k) = P(X <= k - 1) + P(X = k).
-        pmf *= (n - k + 1) as f64 / k as f64;
-        let next = cdf + pmf;
-        if next > 0.025 || k + 1 > n / 2 {
-            return k;
+        ln_pmf += ((n - k + 1) as f64 / k as f64).ln();
+        let next = cdf + ln_pmf.exp();
+        if next > 0.025 {
+            break;
         }
         cdf = next;
         k += 1;
     }
+    k
 }
 
 /// `n` idle keep-alive connections across a reload.
@@ -993,8 +994,10 @@ mod tests {
     use super::*;
 
     /// The ranks of the median's 95 % interval are those of the binomial
-    /// tables: none below 6 values, then x(1)–x(n) up to 8, x(3)–x(10)
-    /// of 12, x(4)–x(13) of 16, x(6)–x(15) of 20.
+    /// tables (none below 6 values, then x(1)–x(n) up to 8, x(3)–x(10) of
+    /// 12, x(4)–x(13) of 16, x(6)–x(15) of 20), and for every n up to 120
+    /// those of an exact count: the largest k with
+    /// 40 · (C(n, 0) + … + C(n, k - 1)) ≤ 2ⁿ.
     #[test]
     fn the_median_interval_has_the_ranks_of_the_binomial_tables() {
         let ranks: Vec<(usize, usize)> = [5, 6, 8, 9, 12, 16, 20, 30]
@@ -1014,6 +1017,21 @@ mod tests {
                 (30, 10)
             ]
         );
+        for n in 1..=120usize {
+            let (mut below, mut choose, mut k) = (0u128, 1u128, 1);
+            // below = C(n, 0) + … + C(n, k - 2); choose = C(n, k - 1).
+            while 40 * (below + choose) <= 1u128 << n {
+                below += choose;
+                choose = choose * (n - (k - 1)) as u128 / k as u128;
+                k += 1;
+            }
+            let exact = (k - 1).max(1);
+            assert_eq!(rank_for_median_interval(n), exact, "n = {n}");
+        }
+        // Many rounds: no underflow, and the interval narrows around the
+        // middle (n/2 - 0.98 √n, the normal approximation).
+        let k = rank_for_median_interval(10_000);
+        assert!((4_900..=4_903).contains(&k), "{k}");
         let values: Vec<f64> = (1..=16).rev().map(f64::from).collect();
         assert_eq!(median_interval(&values), (4.0, 13.0));
         assert_eq!(median_interval(&[]), (0.0, 0.0));
