@@ -98,12 +98,6 @@ impl ResponseBody {
     {
         let mut slot = Some(body);
         let any: &mut dyn Any = &mut slot;
-        if let Some(body) = any
-            .downcast_mut::<Option<ResponseBody>>()
-            .and_then(Option::take)
-        {
-            return body;
-        }
         if let Some(s) = any.downcast_mut::<Option<String>>().and_then(Option::take) {
             return ResponseBody::whole(Bytes::from(s));
         }
@@ -663,7 +657,7 @@ pin_project! {
     pub(crate) enum Handling<F> {
         Running {
             #[pin]
-            future: F,
+            future: CatchUnwind<F>,
             method: Method,
             path: Option<PathAndQuery>,
         },
@@ -681,7 +675,7 @@ impl<F> Handling<F> {
         let path = req.uri().path_and_query().cloned();
         match std::panic::catch_unwind(AssertUnwindSafe(|| call(req))) {
             Ok(future) => Handling::Running {
-                future,
+                future: CatchUnwind::new(future),
                 method,
                 path,
             },
@@ -717,11 +711,11 @@ where
             // Logged when the call panicked.
             return Poll::Ready(internal_error());
         };
-        let failure = match std::panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
-            Ok(Poll::Pending) => return Poll::Pending,
-            Ok(Poll::Ready(Ok(response))) => return Poll::Ready(box_body(response)),
-            Ok(Poll::Ready(Err(error))) => Failure::Error(error.into()),
-            Err(panic) => Failure::Panicked(panic_message(&*panic)),
+        let failure = match future.poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(Ok(response))) => return Poll::Ready(box_body(response)),
+            Poll::Ready(Ok(Err(error))) => Failure::Error(error.into()),
+            Poll::Ready(Err(panic)) => Failure::Panicked(panic),
         };
         log_failure(method, path.as_ref(), failure);
         Poll::Ready(internal_error())
