@@ -360,16 +360,12 @@ fn saturate(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Satura
                 graceful_rate()
             };
             let third = plain_rate();
+            let one = middle_one / (first * second).sqrt();
+            let two = middle_two / (second * third).sqrt();
             let (rate, control) = if graceful_first {
-                (
-                    middle_one / (first * second).sqrt(),
-                    middle_two / (second * third).sqrt(),
-                )
+                (one, two)
             } else {
-                (
-                    middle_two / (second * third).sqrt(),
-                    middle_one / (first * second).sqrt(),
-                )
+                (two, one)
             };
             plain_rates.extend([first, second, third]);
             ratios.push(rate);
