@@ -28,8 +28,6 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Notify};
 
-use pin_project_lite::pin_project;
-
 /// Process-wide drain state. One per process: a worker drains once.
 #[derive(Debug)]
 pub(crate) struct Drain {
@@ -348,10 +346,11 @@ pub(crate) trait Respond: Send + Sync + 'static {
         > + Send
         + 'static;
     /// One request's answer. It never fails: a handler's errors and panics
-    /// are answered already (500).
-    type Future: Future<Output = Response<Self::Body>> + Send + 'static;
+    /// are answered already (500). It holds `finish` until it is dropped,
+    /// and calls [`Finish::finish`] on its response before it returns it.
+    type Future: Future<Output = Result<Response<Self::Body>, Infallible>> + Send + 'static;
 
-    fn respond(&self, req: Request<Incoming>) -> Self::Future;
+    fn respond(&self, req: Request<Incoming>, finish: Finish) -> Self::Future;
 }
 
 /// The service hyper calls for each request on one connection.
@@ -363,9 +362,9 @@ struct ConnService<R> {
 impl<R: Respond> hyper::service::Service<Request<Incoming>> for ConnService<R> {
     type Response = Response<R::Body>;
     type Error = Infallible;
-    type Future = Serving<R::Future>;
+    type Future = R::Future;
 
-    fn call(&self, req: Request<Incoming>) -> Serving<R::Future> {
+    fn call(&self, req: Request<Incoming>) -> R::Future {
         let activity = &self.activity;
         let http1 = req.version() < Version::HTTP_2;
         // The first HTTP/2 request only: a plain load before the swap keeps
@@ -381,45 +380,48 @@ impl<R: Respond> hyper::service::Service<Request<Incoming>> for ConnService<R> {
         if !activity.started.load(Ordering::Relaxed) {
             activity.started.store(true, Ordering::Relaxed);
         }
-        Serving {
-            handling: self.respond.respond(req),
-            activity: activity.clone(),
-        }
+        self.respond.respond(req, Finish(activity.clone()))
     }
 }
 
-pin_project! {
-    /// One request being served: the handler's future, then the
-    /// connection's bookkeeping.
-    struct Serving<F> {
-        #[pin]
-        handling: F,
-        activity: Arc<Activity>,
-    }
-}
+/// A request's hold on its connection's bookkeeping, kept by the request's
+/// future: while it is held, the request counts as being handled (see
+/// [`Activity::handling`]); [`Finish::finish`] ends it. A field of the
+/// handler's own future rather than a future around it, so that a response
+/// is moved once less, and each request's task is no larger than it must be
+/// (hyper copies that task for every HTTP/2 stream).
+pub(crate) struct Finish(Arc<Activity>);
 
-impl<F, B> Future for Serving<F>
-where
-    F: Future<Output = Response<B>>,
-{
-    type Output = Result<Response<B>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut response = std::task::ready!(this.handling.poll(cx));
-        this.activity.touch();
-        // HTTP/1 only (a connection is HTTP/2 from its first request): the
-        // version is the connection's, read here rather than kept in every
-        // request's task.
+impl Finish {
+    /// The request's response is ready: the connection's idle time counts
+    /// from now, and an HTTP/1 response finished in the drain says
+    /// `Connection: close` (a connection is HTTP/2 from its first request;
+    /// the version is the connection's, read here rather than kept in every
+    /// request's task).
+    pub(crate) fn finish<B>(&self, response: &mut Response<B>) {
+        let activity = &self.0;
+        activity.touch();
         if is_shutting_down()
-            && !this.activity.h2.load(Ordering::Relaxed)
+            && !activity.h2.load(Ordering::Relaxed)
             && response.status() != StatusCode::SWITCHING_PROTOCOLS
         {
             response
                 .headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
-        Poll::Ready(Ok(response))
+    }
+
+    /// A hold on a connection of its own, for unit tests of a request's
+    /// future.
+    #[cfg(test)]
+    pub(crate) fn detached() -> Finish {
+        Finish(Arc::new(Activity {
+            epoch: tokio::time::Instant::now(),
+            started: AtomicBool::new(true),
+            last: std::sync::atomic::AtomicU64::new(0),
+            h2: AtomicBool::new(false),
+            tcp: None,
+        }))
     }
 }
 

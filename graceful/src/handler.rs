@@ -441,8 +441,8 @@ where
     type Body = ResponseBody;
     type Future = Handling<Fut>;
 
-    fn respond(&self, req: Request<Incoming>) -> Self::Future {
-        Handling::call(req, |req| (self.0)(req))
+    fn respond(&self, req: Request<Incoming>, finish: drain::Finish) -> Self::Future {
+        Handling::call(req, finish, |req| (self.0)(req))
     }
 }
 
@@ -477,8 +477,8 @@ where
     type Body = ResponseBody;
     type Future = Handling<S::Future>;
 
-    fn respond(&self, req: Request<Incoming>) -> Self::Future {
-        Handling::call(req, |req| self.0.call(req))
+    fn respond(&self, req: Request<Incoming>, finish: drain::Finish) -> Self::Future {
+        Handling::call(req, finish, |req| self.0.call(req))
     }
 }
 
@@ -523,8 +523,8 @@ where
     type Body = ResponseBody;
     type Future = Handling<BoxFuture<B>>;
 
-    fn respond(&self, req: Request<Incoming>) -> Self::Future {
-        Handling::call(req, |req| {
+    fn respond(&self, req: Request<Incoming>, finish: drain::Finish) -> Self::Future {
+        Handling::call(req, finish, |req| {
             let mut svc = self.0.clone();
             Box::pin(async move {
                 std::future::poll_fn(|cx| svc.poll_ready(cx))
@@ -651,10 +651,19 @@ pin_project! {
     /// line about its failure names; or, if the call panicked, a 500 to
     /// answer. Its response body becomes a [`ResponseBody`]; its errors and
     /// panics (in the call or in the future it returns) become a logged 500.
+    /// It holds the request's [`drain::Finish`] until it is dropped.
+    pub(crate) struct Handling<F> {
+        #[pin]
+        state: State<F>,
+        finish: drain::Finish,
+    }
+}
+
+pin_project! {
     /// An enum rather than an optional future, so that its tag is folded
     /// into the method's and costs no room in every request's task.
-    #[project = HandlingProj]
-    pub(crate) enum Handling<F> {
+    #[project = StateProj]
+    enum State<F> {
         Running {
             #[pin]
             future: CatchUnwind<F>,
@@ -668,13 +677,17 @@ pin_project! {
 impl<F> Handling<F> {
     /// Calls the handler with `req` (`call`). A panic in the call is logged
     /// at once, and the request answered 500 when polled.
-    fn call<Q>(req: Request<Q>, call: impl FnOnce(Request<Q>) -> F) -> Handling<F> {
+    fn call<Q>(
+        req: Request<Q>,
+        finish: drain::Finish,
+        call: impl FnOnce(Request<Q>) -> F,
+    ) -> Handling<F> {
         // Kept for the log line on error: a method is inline for the
         // standard ones, and a path is a reference count.
         let method = req.method().clone();
         let path = req.uri().path_and_query().cloned();
-        match std::panic::catch_unwind(AssertUnwindSafe(|| call(req))) {
-            Ok(future) => Handling::Running {
+        let state = match std::panic::catch_unwind(AssertUnwindSafe(|| call(req))) {
+            Ok(future) => State::Running {
                 future: CatchUnwind::new(future),
                 method,
                 path,
@@ -685,9 +698,10 @@ impl<F> Handling<F> {
                     path.as_ref(),
                     Failure::Panicked(panic_message(&*panic)),
                 );
-                Handling::CallPanicked
+                State::CallPanicked
             }
-        }
+        };
+        Handling { state, finish }
     }
 }
 
@@ -699,27 +713,38 @@ where
     B::Error: Into<BoxError>,
     E: Into<BoxError>,
 {
-    type Output = Response<ResponseBody>;
+    type Output = Result<Response<ResponseBody>, std::convert::Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let HandlingProj::Running {
-            future,
-            method,
-            path,
-        } = self.project()
-        else {
+        let this = self.project();
+        let mut response = match this.state.project() {
             // Logged when the call panicked.
-            return Poll::Ready(internal_error());
+            StateProj::CallPanicked => internal_error(),
+            StateProj::Running {
+                future,
+                method,
+                path,
+            } => match future.poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(Ok(response))) => box_body(response),
+                Poll::Ready(Ok(Err(error))) => failed(method, path, Failure::Error(error.into())),
+                Poll::Ready(Err(panic)) => failed(method, path, Failure::Panicked(panic)),
+            },
         };
-        let failure = match future.poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(Ok(response))) => return Poll::Ready(box_body(response)),
-            Poll::Ready(Ok(Err(error))) => Failure::Error(error.into()),
-            Poll::Ready(Err(panic)) => Failure::Panicked(panic),
-        };
-        log_failure(method, path.as_ref(), failure);
-        Poll::Ready(internal_error())
+        this.finish.finish(&mut response);
+        Poll::Ready(Ok(response))
     }
+}
+
+/// The 500 that answers a handler's failure, logged.
+#[cold]
+fn failed(
+    method: &Method,
+    path: &Option<PathAndQuery>,
+    failure: Failure,
+) -> Response<ResponseBody> {
+    log_failure(method, path.as_ref(), failure);
+    internal_error()
 }
 
 /// How a handler failed.
@@ -913,25 +938,27 @@ mod tests {
             let mut handling = std::pin::pin!(handling);
             let mut cx = Context::from_waker(std::task::Waker::noop());
             match handling.as_mut().poll(&mut cx) {
-                Poll::Ready(response) => response.status(),
+                Poll::Ready(Ok(response)) => response.status(),
+                Poll::Ready(Err(never)) => match never {},
                 Poll::Pending => panic!("the handlers here are ready at once"),
             }
         }
         let request = || Request::get("/x").body(()).unwrap();
-        let ok = Handling::call(request(), |_| {
+        let ok = Handling::call(request(), drain::Finish::detached(), |_| {
             Box::pin(async { Ok(Response::new(ResponseBody::Whole(None))) })
                 as Pin<Box<dyn Future<Output = Answer> + Send>>
         });
         assert_eq!(answer(ok), StatusCode::OK);
         let panics_when_called = Handling::call(
             request(),
+            drain::Finish::detached(),
             |_| -> Pin<Box<dyn Future<Output = Answer> + Send>> { panic!("in the call") },
         );
         assert_eq!(
             answer(panics_when_called),
             StatusCode::INTERNAL_SERVER_ERROR
         );
-        let panics_when_polled = Handling::call(request(), |_| {
+        let panics_when_polled = Handling::call(request(), drain::Finish::detached(), |_| {
             Box::pin(async {
                 panic!("in the future");
                 #[allow(unreachable_code)]
@@ -942,7 +969,7 @@ mod tests {
             answer(panics_when_polled),
             StatusCode::INTERNAL_SERVER_ERROR
         );
-        let fails = Handling::call(request(), |_| {
+        let fails = Handling::call(request(), drain::Finish::detached(), |_| {
             Box::pin(async { Err::<Response<ResponseBody>, BoxError>("no".into()) })
                 as Pin<Box<dyn Future<Output = Answer> + Send>>
         });
