@@ -259,6 +259,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     }
 }
 
+/// How a listener's HTTP connections are served: hyper's builder, and the
+/// timers of each connection. Shared by the connections, each of which
+/// holds it, so that its future owns all it needs and is spawned as it is.
+pub(crate) struct HttpServing {
+    pub(crate) builder: auto::Builder<TokioExecutor>,
+    pub(crate) timers: Timers,
+}
+
 /// The timers of one connection.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timers {
@@ -501,12 +509,12 @@ pub(crate) async fn serve_connection<T, R>(
     io: T,
     tcp: Option<TcpSocket>,
     respond: Arc<R>,
-    builder: &auto::Builder<TokioExecutor>,
-    timers: Timers,
+    http: Arc<HttpServing>,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     R: Respond,
 {
+    let (builder, timers) = (&http.builder, http.timers);
     let drain = global();
     let activity = Arc::new(Activity {
         epoch: tokio::time::Instant::now(),

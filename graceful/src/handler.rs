@@ -28,8 +28,6 @@ use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
 use pin_project_lite::pin_project;
 
 use crate::drain::{self, Respond};
@@ -138,24 +136,22 @@ type BoxFuture<B> = Pin<Box<dyn Future<Output = Result<Response<B>, BoxError>> +
 /// each handler type gets its own copy of the connection's serving code,
 /// so a request costs no box and no dynamic call.
 trait ServeHttp: Send + Sync {
-    fn serve<'a>(
+    fn serve(
         self: Arc<Self>,
         io: Connection,
         tcp: Option<drain::TcpSocket>,
-        builder: &'a auto::Builder<TokioExecutor>,
-        timers: drain::Timers,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+        http: Arc<drain::HttpServing>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
 impl<R: Respond> ServeHttp for R {
-    fn serve<'a>(
+    fn serve(
         self: Arc<Self>,
         io: Connection,
         tcp: Option<drain::TcpSocket>,
-        builder: &'a auto::Builder<TokioExecutor>,
-        timers: drain::Timers,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
-        Box::pin(drain::serve_connection(io, tcp, self, builder, timers))
+        http: Arc<drain::HttpServing>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(drain::serve_connection(io, tcp, self, http))
     }
 }
 
@@ -630,19 +626,19 @@ impl Handler {
         }
     }
 
-    /// Serves one accepted connection over HTTP until it closes, a timer
-    /// ends it, or the drain ends it (see [`drain::serve_connection`]).
-    pub(crate) async fn serve_http(
+    /// The future that serves one accepted connection over HTTP until it
+    /// closes, a timer ends it, or the drain ends it (see
+    /// [`drain::serve_connection`]): the connection's task, as it is.
+    pub(crate) fn serve_http(
         &self,
         io: Connection,
         tcp: Option<drain::TcpSocket>,
-        builder: &auto::Builder<TokioExecutor>,
-        timers: drain::Timers,
-    ) {
-        let Kind::Http(http) = &self.kind else {
+        http: Arc<drain::HttpServing>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let Kind::Http(serve) = &self.kind else {
             unreachable!("serve_http is called for HTTP handlers only");
         };
-        http.clone().serve(io, tcp, builder, timers).await;
+        serve.clone().serve(io, tcp, http)
     }
 }
 

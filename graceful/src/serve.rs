@@ -6,6 +6,7 @@
 //! stop arrives and how a failed start is reported.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -437,12 +438,14 @@ fn start_serving(served: Vec<Served>, config: &Config) -> Vec<JoinHandle<()>> {
     http.http2()
         .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
     let shared = Arc::new(Shared {
-        http,
-        timers: drain::Timers {
-            idle_grace: config.idle_grace,
-            header_timeout: limits.header_timeout,
-            idle_timeout: limits.idle_timeout,
-        },
+        http: Arc::new(drain::HttpServing {
+            builder: http,
+            timers: drain::Timers {
+                idle_grace: config.idle_grace,
+                header_timeout: limits.header_timeout,
+                idle_timeout: limits.idle_timeout,
+            },
+        }),
         slots: Arc::new(Semaphore::new(cap)),
         cap,
     });
@@ -547,8 +550,7 @@ fn connection_cap(max_connections: usize) -> usize {
 
 /// What every accept loop of a process shares.
 struct Shared {
-    http: auto::Builder<TokioExecutor>,
-    timers: drain::Timers,
+    http: Arc<drain::HttpServing>,
     /// One permit per open connection, `cap` in all.
     slots: Arc<Semaphore>,
     cap: usize,
@@ -707,12 +709,13 @@ impl Conn {
         let Conn { handler, shared } = self;
         match tls {
             None => {
-                tokio::spawn(async move { serve(io, tcp, peer, handler, &shared).await });
+                tokio::spawn(serve(io, tcp, peer, handler, shared.http.clone()));
             }
             #[cfg(feature = "tls")]
             Some(acceptor) => {
                 let handshake = acceptor.accept(io);
-                let idle_grace = shared.timers.idle_grace;
+                let idle_grace = shared.http.timers.idle_grace;
+                let http = shared.http.clone();
                 tokio::spawn(async move {
                     // A failed or slow handshake (a scanner, a client that
                     // distrusts the certificate) ends this connection only.
@@ -729,7 +732,7 @@ impl Conn {
                         _ = drained => return,
                     };
                     if let Ok(Ok(stream)) = stream {
-                        serve(stream, tcp, peer, handler, &shared).await;
+                        serve(stream, tcp, peer, handler, http).await;
                     }
                 });
             }
@@ -739,25 +742,27 @@ impl Conn {
     }
 }
 
-/// Serves one connection: HTTP, or the stream handler's protocol. A stream
-/// connection counts in the drain for as long as the handler holds it; the
-/// handler sees `shutdown_signal()` and is cut at `stop_timeout`.
-async fn serve<T>(
+/// The future that serves one connection: HTTP, or the stream handler's
+/// protocol. A stream connection counts in the drain for as long as the
+/// handler holds it; the handler sees `shutdown_signal()` and is cut at
+/// `stop_timeout`. An HTTP connection's future is the handler's own, boxed
+/// once: spawned as it is, a wake of the connection's task goes through no
+/// `async` layers of its own.
+fn serve<T>(
     io: T,
     tcp: Option<drain::TcpSocket>,
     peer: Peer,
     handler: Handler,
-    shared: &Shared,
-) where
+    http: Arc<drain::HttpServing>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>>
+where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let io = Connection::new(io);
     if handler.is_stream() {
-        handler.serve_stream(io, peer).await;
+        Box::pin(async move { handler.serve_stream(io, peer).await })
     } else {
-        handler
-            .serve_http(io, tcp, &shared.http, shared.timers)
-            .await;
+        handler.serve_http(io, tcp, http)
     }
 }
 
