@@ -248,9 +248,19 @@ impl Saturating {
     /// growth, the same for every server), then for `seconds`; its rate
     /// then, in requests per second. Any error or non-2xx answer is a
     /// failure.
-    fn run(self, addr: SocketAddr, seconds: u64) -> f64 {
+    /// `server` is the serving process, whose CPU time is read around the
+    /// measured seconds, with CPU 0's busy share.
+    fn run(self, addr: SocketAddr, seconds: u64, server: i32) -> Run {
         self.run_once(addr, 1);
-        self.run_once(addr, seconds)
+        let (cpu0, spent) = (cpu0_times(), cpu_time(server));
+        let rate = self.run_once(addr, seconds);
+        let (cpu0_after, spent) = (cpu0_times(), cpu_time(server) - spent);
+        let (busy, total) = (cpu0_after.0 - cpu0.0, cpu0_after.1 - cpu0.1);
+        Run {
+            rate,
+            cpu_per_request: spent.as_secs_f64() / (rate * seconds as f64),
+            busy: busy as f64 / total.max(1) as f64,
+        }
     }
 
     fn run_once(self, addr: SocketAddr, seconds: u64) -> f64 {
@@ -312,6 +322,36 @@ impl Saturating {
     }
 }
 
+/// One measured run of a client against a server.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    /// Requests per second.
+    rate: f64,
+    /// The serving process's CPU time (user and system) per request, in
+    /// seconds.
+    cpu_per_request: f64,
+    /// CPU 0's busy share (everything but idle and I/O wait), 0 to 1: the
+    /// servers run there alone, so under 1 the server was not saturated.
+    busy: f64,
+}
+
+/// CPU 0's busy and total time since boot, in ticks, from `/proc/stat`.
+fn cpu0_times() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").expect("read /proc/stat");
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu0 "))
+        .expect("/proc/stat has a cpu0 line");
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().expect("/proc/stat's cpu0 fields are numbers"))
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is in user)
+    let total: u64 = ticks.iter().take(8).sum();
+    (total - ticks[3] - ticks[4], total)
+}
+
 /// Throughput of graceful against plain hyper-util with independent
 /// clients that saturate the server: the servers on CPU 0, wrk or h2load on
 /// CPU 1. Each round runs five servers in turn, each a fresh process:
@@ -322,68 +362,104 @@ impl Saturating {
 /// falls on both sides alike, and the control goes through exactly what
 /// graceful does. Prints, for each client, the plain server's rate, each
 /// round's ratio, the median with its 95 % confidence interval, and the
-/// control's median and interval.
+/// control's median and interval; and, to show whether the client
+/// saturated the server, CPU 0's busy share for each, with the serving
+/// process's CPU time per request (graceful's against the plain runs
+/// around it, as for the rate): where CPU 0 was not busy throughout, the
+/// rate is the client's, and the CPU time per request is the cost.
 fn saturate(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Saturating]) {
     let taskset = graceful_dev::tool("taskset");
     let me = me.to_str().unwrap();
     println!(
         "bench --saturate: servers on CPU 0, the client on CPU 1; {rounds} rounds of {seconds} s per server, five servers a round (plain, graceful, plain, plain as the A/A control, plain; graceful and the control swap every other round), each against the plain runs before and after it\n"
     );
-    println!("| client | plain, median req/s | graceful / plain, each round | median (95 % CI) | A/A plain / plain, median (95 % CI) |");
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| client | plain, median req/s | CPU 0 busy, plain / graceful, median | graceful / plain req/s, each round | median (95 % CI) | A/A plain / plain, median (95 % CI) | CPU time per request, graceful / plain, median (95 % CI) |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let mut unsaturated = Vec::new();
     for &client in clients {
-        let (mut ratios, mut controls, mut plain_rates) = (Vec::new(), Vec::new(), Vec::new());
-        let plain_rate = || {
+        let (mut ratios, mut controls, mut costs) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut plain_rates, mut plain_busy, mut graceful_busy) =
+            (Vec::new(), Vec::new(), Vec::new());
+        let plain_run = || {
             let plain = Service::start(&taskset, &["-c", "0", me, "--plain", "127.0.0.1:0"], &[]);
             let addr: SocketAddr = plain.addr(T).parse().unwrap();
-            client.run(addr, seconds)
+            client.run(addr, seconds, plain.pid())
         };
-        let graceful_rate = || {
+        let graceful_run = || {
             let service =
                 Service::start(&taskset, &["-c", "0", me, "--graceful", "127.0.0.1:0"], &[]);
             let addr: SocketAddr = service.addr(T).parse().unwrap();
-            service.ready_worker(1, T);
-            client.run(addr, seconds)
+            let worker = service.ready_worker(1, T);
+            client.run(addr, seconds, worker)
         };
         for round in 0..rounds {
             let graceful_first = round % 2 == 0;
-            let first = plain_rate();
+            let first = plain_run();
             let middle_one = if graceful_first {
-                graceful_rate()
+                graceful_run()
             } else {
-                plain_rate()
+                plain_run()
             };
-            let second = plain_rate();
+            let second = plain_run();
             let middle_two = if graceful_first {
-                plain_rate()
+                plain_run()
             } else {
-                graceful_rate()
+                graceful_run()
             };
-            let third = plain_rate();
-            let one = middle_one / (first * second).sqrt();
-            let two = middle_two / (second * third).sqrt();
-            let (rate, control) = if graceful_first {
-                (one, two)
+            let third = plain_run();
+            // Each middle run against the plain runs on either side of it.
+            let against = |run: Run, before: Run, after: Run| {
+                let rate = run.rate / (before.rate * after.rate).sqrt();
+                let cost =
+                    run.cpu_per_request / (before.cpu_per_request * after.cpu_per_request).sqrt();
+                (rate, cost)
+            };
+            let one = against(middle_one, first, second);
+            let two = against(middle_two, second, third);
+            let ((rate, cost), (control, _), graceful) = if graceful_first {
+                (one, two, middle_one)
             } else {
-                (two, one)
+                (two, one, middle_two)
             };
-            plain_rates.extend([first, second, third]);
+            for plain in [first, second, third] {
+                plain_rates.push(plain.rate);
+                plain_busy.push(plain.busy);
+            }
+            graceful_busy.push(graceful.busy);
             ratios.push(rate);
             controls.push(control);
+            costs.push(cost);
         }
         let cells: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
         let (low, high) = median_interval(&ratios);
         let (clow, chigh) = median_interval(&controls);
+        let (klow, khigh) = median_interval(&costs);
+        let (plain_busy, graceful_busy) = (median(plain_busy), median(graceful_busy));
+        if plain_busy.min(graceful_busy) < SATURATED {
+            unsaturated.push(client.name());
+        }
         println!(
-            "| {} | {:.0} | {} | {:.3} ({low:.3} – {high:.3}) | {:.3} ({clow:.3} – {chigh:.3}) |",
+            "| {} | {:.0} | {:.0} % / {:.0} % | {} | {:.3} ({low:.3} – {high:.3}) | {:.3} ({clow:.3} – {chigh:.3}) | {:.3} ({klow:.3} – {khigh:.3}) |",
             client.name(),
             median(plain_rates),
+            plain_busy * 100.0,
+            graceful_busy * 100.0,
             cells.join(", "),
             median(ratios.clone()),
             median(controls.clone()),
+            median(costs.clone()),
+        );
+    }
+    for name in unsaturated {
+        println!(
+            "\n{name}: CPU 0 was busy less than {:.0} % of the time, so the client, not the server, set the rate; its req/s ratio says little, and the CPU time per request is the cost to read.",
+            SATURATED * 100.0
         );
     }
 }
+
+/// CPU 0's busy share from which a server counts as saturated.
+const SATURATED: f64 = 0.95;
 
 /// A 95 % confidence interval for the median of `v`, from its order
 /// statistics (distribution-free): the `k`-th smallest and the `k`-th
