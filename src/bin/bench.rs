@@ -17,7 +17,9 @@
 //!   hyper-util with clients that saturate the server (wrk for HTTP/1.1,
 //!   h2load for h2c; Debian `wrk` and `nghttp2-client`), the servers on
 //!   CPU 0 and the client on CPU 1, interleaved, with a plain / plain
-//!   control; 8 rounds of 3 s by default.
+//!   control; 8 rounds of 3 s by default. Beside the rates: CPU 0's busy
+//!   share, to show whether the client saturated the server, and the
+//!   serving process's CPU time per request, the cost where it did not.
 //! - `bench --pinned [ROUNDS] [SECONDS]`: throughput with the servers on CPU 0
 //!   and the load generator on CPU 1 (`taskset`, `sched_setaffinity`), so
 //!   that a few percent can be told from noise; the ratio's median and
