@@ -295,6 +295,17 @@ struct Activity {
 const NOT_REQUESTS: usize = 2;
 
 impl Activity {
+    /// A connection opened now, with no request yet.
+    fn new(tcp: Option<TcpSocket>) -> Activity {
+        Activity {
+            epoch: tokio::time::Instant::now(),
+            started: AtomicBool::new(false),
+            last: std::sync::atomic::AtomicU64::new(coarse_millis()),
+            h2: AtomicBool::new(false),
+            tcp,
+        }
+    }
+
     /// How many requests are being handled: each request's future holds the
     /// activity until it is dropped, whether it finished or was cancelled
     /// (an HTTP/2 stream the client reset). Counting the holders needs no
@@ -423,13 +434,7 @@ impl Finish {
     /// future.
     #[cfg(test)]
     pub(crate) fn detached() -> Finish {
-        Finish(Arc::new(Activity {
-            epoch: tokio::time::Instant::now(),
-            started: AtomicBool::new(true),
-            last: std::sync::atomic::AtomicU64::new(0),
-            h2: AtomicBool::new(false),
-            tcp: None,
-        }))
+        Finish(Arc::new(Activity::new(None)))
     }
 }
 
@@ -516,13 +521,7 @@ pub(crate) async fn serve_connection<T, R>(
 {
     let (builder, timers) = (&http.builder, http.timers);
     let drain = global();
-    let activity = Arc::new(Activity {
-        epoch: tokio::time::Instant::now(),
-        started: AtomicBool::new(false),
-        last: std::sync::atomic::AtomicU64::new(coarse_millis()),
-        h2: AtomicBool::new(false),
-        tcp,
-    });
+    let activity = Arc::new(Activity::new(tcp));
     let service = ConnService {
         respond,
         activity: activity.clone(),
@@ -639,13 +638,10 @@ mod tests {
     /// starts the count again.
     #[test]
     fn a_request_ending_starts_the_idle_count_again() {
-        let activity = Activity {
-            epoch: tokio::time::Instant::now(),
-            started: AtomicBool::new(true),
-            last: std::sync::atomic::AtomicU64::new(coarse_millis() - 5_000),
-            h2: AtomicBool::new(false),
-            tcp: None,
-        };
+        let activity = Activity::new(None);
+        activity
+            .last
+            .store(coarse_millis() - 5_000, Ordering::Relaxed);
         let idle = activity.idle_for();
         assert!(
             idle >= Duration::from_secs(5) && idle < Duration::from_secs(6),
