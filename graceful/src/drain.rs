@@ -171,12 +171,19 @@ pub(crate) const LINGER_QUIET: Duration = Duration::from_millis(250);
 /// RST, and a client that had sent a request just as an
 /// HTTP/2 GOAWAY (or an HTTP/1 `Connection: close` response) was on its way
 /// then gets a connection error instead of reading the GOAWAY that tells
-/// it the request was not processed and may be retried.
+/// it the request was not processed and may be retried. A connection whose
+/// client said it sends nothing more (see [`Tracked::client_done`]), and
+/// has nothing more waiting to be read, closes at once, as a plain
+/// server's does: lingering costs the connection's task a wake more and a
+/// timer.
 pub(crate) struct Tracked<T> {
     io: T,
     /// Set once FIN is sent: the lingering's timer, and when it ends at the
     /// latest.
     linger: Option<(Pin<Box<tokio::time::Sleep>>, tokio::time::Instant)>,
+    /// The HTTP connection it carries, if any: whether its client said it
+    /// sends nothing more (see [`Socket::attach`]).
+    http: std::sync::Weak<Activity>,
     _guard: Guard,
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
@@ -186,9 +193,21 @@ impl<T> Tracked<T> {
         Tracked {
             io,
             linger: None,
+            http: std::sync::Weak::new(),
             _guard: global().hold(),
             _slot: slot,
         }
+    }
+
+    /// Whether the client said it sends nothing more, so that closing
+    /// needs no lingering: its last HTTP/1 request had no body and ended
+    /// the connection (`Connection: close`, or HTTP/1.0 without
+    /// keep-alive), which obliges it to send nothing after (RFC 9112,
+    /// 9.6). nginx lingers in the same cases only, when more may come.
+    fn client_done(&self) -> bool {
+        self.http
+            .upgrade()
+            .is_some_and(|http| http.client_done.load(Ordering::Relaxed))
     }
 }
 
@@ -221,6 +240,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
             Some((timer, end)) => (timer, *end),
             None => {
                 std::task::ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
+                if this.client_done() {
+                    // Unless it broke its word: what it sent anyway is
+                    // lingered over as any other client's.
+                    let mut sink = [std::mem::MaybeUninit::uninit(); 64];
+                    let mut buf = ReadBuf::uninit(&mut sink);
+                    match Pin::new(&mut this.io).poll_read(cx, &mut buf) {
+                        Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
+                        _ => return Poll::Ready(Ok(())),
+                    }
+                }
                 let now = tokio::time::Instant::now();
                 let timer = Box::pin(tokio::time::sleep_until(now + LINGER_QUIET));
                 let (timer, end) = this.linger.insert((timer, now + LINGER));
@@ -259,6 +288,86 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     }
 }
 
+/// What a connection is: readable and writable, asynchronously.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send {}
+impl<T: AsyncRead + AsyncWrite + Send> Io for T {}
+
+/// An accepted connection as the worker serves it: a TCP or Unix socket,
+/// counted in the drain, read and written as it is (no box, no dynamic
+/// call, as a plain server's socket), or any other stream (TLS) in a box.
+pub(crate) enum Socket {
+    Tcp(Tracked<tokio::net::TcpStream>),
+    #[cfg(unix)]
+    Unix(Tracked<tokio::net::UnixStream>),
+    Boxed(Pin<Box<dyn Io>>),
+}
+
+/// The stream under a [`Socket`], whichever it is.
+macro_rules! each_socket {
+    ($socket:expr, $io:ident => $call:expr) => {
+        match $socket {
+            Socket::Tcp($io) => $call,
+            #[cfg(unix)]
+            Socket::Unix($io) => $call,
+            Socket::Boxed($io) => $call,
+        }
+    };
+}
+
+impl Socket {
+    /// Lets the socket see what the client of the HTTP connection it
+    /// carries said (see [`Tracked::client_done`]). A boxed stream (TLS)
+    /// is not reached, and lingers whatever its client said.
+    fn attach(&mut self, activity: &Arc<Activity>) {
+        match self {
+            Socket::Tcp(tracked) => tracked.http = Arc::downgrade(activity),
+            #[cfg(unix)]
+            Socket::Unix(tracked) => tracked.http = Arc::downgrade(activity),
+            Socket::Boxed(_) => {}
+        }
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        each_socket!(self.get_mut(), io => Pin::new(io).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        each_socket!(self.get_mut(), io => Pin::new(io).poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        each_socket!(self.get_mut(), io => Pin::new(io).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        each_socket!(self.get_mut(), io => Pin::new(io).poll_shutdown(cx))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        each_socket!(self.get_mut(), io => Pin::new(io).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        each_socket!(self, io => io.is_write_vectored())
+    }
+}
+
 /// How a listener's HTTP connections are served: hyper's builder, and the
 /// timers of each connection. Shared by the connections, each of which
 /// holds it, so that its future owns all it needs and is spawned as it is.
@@ -286,6 +395,9 @@ struct Activity {
     started: AtomicBool,
     last: std::sync::atomic::AtomicU64,
     h2: AtomicBool,
+    /// Its client's last HTTP/1 request said the client sends nothing more
+    /// (see [`Tracked::client_done`]).
+    client_done: AtomicBool,
     /// The TCP socket under the connection, if it is one.
     tcp: Option<TcpSocket>,
 }
@@ -302,6 +414,7 @@ impl Activity {
             started: AtomicBool::new(false),
             last: std::sync::atomic::AtomicU64::new(coarse_millis()),
             h2: AtomicBool::new(false),
+            client_done: AtomicBool::new(false),
             tcp,
         }
     }
@@ -399,7 +512,44 @@ impl<R: Respond> hyper::service::Service<Request<Incoming>> for ConnService<R> {
         if !activity.started.load(Ordering::Relaxed) {
             activity.started.store(true, Ordering::Relaxed);
         }
+        if http1 {
+            let done = hyper::body::Body::is_end_stream(req.body()) && ends_connection(&req);
+            if activity.client_done.load(Ordering::Relaxed) != done {
+                activity.client_done.store(done, Ordering::Relaxed);
+            }
+        }
         self.respond.respond(req, Finish(activity.clone()))
+    }
+}
+
+/// Whether an HTTP/1 request ends its connection: HTTP/1.1 with the
+/// `close` connection option, or HTTP/1.0 without `keep-alive`. A request
+/// without a `Connection` header (most, on a keep-alive connection) costs
+/// one lookup; the others are read in a call of their own.
+fn ends_connection<B>(req: &Request<B>) -> bool {
+    let http10 = req.version() <= Version::HTTP_10;
+    if !req.headers().contains_key(CONNECTION) {
+        return http10;
+    }
+    ends_connection_by_header(req, http10)
+}
+
+#[cold]
+#[inline(never)]
+fn ends_connection_by_header<B>(req: &Request<B>, http10: bool) -> bool {
+    let has = |option: &[u8]| {
+        req.headers().get_all(CONNECTION).iter().any(|value| {
+            let value = value.as_bytes();
+            value.eq_ignore_ascii_case(option)
+                || value
+                    .split(|&b| b == b',')
+                    .any(|token| token.trim_ascii().eq_ignore_ascii_case(option))
+        })
+    };
+    if http10 {
+        !has(b"keep-alive")
+    } else {
+        has(b"close")
     }
 }
 
@@ -502,7 +652,8 @@ impl TcpSocket {
 
 /// Serves one accepted connection until it closes, a timer ends it, or the
 /// drain ends it. `io` is (or wraps) a [`Tracked`] socket, so it counts in
-/// the drain; `tcp` is its TCP socket, if it is one.
+/// the drain, and sees whether the client said it sends nothing more;
+/// `tcp` is its TCP socket, if it is one.
 ///
 /// A connection that has not started a request within `header_timeout` is
 /// dropped: a client that sends nothing, or part of the HTTP/2 preface, or
@@ -510,18 +661,16 @@ impl TcpSocket {
 /// `idle_timeout` (HTTP/1: the shorter of the two) is shut down politely (a
 /// response in progress finishes; HTTP/2 gets GOAWAY). The connection's one
 /// timer is looked at only when it fires: a request costs no timer.
-pub(crate) async fn serve_connection<T, R>(
-    io: T,
+pub(crate) async fn serve_connection<R: Respond>(
+    mut io: Socket,
     tcp: Option<TcpSocket>,
     respond: Arc<R>,
     http: Arc<HttpServing>,
-) where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    R: Respond,
-{
+) {
     let (builder, timers) = (&http.builder, http.timers);
     let drain = global();
     let activity = Arc::new(Activity::new(tcp));
+    io.attach(&activity);
     let service = ConnService {
         respond,
         activity: activity.clone(),
@@ -632,6 +781,67 @@ mod tests {
             let precise = crate::notify::monotonic_usec() / 1000;
             assert!(precise.abs_diff(coarse_millis()) <= 20, "{precise}");
         }
+    }
+
+    /// A request ends its connection as RFC 9112 (9.3, 9.6) says: HTTP/1.1
+    /// with the `close` option, in any case and among others; HTTP/1.0
+    /// unless it asks for `keep-alive`.
+    #[test]
+    fn a_request_ends_its_connection_when_it_says_so() {
+        let request = |version, values: &[&str]| {
+            let mut req = Request::builder().version(version);
+            for value in values {
+                req = req.header(CONNECTION, *value);
+            }
+            req.body(()).unwrap()
+        };
+        let v11 = Version::HTTP_11;
+        let v10 = Version::HTTP_10;
+        assert!(ends_connection(&request(v11, &["close"])));
+        assert!(ends_connection(&request(v11, &["Close"])));
+        assert!(ends_connection(&request(v11, &["upgrade, close"])));
+        assert!(ends_connection(&request(v11, &["te", " CLOSE "])));
+        assert!(!ends_connection(&request(v11, &[])));
+        assert!(!ends_connection(&request(v11, &["keep-alive"])));
+        assert!(!ends_connection(&request(v11, &["closed, x-close"])));
+        assert!(ends_connection(&request(v10, &[])));
+        assert!(ends_connection(&request(v10, &["close"])));
+        assert!(!ends_connection(&request(v10, &["Keep-Alive"])));
+        assert!(!ends_connection(&request(v10, &["te,keep-alive"])));
+        assert!(ends_connection(&request(Version::HTTP_09, &[])));
+    }
+
+    /// Closing lingers unless the client said it sends nothing more and has
+    /// sent nothing more: then the socket closes at once, with no timer.
+    #[test]
+    fn closing_lingers_unless_the_client_said_it_sends_nothing_more() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Whether the shutdown is done at once, for a client that said
+        // `done`, and had sent `unread` before it.
+        let closes_at_once = |done: bool, unread: &[u8]| {
+            runtime.block_on(async {
+                use tokio::io::AsyncWriteExt;
+                let (server, mut client) = tokio::io::duplex(4096);
+                client.write_all(unread).await.unwrap();
+                let slot = Arc::new(tokio::sync::Semaphore::new(1))
+                    .try_acquire_owned()
+                    .unwrap();
+                let mut tracked = Tracked::new(server, slot);
+                let http = Arc::new(Activity::new(None));
+                http.client_done.store(done, Ordering::Relaxed);
+                tracked.http = Arc::downgrade(&http);
+                std::future::poll_fn(|cx| {
+                    Poll::Ready(Pin::new(&mut tracked).poll_shutdown(cx).is_ready())
+                })
+                .await
+            })
+        };
+        assert!(closes_at_once(true, b""));
+        assert!(!closes_at_once(true, b"GET /more HTTP/1.1\r\n"));
+        assert!(!closes_at_once(false, b""));
     }
 
     /// A connection is idle from the end of its last request: `touch`

@@ -30,7 +30,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
-use crate::drain::{self, Respond};
+use crate::drain::{self, Respond, Socket};
 
 /// A boxed error, as handlers and bodies may return any error type.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -136,22 +136,24 @@ type BoxFuture<B> = Pin<Box<dyn Future<Output = Result<Response<B>, BoxError>> +
 /// each handler type gets its own copy of the connection's serving code,
 /// so a request costs no box and no dynamic call.
 trait ServeHttp: Send + Sync {
-    fn serve(
+    /// Serves one connection on a task of its own, whose future is the
+    /// connection's, unboxed.
+    fn spawn(
         self: Arc<Self>,
-        io: Connection,
+        io: Socket,
         tcp: Option<drain::TcpSocket>,
         http: Arc<drain::HttpServing>,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+    );
 }
 
 impl<R: Respond> ServeHttp for R {
-    fn serve(
+    fn spawn(
         self: Arc<Self>,
-        io: Connection,
+        io: Socket,
         tcp: Option<drain::TcpSocket>,
         http: Arc<drain::HttpServing>,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(drain::serve_connection(io, tcp, self, http))
+    ) {
+        tokio::spawn(Box::pin(drain::serve_connection(io, tcp, self, http)));
     }
 }
 
@@ -199,12 +201,8 @@ type StreamFn = dyn Fn(Connection, Peer) -> Pin<Box<dyn Future<Output = ()> + Se
 /// tokio's `AsyncReadExt`/`AsyncWriteExt`. It counts in the drain until it
 /// is dropped, and is TLS already decrypted when the listener has `tls =`.
 pub struct Connection {
-    io: Pin<Box<dyn Io>>,
+    io: Pin<Box<dyn drain::Io>>,
 }
-
-/// What a connection is: readable and writable, asynchronously.
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send> Io for T {}
 
 impl Connection {
     pub(crate) fn new<T>(io: T) -> Connection
@@ -626,19 +624,19 @@ impl Handler {
         }
     }
 
-    /// The future that serves one accepted connection over HTTP until it
-    /// closes, a timer ends it, or the drain ends it (see
-    /// [`drain::serve_connection`]): the connection's task, as it is.
-    pub(crate) fn serve_http(
+    /// Serves one accepted connection over HTTP, on a task of its own,
+    /// until it closes, a timer ends it, or the drain ends it (see
+    /// [`drain::serve_connection`]).
+    pub(crate) fn spawn_http(
         &self,
-        io: Connection,
+        io: Socket,
         tcp: Option<drain::TcpSocket>,
         http: Arc<drain::HttpServing>,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    ) {
         let Kind::Http(serve) = &self.kind else {
-            unreachable!("serve_http is called for HTTP handlers only");
+            unreachable!("spawn_http is called for HTTP handlers only");
         };
-        serve.clone().serve(io, tcp, http)
+        serve.clone().spawn(io, tcp, http)
     }
 }
 

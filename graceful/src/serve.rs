@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 
 use crate::addr::{ListenAddr, ListenRequest};
 use crate::config::Config;
-use crate::drain::{self, Tracked};
+use crate::drain::{self, Socket, Tracked};
 use crate::handler::{CatchUnwind, Connection, DatagramSocket, Handler, Peer, Serves};
 use crate::log::{log, Throttled};
 use crate::registration::{self, MainOutput, Registration};
@@ -713,7 +713,7 @@ async fn accept_loop(listener: Accepting, handler: Handler, tls: Option<Tls>, sh
                 let _ = stream.set_nodelay(true);
                 let tcp = drain::TcpSocket::of(&stream);
                 conn.spawn(
-                    Tracked::new(stream, slot),
+                    Socket::Tcp(Tracked::new(stream, slot)),
                     tcp,
                     Peer::Tcp(peer),
                     tls.as_ref(),
@@ -721,7 +721,8 @@ async fn accept_loop(listener: Accepting, handler: Handler, tls: Option<Tls>, sh
             }
             #[cfg(unix)]
             Ok(Accepted::Unix(stream)) => {
-                conn.spawn(Tracked::new(stream, slot), None, Peer::Unix, tls.as_ref())
+                let io = Socket::Unix(Tracked::new(stream, slot));
+                conn.spawn(io, None, Peer::Unix, tls.as_ref())
             }
             Err(e) if is_connection_error(&e) => {}
             Err(e) => {
@@ -751,15 +752,10 @@ impl Conn {
     /// handshake if the listener has TLS. The connection was counted
     /// (`Tracked`) before this is called, so the drain cannot miss it, the
     /// handshake included.
-    fn spawn<T>(self, io: Tracked<T>, tcp: Option<drain::TcpSocket>, peer: Peer, tls: Option<&Tls>)
-    where
-        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
+    fn spawn(self, io: Socket, tcp: Option<drain::TcpSocket>, peer: Peer, tls: Option<&Tls>) {
         let Conn { handler, shared } = self;
         match tls {
-            None => {
-                tokio::spawn(serve(io, tcp, peer, handler, shared.http.clone()));
-            }
+            None => serve(io, tcp, peer, handler, shared.http.clone()),
             #[cfg(feature = "tls")]
             Some(acceptor) => {
                 let handshake = acceptor.accept(io);
@@ -781,7 +777,8 @@ impl Conn {
                         _ = drained => return,
                     };
                     if let Ok(Ok(stream)) = stream {
-                        serve(stream, tcp, peer, handler, http).await;
+                        let io = Socket::Boxed(Box::pin(stream));
+                        serve(io, tcp, peer, handler, http);
                     }
                 });
             }
@@ -791,27 +788,23 @@ impl Conn {
     }
 }
 
-/// The future that serves one connection: HTTP, or the stream handler's
-/// protocol. A stream connection counts in the drain for as long as the
-/// handler holds it; the handler sees `shutdown_signal()` and is cut at
-/// `stop_timeout`. An HTTP connection's future is the handler's own, boxed
-/// once: spawned as it is, a wake of the connection's task goes through no
+/// Serves one connection on a task of its own: HTTP, or the stream
+/// handler's protocol. A stream connection counts in the drain for as long
+/// as the handler holds it; the handler sees `shutdown_signal()` and is cut
+/// at `stop_timeout`. An HTTP connection's task is the handler's own
+/// future, unboxed: a wake of the connection's task goes through no
 /// `async` layers of its own.
-fn serve<T>(
-    io: T,
+fn serve(
+    io: Socket,
     tcp: Option<drain::TcpSocket>,
     peer: Peer,
     handler: Handler,
     http: Arc<drain::HttpServing>,
-) -> Pin<Box<dyn Future<Output = ()> + Send>>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let io = Connection::new(io);
+) {
     if handler.is_stream() {
-        Box::pin(async move { handler.serve_stream(io, peer).await })
+        tokio::spawn(async move { handler.serve_stream(Connection::new(io), peer).await });
     } else {
-        handler.serve_http(io, tcp, http)
+        handler.spawn_http(io, tcp, http)
     }
 }
 
