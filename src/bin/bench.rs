@@ -17,9 +17,13 @@
 //!   hyper-util with clients that saturate the server (wrk for HTTP/1.1,
 //!   h2load for h2c; Debian `wrk` and `nghttp2-client`), the servers on
 //!   CPU 0 and the client on CPU 1, interleaved, with a plain / plain
-//!   control; 8 rounds of 3 s by default. Beside the rates: CPU 0's busy
-//!   share, to show whether the client saturated the server, and the
-//!   serving process's CPU time per request, the cost where it did not.
+//!   control; 8 rounds of 3 s by default. A new connection per request
+//!   costs wrk more than the server, so for that client each server is
+//!   capped at half a core (a cgroup's CPU quota; needs root). Beside the
+//!   rates: how busy the server's CPU was (CPU 0's busy share, or the share
+//!   of its cap it used), to show whether the client saturated the server,
+//!   and the serving process's CPU time per request, the cost where it did
+//!   not.
 //! - `bench --pinned [ROUNDS] [SECONDS]`: throughput with the servers on CPU 0
 //!   and the load generator on CPU 1 (`taskset`, `sched_setaffinity`), so
 //!   that a few percent can be told from noise; the ratio's median and
@@ -231,8 +235,22 @@ impl Saturating {
     fn name(self) -> &'static str {
         match self {
             Saturating::KeepAlive => "http1 keep-alive (wrk -t1 -c32)",
-            Saturating::NewConnection => "http1 new connection (wrk -t1 -c32, Connection: close)",
+            Saturating::NewConnection => {
+                "http1 new connection (wrk -t1 -c32, Connection: close; each server capped at half a core)"
+            }
             Saturating::Http2 => "h2c (h2load -t1 -c32 -m10)",
+        }
+    }
+
+    /// The share of a core each server may use. A new connection per
+    /// request costs the client (connect, close) more than the server, so
+    /// wrk on a core of its own cannot keep a server on the other busy; a
+    /// server capped at half a core (a cgroup's CPU quota) can be kept
+    /// busy, and the rate it serves at its cap measures its cost.
+    fn cap(self) -> Option<f64> {
+        match self {
+            Saturating::NewConnection => Some(0.5),
+            Saturating::KeepAlive | Saturating::Http2 => None,
         }
     }
 
@@ -251,17 +269,23 @@ impl Saturating {
     /// then, in requests per second. Any error or non-2xx answer is a
     /// failure.
     /// `server` is the serving process, whose CPU time is read around the
-    /// measured seconds, with CPU 0's busy share.
+    /// measured seconds, with how busy it kept its CPU: CPU 0's busy share,
+    /// or, for a server capped at a share of a core, the share of its cap
+    /// it used.
     fn run(self, addr: SocketAddr, seconds: u64, server: i32) -> Run {
         self.run_once(addr, 1);
         let (cpu0, spent) = (cpu0_times(), cpu_time(server));
         let rate = self.run_once(addr, seconds);
         let (cpu0_after, spent) = (cpu0_times(), cpu_time(server) - spent);
         let (busy, total) = (cpu0_after.0 - cpu0.0, cpu0_after.1 - cpu0.1);
+        let busy = match self.cap() {
+            Some(share) => spent.as_secs_f64() / (share * seconds as f64),
+            None => busy as f64 / total.max(1) as f64,
+        };
         Run {
             rate,
             cpu_per_request: spent.as_secs_f64() / (rate * seconds as f64),
-            busy: busy as f64 / total.max(1) as f64,
+            busy,
         }
     }
 
@@ -334,6 +358,7 @@ struct Run {
     cpu_per_request: f64,
     /// CPU 0's busy share (everything but idle and I/O wait), 0 to 1: the
     /// servers run there alone, so under 1 the server was not saturated.
+    /// For a capped server, the share of its cap it used.
     busy: f64,
 }
 
@@ -354,6 +379,59 @@ fn cpu0_times() -> (u64, u64) {
     (total - ticks[3] - ticks[4], total)
 }
 
+/// A cgroup that caps the CPU time of the processes put in it at a share
+/// of one core: cgroup v2's `cpu.max`, or v1's CFS quota. Removed when
+/// dropped (it is empty by then: the servers it held have ended).
+struct CpuCap {
+    dir: std::path::PathBuf,
+}
+
+impl CpuCap {
+    /// A cap of `share` of a core, counted over 10 ms periods (short, so
+    /// that the server runs often, and briefly idle, not for 100 ms then
+    /// stopped for 100 ms).
+    fn new(share: f64) -> Result<CpuCap, String> {
+        let period = 10_000u64;
+        let quota = (period as f64 * share) as u64;
+        let name = format!("graceful-bench-{}", std::process::id());
+        let v2 = std::path::Path::new("/sys/fs/cgroup");
+        let v2_cpu = std::fs::read_to_string(v2.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "cpu"));
+        let (dir, files) = if v2_cpu {
+            let _ = std::fs::write(v2.join("cgroup.subtree_control"), "+cpu");
+            (v2.join(&name), vec![("cpu.max", format!("{quota} {period}"))])
+        } else {
+            (
+                std::path::Path::new("/sys/fs/cgroup/cpu").join(&name),
+                vec![
+                    ("cpu.cfs_period_us", period.to_string()),
+                    ("cpu.cfs_quota_us", quota.to_string()),
+                ],
+            )
+        };
+        std::fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let cap = CpuCap { dir };
+        for (file, value) in files {
+            let path = cap.dir.join(file);
+            std::fs::write(&path, value).map_err(|e| format!("write {}: {e}", path.display()))?;
+        }
+        Ok(cap)
+    }
+
+    /// Puts the process `pid`, all its threads, under the cap.
+    fn add(&self, pid: i32) {
+        let procs = self.dir.join("cgroup.procs");
+        std::fs::write(&procs, pid.to_string())
+            .unwrap_or_else(|e| panic!("write {pid} to {}: {e}", procs.display()));
+    }
+}
+
+impl Drop for CpuCap {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
 /// Throughput of graceful against plain hyper-util with independent
 /// clients that saturate the server: the servers on CPU 0, wrk or h2load on
 /// CPU 1. Each round runs five servers in turn, each a fresh process:
@@ -365,34 +443,50 @@ fn cpu0_times() -> (u64, u64) {
 /// graceful does. Prints, for each client, the plain server's rate, each
 /// round's ratio, the median with its 95 % confidence interval, and the
 /// control's median and interval; and, to show whether the client
-/// saturated the server, CPU 0's busy share for each, with the serving
-/// process's CPU time per request (graceful's against the plain runs
-/// around it, as for the rate): where CPU 0 was not busy throughout, the
-/// rate is the client's, and the CPU time per request is the cost.
+/// saturated the server, how busy the server kept its CPU (CPU 0, or its
+/// cap: see [`Saturating::cap`]), with the serving process's CPU time per
+/// request (graceful's against the plain runs around it, as for the rate):
+/// where the server's CPU was not busy throughout, the rate is the
+/// client's, and the CPU time per request is the cost.
 fn saturate(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Saturating]) {
     let taskset = graceful_dev::tool("taskset");
     let me = me.to_str().unwrap();
     println!(
         "bench --saturate: servers on CPU 0, the client on CPU 1; {rounds} rounds of {seconds} s per server, five servers a round (plain, graceful, plain, plain as the A/A control, plain; graceful and the control swap every other round), each against the plain runs before and after it\n"
     );
-    println!("| client | plain, median req/s | CPU 0 busy, plain / graceful, median | graceful / plain req/s, each round | median (95 % CI) | A/A plain / plain, median (95 % CI) | CPU time per request, graceful / plain, median (95 % CI) |");
+    println!("| client | plain, median req/s | CPU busy (of CPU 0, or of the cap), plain / graceful, median | graceful / plain req/s, each round | median (95 % CI) | A/A plain / plain, median (95 % CI) | CPU time per request, graceful / plain, median (95 % CI) |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     let mut unsaturated = Vec::new();
     for &client in clients {
         let (mut ratios, mut controls, mut costs) = (Vec::new(), Vec::new(), Vec::new());
         let (mut plain_rates, mut plain_busy, mut graceful_busy) =
             (Vec::new(), Vec::new(), Vec::new());
+        let cap = match client.cap().map(CpuCap::new) {
+            None => None,
+            Some(Ok(cap)) => Some(cap),
+            Some(Err(e)) => {
+                println!("| {} | not run: no CPU cap ({e}) | | | | | |", client.name());
+                continue;
+            }
+        };
+        // The serving process, capped if the client needs it.
+        let serving = |pid: i32| {
+            if let Some(cap) = &cap {
+                cap.add(pid);
+            }
+            pid
+        };
         let plain_run = || {
             let plain = Service::start(&taskset, &["-c", "0", me, "--plain", "127.0.0.1:0"], &[]);
             let addr: SocketAddr = plain.addr(T).parse().unwrap();
-            client.run(addr, seconds, plain.pid())
+            client.run(addr, seconds, serving(plain.pid()))
         };
         let graceful_run = || {
             let service =
                 Service::start(&taskset, &["-c", "0", me, "--graceful", "127.0.0.1:0"], &[]);
             let addr: SocketAddr = service.addr(T).parse().unwrap();
             let worker = service.ready_worker(1, T);
-            client.run(addr, seconds, worker)
+            client.run(addr, seconds, serving(worker))
         };
         for round in 0..rounds {
             let graceful_first = round % 2 == 0;
@@ -454,7 +548,7 @@ fn saturate(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Satura
     }
     for name in unsaturated {
         println!(
-            "\n{name}: CPU 0 was busy less than {:.0} % of the time, so the client, not the server, set the rate; its req/s ratio says little, and the CPU time per request is the cost to read.",
+            "\n{name}: the server's CPU (CPU 0, or its cap) was busy less than {:.0} % of the time, so the client, not the server, set the rate; its req/s ratio says little, and the CPU time per request is the cost to read.",
             SATURATED * 100.0
         );
     }
