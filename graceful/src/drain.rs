@@ -221,7 +221,29 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+/// A socket whose readiness for reading tokio knows without a system
+/// call: edge-triggered, it is cleared by a read that came back short or
+/// would block, and set again when something arrives.
+pub(crate) trait ReadReady {
+    /// Pending if nothing arrived since the last read; ready if something
+    /// may have (data, or the peer's FIN).
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+}
+
+impl ReadReady for tokio::net::TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+#[cfg(unix)]
+impl ReadReady for tokio::net::UnixStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        tokio::net::UnixStream::poll_read_ready(self, cx)
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + ReadReady + Unpin> AsyncWrite for Tracked<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -242,7 +264,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
                 std::task::ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
                 if this.client_done() {
                     // Unless it broke its word: what it sent anyway is
-                    // lingered over as any other client's.
+                    // lingered over as any other client's. Whether anything
+                    // came since the last read is known without a read.
+                    if this.io.poll_read_ready(cx).is_pending() {
+                        return Poll::Ready(Ok(()));
+                    }
                     let mut sink = [std::mem::MaybeUninit::uninit(); 64];
                     let mut buf = ReadBuf::uninit(&mut sink);
                     match Pin::new(&mut this.io).poll_read(cx, &mut buf) {
@@ -370,7 +396,7 @@ impl AsyncWrite for Socket {
 
 /// How a listener's HTTP connections are served: hyper's builder, and the
 /// timers of each connection. Shared by the connections, each of which
-/// holds it, so that its future owns all it needs and is spawned as it is.
+/// holds it, so that its future owns all it needs and is spawned on its own.
 pub(crate) struct HttpServing {
     pub(crate) builder: auto::Builder<TokioExecutor>,
     pub(crate) timers: Timers,
@@ -528,7 +554,14 @@ impl<R: Respond> hyper::service::Service<Request<Incoming>> for ConnService<R> {
 /// one lookup; the others are read in a call of their own.
 fn ends_connection<B>(req: &Request<B>) -> bool {
     let http10 = req.version() <= Version::HTTP_10;
-    if !req.headers().contains_key(CONNECTION) {
+    let headers = req.headers();
+    // A short head is searched through rather than hashed into.
+    let named = if headers.len() <= 8 {
+        headers.keys().any(|name| name == CONNECTION)
+    } else {
+        headers.contains_key(CONNECTION)
+    };
+    if !named {
         return http10;
     }
     ends_connection_by_header(req, http10)
@@ -809,6 +842,26 @@ mod tests {
         assert!(!ends_connection(&request(v10, &["Keep-Alive"])));
         assert!(!ends_connection(&request(v10, &["te,keep-alive"])));
         assert!(ends_connection(&request(Version::HTTP_09, &[])));
+        // A long head is looked up rather than searched through.
+        let long = |close: bool| {
+            let mut req = request(v11, if close { &["close"] } else { &[] });
+            for i in 0..10 {
+                let name = http::HeaderName::try_from(format!("x-{i}")).unwrap();
+                req.headers_mut()
+                    .insert(name, HeaderValue::from_static("1"));
+            }
+            req
+        };
+        assert!(ends_connection(&long(true)));
+        assert!(!ends_connection(&long(false)));
+    }
+
+    /// A stream in memory says it may have something to read, always: the
+    /// shutdown then reads to find out.
+    impl ReadReady for tokio::io::DuplexStream {
+        fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
     }
 
     /// Closing lingers unless the client said it sends nothing more and has

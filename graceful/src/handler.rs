@@ -137,7 +137,9 @@ type BoxFuture<B> = Pin<Box<dyn Future<Output = Result<Response<B>, BoxError>> +
 /// so a request costs no box and no dynamic call.
 trait ServeHttp: Send + Sync {
     /// Serves one connection on a task of its own, whose future is the
-    /// connection's, unboxed.
+    /// connection's, boxed: the task then holds a pointer, where the 2.4 KB
+    /// future itself would be copied into the task and again at each of its
+    /// stage changes (measured: more CPU time per connection unboxed).
     fn spawn(
         self: Arc<Self>,
         io: Socket,

@@ -791,9 +791,9 @@ impl Conn {
 /// Serves one connection on a task of its own: HTTP, or the stream
 /// handler's protocol. A stream connection counts in the drain for as long
 /// as the handler holds it; the handler sees `shutdown_signal()` and is cut
-/// at `stop_timeout`. An HTTP connection's task is the handler's own
-/// future, unboxed: a wake of the connection's task goes through no
-/// `async` layers of its own.
+/// at `stop_timeout`. An HTTP connection's task is the boxed future of
+/// the handler's own connection code (see `ServeHttp::spawn`): a wake of
+/// the connection's task goes through no `async` layers of its own.
 fn serve(
     io: Socket,
     tcp: Option<drain::TcpSocket>,
