@@ -399,7 +399,10 @@ impl CpuCap {
             .is_ok_and(|c| c.split_whitespace().any(|c| c == "cpu"));
         let (dir, files) = if v2_cpu {
             let _ = std::fs::write(v2.join("cgroup.subtree_control"), "+cpu");
-            (v2.join(&name), vec![("cpu.max", format!("{quota} {period}"))])
+            (
+                v2.join(&name),
+                vec![("cpu.max", format!("{quota} {period}"))],
+            )
         } else {
             (
                 std::path::Path::new("/sys/fs/cgroup/cpu").join(&name),
@@ -465,7 +468,10 @@ fn saturate(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Satura
             None => None,
             Some(Ok(cap)) => Some(cap),
             Some(Err(e)) => {
-                println!("| {} | not run: no CPU cap ({e}) | | | | | |", client.name());
+                println!(
+                    "| {} | not run: no CPU cap ({e}) | | | | | |",
+                    client.name()
+                );
                 continue;
             }
         };
