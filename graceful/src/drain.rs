@@ -325,6 +325,7 @@ pub(crate) enum Socket {
     Tcp(Tracked<tokio::net::TcpStream>),
     #[cfg(unix)]
     Unix(Tracked<tokio::net::UnixStream>),
+    #[cfg(feature = "tls")]
     Boxed(Pin<Box<dyn Io>>),
 }
 
@@ -335,6 +336,7 @@ macro_rules! each_socket {
             Socket::Tcp($io) => $call,
             #[cfg(unix)]
             Socket::Unix($io) => $call,
+            #[cfg(feature = "tls")]
             Socket::Boxed($io) => $call,
         }
     };
@@ -349,6 +351,7 @@ impl Socket {
             Socket::Tcp(tracked) => tracked.http = Arc::downgrade(activity),
             #[cfg(unix)]
             Socket::Unix(tracked) => tracked.http = Arc::downgrade(activity),
+            #[cfg(feature = "tls")]
             Socket::Boxed(_) => {}
         }
     }
