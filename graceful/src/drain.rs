@@ -575,11 +575,10 @@ fn ends_connection<B>(req: &Request<B>) -> bool {
 fn ends_connection_by_header<B>(req: &Request<B>, http10: bool) -> bool {
     let has = |option: &[u8]| {
         req.headers().get_all(CONNECTION).iter().any(|value| {
-            let value = value.as_bytes();
-            value.eq_ignore_ascii_case(option)
-                || value
-                    .split(|&b| b == b',')
-                    .any(|token| token.trim_ascii().eq_ignore_ascii_case(option))
+            value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(option))
         })
     };
     if http10 {
