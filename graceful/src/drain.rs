@@ -39,18 +39,13 @@ pub(crate) struct Drain {
     /// (open, opened) when the drain started, taken before anyone is woken.
     at_start: std::sync::Mutex<(usize, usize)>,
     idle: Notify,
+    /// Woken once, when the drain starts: what [`Stopping`] waits on.
+    stopping: Notify,
 }
 
 pub(crate) fn global() -> &'static Drain {
     static DRAIN: OnceLock<Drain> = OnceLock::new();
-    DRAIN.get_or_init(|| Drain {
-        starting: AtomicBool::new(false),
-        started: watch::Sender::new(false),
-        active: AtomicUsize::new(0),
-        opened: AtomicUsize::new(0),
-        at_start: std::sync::Mutex::new((0, 0)),
-        idle: Notify::new(),
-    })
+    DRAIN.get_or_init(Drain::new)
 }
 
 /// Completes when this process starts to drain: a graceful worker that was
@@ -81,6 +76,29 @@ pub fn is_shutting_down() -> bool {
 }
 
 impl Drain {
+    fn new() -> Drain {
+        Drain {
+            starting: AtomicBool::new(false),
+            started: watch::Sender::new(false),
+            active: AtomicUsize::new(0),
+            opened: AtomicUsize::new(0),
+            at_start: std::sync::Mutex::new((0, 0)),
+            idle: Notify::new(),
+            stopping: Notify::new(),
+        }
+    }
+
+    /// Ready once this drain has started (see [`Stopping`]).
+    pub(crate) fn stopping(&'static self) -> Stopping {
+        Stopping {
+            // Made before the flag is read (at each poll): a drain that
+            // starts in between wakes it.
+            notified: self.stopping.notified(),
+            drain: self,
+            armed: None,
+        }
+    }
+
     /// Starts the drain (once). `why`, when given, is logged before anyone
     /// is woken, so the line is written even if the drain is over at once.
     pub(crate) fn start(&self, why: Option<&str>) {
@@ -105,6 +123,7 @@ impl Drain {
         *self.at_start.lock().unwrap_or_else(|e| e.into_inner()) =
             (self.active(), self.opened.load(Ordering::SeqCst));
         self.started.send_replace(true);
+        self.stopping.notify_waiters();
     }
 
     /// Connections the drain has had to deal with: those open when it
@@ -151,6 +170,42 @@ impl Drop for Guard {
         if self.0.active.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.idle.notify_one();
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Ready once the drain has started: what an accept loop and a
+    /// connection wait on beside their own work, and poll at each of their
+    /// wakes. It registers with the drain once, at its first poll, and is
+    /// looked at again (a lock) only when polled with another waker or
+    /// once the drain has started; otherwise a poll reads one flag. A
+    /// `watch` receiver's `wait_for`, made again at each wait, took a lock
+    /// to register and one to deregister every time.
+    pub(crate) struct Stopping {
+        #[pin]
+        notified: tokio::sync::futures::Notified<'static>,
+        drain: &'static Drain,
+        armed: Option<std::task::Waker>,
+    }
+}
+
+impl Future for Stopping {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.drain.starting.load(Ordering::SeqCst) {
+            return Poll::Ready(());
+        }
+        if this.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            // Registered with this waker, which the drain wakes.
+            return Poll::Pending;
+        }
+        let poll = this.notified.poll(cx);
+        if poll.is_pending() {
+            *this.armed = Some(cx.waker().clone());
+        }
+        poll
     }
 }
 
@@ -552,40 +607,40 @@ impl<R: Respond> hyper::service::Service<Request<Incoming>> for ConnService<R> {
 }
 
 /// Whether an HTTP/1 request ends its connection: HTTP/1.1 with the
-/// `close` connection option, or HTTP/1.0 without `keep-alive`. A request
-/// without a `Connection` header (most, on a keep-alive connection) costs
-/// one lookup; the others are read in a call of their own.
+/// `close` connection option, or HTTP/1.0 without `keep-alive`. A short
+/// head (most) is searched through rather than hashed into: hashing the
+/// name cost more than the search.
 fn ends_connection<B>(req: &Request<B>) -> bool {
     let http10 = req.version() <= Version::HTTP_10;
+    let option: &[u8] = if http10 { b"keep-alive" } else { b"close" };
     let headers = req.headers();
-    // A short head is searched through rather than hashed into.
-    let named = if headers.len() <= 8 {
-        headers.keys().any(|name| name == CONNECTION)
+    let says = if headers.len() <= 8 {
+        headers
+            .iter()
+            .any(|(name, value)| name == CONNECTION && lists(value, option))
     } else {
-        headers.contains_key(CONNECTION)
+        headers
+            .get_all(CONNECTION)
+            .iter()
+            .any(|value| lists(value, option))
     };
-    if !named {
-        return http10;
-    }
-    ends_connection_by_header(req, http10)
+    says != http10
+}
+
+/// Whether a `Connection` value lists `option`, in any case. Most values
+/// are the one option (`Connection: close`): a comparison, where splitting
+/// into tokens costs ten times as much.
+fn lists(value: &HeaderValue, option: &[u8]) -> bool {
+    let value = value.as_bytes();
+    value.eq_ignore_ascii_case(option) || lists_among_others(value, option)
 }
 
 #[cold]
 #[inline(never)]
-fn ends_connection_by_header<B>(req: &Request<B>, http10: bool) -> bool {
-    let has = |option: &[u8]| {
-        req.headers().get_all(CONNECTION).iter().any(|value| {
-            value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(option))
-        })
-    };
-    if http10 {
-        !has(b"keep-alive")
-    } else {
-        has(b"close")
-    }
+fn lists_among_others(value: &[u8], option: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(option))
 }
 
 /// A request's hold on its connection's bookkeeping, kept by the request's
@@ -696,24 +751,39 @@ impl TcpSocket {
 /// `idle_timeout` (HTTP/1: the shorter of the two) is shut down politely (a
 /// response in progress finishes; HTTP/2 gets GOAWAY). The connection's one
 /// timer is looked at only when it fires: a request costs no timer.
-pub(crate) async fn serve_connection<R: Respond>(
+///
+/// The connection's bookkeeping is allocated here, by the caller (the
+/// accept loop), with the connection's task, rather than by the task when
+/// it first runs. There it came between hyper's allocations of the
+/// connection's first buffers, and the read buffer, grown at the second
+/// read, could less often grow where it was: about half the connections
+/// had their 8 KB buffer copied (`realloc`; `scripts/instructions graceful
+/// close`).
+pub(crate) fn serve_connection<R: Respond>(
     mut io: Socket,
     tcp: Option<TcpSocket>,
     respond: Arc<R>,
     http: Arc<HttpServing>,
-) {
-    let (builder, timers) = (&http.builder, http.timers);
-    let drain = global();
+) -> impl Future<Output = ()> + Send {
     let activity = Arc::new(Activity::new(tcp));
     io.attach(&activity);
     let service = ConnService {
         respond,
         activity: activity.clone(),
     };
+    serving(io, service, activity, http)
+}
+
+async fn serving<R: Respond>(
+    io: Socket,
+    service: ConnService<R>,
+    activity: Arc<Activity>,
+    http: Arc<HttpServing>,
+) {
+    let (builder, timers) = (&http.builder, http.timers);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let mut started = drain.subscribe();
-    let drain_started = async { drop(started.wait_for(|s| *s).await) };
+    let drain_started = global().stopping();
     tokio::pin!(drain_started);
     // Until the first request, the header timeout; then the idle timeout
     // from the last request's end, pushed back while one is being handled.
@@ -721,21 +791,20 @@ pub(crate) async fn serve_connection<R: Respond>(
     let first_check = timers.header_timeout.min(timers.idle_timeout);
     let timer = tokio::time::sleep_until(activity.epoch + first_check);
     tokio::pin!(timer);
-    // The waker the timer and the drain were last polled with: they wake it
-    // when they fire, so while it stays the task's waker, each wake of the
-    // connection looks at two flags instead of polling both again.
+    // The waker the timer was last polled with: it wakes it when it fires,
+    // so while it stays the task's waker, each wake of the connection looks
+    // at a flag instead of polling the timer again (as `Stopping` does for
+    // the drain).
     let mut armed: Option<std::task::Waker> = None;
     loop {
         let woke = std::future::poll_fn(|cx| {
             if conn.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Woke::Closed);
             }
-            let fresh = armed.as_ref().is_none_or(|w| !w.will_wake(cx.waker()));
-            if (fresh || drain.starting.load(Ordering::Relaxed))
-                && drain_started.as_mut().poll(cx).is_ready()
-            {
+            if drain_started.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Woke::Drain);
             }
+            let fresh = armed.as_ref().is_none_or(|w| !w.will_wake(cx.waker()));
             if (fresh || timer.is_elapsed()) && timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Woke::Timer);
             }
@@ -897,6 +966,42 @@ mod tests {
         assert!(closes_at_once(true, b""));
         assert!(!closes_at_once(true, b"GET /more HTTP/1.1\r\n"));
         assert!(!closes_at_once(false, b""));
+    }
+
+    /// `Stopping` is ready once the drain starts, whether it was made (or
+    /// first polled) before or after, and is woken by the start; polled
+    /// again with the same waker, it stays pending without looking again.
+    #[test]
+    fn stopping_is_woken_by_the_drain_and_ready_after_it() {
+        use std::sync::atomic::AtomicUsize;
+        use std::task::Wake;
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let drain: &'static Drain = Box::leak(Box::new(Drain::new()));
+        let mut polled = Box::pin(drain.stopping());
+        let mut made = Box::pin(drain.stopping());
+        assert!(polled.as_mut().poll(&mut cx).is_pending());
+        assert!(polled.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        drain.start(Some("a test"));
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "the start wakes it");
+        assert!(polled.as_mut().poll(&mut cx).is_ready());
+        assert!(made.as_mut().poll(&mut cx).is_ready());
+        assert!(Box::pin(drain.stopping()).as_mut().poll(&mut cx).is_ready());
+        // Another drain's start wakes nothing here.
+        let other: &'static Drain = Box::leak(Box::new(Drain::new()));
+        let mut waiting = Box::pin(other.stopping());
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        drain.start(None);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
     }
 
     /// A connection is idle from the end of its last request: `touch`

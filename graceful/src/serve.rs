@@ -670,7 +670,8 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 }
 
 async fn accept_loop(listener: Accepting, handler: Handler, tls: Option<Tls>, shared: Arc<Shared>) {
-    let mut stopping = drain::global().subscribe();
+    let stopping = drain::global().stopping();
+    tokio::pin!(stopping);
     loop {
         // A slot first: at the limit, new connections wait in the backlog.
         let slot = match shared.slots.clone().try_acquire_owned() {
@@ -694,14 +695,14 @@ async fn accept_loop(listener: Accepting, handler: Handler, tls: Option<Tls>, sh
                 );
                 tokio::select! {
                     biased;
-                    _ = stopping.wait_for(|s| *s) => break,
+                    () = stopping.as_mut() => break,
                     slot = shared.slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
                 }
             }
         };
         let accepted = tokio::select! {
             biased;
-            _ = stopping.wait_for(|s| *s) => break,
+            () = stopping.as_mut() => break,
             accepted = accept(&listener) => accepted,
         };
         let conn = Conn {
