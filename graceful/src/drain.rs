@@ -240,11 +240,11 @@ pub(crate) struct Tracked<T> {
     /// sends nothing more (see [`Socket::attach`]).
     http: std::sync::Weak<Activity>,
     _guard: Guard,
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    _slot: crate::slots::Slot,
 }
 
 impl<T> Tracked<T> {
-    pub(crate) fn new(io: T, slot: tokio::sync::OwnedSemaphorePermit) -> Tracked<T> {
+    pub(crate) fn new(io: T, slot: crate::slots::Slot) -> Tracked<T> {
         Tracked {
             io,
             linger: None,
@@ -950,9 +950,7 @@ mod tests {
                 use tokio::io::AsyncWriteExt;
                 let (server, mut client) = tokio::io::duplex(4096);
                 client.write_all(unread).await.unwrap();
-                let slot = Arc::new(tokio::sync::Semaphore::new(1))
-                    .try_acquire_owned()
-                    .unwrap();
+                let slot = crate::slots::Slots::new(1).try_take().unwrap();
                 let mut tracked = Tracked::new(server, slot);
                 let http = Arc::new(Activity::new(None));
                 http.client_done.store(done, Ordering::Relaxed);

@@ -101,6 +101,7 @@ mod server;
 mod signal;
 #[cfg(unix)]
 mod single;
+mod slots;
 #[cfg(unix)]
 mod state;
 mod status;

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use tokio::sync::Semaphore;
 
 use crate::addr::{ListenAddr, ListenRequest};
 use crate::config::Config;
@@ -20,6 +19,7 @@ use crate::drain::{self, Socket, Tracked};
 use crate::handler::{CatchUnwind, Connection, DatagramSocket, Handler, Peer, Serves};
 use crate::log::{log, Throttled};
 use crate::registration::{self, MainOutput, Registration};
+use crate::slots::Slots;
 use crate::Error;
 
 /// Descriptors kept free of connections, for listeners, the control socket,
@@ -458,7 +458,7 @@ fn start_serving(served: Vec<Served>, config: &Config) -> AcceptLoops {
                 idle_timeout: limits.idle_timeout,
             },
         }),
-        slots: Arc::new(Semaphore::new(cap)),
+        slots: Slots::new(cap),
         cap,
     });
     let mut accepting = Vec::new();
@@ -590,7 +590,7 @@ fn connection_cap(max_connections: usize) -> usize {
     });
     #[cfg(not(unix))]
     let fits = usize::MAX;
-    let cap = max_connections.min(fits).min(Semaphore::MAX_PERMITS);
+    let cap = max_connections.min(fits);
     if cap < max_connections {
         log!(
             "serving at most {cap} connections at once, not max_connections {max_connections}: \
@@ -604,7 +604,7 @@ fn connection_cap(max_connections: usize) -> usize {
 struct Shared {
     http: Arc<drain::HttpServing>,
     /// One permit per open connection, `cap` in all.
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
     cap: usize,
 }
 
@@ -674,9 +674,9 @@ async fn accept_loop(listener: Accepting, handler: Handler, tls: Option<Tls>, sh
     tokio::pin!(stopping);
     loop {
         // A slot first: at the limit, new connections wait in the backlog.
-        let slot = match shared.slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
+        let slot = match shared.slots.try_take() {
+            Some(slot) => slot,
+            None => {
                 let cap = shared.cap as u64;
                 LIMIT_REACHED.line_with(
                     format_args!(
@@ -696,7 +696,7 @@ async fn accept_loop(listener: Accepting, handler: Handler, tls: Option<Tls>, sh
                 tokio::select! {
                     biased;
                     () = stopping.as_mut() => break,
-                    slot = shared.slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                    slot = shared.slots.take() => slot,
                 }
             }
         };
