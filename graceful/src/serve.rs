@@ -706,8 +706,9 @@ async fn accept_loop(listener: Accepting, handler: Handler, tls: Option<Tls>, sh
             accepted = accept(&listener) => accepted,
         };
         let conn = Conn {
-            handler: handler.clone(),
-            shared: shared.clone(),
+            handler: &handler,
+            http: &shared.http,
+            tls: tls.as_ref(),
         };
         match accepted {
             Ok(Accepted::Tcp(stream, peer)) => {
@@ -717,13 +718,12 @@ async fn accept_loop(listener: Accepting, handler: Handler, tls: Option<Tls>, sh
                     Socket::Tcp(Tracked::new(stream, slot)),
                     tcp,
                     Peer::Tcp(peer),
-                    tls.as_ref(),
                 );
             }
             #[cfg(unix)]
             Ok(Accepted::Unix(stream)) => {
                 let io = Socket::Unix(Tracked::new(stream, slot));
-                conn.spawn(io, None, Peer::Unix, tls.as_ref())
+                conn.spawn(io, None, Peer::Unix)
             }
             Err(e) if is_connection_error(&e) => {}
             Err(e) => {
@@ -742,26 +742,28 @@ async fn accept_loop(listener: Accepting, handler: Handler, tls: Option<Tls>, sh
     // generation.
 }
 
-/// What serving one accepted connection needs.
-struct Conn {
-    handler: Handler,
-    shared: Arc<Shared>,
+/// What serving one accepted connection needs: the accept loop's, lent
+/// (the connection's task takes its own references of what it keeps).
+struct Conn<'a> {
+    handler: &'a Handler,
+    http: &'a Arc<drain::HttpServing>,
+    tls: Option<&'a Tls>,
 }
 
-impl Conn {
+impl Conn<'_> {
     /// Serves one accepted connection on its own task, after the TLS
     /// handshake if the listener has TLS. The connection was counted
     /// (`Tracked`) before this is called, so the drain cannot miss it, the
     /// handshake included.
-    fn spawn(self, io: Socket, tcp: Option<drain::TcpSocket>, peer: Peer, tls: Option<&Tls>) {
-        let Conn { handler, shared } = self;
+    fn spawn(self, io: Socket, tcp: Option<drain::TcpSocket>, peer: Peer) {
+        let Conn { handler, http, tls } = self;
         match tls {
-            None => serve(io, tcp, peer, handler, shared.http.clone()),
+            None => serve(io, tcp, peer, handler, http),
             #[cfg(feature = "tls")]
             Some(acceptor) => {
                 let handshake = acceptor.accept(io);
-                let idle_grace = shared.http.timers.idle_grace;
-                let http = shared.http.clone();
+                let idle_grace = http.timers.idle_grace;
+                let (handler, http) = (handler.clone(), http.clone());
                 tokio::spawn(async move {
                     // A failed or slow handshake (a scanner, a client that
                     // distrusts the certificate) ends this connection only.
@@ -779,7 +781,7 @@ impl Conn {
                     };
                     if let Ok(Ok(stream)) = stream {
                         let io = Socket::Boxed(Box::pin(stream));
-                        serve(io, tcp, peer, handler, http);
+                        serve(io, tcp, peer, &handler, &http);
                     }
                 });
             }
@@ -799,13 +801,14 @@ fn serve(
     io: Socket,
     tcp: Option<drain::TcpSocket>,
     peer: Peer,
-    handler: Handler,
-    http: Arc<drain::HttpServing>,
+    handler: &Handler,
+    http: &Arc<drain::HttpServing>,
 ) {
     if handler.is_stream() {
+        let handler = handler.clone();
         tokio::spawn(async move { handler.serve_stream(Connection::new(io), peer).await });
     } else {
-        handler.spawn_http(io, tcp, http)
+        handler.spawn_http(io, tcp, http.clone())
     }
 }
 
