@@ -276,25 +276,26 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
     }
 }
 
-/// A socket whose readiness for reading tokio knows without a system
-/// call: edge-triggered, it is cleared by a read that came back short or
-/// would block, and set again when something arrives.
+/// A socket read only if tokio's readiness says something may have come:
+/// edge-triggered, it is cleared by a read that came back short or would
+/// block, and set again when something arrives. Nothing came, then, is
+/// known without a system call and without registering a waker.
 pub(crate) trait ReadReady {
-    /// Pending if nothing arrived since the last read; ready if something
-    /// may have (data, or the peer's FIN).
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+    /// What is waiting to be read, into `buf`: `WouldBlock` if nothing
+    /// arrived since the last read, `Ok(0)` at the peer's FIN.
+    fn read_if_ready(&mut self, buf: &mut [u8]) -> std::io::Result<usize>;
 }
 
 impl ReadReady for tokio::net::TcpStream {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        tokio::net::TcpStream::poll_read_ready(self, cx)
+    fn read_if_ready(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.try_read(buf)
     }
 }
 
 #[cfg(unix)]
 impl ReadReady for tokio::net::UnixStream {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        tokio::net::UnixStream::poll_read_ready(self, cx)
+    fn read_if_ready(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.try_read(buf)
     }
 }
 
@@ -319,15 +320,12 @@ impl<T: AsyncRead + AsyncWrite + ReadReady + Unpin> AsyncWrite for Tracked<T> {
                 std::task::ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
                 if this.client_done() {
                     // Unless it broke its word: what it sent anyway is
-                    // lingered over as any other client's. Whether anything
-                    // came since the last read is known without a read.
-                    if this.io.poll_read_ready(cx).is_pending() {
-                        return Poll::Ready(Ok(()));
-                    }
-                    let mut sink = [std::mem::MaybeUninit::uninit(); 64];
-                    let mut buf = ReadBuf::uninit(&mut sink);
-                    match Pin::new(&mut this.io).poll_read(cx, &mut buf) {
-                        Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
+                    // lingered over as any other client's. Nothing came
+                    // since the last read (the usual case) is known without
+                    // a read.
+                    let mut sink = [0u8; 64];
+                    match this.io.read_if_ready(&mut sink) {
+                        Ok(n) if n > 0 => {}
                         _ => return Poll::Ready(Ok(())),
                     }
                 }
@@ -927,11 +925,17 @@ mod tests {
         assert!(!ends_connection(&long(false)));
     }
 
-    /// A stream in memory says it may have something to read, always: the
-    /// shutdown then reads to find out.
+    /// A stream in memory is read to find out, as a socket whose readiness
+    /// is set.
     impl ReadReady for tokio::io::DuplexStream {
-        fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
+        fn read_if_ready(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let mut buf = ReadBuf::new(buf);
+            match Pin::new(self).poll_read(&mut cx, &mut buf) {
+                Poll::Ready(Ok(())) => Ok(buf.filled().len()),
+                Poll::Ready(Err(e)) => Err(e),
+                Poll::Pending => Err(std::io::ErrorKind::WouldBlock.into()),
+            }
         }
     }
 
