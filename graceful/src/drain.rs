@@ -192,6 +192,7 @@ pin_project_lite::pin_project! {
 impl Future for Stopping {
     type Output = ();
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.project();
         if this.drain.starting.load(Ordering::SeqCst) {
@@ -613,9 +614,12 @@ fn ends_connection<B>(req: &Request<B>) -> bool {
     let option: &[u8] = if http10 { b"keep-alive" } else { b"close" };
     let headers = req.headers();
     let says = if headers.len() <= 8 {
-        headers
-            .iter()
-            .any(|(name, value)| name == CONNECTION && lists(value, option))
+        // Names first: most requests on a kept-alive connection have no
+        // `Connection` header, and the names alone are the shorter walk.
+        headers.keys().any(|name| name == CONNECTION)
+            && headers
+                .iter()
+                .any(|(name, value)| name == CONNECTION && lists(value, option))
     } else {
         headers
             .get_all(CONNECTION)
