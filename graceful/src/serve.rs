@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioExecutor;
@@ -700,11 +701,17 @@ async fn accept_loop(listener: Accepting, handler: Handler, tls: Option<Tls>, sh
                 }
             }
         };
-        let accepted = tokio::select! {
-            biased;
-            () = stopping.as_mut() => break,
-            accepted = accept(&listener) => accepted,
-        };
+        // Polled by hand rather than through `select!` and `accept()`'s
+        // future: the listener's readiness is asked for directly, with no
+        // waiter of its own to register and remove at every accept.
+        let accepted = std::future::poll_fn(|cx| {
+            if stopping.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            listener.poll_accept(cx).map(Some)
+        })
+        .await;
+        let Some(accepted) = accepted else { break };
         let conn = Conn {
             handler: &handler,
             http: &shared.http,
@@ -818,11 +825,13 @@ enum Accepted {
     Unix(tokio::net::UnixStream),
 }
 
-async fn accept(listener: &Accepting) -> std::io::Result<Accepted> {
-    match listener {
-        Accepting::Tcp(l) => l.accept().await.map(|(s, peer)| Accepted::Tcp(s, peer)),
-        #[cfg(unix)]
-        Accepting::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+impl Accepting {
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<Accepted>> {
+        match self {
+            Accepting::Tcp(l) => l.poll_accept(cx).map_ok(|(s, peer)| Accepted::Tcp(s, peer)),
+            #[cfg(unix)]
+            Accepting::Unix(l) => l.poll_accept(cx).map_ok(|(s, _)| Accepted::Unix(s)),
+        }
     }
 }
 
