@@ -26,13 +26,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
 /// Process-wide drain state. One per process: a worker drains once.
 #[derive(Debug)]
 pub(crate) struct Drain {
+    /// Set once, when the drain starts, before anyone is woken.
     starting: AtomicBool,
-    started: watch::Sender<bool>,
     active: AtomicUsize,
     /// Connections ever tracked.
     opened: AtomicUsize,
@@ -63,14 +63,12 @@ pub(crate) fn global() -> &'static Drain {
 /// # }
 /// ```
 pub async fn shutdown_signal() {
-    let mut rx = global().started.subscribe();
-    // The sender lives in a static, so the channel never closes.
-    let _ = rx.wait_for(|started| *started).await;
+    global().stopping().await
 }
 
 /// Whether this process has started to drain.
 pub fn is_shutting_down() -> bool {
-    // The flag is set before the watch channel, so this never says "no"
+    // The flag is set before anyone is woken, so this never says "no"
     // after shutdown_signal() has resolved.
     global().starting.load(Ordering::SeqCst)
 }
@@ -79,7 +77,6 @@ impl Drain {
     fn new() -> Drain {
         Drain {
             starting: AtomicBool::new(false),
-            started: watch::Sender::new(false),
             active: AtomicUsize::new(0),
             opened: AtomicUsize::new(0),
             at_start: std::sync::Mutex::new((0, 0)),
@@ -122,7 +119,6 @@ impl Drain {
         }
         *self.at_start.lock().unwrap_or_else(|e| e.into_inner()) =
             (self.active(), self.opened.load(Ordering::SeqCst));
-        self.started.send_replace(true);
         self.stopping.notify_waiters();
     }
 
@@ -131,10 +127,6 @@ impl Drain {
     pub(crate) fn handled(&self) -> usize {
         let (open, opened) = *self.at_start.lock().unwrap_or_else(|e| e.into_inner());
         open + self.opened.load(Ordering::SeqCst).saturating_sub(opened)
-    }
-
-    pub(crate) fn subscribe(&self) -> watch::Receiver<bool> {
-        self.started.subscribe()
     }
 
     pub(crate) fn active(&self) -> usize {
@@ -174,13 +166,14 @@ impl Drop for Guard {
 }
 
 pin_project_lite::pin_project! {
-    /// Ready once the drain has started: what an accept loop and a
-    /// connection wait on beside their own work, and poll at each of their
-    /// wakes. It registers with the drain once, at its first poll, and is
+    /// Ready once the drain has started: what `shutdown_signal()` is, and
+    /// what every part of a serving process waits on for the drain (accept
+    /// loops and connections beside their own work, polled at each of
+    /// their wakes). It registers with the drain once, at its first poll, and is
     /// looked at again (a lock) only when polled with another waker or
-    /// once the drain has started; otherwise a poll reads one flag. A
-    /// `watch` receiver's `wait_for`, made again at each wait, took a lock
-    /// to register and one to deregister every time.
+    /// once the drain has started; otherwise a poll reads one flag. (A
+    /// `watch` channel's `wait_for`, made again at each accept, took a lock
+    /// to register and one to deregister every time.)
     pub(crate) struct Stopping {
         #[pin]
         notified: tokio::sync::futures::Notified<'static>,

@@ -460,7 +460,6 @@ fn start_serving(served: Vec<Served>, config: &Config) -> AcceptLoops {
             },
         }),
         slots: Slots::new(cap),
-        cap,
     });
     let mut accepting = Vec::new();
     for served in served {
@@ -530,7 +529,6 @@ const DATAGRAM_RESTART: Duration = Duration::from_secs(1);
 /// unanswered.
 async fn serve_datagrams(addr: String, handler: Handler, socket: Datagram) {
     let _open = drain::global().hold();
-    let mut stopping = drain::global().subscribe();
     loop {
         let ended = match socket.for_handler() {
             Ok(copy) => handler.serve_datagrams(copy).await,
@@ -544,7 +542,7 @@ async fn serve_datagrams(addr: String, handler: Handler, socket: Datagram) {
                 return;
             }
         };
-        let draining = *stopping.borrow();
+        let draining = drain::is_shutting_down();
         match ended {
             Ok(()) if draining => return,
             Ok(()) => crate::log::event!(
@@ -573,7 +571,7 @@ async fn serve_datagrams(addr: String, handler: Handler, socket: Datagram) {
             return;
         }
         tokio::select! {
-            _ = stopping.wait_for(|s| *s) => return,
+            () = drain::global().stopping() => return,
             () = tokio::time::sleep(DATAGRAM_RESTART) => {}
         }
     }
@@ -604,9 +602,8 @@ fn connection_cap(max_connections: usize) -> usize {
 /// What every accept loop of a process shares.
 struct Shared {
     http: Arc<drain::HttpServing>,
-    /// One permit per open connection, `cap` in all.
+    /// One slot per open connection.
     slots: Arc<Slots>,
-    cap: usize,
 }
 
 /// Failed accepts and a full connection limit can each come in a flood.
@@ -616,7 +613,7 @@ static LIMIT_REACHED: Throttled = Throttled::new(Duration::from_secs(10));
 /// Waits for the drain to start, then for every connection to close, for up
 /// to `stop_timeout`, and logs what happened under the adapter's name.
 async fn wait_drained<A: Adapter>(config: &Config, adapter: &A) {
-    drain::global().subscribe().wait_for(|s| *s).await.ok();
+    drain::global().stopping().await;
     let started = Instant::now();
     // A connection accepted at the moment the drain starts must be counted
     // before the count is read: every accept loop has ended (and dropped
@@ -678,13 +675,13 @@ async fn accept_loop(listener: Accepting, handler: Handler, tls: Option<Tls>, sh
         let slot = match shared.slots.try_take() {
             Some(slot) => slot,
             None => {
-                let cap = shared.cap as u64;
+                let cap = shared.slots.cap() as u64;
                 LIMIT_REACHED.line_with(
                     format_args!(
                         "pid {}: {} connections open, the most this process serves at once; \
                          new ones wait in the backlog",
                         std::process::id(),
-                        shared.cap
+                        cap
                     ),
                     |text| {
                         crate::log::event!(
@@ -776,9 +773,8 @@ impl Conn<'_> {
                     // distrusts the certificate) ends this connection only.
                     // Once the drain starts, a handshake still going on gets
                     // `idle_grace` more, like an idle keep-alive connection.
-                    let mut stopping = drain::global().subscribe();
                     let drained = async {
-                        let _ = stopping.wait_for(|s| *s).await;
+                        drain::global().stopping().await;
                         tokio::time::sleep(idle_grace).await;
                     };
                     let timeout = crate::tls::HANDSHAKE_TIMEOUT;

@@ -339,10 +339,11 @@ impl Adapter for Single {
 /// Runs reloads one at a time; requests that arrive during one are
 /// coalesced into one more.
 async fn reloads(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<String>) {
-    let mut stopping = drain::global().subscribe();
+    let stopping = drain::global().stopping();
+    tokio::pin!(stopping);
     loop {
         let why = tokio::select! {
-            _ = stopping.wait_for(|s| *s) => break,
+            () = stopping.as_mut() => break,
             why = requests.recv() => match why {
                 Some(why) => why,
                 None => break,
@@ -556,10 +557,11 @@ async fn answer(control: OwnedFd) -> Result<(), String> {
 }
 
 async fn watchdog(shared: Arc<Shared>, every: Duration) {
-    let mut stopping = drain::global().subscribe();
+    let stopping = drain::global().stopping();
+    tokio::pin!(stopping);
     loop {
         tokio::select! {
-            _ = stopping.wait_for(|s| *s) => return,
+            () = stopping.as_mut() => return,
             _ = tokio::time::sleep(every) => shared.notify("WATCHDOG=1"),
         }
     }

@@ -37,6 +37,11 @@ impl Slots {
         })
     }
 
+    /// How many connections may hold a slot at once.
+    pub(crate) fn cap(&self) -> usize {
+        self.cap
+    }
+
     /// A slot, if one is free.
     pub(crate) fn try_take(self: &Arc<Self>) -> Option<Slot> {
         let mut held = self.held.load(Ordering::SeqCst);
