@@ -36,7 +36,9 @@ fn a_replaced_executable_is_reloaded_once_and_a_broken_build_rolled_back() {
     );
 
     // A build written slowly in place of a removed file (as a linker or a
-    // copy does): one reload, once the file is complete.
+    // copy does), with pauses longer than the master's quiet window (a
+    // busy machine, a slow disk): one reload, once the writer closes the
+    // file, and none of a file still open (it cannot run: ETXTBSY).
     std::fs::remove_file(&app).unwrap();
     let bytes = std::fs::read(testapp()).unwrap();
     let mut file = std::fs::OpenOptions::new()
@@ -45,10 +47,10 @@ fn a_replaced_executable_is_reloaded_once_and_a_broken_build_rolled_back() {
         .mode(0o755)
         .open(&app)
         .unwrap();
-    for chunk in bytes.chunks(bytes.len() / 5 + 1) {
+    for chunk in bytes.chunks(bytes.len() / 3 + 1) {
         file.write_all(chunk).unwrap();
         file.flush().unwrap();
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(700));
     }
     drop(file);
     service.ready_worker(3, T);

@@ -150,8 +150,8 @@ impl Server {
     }
 
     /// Reloads when the executable file is replaced (a new build renamed or
-    /// linked over it), once the file has been quiet for 300 ms, as for a
-    /// development loop (default off). A broken build is rolled back like
+    /// linked over it), once the file has been quiet for 300 ms and no
+    /// writer holds it open, as for a development loop (default off). A broken build is rolled back like
     /// any failed reload. `GRACEFUL_WATCH=1` or `0` overrides it. Master mode
     /// on Linux only (the master watches the file's directory with inotify,
     /// with no thread and no periodic wake-up); elsewhere it is logged as

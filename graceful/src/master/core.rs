@@ -147,6 +147,12 @@ pub(crate) enum Event {
     /// Linux has the watch).
     #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
     ExecutableChanged,
+    /// The executable file is being written by a writer that holds it open:
+    /// it cannot run (`ETXTBSY`) until that writer closes it, however long
+    /// the writer pauses, so no reload is due before it is `ExecutableChanged`
+    /// again.
+    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
+    ExecutableWriting,
     /// A path of `watch_paths` changed (debounced as `ExecutableChanged`;
     /// Linux only, too).
     #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
@@ -434,6 +440,7 @@ impl Core {
             }
             Event::Exited { pid, how } => self.exited(now, pid, &how),
             Event::ExecutableChanged => self.changed = Some(now + WATCH_QUIET),
+            Event::ExecutableWriting => self.changed = None,
             Event::PathChanged(path) => {
                 self.changed = Some(now + WATCH_QUIET);
                 self.changed_path = Some(path);
@@ -2791,6 +2798,22 @@ mod tests {
         );
         assert_eq!(spawns(&actions), 1);
         assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 31_800));
+    }
+
+    #[test]
+    fn an_executable_still_held_by_its_writer_waits_for_the_close() {
+        let mut run = Run::serving();
+        // Written, then the writer pauses for a second with the file open:
+        // no reload (the file cannot run), however long the pause.
+        assert_eq!(run.at(1000, Event::ExecutableChanged), []);
+        assert_eq!(run.at(1010, Event::ExecutableWriting), []);
+        assert_eq!(run.core.next_deadline(), None);
+        assert_eq!(run.at(2000, Event::Tick), []);
+        // The writer closes it: one reload, once quiet.
+        assert_eq!(run.at(2500, Event::ExecutableChanged), []);
+        assert_eq!(run.at(2799, Event::Tick), []);
+        let actions = run.at(2800, Event::Tick);
+        assert_eq!(spawns(&actions), 1, "{actions:?}");
     }
 
     #[test]

@@ -763,8 +763,15 @@ impl Master {
                 self.read_control(generation);
             }
             #[cfg(any(target_os = "linux", target_os = "android"))]
-            if watched && self.watch.as_ref().is_some_and(|w| w.changed()) {
-                self.handle(Event::ExecutableChanged);
+            match self
+                .watch
+                .as_mut()
+                .filter(|_| watched)
+                .and_then(|w| w.changed())
+            {
+                Some(watch::Change::Written) => self.handle(Event::ExecutableChanged),
+                Some(watch::Change::Writing) => self.handle(Event::ExecutableWriting),
+                None => {}
             }
             #[cfg(any(target_os = "linux", target_os = "android"))]
             if let Some(path) = paths_changed

@@ -16,6 +16,34 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 pub(crate) struct ExecutableWatch {
     inotify: Inotify,
     name: OsString,
+    /// Whether a writer wrote to the file and has not closed it yet: such a
+    /// file cannot be executed (`ETXTBSY`), however long it has been quiet.
+    writing: bool,
+}
+
+/// Where the changes read last left the executable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// Written and closed, renamed or linked over the path, or its mode
+    /// changed: ready to run once it stays quiet.
+    Written,
+    /// Written to by a writer that still holds it open (a copy or a linker
+    /// that paused): not to be run until it is closed.
+    Writing,
+}
+
+/// Whether the file is still being written after `event` on its name, given
+/// whether it was before: a write starts it, the writer's close or a new
+/// file at the name (renamed or linked over it) ends it, and a change of
+/// mode says nothing about it.
+fn still_writing(writing: bool, event: AddWatchFlags) -> bool {
+    if event.intersects(
+        AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CREATE,
+    ) {
+        false
+    } else {
+        writing || event.contains(AddWatchFlags::IN_MODIFY)
+    }
 }
 
 impl ExecutableWatch {
@@ -32,7 +60,11 @@ impl ExecutableWatch {
             | AddWatchFlags::IN_MODIFY
             | AddWatchFlags::IN_ATTRIB;
         inotify.add_watch(dir, mask)?;
-        Ok(ExecutableWatch { inotify, name })
+        Ok(ExecutableWatch {
+            inotify,
+            name,
+            writing: false,
+        })
     }
 
     /// The watch a master carried across its exec: the inotify descriptor
@@ -58,25 +90,39 @@ impl ExecutableWatch {
         .map_err(std::io::Error::other)?;
         // SAFETY: an inotify descriptor, as checked.
         let inotify = unsafe { Inotify::from_owned_fd(fd) };
-        Ok(ExecutableWatch { inotify, name })
+        // Not carried: a write the old image saw is closed by now, or the
+        // new image sees the next one.
+        Ok(ExecutableWatch {
+            inotify,
+            name,
+            writing: false,
+        })
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.inotify.as_fd()
     }
 
-    /// Reads what happened since the last call: whether the file changed.
-    pub(crate) fn changed(&self) -> bool {
+    /// Reads what happened since the last call: whether the file changed,
+    /// and if so, whether a writer still holds it.
+    pub(crate) fn changed(&mut self) -> Option<Change> {
         let mut changed = false;
         while let Ok(events) = self.inotify.read_events() {
             if events.is_empty() {
                 break;
             }
-            changed |= events
-                .iter()
-                .any(|event| event.name.as_deref() == Some(self.name.as_os_str()));
+            for event in &events {
+                if event.name.as_deref() == Some(self.name.as_os_str()) {
+                    changed = true;
+                    self.writing = still_writing(self.writing, event.mask);
+                }
+            }
         }
-        changed
+        changed.then_some(if self.writing {
+            Change::Writing
+        } else {
+            Change::Written
+        })
     }
 }
 
@@ -187,6 +233,52 @@ mod tests {
         assert!(!concerns(file, None));
         assert!(concerns(None, Some(OsStr::new("anything"))));
         assert!(concerns(None, None));
+    }
+
+    #[test]
+    fn a_write_holds_the_file_until_its_writer_closes_it_or_it_is_replaced() {
+        let modify = AddWatchFlags::IN_MODIFY;
+        assert!(still_writing(false, modify));
+        assert!(still_writing(true, modify));
+        assert!(still_writing(true, AddWatchFlags::IN_ATTRIB));
+        assert!(!still_writing(false, AddWatchFlags::IN_ATTRIB));
+        for done in [
+            AddWatchFlags::IN_CLOSE_WRITE,
+            AddWatchFlags::IN_MOVED_TO,
+            AddWatchFlags::IN_CREATE,
+        ] {
+            assert!(!still_writing(true, done), "{done:?}");
+            assert!(!still_writing(false, done), "{done:?}");
+        }
+    }
+
+    #[test]
+    fn an_executable_open_for_writing_is_writing_until_closed() {
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("graceful-exe-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("app");
+        std::fs::write(&exe, "one").unwrap();
+        let mut watch = ExecutableWatch::new(&exe).unwrap();
+        assert_eq!(watch.changed(), None);
+        std::fs::write(dir.join("other"), "x").unwrap();
+        assert_eq!(watch.changed(), None);
+        // Opened, written, paused: still being written.
+        let mut file = std::fs::File::create(&exe).unwrap();
+        file.write_all(b"two").unwrap();
+        assert_eq!(watch.changed(), Some(Change::Writing));
+        assert_eq!(watch.changed(), None);
+        file.write_all(b"three").unwrap();
+        assert_eq!(watch.changed(), Some(Change::Writing));
+        drop(file);
+        assert_eq!(watch.changed(), Some(Change::Written));
+        // A build linked over the path (as cargo does): written at once.
+        std::fs::write(dir.join("app.build"), "four").unwrap();
+        std::fs::remove_file(&exe).unwrap();
+        std::fs::hard_link(dir.join("app.build"), &exe).unwrap();
+        assert_eq!(watch.changed(), Some(Change::Written));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
