@@ -67,6 +67,15 @@ fn a_replaced_executable_is_reloaded_once_and_a_broken_build_rolled_back() {
         "{}",
         service.log_text()
     );
+    // The master upgraded in place on each reload and carried its watch
+    // across the exec.
+    assert!(service.count_lines("master upgraded in place") >= 1);
+    assert_eq!(
+        service.count_lines("did not survive"),
+        0,
+        "{}",
+        service.log_text()
+    );
 
     // A broken build: rolled back, worker 3 keeps serving.
     std::fs::remove_file(&app).unwrap();
