@@ -90,8 +90,9 @@ impl ExecutableWatch {
         .map_err(std::io::Error::other)?;
         // SAFETY: an inotify descriptor, as checked.
         let inotify = unsafe { Inotify::from_owned_fd(fd) };
-        // Not carried: a write the old image saw is closed by now, or the
-        // new image sees the next one.
+        // Not carried: while a write was open the old image had no reload
+        // pending (nor has the state it handed over), and the file's next
+        // event says again whether it is still being written.
         Ok(ExecutableWatch {
             inotify,
             name,
