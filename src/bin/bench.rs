@@ -164,7 +164,12 @@ fn spread(v: &[f64]) -> (f64, f64) {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
+    let n = v.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// Throughput of graceful against plain hyper-util with the servers pinned
@@ -1209,5 +1214,16 @@ mod tests {
         let values: Vec<f64> = (1..=16).rev().map(f64::from).collect();
         assert_eq!(median_interval(&values), (4.0, 13.0));
         assert_eq!(median_interval(&[]), (0.0, 0.0));
+    }
+
+    /// An even count's median is the mean of its two middle values, not
+    /// the upper one (which put every median of 16 rounds a rank high).
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![0.90, 1.10]), 1.0);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![7.0]), 7.0);
+        assert_eq!(median(Vec::new()), 0.0);
     }
 }
