@@ -3,7 +3,9 @@
 //! across many upgrades, deadlines and waiting clients cross the exec, and
 //! the master is kept (and says why) when the new build cannot take over.
 
+use std::io::Write;
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::Command;
 use std::time::Duration;
 
@@ -230,6 +232,67 @@ fn a_sighup_and_a_sigterm_sent_during_the_exec_window_are_both_honoured() {
         .unwrap();
     assert!(second > upgraded, "{}", lines.join("\n"));
     assert!(at("stopping (SIGTERM)") > upgraded, "{}", lines.join("\n"));
+}
+
+/// A build written over the executable while the master checks the one
+/// worker 2 runs (the check takes 1 s) is not what the master becomes: it
+/// opens the executable once, then checks and executes that file, so the
+/// broken build written in between (`exit 3`) is left for the next reload
+/// to try. The master keeps its PID and serves, and a stop still works.
+#[test]
+fn a_build_written_while_the_master_checks_the_last_one_is_not_what_it_executes() {
+    let dir = temp_dir("upgrade-race");
+    let app = dir.join("app");
+    copy_executable(&testapp(), &app);
+    let started = dir.join("check-started");
+    let mut service = Service::start(
+        &app,
+        &["127.0.0.1:0"],
+        &[
+            ("TESTAPP_CHECK_DELAY_MS", "1000"),
+            ("TESTAPP_CHECK_STARTED", started.to_str().unwrap()),
+        ],
+    );
+    let master = service.pid();
+    let addr = service.addr(T);
+    service.ready_worker(1, T);
+    service.signal(Signal::SIGHUP);
+    let second = service.ready_worker(2, T);
+    let deadline = std::time::Instant::now() + T;
+    while !started.exists() {
+        assert!(std::time::Instant::now() < deadline, "no check started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let staged = dir.join("app.new");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o755)
+        .open(&staged)
+        .unwrap()
+        .write_all(b"#!/bin/sh\nexit 3\n")
+        .unwrap();
+    std::fs::rename(&staged, &app).unwrap();
+    let line = service.wait_line(UPGRADED, T);
+    assert!(line.contains(&format!("(pid {master} kept)")), "{line}");
+    assert_eq!(get(&addr, "/pid").unwrap().1, format!("{second}\n"));
+    // Named after its file, as an exec of the path names it (`ps`, `top`),
+    // not after the descriptor it was executed from.
+    let comm = std::fs::read_to_string(format!("/proc/{master}/comm")).unwrap();
+    assert_eq!(comm, "app\n");
+    // The next reload runs the broken build, and rolls it back.
+    service.signal(Signal::SIGHUP);
+    let failed = service.wait_line("reload failed", T);
+    assert!(failed.contains("exited with status 3"), "{failed}");
+    assert_eq!(get(&addr, "/pid").unwrap().1, format!("{second}\n"));
+    service.signal(Signal::SIGTERM);
+    assert_eq!(
+        service.wait_exit(T).code(),
+        Some(0),
+        "{}",
+        service.log_text()
+    );
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// The check role reads the state from the pipe it is given and refuses,

@@ -68,12 +68,10 @@ fn a_replaced_executable_is_reloaded_once_and_a_broken_build_rolled_back() {
         service.log_text()
     );
     // The master upgraded in place on each reload and carried its watch
-    // across the exec. Waited for before the next build is written: the
-    // master executes the executable's path, so a build written between
-    // its check of the new executable and its exec is what it runs (a known
-    // bug, not yet fixed: the exec should take the checked file by its
-    // descriptor). This test once wrote its broken build in that window
-    // and the master became that build and exited.
+    // across the exec. Waited for before the broken build is written, so
+    // that its reload is the next one (a build written during the
+    // master's check is left for the next reload:
+    // tests/upgrade.rs checks that).
     service.wait_line_n("master upgraded in place", 1, T);
     assert_eq!(
         service.count_lines("did not survive"),

@@ -56,7 +56,13 @@ impl Executable {
     /// The command that runs this program with its original arguments
     /// (argv[0] as it was given).
     pub(crate) fn command(&self) -> Command {
-        let mut command = Command::new(&self.path);
+        self.command_at(&self.path)
+    }
+
+    /// The same, running `program` (this executable by another name, such
+    /// as a descriptor's) with argv[0] as it was given.
+    pub(crate) fn command_at(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new(program);
         if let Some(arg0) = self.argv.first() {
             command.arg0(arg0);
         }

@@ -13,7 +13,9 @@
 //! - `TESTAPP_PID_FILE`: the `pid_file` option.
 //! - `TESTAPP_CHECK_DELAY_MS`: when run by an upgrading master in the check
 //!   role (`GRACEFUL_ROLE=check`), wait that long first, so that a test can
-//!   send signals while the master waits to re-execute.
+//!   send signals, or replace the executable, while the master waits to
+//!   re-execute. With `TESTAPP_CHECK_STARTED=PATH` the check writes PATH
+//!   before it waits.
 //! - `TESTAPP_WATCHDOG_MS`: the `watchdog` option. (`control_socket` is set
 //!   with `GRACEFUL_CONTROL_SOCKET`, `user` and `group` with `GRACEFUL_USER`
 //!   and `GRACEFUL_GROUP`.)
@@ -269,6 +271,9 @@ fn number(name: &str) -> Option<u64> {
 fn main() {
     if std::env::var_os("GRACEFUL_ROLE").is_some_and(|role| role == "check") {
         if let Some(ms) = number("TESTAPP_CHECK_DELAY_MS") {
+            if let Some(path) = std::env::var_os("TESTAPP_CHECK_STARTED") {
+                std::fs::write(&path, b"").expect("TESTAPP_CHECK_STARTED: cannot write the file");
+            }
             std::thread::sleep(Duration::from_millis(ms));
         }
     }

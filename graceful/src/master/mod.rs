@@ -333,6 +333,8 @@ pub(crate) fn resume(config: Config, pipe: OwnedFd) -> Result<(), Error> {
         PathBuf::from(upgrade::os(state.executable.path)),
         state.executable.argv.into_iter().map(upgrade::os).collect(),
     );
+    #[cfg(target_os = "linux")]
+    upgrade::name_after(&executable);
     let notify = state
         .notify
         .and_then(|n| Notifier::from_parts(n.address, n.watchdog_us.map(Duration::from_micros)));
@@ -637,13 +639,17 @@ impl Master {
         let bytes = state.encode();
         let carried: Vec<RawFd> = state.descriptors().into_iter().map(|(fd, _)| fd).collect();
         let path = self.executable.path().display().to_string();
-        let why = match upgrade::check(&self.executable, &bytes) {
-            Err(why) => {
-                format!("worker {generation}'s build at {path} cannot take over its state: {why}")
-            }
-            Ok(()) => match upgrade::state_pipe(&bytes) {
-                Err(e) => format!("cannot pass on its state: {e}"),
-                Ok(pipe) => upgrade::exec(&self.executable, &pipe, &carried),
+        // Opened once: what is checked is what is executed.
+        let why = match upgrade::open(&self.executable) {
+            Err(why) => why,
+            Ok(file) => match upgrade::check(&self.executable, &file, &bytes) {
+                Err(why) => format!(
+                    "worker {generation}'s build at {path} cannot take over its state: {why}"
+                ),
+                Ok(()) => match upgrade::state_pipe(&bytes) {
+                    Err(e) => format!("cannot pass on its state: {e}"),
+                    Ok(pipe) => upgrade::exec(&self.executable, &file, &pipe, &carried),
+                },
             },
         };
         blocked.unblock();

@@ -1,7 +1,7 @@
 //! The master's upgrade in place, the parts that touch the OS: blocking the
-//! signals across the exec, the state pipe, asking the new executable to
-//! read the state (its check role) before the master commits to it, and the
-//! `execve` itself. What the state holds is `state.rs`; when to upgrade is
+//! signals across the exec, the state pipe, opening the new executable
+//! once, asking that file to read the state (its check role) before the
+//! master commits to it, and the exec of that same file. What the state holds is `state.rs`; when to upgrade is
 //! the core's decision; the loop in the parent module puts it together.
 
 use std::ffi::{CString, OsStr, OsString};
@@ -96,14 +96,48 @@ pub(super) fn state_pipe(bytes: &[u8]) -> std::io::Result<OwnedFd> {
     Ok(read)
 }
 
-/// Runs `executable` in its check role on the state `bytes`: `Ok` once it
-/// answered that it reads it, or why not (its answer, its exit, or no
-/// answer within [`CHECK_WAIT`], after which it is killed). The child is
-/// reaped here.
-pub(super) fn check(executable: &Executable, bytes: &[u8]) -> Result<(), String> {
+/// The executable at `executable`'s path, opened once: the check runs this
+/// file and the exec executes it, so a build written to the path in
+/// between is not run unchecked (it waits for the next reload). Where the
+/// exec cannot take a descriptor, [`exec`] checks that the path still
+/// leads to this file.
+pub(super) fn open(executable: &Executable) -> Result<OwnedFd, String> {
+    use nix::fcntl::OFlag;
+    // O_PATH: execute permission is enough, as for execve.
+    #[cfg(target_os = "linux")]
+    let flags = OFlag::O_PATH | OFlag::O_CLOEXEC;
+    #[cfg(not(target_os = "linux"))]
+    let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+    nix::fcntl::open(executable.path(), flags, nix::sys::stat::Mode::empty())
+        .map_err(|e| format!("cannot open {}: {}", executable.path().display(), e.desc()))
+}
+
+/// The path that runs `file` in a child, which inherits it: the descriptor
+/// itself where the OS names it so.
+fn program_of(executable: &Executable, file: &OwnedFd) -> std::path::PathBuf {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = executable;
+        format!("/proc/self/fd/{}", file.as_raw_fd()).into()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        executable.path().to_path_buf()
+    }
+}
+
+/// Runs `file` (opened by [`open`]) in its check role on the state `bytes`:
+/// `Ok` once it answered that it reads it, or why not (its answer, its
+/// exit, or no answer within [`CHECK_WAIT`], after which it is killed). The
+/// child is reaped here.
+pub(super) fn check(executable: &Executable, file: &OwnedFd, bytes: &[u8]) -> Result<(), String> {
     let pipe = state_pipe(bytes).map_err(|e| format!("cannot pass it the state: {e}"))?;
     let raw = pipe.as_raw_fd();
-    let mut command = executable.command();
+    // Inherited, so that a script run by its descriptor can be read by its
+    // interpreter.
+    let program = file.as_raw_fd();
+    let mut command = executable.command_at(program_of(executable, file));
     command
         .env(ENV_MASTER_STATE, raw.to_string())
         .env(ENV_ROLE, ROLE_CHECK)
@@ -114,8 +148,10 @@ pub(super) fn check(executable: &Executable, bytes: &[u8]) -> Result<(), String>
     // (fcntl, signal), on memory allocated before the fork.
     unsafe {
         command.pre_exec(move || {
-            if nix::libc::fcntl(raw, nix::libc::F_SETFD, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
+            for fd in [raw, program] {
+                if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             // A signal to the service's process group is the master's
             // business, not the check's.
@@ -193,11 +229,17 @@ fn read_bounded(fd: OwnedFd, deadline: Instant) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// Re-executes this process as `executable` with the state on `pipe`,
-/// passing `carried` (and the pipe) across: their close-on-exec flags are
-/// cleared just before, and set again if `execve` fails. Returns only on
-/// failure, with the reason.
-pub(super) fn exec(executable: &Executable, pipe: &OwnedFd, carried: &[RawFd]) -> String {
+/// Re-executes this process as `file` (opened by [`open`] from
+/// `executable`'s path, and checked) with `executable`'s arguments and the
+/// state on `pipe`, passing `carried` (and the pipe) across: their
+/// close-on-exec flags are cleared just before, and set again if the exec
+/// fails. Returns only on failure, with the reason.
+pub(super) fn exec(
+    executable: &Executable,
+    file: &OwnedFd,
+    pipe: &OwnedFd,
+    carried: &[RawFd],
+) -> String {
     let cstring = |bytes: &[u8]| CString::new(bytes).map_err(|_| "a NUL byte".to_string());
     let built = (|| -> Result<(CString, Vec<CString>, Vec<CString>), String> {
         let path = cstring(executable.path().as_os_str().as_bytes())?;
@@ -228,10 +270,57 @@ pub(super) fn exec(executable: &Executable, pipe: &OwnedFd, carried: &[RawFd]) -
             let _ = fcntl(fd, FcntlArg::F_SETFD(flag));
         }
     };
+    #[cfg(not(target_os = "linux"))]
+    if let Err(why) = still_at(executable.path(), file) {
+        return why;
+    }
     set(FdFlag::empty());
+    #[cfg(target_os = "linux")]
+    let error = {
+        let _ = path;
+        nix::unistd::fexecve(file, &argv, &env).unwrap_err()
+    };
+    #[cfg(not(target_os = "linux"))]
     let error = nix::unistd::execve(&path, &argv, &env).unwrap_err();
     set(FdFlag::FD_CLOEXEC);
-    format!("execve {} failed: {error}", executable.path().display())
+    let shown = executable.path().display();
+    if error == nix::errno::Errno::ENOENT {
+        // The file is open, so it exists: a script, whose interpreter
+        // cannot read a descriptor closed by the exec.
+        return format!(
+            "cannot execute {shown} from its descriptor ({error}): the executable must be the \
+             program itself, not a script"
+        );
+    }
+    format!("cannot execute {shown}: {error}")
+}
+
+/// After an exec from a descriptor: names this process after its
+/// executable's file (at most 15 bytes), as an exec of the path does, for
+/// `ps` and `top`. Kernels before 6.14 name it after the descriptor's
+/// number.
+#[cfg(target_os = "linux")]
+pub(super) fn name_after(executable: &Executable) {
+    if let Some(name) = executable.path().file_name() {
+        let name = &name.as_bytes()[..name.len().min(15)];
+        if let Ok(name) = CString::new(name) {
+            let _ = nix::sys::prctl::set_name(&name);
+        }
+    }
+}
+
+/// Whether `path` still leads to `file`, for an exec that takes a path.
+#[cfg(not(target_os = "linux"))]
+fn still_at(path: &std::path::Path, file: &OwnedFd) -> Result<(), String> {
+    let opened = nix::sys::stat::fstat(file).map_err(|e| format!("cannot stat it: {e}"))?;
+    match nix::sys::stat::stat(path) {
+        Ok(now) if (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino) => Ok(()),
+        Ok(_) => Err(format!(
+            "{} was replaced after its check; the next reload tries the new file",
+            path.display()
+        )),
+        Err(e) => Err(format!("cannot stat {}: {e}", path.display())),
+    }
 }
 
 /// The check role: reads the state on `pipe`, and answers on stdout `ok
@@ -277,4 +366,77 @@ pub(super) fn path(bytes: &Option<Vec<u8>>) -> Option<std::path::PathBuf> {
 pub(super) fn os(bytes: Vec<u8>) -> OsString {
     use std::os::unix::ffi::OsStringExt;
     OsString::from_vec(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    /// Runs the check of a script whose body is `body`, opened before it
+    /// is replaced by `then` (if any).
+    fn check_script(name: &str, body: &str, then: Option<&str>) -> Result<(), String> {
+        let dir =
+            std::env::temp_dir().join(format!("graceful-check-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Written by a child process: a descriptor open for writing in
+        // this process could be inherited by another test's fork and make
+        // the exec fail with ETXTBSY.
+        let write = |path: &std::path::Path, body: &str| {
+            let status = std::process::Command::new("sh")
+                .args([
+                    "-c",
+                    "printf '#!/bin/sh\n%s\n' \"$1\" > \"$2\" && chmod 755 \"$2\"",
+                ])
+                .arg("sh")
+                .arg(body)
+                .arg(path)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        };
+        let app = dir.join("app");
+        write(&app, body);
+        let executable = Executable::from_parts(app.clone(), vec![app.clone().into()]);
+        let file = open(&executable).unwrap();
+        if let Some(then) = then {
+            let staged = dir.join("app.new");
+            write(&staged, then);
+            std::fs::rename(&staged, &app).unwrap();
+        }
+        let answer = check(&executable, &file, b"state");
+        std::fs::remove_dir_all(&dir).unwrap();
+        answer
+    }
+
+    #[test]
+    fn the_check_runs_the_file_opened_even_a_script_and_reports_its_answer() {
+        let ok = format!("echo ok {FORMAT}");
+        assert_eq!(check_script("ok", &ok, None), Ok(()));
+        assert_eq!(
+            check_script("refuses", "echo 'error cannot read it'; exit 1", None),
+            Err("cannot read it".to_string())
+        );
+        assert_eq!(
+            check_script("exits", "exit 3", None),
+            Err("its check exited with status 3 and no answer".to_string())
+        );
+        // Replaced after it was opened: the opened file is what runs.
+        #[cfg(target_os = "linux")]
+        assert_eq!(check_script("replaced", &ok, Some("exit 3")), Ok(()));
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            check_script("replaced-broken", "exit 3", Some(&ok)),
+            Err("its check exited with status 3 and no answer".to_string())
+        );
+    }
+
+    #[test]
+    fn a_missing_executable_is_named() {
+        let path = std::env::temp_dir().join(format!("graceful-missing-{}", std::process::id()));
+        let executable = Executable::from_parts(path.clone(), vec![]);
+        assert_eq!(
+            open(&executable).unwrap_err(),
+            format!("cannot open {}: No such file or directory", path.display())
+        );
+    }
 }
