@@ -1,8 +1,9 @@
 //! The master's upgrade in place, the parts that touch the OS: blocking the
 //! signals across the exec, the state pipe, opening the new executable
 //! once, asking that file to read the state (its check role) before the
-//! master commits to it, and the exec of that same file. What the state holds is `state.rs`; when to upgrade is
-//! the core's decision; the loop in the parent module puts it together.
+//! master commits to it, and the exec of that same file. What the state
+//! holds is `state.rs`; when to upgrade is the core's decision; the loop in
+//! the parent module puts it together.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io::{Read, Write};
@@ -284,6 +285,7 @@ pub(super) fn exec(
     let error = nix::unistd::execve(&path, &argv, &env).unwrap_err();
     set(FdFlag::FD_CLOEXEC);
     let shown = executable.path().display();
+    #[cfg(target_os = "linux")]
     if error == nix::errno::Errno::ENOENT {
         // The file is open, so it exists: a script, whose interpreter
         // cannot read a descriptor closed by the exec.
@@ -371,6 +373,7 @@ pub(super) fn os(bytes: Vec<u8>) -> OsString {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     /// Runs the check of a script whose body is `body`, opened before it
     /// is replaced by `then` (if any).
     fn check_script(name: &str, body: &str, then: Option<&str>) -> Result<(), String> {
