@@ -116,14 +116,9 @@ pub(super) fn open(executable: &Executable) -> Result<OwnedFd, String> {
 /// The path that runs `file` in a child, which inherits it: the descriptor
 /// itself where the OS names it so.
 fn program_of(executable: &Executable, file: &OwnedFd) -> std::path::PathBuf {
-    #[cfg(target_os = "linux")]
-    {
-        let _ = executable;
+    if cfg!(target_os = "linux") {
         format!("/proc/self/fd/{}", file.as_raw_fd()).into()
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = file;
+    } else {
         executable.path().to_path_buf()
     }
 }
@@ -242,8 +237,7 @@ pub(super) fn exec(
     carried: &[RawFd],
 ) -> String {
     let cstring = |bytes: &[u8]| CString::new(bytes).map_err(|_| "a NUL byte".to_string());
-    let built = (|| -> Result<(CString, Vec<CString>, Vec<CString>), String> {
-        let path = cstring(executable.path().as_os_str().as_bytes())?;
+    let built = (|| -> Result<(Vec<CString>, Vec<CString>), String> {
         let argv = executable
             .argv()
             .iter()
@@ -256,9 +250,9 @@ pub(super) fn exec(
         env.push(cstring(
             format!("{ENV_MASTER_STATE}={}", pipe.as_raw_fd()).as_bytes(),
         )?);
-        Ok((path, argv, env))
+        Ok((argv, env))
     })();
-    let (path, argv, env) = match built {
+    let (argv, env) = match built {
         Ok(built) => built,
         Err(why) => return format!("cannot build its command line: {why}"),
     };
@@ -272,15 +266,13 @@ pub(super) fn exec(
         }
     };
     #[cfg(not(target_os = "linux"))]
-    if let Err(why) = still_at(executable.path(), file) {
-        return why;
-    }
+    let path = match still_at(executable.path(), file) {
+        Ok(path) => path,
+        Err(why) => return why,
+    };
     set(FdFlag::empty());
     #[cfg(target_os = "linux")]
-    let error = {
-        let _ = path;
-        nix::unistd::fexecve(file, &argv, &env).unwrap_err()
-    };
+    let error = nix::unistd::fexecve(file, &argv, &env).unwrap_err();
     #[cfg(not(target_os = "linux"))]
     let error = nix::unistd::execve(&path, &argv, &env).unwrap_err();
     set(FdFlag::FD_CLOEXEC);
@@ -311,12 +303,15 @@ pub(super) fn name_after(executable: &Executable) {
     }
 }
 
-/// Whether `path` still leads to `file`, for an exec that takes a path.
+/// `path`, for an exec that takes a path, if it still leads to `file`.
 #[cfg(not(target_os = "linux"))]
-fn still_at(path: &std::path::Path, file: &OwnedFd) -> Result<(), String> {
+fn still_at(path: &std::path::Path, file: &OwnedFd) -> Result<CString, String> {
     let opened = nix::sys::stat::fstat(file).map_err(|e| format!("cannot stat it: {e}"))?;
     match nix::sys::stat::stat(path) {
-        Ok(now) if (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino) => Ok(()),
+        Ok(now) if (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino) => {
+            CString::new(path.as_os_str().as_bytes())
+                .map_err(|_| format!("{} holds a NUL byte", path.display()))
+        }
         Ok(_) => Err(format!(
             "{} was replaced after its check; the next reload tries the new file",
             path.display()
