@@ -133,6 +133,20 @@ pub fn copy_executable(from: &std::path::Path, to: &std::path::Path) {
     assert_eq!(code, 0, "chmod 755 {}: {out}{err}", to.display());
 }
 
+/// Writes `text` to `to` as an executable file (mode 755), as a deploy
+/// writes a build: from a child process, for the reason given at
+/// [`copy_executable`].
+pub fn write_executable(text: &str, to: &std::path::Path) {
+    let (code, out, err) = run_bounded(
+        std::process::Command::new("sh")
+            .args(["-c", "printf '%s' \"$1\" > \"$2\" && chmod 755 \"$2\""])
+            .arg("sh")
+            .arg(text)
+            .arg(to),
+    );
+    assert_eq!(code, 0, "writing {}: {out}{err}", to.display());
+}
+
 /// A fresh temporary directory for one test: `graceful-test-NAME-PID`.
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("graceful-test-{name}-{}", std::process::id()));

@@ -3,9 +3,7 @@
 //! across many upgrades, deadlines and waiting clients cross the exec, and
 //! the master is kept (and says why) when the new build cannot take over.
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::process::Command;
 use std::time::Duration;
 
@@ -13,7 +11,9 @@ use graceful_dev::http::get;
 use graceful_dev::load::{Load, Mode};
 use graceful_dev::process::Service;
 use graceful_dev::procfs::{fd_count, wait_gone};
-use graceful_dev::{built, copy_executable, graceful_command, run_bounded, temp_dir, testapp};
+use graceful_dev::{
+    built, copy_executable, graceful_command, run_bounded, temp_dir, testapp, write_executable,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -264,14 +264,7 @@ fn a_build_written_while_the_master_checks_the_last_one_is_not_what_it_executes(
         std::thread::sleep(Duration::from_millis(10));
     }
     let staged = dir.join("app.new");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o755)
-        .open(&staged)
-        .unwrap()
-        .write_all(b"#!/bin/sh\nexit 3\n")
-        .unwrap();
+    write_executable("#!/bin/sh\nexit 3\n", &staged);
     std::fs::rename(&staged, &app).unwrap();
     let line = service.wait_line(UPGRADED, T);
     assert!(line.contains(&format!("(pid {master} kept)")), "{line}");

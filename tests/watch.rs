@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use graceful_dev::http::get;
 use graceful_dev::process::Service;
-use graceful_dev::{temp_dir, testapp, TIMEOUT as T};
+use graceful_dev::{temp_dir, testapp, write_executable, TIMEOUT as T};
 
 #[test]
 fn a_replaced_executable_is_reloaded_once_and_a_broken_build_rolled_back() {
@@ -82,14 +82,7 @@ fn a_replaced_executable_is_reloaded_once_and_a_broken_build_rolled_back() {
 
     // A broken build: rolled back, worker 3 keeps serving.
     std::fs::remove_file(&app).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o755)
-        .open(&app)
-        .unwrap()
-        .write_all(b"#!/bin/sh\nexit 3\n")
-        .unwrap();
+    write_executable("#!/bin/sh\nexit 3\n", &app);
     let failed = service.wait_line("reload failed", T);
     assert!(
         failed.contains("exited with status 3 before it was ready"),
