@@ -24,6 +24,11 @@
 //!   of its cap it used), to show whether the client saturated the server,
 //!   and the serving process's CPU time per request, the cost where it did
 //!   not.
+//! - `bench --paired [ROUNDS] [SECONDS] [h1|close|h2]`: the same clients,
+//!   but plain and graceful served at the same time, both on CPU 0, each
+//!   with its own client on CPU 1, so that the machine's changes of speed
+//!   fall on both alike; with a plain beside plain control, and each
+//!   server's run time per request (`schedstat`). See [`paired`].
 //! - `bench --pinned [ROUNDS] [SECONDS]`: throughput with the servers on CPU 0
 //!   and the load generator on CPU 1 (`taskset`, `sched_setaffinity`), so
 //!   that a few percent can be told from noise; the ratio's median and
@@ -43,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use graceful_dev::load::{Load, Mode, Report};
 use graceful_dev::process::Service;
-use graceful_dev::procfs::{cpu_time, status_value, wait_gone};
+use graceful_dev::procfs::{cpu_time, run_time, status_value, wait_gone};
 use graceful_dev::tls::TestCa;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -259,6 +264,17 @@ impl Saturating {
         }
     }
 
+    /// The name of this client beside another's, in [`paired`], where a
+    /// capped server gets half the cap it has alone.
+    fn paired_name(self) -> &'static str {
+        match self {
+            Saturating::NewConnection => {
+                "http1 new connection (wrk -t1 -c32, Connection: close; each server capped at a quarter of a core)"
+            }
+            Saturating::KeepAlive | Saturating::Http2 => self.name(),
+        }
+    }
+
     /// The name `bench --saturate` takes to run this client only.
     fn key(self) -> &'static str {
         match self {
@@ -395,10 +411,11 @@ impl CpuCap {
     /// A cap of `share` of a core, counted over 10 ms periods (short, so
     /// that the server runs often, and briefly idle, not for 100 ms then
     /// stopped for 100 ms).
-    fn new(share: f64) -> Result<CpuCap, String> {
+    /// `label` tells apart the caps of one run.
+    fn new(share: f64, label: &str) -> Result<CpuCap, String> {
         let period = 10_000u64;
         let quota = (period as f64 * share) as u64;
-        let name = format!("graceful-bench-{}", std::process::id());
+        let name = format!("graceful-bench-{}-{label}", std::process::id());
         let v2 = std::path::Path::new("/sys/fs/cgroup");
         let v2_cpu = std::fs::read_to_string(v2.join("cgroup.controllers"))
             .is_ok_and(|c| c.split_whitespace().any(|c| c == "cpu"));
@@ -469,7 +486,7 @@ fn saturate(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Satura
         let (mut ratios, mut controls, mut costs) = (Vec::new(), Vec::new(), Vec::new());
         let (mut plain_rates, mut plain_busy, mut graceful_busy) =
             (Vec::new(), Vec::new(), Vec::new());
-        let cap = match client.cap().map(CpuCap::new) {
+        let cap = match client.cap().map(|share| CpuCap::new(share, "saturate")) {
             None => None,
             Some(Ok(cap)) => Some(cap),
             Some(Err(e)) => {
@@ -561,6 +578,177 @@ fn saturate(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Satura
         println!(
             "\n{name}: the server's CPU (CPU 0, or its cap) was busy less than {:.0} % of the time, so the client, not the server, set the rate; its req/s ratio says little, and the CPU time per request is the cost to read.",
             SATURATED * 100.0
+        );
+    }
+}
+
+/// `bench FLAG [ROUNDS] [SECONDS] [CLIENT]`: 8 rounds of 3 s of every
+/// client by default.
+fn saturating_args(flag: &str) -> (usize, u64, Vec<Saturating>) {
+    let arg = |n: usize, name: &str, default: u64| match std::env::args().nth(n) {
+        None => default,
+        Some(v) => v.parse().ok().filter(|&v| v > 0).unwrap_or_else(|| {
+            eprintln!(
+                "bench {flag} ROUNDS SECONDS [CLIENT]: {name} is a whole number above 0, not {v:?}"
+            );
+            std::process::exit(2);
+        }),
+    };
+    let clients = match std::env::args().nth(4) {
+        None => Saturating::ALL.to_vec(),
+        Some(key) => {
+            match Saturating::ALL.into_iter().find(|c| c.key() == key) {
+                Some(client) => vec![client],
+                None => {
+                    let keys = Saturating::ALL.map(Saturating::key);
+                    eprintln!("bench {flag} ROUNDS SECONDS [CLIENT]: CLIENT is one of {keys:?}, not {key:?}");
+                    std::process::exit(2);
+                }
+            }
+        }
+    };
+    (arg(2, "ROUNDS", 8) as usize, arg(3, "SECONDS", 3), clients)
+}
+
+/// One server's side of a [`paired`] run.
+#[derive(Debug, Clone, Copy)]
+struct Side {
+    /// Requests per second, as its client counted them.
+    rate: f64,
+    /// The serving process's run time per request, in seconds.
+    cpu_per_request: f64,
+    /// The share of a core (or of its cap) the serving process ran.
+    share: f64,
+}
+
+/// Throughput of graceful against plain hyper-util with both servers
+/// running at the same time on CPU 0, each with its own client (wrk or
+/// h2load) on CPU 1, so that whatever slows the machine during a run slows
+/// both alike: on this virtual machine the speed moves by ±10–20 % from
+/// one second to the next, which sequential runs ([`saturate`]) can only
+/// average out over many rounds. Each round runs two such pairs, each of
+/// fresh processes: plain beside graceful, and plain beside a second plain
+/// server (the A/A control), in alternating order; which server of a pair
+/// starts first and whose client starts first alternates too. The
+/// scheduler shares CPU 0 between the two busy servers; each server's run
+/// time (`schedstat`, to the nanosecond) is read around the measured
+/// seconds, so that the table shows both the rate each served and what
+/// each request cost it. For a connection per request each server is
+/// capped at a quarter of a core (a cgroup each), so that one wrk can keep
+/// both busy; each then runs its cap's worth, and the rates compare the
+/// costs directly.
+fn paired(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Saturating]) {
+    let taskset = graceful_dev::tool("taskset");
+    let me = me.to_str().unwrap();
+    println!(
+        "bench --paired: two servers at once on CPU 0, each with its own client on CPU 1; {rounds} rounds of two pairs (plain beside graceful, plain beside plain as the A/A control), {seconds} s each, fresh processes, the order alternating\n"
+    );
+    println!("| client | plain, median req/s | share of CPU 0 (or of the cap) run, plain / graceful, median | graceful / plain req/s, each round | median (95 % CI) | A/A plain / plain, median (95 % CI) | CPU time per request, graceful / plain, median (95 % CI) | A/A, CPU time per request, median (95 % CI) |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for &client in clients {
+        let caps = match client.cap() {
+            None => None,
+            Some(share) => match (CpuCap::new(share / 2.0, "a"), CpuCap::new(share / 2.0, "b")) {
+                (Ok(a), Ok(b)) => Some([a, b]),
+                (Err(e), _) | (_, Err(e)) => {
+                    println!(
+                        "| {} | not run: no CPU cap ({e}) | | | | | | |",
+                        client.paired_name()
+                    );
+                    continue;
+                }
+            },
+        };
+        // Starts the server in `slot` (0 or 1) and returns it with its
+        // serving process (capped if the client needs it) and address.
+        let start = |graceful: bool, slot: usize| {
+            let mode = if graceful { "--graceful" } else { "--plain" };
+            let service = Service::start(&taskset, &["-c", "0", me, mode, "127.0.0.1:0"], &[]);
+            let addr: SocketAddr = service.addr(T).parse().unwrap();
+            let pid = if graceful {
+                service.ready_worker(1, T)
+            } else {
+                service.pid()
+            };
+            if let Some(caps) = &caps {
+                caps[slot].add(pid);
+            }
+            (service, pid, addr)
+        };
+        // Runs plain beside plain or graceful; the plain one in slot
+        // `plain_slot`, started first and its client first when 0.
+        let pair = |graceful: bool, plain_slot: usize| {
+            let mut servers = [None, None];
+            for slot in [0, 1] {
+                servers[slot] = Some(start(graceful && slot != plain_slot, slot));
+            }
+            let [Some(a), Some(b)] = servers else {
+                unreachable!("both slots are filled")
+            };
+            let both = |secs: u64| {
+                std::thread::scope(|s| {
+                    let first = s.spawn(|| client.run_once(a.2, secs));
+                    let second = client.run_once(b.2, secs);
+                    [first.join().expect("the client's thread"), second]
+                })
+            };
+            both(1);
+            let before = [run_time(a.1), run_time(b.1)];
+            let rates = both(seconds);
+            let spent = [run_time(a.1) - before[0], run_time(b.1) - before[1]];
+            let sides: Vec<Side> = (0..2)
+                .map(|i| Side {
+                    rate: rates[i],
+                    cpu_per_request: spent[i].as_secs_f64() / (rates[i] * seconds as f64),
+                    share: spent[i].as_secs_f64()
+                        / (seconds as f64 * client.cap().map_or(1.0, |c| c / 2.0)),
+                })
+                .collect();
+            (sides[plain_slot], sides[1 - plain_slot])
+        };
+        let (mut ratios, mut controls, mut costs, mut control_costs) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut plain_rates, mut plain_shares, mut graceful_shares) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let plain_slot = (round / 2) % 2;
+            let order = if round % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            };
+            for graceful in order {
+                let (plain, other) = pair(graceful, plain_slot);
+                let rate = other.rate / plain.rate;
+                let cost = other.cpu_per_request / plain.cpu_per_request;
+                plain_rates.push(plain.rate);
+                if graceful {
+                    ratios.push(rate);
+                    costs.push(cost);
+                    plain_shares.push(plain.share);
+                    graceful_shares.push(other.share);
+                } else {
+                    controls.push(rate);
+                    control_costs.push(cost);
+                }
+            }
+        }
+        let cell = |v: &[f64]| {
+            let (low, high) = median_interval(v);
+            format!("{:.3} ({low:.3} – {high:.3})", median(v.to_vec()))
+        };
+        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+        println!(
+            "| {} | {:.0} | {:.0} % / {:.0} % | {} | {} | {} | {} | {} |",
+            client.paired_name(),
+            median(plain_rates),
+            median(plain_shares) * 100.0,
+            median(graceful_shares) * 100.0,
+            each.join(", "),
+            cell(&ratios),
+            cell(&controls),
+            cell(&costs),
+            cell(&control_costs),
         );
     }
 }
@@ -798,24 +986,12 @@ fn main() {
     }
     let me = std::env::current_exe().unwrap();
     if first.as_deref() == Some("--saturate") {
-        let arg = |n: usize, default: u64| {
-            std::env::args()
-                .nth(n)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(default)
-        };
-        let clients = match std::env::args().nth(4) {
-            None => Saturating::ALL.to_vec(),
-            Some(key) => match Saturating::ALL.into_iter().find(|c| c.key() == key) {
-                Some(client) => vec![client],
-                None => {
-                    let keys = Saturating::ALL.map(Saturating::key);
-                    eprintln!("bench --saturate ROUNDS SECONDS [CLIENT]: CLIENT is one of {keys:?}, not {key:?}");
-                    std::process::exit(2);
-                }
-            },
-        };
-        return saturate(&me, arg(2, 8) as usize, arg(3, 3), &clients);
+        let (rounds, seconds, clients) = saturating_args("--saturate");
+        return saturate(&me, rounds, seconds, &clients);
+    }
+    if first.as_deref() == Some("--paired") {
+        let (rounds, seconds, clients) = saturating_args("--paired");
+        return paired(&me, rounds, seconds, &clients);
     }
     if first.as_deref() == Some("--pinned") {
         let number = |n: usize, default: u64| {
