@@ -643,7 +643,7 @@ fn paired(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Saturati
     println!(
         "bench --paired: two servers at once on CPU 0, each with its own client on CPU 1; {rounds} rounds of two pairs (plain beside graceful, plain beside plain as the A/A control), {seconds} s each, fresh processes, the order alternating\n"
     );
-    println!("| client | plain, median req/s | share of CPU 0 (or of the cap) run, plain / graceful, median | graceful / plain req/s, each round | median (95 % CI) | A/A plain / plain, median (95 % CI) | CPU time per request, graceful / plain, median (95 % CI) | A/A, CPU time per request, median (95 % CI) |");
+    println!("| client | plain, median req/s | share of CPU 0 (or of the cap) run, plain / graceful, median (graceful's / plain's, median) | graceful / plain req/s, each round | median (95 % CI) | A/A plain / plain, median (95 % CI) | CPU time per request, graceful / plain, median (95 % CI) | A/A, CPU time per request, median (95 % CI) |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for &client in clients {
         let caps = match client.cap() {
@@ -708,8 +708,8 @@ fn paired(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Saturati
         };
         let (mut ratios, mut controls, mut costs, mut control_costs) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut plain_rates, mut plain_shares, mut graceful_shares) =
-            (Vec::new(), Vec::new(), Vec::new());
+        let (mut plain_rates, mut plain_shares, mut graceful_shares, mut share_ratios) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
             let plain_slot = (round / 2) % 2;
             let order = if round % 2 == 0 {
@@ -727,6 +727,7 @@ fn paired(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Saturati
                     costs.push(cost);
                     plain_shares.push(plain.share);
                     graceful_shares.push(other.share);
+                    share_ratios.push(other.share / plain.share);
                 } else {
                     controls.push(rate);
                     control_costs.push(cost);
@@ -739,11 +740,12 @@ fn paired(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Saturati
         };
         let each: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
         println!(
-            "| {} | {:.0} | {:.0} % / {:.0} % | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {:.1} % / {:.1} % ({:.3}) | {} | {} | {} | {} | {} |",
             client.paired_name(),
             median(plain_rates),
             median(plain_shares) * 100.0,
             median(graceful_shares) * 100.0,
+            median(share_ratios),
             each.join(", "),
             cell(&ratios),
             cell(&controls),
