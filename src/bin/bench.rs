@@ -554,24 +554,20 @@ fn saturate(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Satura
             controls.push(control);
             costs.push(cost);
         }
-        let cells: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
-        let (low, high) = median_interval(&ratios);
-        let (clow, chigh) = median_interval(&controls);
-        let (klow, khigh) = median_interval(&costs);
         let (plain_busy, graceful_busy) = (median(plain_busy), median(graceful_busy));
         if plain_busy.min(graceful_busy) < SATURATED {
             unsaturated.push(client.name());
         }
         println!(
-            "| {} | {:.0} | {:.0} % / {:.0} % | {} | {:.3} ({low:.3} – {high:.3}) | {:.3} ({clow:.3} – {chigh:.3}) | {:.3} ({klow:.3} – {khigh:.3}) |",
+            "| {} | {:.0} | {:.0} % / {:.0} % | {} | {} | {} | {} |",
             client.name(),
             median(plain_rates),
             plain_busy * 100.0,
             graceful_busy * 100.0,
-            cells.join(", "),
-            median(ratios.clone()),
-            median(controls.clone()),
-            median(costs.clone()),
+            each_round(&ratios),
+            median_cell(&ratios),
+            median_cell(&controls),
+            median_cell(&costs),
         );
     }
     for name in unsaturated {
@@ -734,11 +730,6 @@ fn paired(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Saturati
                 }
             }
         }
-        let cell = |v: &[f64]| {
-            let (low, high) = median_interval(v);
-            format!("{:.3} ({low:.3} – {high:.3})", median(v.to_vec()))
-        };
-        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
         println!(
             "| {} | {:.0} | {:.1} % / {:.1} % ({:.3}) | {} | {} | {} | {} | {} |",
             client.paired_name(),
@@ -746,13 +737,25 @@ fn paired(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Saturati
             median(plain_shares) * 100.0,
             median(graceful_shares) * 100.0,
             median(share_ratios),
-            each.join(", "),
-            cell(&ratios),
-            cell(&controls),
-            cell(&costs),
-            cell(&control_costs),
+            each_round(&ratios),
+            median_cell(&ratios),
+            median_cell(&controls),
+            median_cell(&costs),
+            median_cell(&control_costs),
         );
     }
+}
+
+/// Each round's ratio, as a table cell.
+fn each_round(ratios: &[f64]) -> String {
+    let cells: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+    cells.join(", ")
+}
+
+/// The median with its 95 % confidence interval, as a table cell.
+fn median_cell(v: &[f64]) -> String {
+    let (low, high) = median_interval(v);
+    format!("{:.3} ({low:.3} – {high:.3})", median(v.to_vec()))
 }
 
 /// CPU 0's busy share from which a server counts as saturated.
