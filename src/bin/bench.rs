@@ -642,9 +642,12 @@ fn paired(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Saturati
     println!("| client | plain, median req/s | share of CPU 0 (or of the cap) run, plain / graceful, median (graceful's / plain's, median) | graceful / plain req/s, each round | median (95 % CI) | A/A plain / plain, median (95 % CI) | CPU time per request, graceful / plain, median (95 % CI) | A/A, CPU time per request, median (95 % CI) |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for &client in clients {
-        let caps = match client.cap() {
+        // Each server's cap, if the client needs one: half the cap a server
+        // has alone.
+        let cap_share = client.cap().map(|share| share / 2.0);
+        let caps = match cap_share {
             None => None,
-            Some(share) => match (CpuCap::new(share / 2.0, "a"), CpuCap::new(share / 2.0, "b")) {
+            Some(share) => match (CpuCap::new(share, "a"), CpuCap::new(share, "b")) {
                 (Ok(a), Ok(b)) => Some([a, b]),
                 (Err(e), _) | (_, Err(e)) => {
                     println!(
@@ -674,13 +677,8 @@ fn paired(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Saturati
         // Runs plain beside plain or graceful; the plain one in slot
         // `plain_slot`, started first and its client first when 0.
         let pair = |graceful: bool, plain_slot: usize| {
-            let mut servers = [None, None];
-            for slot in [0, 1] {
-                servers[slot] = Some(start(graceful && slot != plain_slot, slot));
-            }
-            let [Some(a), Some(b)] = servers else {
-                unreachable!("both slots are filled")
-            };
+            let a = start(graceful && plain_slot != 0, 0);
+            let b = start(graceful && plain_slot != 1, 1);
             let both = |secs: u64| {
                 std::thread::scope(|s| {
                     let first = s.spawn(|| client.run_once(a.2, secs));
@@ -692,15 +690,12 @@ fn paired(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Saturati
             let before = [run_time(a.1), run_time(b.1)];
             let rates = both(seconds);
             let spent = [run_time(a.1) - before[0], run_time(b.1) - before[1]];
-            let sides: Vec<Side> = (0..2)
-                .map(|i| Side {
-                    rate: rates[i],
-                    cpu_per_request: spent[i].as_secs_f64() / (rates[i] * seconds as f64),
-                    share: spent[i].as_secs_f64()
-                        / (seconds as f64 * client.cap().map_or(1.0, |c| c / 2.0)),
-                })
-                .collect();
-            (sides[plain_slot], sides[1 - plain_slot])
+            let side = |i: usize| Side {
+                rate: rates[i],
+                cpu_per_request: spent[i].as_secs_f64() / (rates[i] * seconds as f64),
+                share: spent[i].as_secs_f64() / (seconds as f64 * cap_share.unwrap_or(1.0)),
+            };
+            (side(plain_slot), side(1 - plain_slot))
         };
         let (mut ratios, mut controls, mut costs, mut control_costs) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
