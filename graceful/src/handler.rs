@@ -47,10 +47,13 @@ pub(crate) enum ResponseBody {
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
 }
 
+// `#[inline]`: called for every response by hyper's code, which is compiled
+// in the application's crate (see `Socket`'s I/O in drain.rs).
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
 
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -63,6 +66,7 @@ impl Body for ResponseBody {
         }
     }
 
+    #[inline]
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Whole(data) => data.is_none(),
@@ -70,6 +74,7 @@ impl Body for ResponseBody {
         }
     }
 
+    #[inline]
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
             ResponseBody::Whole(data) => {
