@@ -23,8 +23,6 @@ use std::time::Duration;
 use http::header::{HeaderValue, CONNECTION};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
@@ -463,7 +461,7 @@ impl AsyncWrite for Socket {
 /// timers of each connection. Shared by the connections, each of which
 /// holds it, so that its future owns all it needs and is spawned on its own.
 pub(crate) struct HttpServing {
-    pub(crate) builder: auto::Builder<TokioExecutor>,
+    pub(crate) builders: crate::http::Builders,
     pub(crate) timers: Timers,
 }
 
@@ -579,7 +577,7 @@ pub(crate) trait Respond: Send + Sync + 'static {
 }
 
 /// The service hyper calls for each request on one connection.
-struct ConnService<R> {
+pub(crate) struct ConnService<R> {
     respond: Arc<R>,
     activity: Arc<Activity>,
 }
@@ -816,8 +814,8 @@ async fn serving<R: Respond>(
     activity: Arc<Activity>,
     http: Arc<HttpServing>,
 ) {
-    let (builder, timers) = (&http.builder, http.timers);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let timers = http.timers;
+    let conn = crate::http::HttpConn::new(&http.builders, io, service);
     tokio::pin!(conn);
     let drain_started = global().stopping();
     tokio::pin!(drain_started);

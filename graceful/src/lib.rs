@@ -79,6 +79,7 @@ mod exec;
 mod fd;
 mod handler;
 mod health;
+mod http;
 #[cfg(unix)]
 mod listeners;
 mod log;

@@ -11,9 +11,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
-
 use crate::addr::{ListenAddr, ListenRequest};
 use crate::config::Config;
 use crate::drain::{self, Socket, Tracked};
@@ -439,20 +436,20 @@ fn describe(serves: Serves) -> &'static str {
 fn start_serving(served: Vec<Served>, config: &Config) -> AcceptLoops {
     let limits = config.limits;
     let cap = connection_cap(limits.max_connections);
-    let mut http = auto::Builder::new(TokioExecutor::new());
+    let mut http = crate::http::Builders::new();
     // No hyper timers: a header read timeout would arm a timer for every
     // HTTP/1 request, and HTTP/2 PING keep-alive takes a lock and reads the
     // clock on every frame. drain::serve_connection enforces both
     // timeouts with one timer per connection, and the kernel's keep-alive
     // probes find the dead peers of HTTP/2 connections.
-    http.http1()
+    http.http1
         .header_read_timeout(None)
         .max_buf_size(limits.max_header_size);
-    http.http2()
+    http.http2
         .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
     let shared = Arc::new(Shared {
         http: Arc::new(drain::HttpServing {
-            builder: http,
+            builders: http,
             timers: drain::Timers {
                 idle_grace: config.idle_grace,
                 header_timeout: limits.header_timeout,

@@ -1,0 +1,369 @@
+//! One HTTP connection as hyper serves it: HTTP/1.1 (with upgrades) or
+//! HTTP/2 with prior knowledge, told apart by the connection's first bytes.
+//!
+//! hyper-util's `auto` connection does the same, but reads the first 24
+//! bytes (the length of the HTTP/2 preface) on their own and leaves the
+//! rest of the request to a second read: two system calls where one does,
+//! on every new connection. Here the first read takes whatever has come, up
+//! to [`FIRST_READ`] bytes, and hyper is handed those bytes before the
+//! socket's next ones; hyper's connection is then polled directly, without
+//! `auto`'s layers around it.
+
+use std::future::Future;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use hyper::body::{Body, Incoming};
+use hyper::service::HttpService;
+
+/// A response body hyper can send.
+pub(crate) trait ResponseBody: Body<Error: Into<BoxError>> + Send + 'static {}
+impl<B: Body<Error: Into<BoxError>> + Send + 'static> ResponseBody for B {}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What an HTTP/2 client with prior knowledge sends first (RFC 9113, 3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The most the first read takes: a request head of this size or less
+/// (nearly all) is read whole by it.
+const FIRST_READ: usize = 4096;
+
+/// hyper's builders for the two protocols, configured once per process.
+pub(crate) struct Builders {
+    pub(crate) http1: http1::Builder,
+    pub(crate) http2: http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    pub(crate) fn new() -> Builders {
+        Builders {
+            http1: http1::Builder::new(),
+            http2: http2::Builder::new(TokioExecutor::new()),
+        }
+    }
+}
+
+/// The socket hyper reads and writes: the bytes read to tell the protocol
+/// apart come first, then the socket's.
+pub(crate) struct Prefixed<T> {
+    read: Vec<u8>,
+    /// How much of `read` hyper has taken.
+    taken: usize,
+    io: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    #[inline]
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.taken < this.read.len() {
+            let rest = &this.read[this.taken..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.taken += n;
+            if this.taken == this.read.len() {
+                this.read = Vec::new();
+                this.taken = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    #[inline]
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    #[inline]
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    #[inline]
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    #[inline]
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Which protocol bytes read so far speak: `None` while they could still be
+/// the start of the HTTP/2 preface.
+fn protocol(read: &[u8]) -> Option<Protocol> {
+    let n = read.len().min(PREFACE.len());
+    if read[..n] != PREFACE[..n] {
+        Some(Protocol::Http1)
+    } else if n == PREFACE.len() {
+        Some(Protocol::Http2)
+    } else {
+        None
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+pin_project_lite::pin_project! {
+    /// One connection: its first bytes being read, then hyper's connection
+    /// for the protocol they speak. Ready when the connection is over.
+    pub(crate) struct HttpConn<'a, T, S>
+    where
+        T: AsyncRead,
+        T: AsyncWrite,
+        T: Unpin,
+        T: Send,
+        T: 'static,
+        S: HttpService<Incoming>,
+    {
+        builders: &'a Builders,
+        #[pin]
+        state: State<T, S>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<T, S>
+    where
+        T: AsyncRead,
+        T: AsyncWrite,
+        T: Unpin,
+        T: Send,
+        T: 'static,
+        S: HttpService<Incoming>,
+    {
+        Reading {
+            start: Option<(T, S)>,
+            read: Vec<u8>,
+        },
+        Http1 {
+            #[pin]
+            conn: http1::UpgradeableConnection<TokioIo<Prefixed<T>>, S>,
+        },
+        Http2 {
+            #[pin]
+            conn: http2::Connection<TokioIo<Prefixed<T>>, S, TokioExecutor>,
+        },
+        Over,
+    }
+}
+
+impl<'a, T, S> HttpConn<'a, T, S>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: HttpService<Incoming> + Send + 'static,
+    S::Future: Send + 'static,
+    S::ResBody: ResponseBody,
+    <S::ResBody as Body>::Data: Send,
+{
+    pub(crate) fn new(builders: &'a Builders, io: T, service: S) -> Self {
+        HttpConn {
+            builders,
+            state: State::Reading {
+                start: Some((io, service)),
+                read: Vec::new(),
+            },
+        }
+    }
+
+    /// Starts a graceful shutdown: HTTP/1 closes after the response in
+    /// progress, HTTP/2 sends GOAWAY; a connection whose first bytes have
+    /// not come yet is over at once.
+    pub(crate) fn graceful_shutdown(self: Pin<&mut Self>) {
+        let mut state = self.project().state;
+        match state.as_mut().project() {
+            StateProj::Reading { .. } => state.set(State::Over),
+            StateProj::Http1 { conn } => conn.graceful_shutdown(),
+            StateProj::Http2 { conn } => conn.graceful_shutdown(),
+            StateProj::Over => {}
+        }
+    }
+}
+
+impl<T, S> Future for HttpConn<'_, T, S>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: HttpService<Incoming> + Send + 'static,
+    S::Future: Send + 'static,
+    S::ResBody: ResponseBody,
+    <S::ResBody as Body>::Data: Send,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let builders = *this.builders;
+        let mut state = this.state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Reading { start, read } => {
+                    let Some((io, _)) = start.as_mut() else {
+                        return Poll::Ready(());
+                    };
+                    let mut buf = [MaybeUninit::<u8>::uninit(); FIRST_READ];
+                    let mut buf = ReadBuf::uninit(&mut buf);
+                    // An error or the end before a protocol is known: the
+                    // connection is over, with nothing to answer.
+                    if ready!(Pin::new(io).poll_read(cx, &mut buf)).is_err()
+                        || buf.filled().is_empty()
+                    {
+                        state.set(State::Over);
+                        return Poll::Ready(());
+                    }
+                    read.extend_from_slice(buf.filled());
+                    let Some(protocol) = protocol(read) else {
+                        continue;
+                    };
+                    let (io, service) = start.take().expect("taken once, here");
+                    let io = TokioIo::new(Prefixed {
+                        read: std::mem::take(read),
+                        taken: 0,
+                        io,
+                    });
+                    state.set(match protocol {
+                        Protocol::Http1 => State::Http1 {
+                            conn: builders.http1.serve_connection(io, service).with_upgrades(),
+                        },
+                        Protocol::Http2 => State::Http2 {
+                            conn: builders.http2.serve_connection(io, service),
+                        },
+                    });
+                }
+                StateProj::Http1 { conn } => return conn.poll(cx).map(|_| ()),
+                StateProj::Http2 { conn } => return conn.poll(cx).map(|_| ()),
+                StateProj::Over => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_bytes_tell_http2_from_http1() {
+        assert_eq!(protocol(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(protocol(b"G"), Some(Protocol::Http1));
+        // A method that starts as the preface does, until it differs.
+        assert_eq!(protocol(b"PRI"), None);
+        assert_eq!(protocol(b"PRI * HTTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(protocol(b"PUT / HTTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(protocol(&PREFACE[..23]), None);
+        assert_eq!(protocol(PREFACE), Some(Protocol::Http2));
+        let mut more = PREFACE.to_vec();
+        more.extend_from_slice(b"\x00\x00\x12\x04");
+        assert_eq!(protocol(&more), Some(Protocol::Http2));
+    }
+
+    /// Bytes read to tell the protocol, over one read or several, reach
+    /// hyper before the socket's next ones: a request whose first byte came
+    /// alone (it could have begun the HTTP/2 preface) is served whole, and
+    /// so is a second request on the same connection.
+    #[test]
+    fn the_bytes_read_to_tell_the_protocol_reach_hyper_first() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (server, mut client) = tokio::io::duplex(4096);
+            let service = hyper::service::service_fn(|req: hyper::Request<Incoming>| async move {
+                let answer = format!("{} {}", req.method(), req.uri().path());
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from(answer),
+                )))
+            });
+            let builders = Builders::new();
+            let serving = async {
+                HttpConn::new(&builders, server, service).await;
+            };
+            let talking = async {
+                client.write_all(b"P").await.unwrap();
+                // Served only once the rest has come.
+                tokio::task::yield_now().await;
+                client
+                    .write_all(b"OST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+                    .await
+                    .unwrap();
+                client
+                    .write_all(b"GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut answer = String::new();
+                client.read_to_string(&mut answer).await.unwrap();
+                answer
+            };
+            let both = async { tokio::join!(serving, talking) };
+            let ((), answer) = tokio::time::timeout(std::time::Duration::from_secs(5), both)
+                .await
+                .expect("served within 5 s");
+            let first = answer.find("POST /first").expect(&answer);
+            let second = answer.find("GET /second").expect(&answer);
+            assert!(first < second, "{answer}");
+            assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 2, "{answer}");
+        });
+    }
+
+    /// A connection that ends before its protocol is known is over, with
+    /// nothing written.
+    #[test]
+    fn a_connection_that_ends_before_its_protocol_is_known_is_over() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (server, mut client) = tokio::io::duplex(64);
+            let service = hyper::service::service_fn(|_: hyper::Request<Incoming>| async {
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Empty::<
+                    bytes::Bytes,
+                >::new()))
+            });
+            let builders = Builders::new();
+            client.write_all(&PREFACE[..10]).await.unwrap();
+            client.shutdown().await.unwrap();
+            let conn = HttpConn::new(&builders, server, service);
+            tokio::time::timeout(std::time::Duration::from_secs(5), conn)
+                .await
+                .expect("over at the end of the bytes");
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty(), "{rest:?}");
+        });
+    }
+}
