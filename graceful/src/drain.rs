@@ -457,8 +457,8 @@ impl AsyncWrite for Socket {
     }
 }
 
-/// How a listener's HTTP connections are served: hyper's builder, and the
-/// timers of each connection. Shared by the connections, each of which
+/// How a listener's HTTP connections are served: hyper's builders for the
+/// two protocols, and the timers of each connection. Shared by the connections, each of which
 /// holds it, so that its future owns all it needs and is spawned on its own.
 pub(crate) struct HttpServing {
     pub(crate) builders: crate::http::Builders,
@@ -577,7 +577,7 @@ pub(crate) trait Respond: Send + Sync + 'static {
 }
 
 /// The service hyper calls for each request on one connection.
-pub(crate) struct ConnService<R> {
+struct ConnService<R> {
     respond: Arc<R>,
     activity: Arc<Activity>,
 }
