@@ -319,22 +319,167 @@ mod tests {
                     .write_all(b"OST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
                     .await
                     .unwrap();
+                // The first answer whole before the second request, so that
+                // hyper reads again: from the socket, not the same bytes.
+                let mut answer = Vec::new();
+                while !answer.ends_with(b"POST /first") {
+                    let mut chunk = [0u8; 512];
+                    let n = client.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&answer));
+                    answer.extend_from_slice(&chunk[..n]);
+                }
                 client
                     .write_all(b"GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                     .await
                     .unwrap();
-                let mut answer = String::new();
-                client.read_to_string(&mut answer).await.unwrap();
-                answer
+                client.read_to_end(&mut answer).await.unwrap();
+                String::from_utf8(answer).unwrap()
             };
             let both = async { tokio::join!(serving, talking) };
             let ((), answer) = tokio::time::timeout(std::time::Duration::from_secs(5), both)
                 .await
                 .expect("served within 5 s");
-            let first = answer.find("POST /first").expect(&answer);
-            let second = answer.find("GET /second").expect(&answer);
-            assert!(first < second, "{answer}");
+            assert_eq!(answer.matches("POST /first").count(), 1, "{answer}");
+            assert!(answer.ends_with("GET /second"), "{answer}");
             assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 2, "{answer}");
+        });
+    }
+
+    /// A socket that records what is done to it, vectored writes or not.
+    #[derive(Default)]
+    struct Recorder {
+        vectored: bool,
+        written: Vec<u8>,
+        flushed: bool,
+        shut: bool,
+        unread: Vec<u8>,
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let this = self.get_mut();
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread[..n]);
+            this.unread.drain(..n);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.get_mut().written.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            self.get_mut().flushed = true;
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            self.get_mut().shut = true;
+            Poll::Ready(Ok(()))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+    }
+
+    /// The bytes read first come out first, in reads of any size, then the
+    /// socket's; writes, flushes, shutdowns and whether writes are vectored
+    /// are the socket's own.
+    #[test]
+    fn the_prefixed_socket_reads_its_bytes_first_and_writes_through() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            for vectored in [false, true] {
+                let socket = Recorder {
+                    vectored,
+                    unread: b"ghij".to_vec(),
+                    ..Recorder::default()
+                };
+                let mut io = Prefixed {
+                    read: b"abcdef".to_vec(),
+                    taken: 0,
+                    io: socket,
+                };
+                assert_eq!(io.is_write_vectored(), vectored);
+                let mut small = [0u8; 4];
+                assert_eq!(io.read(&mut small).await.unwrap(), 4);
+                assert_eq!(&small, b"abcd");
+                let mut rest = Vec::new();
+                io.read_to_end(&mut rest).await.unwrap();
+                assert_eq!(rest, b"efghij");
+                io.write_all(b"answer").await.unwrap();
+                io.flush().await.unwrap();
+                io.shutdown().await.unwrap();
+                assert_eq!(io.io.written, b"answer");
+                assert!(io.io.flushed && io.io.shut);
+            }
+        });
+    }
+
+    /// A graceful shutdown ends a connection whose first bytes have not
+    /// come at once, and an idle HTTP/1.1 connection after its last
+    /// response.
+    #[test]
+    fn a_graceful_shutdown_ends_a_waiting_or_idle_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let service = hyper::service::service_fn(|_: hyper::Request<Incoming>| async {
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                bytes::Bytes::from_static(b"hi"),
+            )))
+        });
+        let builders = Builders::new();
+        runtime.block_on(async {
+            let within = std::time::Duration::from_secs(5);
+            // Nothing sent yet.
+            let (server, _client) = tokio::io::duplex(4096);
+            let conn = HttpConn::new(&builders, server, service);
+            tokio::pin!(conn);
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(conn.as_mut().poll(&mut cx).is_pending());
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(within, conn)
+                .await
+                .expect("over at once");
+
+            // Idle after one kept-alive request.
+            let (server, mut client) = tokio::io::duplex(4096);
+            let conn = HttpConn::new(&builders, server, service);
+            tokio::pin!(conn);
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = Vec::new();
+            while !answer.ends_with(b"hi") {
+                let mut chunk = [0u8; 512];
+                tokio::select! {
+                    () = conn.as_mut() => panic!("the connection ended before answering"),
+                    n = client.read(&mut chunk) => answer.extend_from_slice(&chunk[..n.unwrap()]),
+                }
+            }
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(within, conn)
+                .await
+                .expect("an idle connection ends at a graceful shutdown");
         });
     }
 
