@@ -273,6 +273,27 @@ where
 mod tests {
     use super::*;
 
+    /// What the server wrote, read until it ends with `end`.
+    async fn read_until(client: &mut tokio::io::DuplexStream, end: &[u8]) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut answer = Vec::new();
+        while !answer.ends_with(end) {
+            let mut chunk = [0u8; 512];
+            let n = client.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        answer
+    }
+
+    /// A runtime on this thread, with timers, for one test.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
     #[test]
     fn the_first_bytes_tell_http2_from_http1() {
         assert_eq!(protocol(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http1));
@@ -295,10 +316,7 @@ mod tests {
     #[test]
     fn the_bytes_read_to_tell_the_protocol_reach_hyper_first() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = runtime();
         runtime.block_on(async {
             let (server, mut client) = tokio::io::duplex(4096);
             let service = hyper::service::service_fn(|req: hyper::Request<Incoming>| async move {
@@ -321,13 +339,7 @@ mod tests {
                     .unwrap();
                 // The first answer whole before the second request, so that
                 // hyper reads again: from the socket, not the same bytes.
-                let mut answer = Vec::new();
-                while !answer.ends_with(b"POST /first") {
-                    let mut chunk = [0u8; 512];
-                    let n = client.read(&mut chunk).await.unwrap();
-                    assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&answer));
-                    answer.extend_from_slice(&chunk[..n]);
-                }
+                let mut answer = read_until(&mut client, b"POST /first").await;
                 client
                     .write_all(b"GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                     .await
@@ -400,9 +412,7 @@ mod tests {
     #[test]
     fn the_prefixed_socket_reads_its_bytes_first_and_writes_through() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let runtime = runtime();
         runtime.block_on(async {
             for vectored in [false, true] {
                 let socket = Recorder {
@@ -437,10 +447,7 @@ mod tests {
     #[test]
     fn a_graceful_shutdown_ends_a_waiting_or_idle_connection() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = runtime();
         let service = hyper::service::service_fn(|_: hyper::Request<Incoming>| async {
             Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
                 bytes::Bytes::from_static(b"hi"),
@@ -468,13 +475,9 @@ mod tests {
                 .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
                 .await
                 .unwrap();
-            let mut answer = Vec::new();
-            while !answer.ends_with(b"hi") {
-                let mut chunk = [0u8; 512];
-                tokio::select! {
-                    () = conn.as_mut() => panic!("the connection ended before answering"),
-                    n = client.read(&mut chunk) => answer.extend_from_slice(&chunk[..n.unwrap()]),
-                }
+            tokio::select! {
+                () = conn.as_mut() => panic!("the connection ended before answering"),
+                _ = read_until(&mut client, b"hi") => {}
             }
             conn.as_mut().graceful_shutdown();
             tokio::time::timeout(within, conn)
@@ -488,10 +491,7 @@ mod tests {
     #[test]
     fn a_connection_that_ends_before_its_protocol_is_known_is_over() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = runtime();
         runtime.block_on(async {
             let (server, mut client) = tokio::io::duplex(64);
             let service = hyper::service::service_fn(|_: hyper::Request<Incoming>| async {
