@@ -14,16 +14,15 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
+use hyper::service::HttpService;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use hyper::body::{Body, Incoming};
-use hyper::service::HttpService;
-
-/// A response body hyper can send.
-pub(crate) trait ResponseBody: Body<Error: Into<BoxError>> + Send + 'static {}
-impl<B: Body<Error: Into<BoxError>> + Send + 'static> ResponseBody for B {}
+/// A response body hyper can send on either protocol.
+pub(crate) trait SendableBody: Body<Error: Into<BoxError>> + Send + 'static {}
+impl<B: Body<Error: Into<BoxError>> + Send + 'static> SendableBody for B {}
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -185,7 +184,7 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: HttpService<Incoming> + Send + 'static,
     S::Future: Send + 'static,
-    S::ResBody: ResponseBody,
+    S::ResBody: SendableBody,
     <S::ResBody as Body>::Data: Send,
 {
     pub(crate) fn new(builders: &'a Builders, io: T, service: S) -> Self {
@@ -217,7 +216,7 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: HttpService<Incoming> + Send + 'static,
     S::Future: Send + 'static,
-    S::ResBody: ResponseBody,
+    S::ResBody: SendableBody,
     <S::ResBody as Body>::Data: Send,
 {
     type Output = ();
