@@ -445,7 +445,7 @@ mod tests {
     /// response.
     #[test]
     fn a_graceful_shutdown_ends_a_waiting_or_idle_connection() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let runtime = runtime();
         let service = hyper::service::service_fn(|_: hyper::Request<Incoming>| async {
             Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
