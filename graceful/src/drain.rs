@@ -458,8 +458,9 @@ impl AsyncWrite for Socket {
 }
 
 /// How a listener's HTTP connections are served: hyper's builders for the
-/// two protocols, and the timers of each connection. Shared by the connections, each of which
-/// holds it, so that its future owns all it needs and is spawned on its own.
+/// two protocols, and the timers of each connection. Shared by the
+/// connections, each of which holds it, so that its future owns all it
+/// needs and is spawned on its own.
 pub(crate) struct HttpServing {
     pub(crate) builders: crate::http::Builders,
     pub(crate) timers: Timers,

@@ -139,11 +139,6 @@ pin_project_lite::pin_project! {
     /// for the protocol they speak. Ready when the connection is over.
     pub(crate) struct HttpConn<'a, T, S>
     where
-        T: AsyncRead,
-        T: AsyncWrite,
-        T: Unpin,
-        T: Send,
-        T: 'static,
         S: HttpService<Incoming>,
     {
         builders: &'a Builders,
@@ -156,11 +151,6 @@ pin_project_lite::pin_project! {
     #[project = StateProj]
     enum State<T, S>
     where
-        T: AsyncRead,
-        T: AsyncWrite,
-        T: Unpin,
-        T: Send,
-        T: 'static,
         S: HttpService<Incoming>,
     {
         Reading {
