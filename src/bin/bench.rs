@@ -28,7 +28,9 @@
 //!   but plain and graceful served at the same time, both on CPU 0, each
 //!   with its own client on CPU 1, so that the machine's changes of speed
 //!   fall on both alike; with a plain beside plain control, and each
-//!   server's run time per request (`schedstat`). See [`paired`].
+//!   server's run time per request (`schedstat`). A note under the table
+//!   names each client whose pairs left CPU 0 (or a cap) idle more than
+//!   5 % of the time, whose rates the clients set. See [`paired`].
 //! - `bench --pinned [ROUNDS] [SECONDS]`: throughput with the servers on CPU 0
 //!   and the load generator on CPU 1 (`taskset`, `sched_setaffinity`), so
 //!   that a few percent can be told from noise; the ratio's median and
@@ -641,6 +643,7 @@ fn paired(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Saturati
     );
     println!("| client | plain, median req/s | share of CPU 0 (or of the cap) run, plain / graceful, median (graceful's / plain's, median) | graceful / plain req/s, each round | median (95 % CI) | A/A plain / plain, median (95 % CI) | CPU time per request, graceful / plain, median (95 % CI) | A/A, CPU time per request, median (95 % CI) |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let mut unsaturated = Vec::new();
     for &client in clients {
         // Each server's cap, if the client needs one: half the cap a server
         // has alone.
@@ -701,6 +704,7 @@ fn paired(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Saturati
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut plain_rates, mut plain_shares, mut graceful_shares, mut share_ratios) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut pairs_saturated = 0;
         for round in 0..rounds {
             let plain_slot = (round / 2) % 2;
             let order = if round % 2 == 0 {
@@ -713,6 +717,9 @@ fn paired(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Saturati
                 let rate = other.rate / plain.rate;
                 let cost = other.cpu_per_request / plain.cpu_per_request;
                 plain_rates.push(plain.rate);
+                if pair_saturated(plain.share, other.share, cap_share.is_some()) {
+                    pairs_saturated += 1;
+                }
                 if graceful {
                     ratios.push(rate);
                     costs.push(cost);
@@ -738,6 +745,27 @@ fn paired(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Saturati
             median_cell(&costs),
             median_cell(&control_costs),
         );
+        if pairs_saturated < 2 * rounds {
+            unsaturated.push((client.paired_name(), 2 * rounds - pairs_saturated));
+        }
+    }
+    for (name, pairs) in unsaturated {
+        println!(
+            "\n{name}: in {pairs} of {} pairs the two servers kept their CPU (CPU 0, or each its cap) busy less than {:.0} % of the time, so the clients, not the servers, set those rates; their req/s ratios say little, and the CPU time per request is the cost to read.",
+            2 * rounds,
+            SATURATED * 100.0
+        );
+    }
+}
+
+/// Whether a pair of servers was saturated: uncapped, the two together
+/// kept CPU 0 busy (their `share`s are each of the whole core); capped,
+/// each ran its whole cap.
+fn pair_saturated(a: f64, b: f64, capped: bool) -> bool {
+    if capped {
+        a.min(b) >= SATURATED
+    } else {
+        a + b >= SATURATED
     }
 }
 
@@ -1390,6 +1418,21 @@ mod tests {
         let values: Vec<f64> = (1..=16).rev().map(f64::from).collect();
         assert_eq!(median_interval(&values), (4.0, 13.0));
         assert_eq!(median_interval(&[]), (0.0, 0.0));
+    }
+
+    /// Two servers sharing CPU 0 are saturated when together they fill it
+    /// (each may run less than half); capped ones when each fills its cap.
+    #[test]
+    fn a_pair_is_saturated_when_its_cpu_is_full() {
+        assert!(pair_saturated(0.49, 0.49, false));
+        assert!(pair_saturated(0.70, 0.25, false));
+        assert!(!pair_saturated(0.47, 0.47, false));
+        assert!(pair_saturated(1.0, 0.96, true));
+        assert!(!pair_saturated(1.0, 0.90, true));
+        assert!(!pair_saturated(0.60, 0.40, true));
+        // The bound itself counts.
+        assert!(pair_saturated(SATURATED, 0.0, false));
+        assert!(pair_saturated(1.0, SATURATED, true));
     }
 
     /// An even count's median is the mean of its two middle values, not
