@@ -365,3 +365,56 @@ fn a_udp_port_below_1024_is_served_by_an_unprivileged_worker() {
     let n = client.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], format!("{worker} hello").as_bytes());
 }
+
+/// A master without `CAP_SYS_PTRACE` (root in a container, by default)
+/// cannot open the executable of a worker that serves as another user
+/// (`/proc/PID/exe`): it says so, and upgrades into the file at the path
+/// instead, as it did before it looked at the worker's.
+#[test]
+fn a_master_that_cannot_open_its_workers_executable_upgrades_from_the_path() {
+    let without_ptrace = |command: &mut std::process::Command| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe, and touches no memory.
+        unsafe {
+            command.pre_exec(|| {
+                // Out of the bounding set, so the exec gives root no
+                // CAP_SYS_PTRACE.
+                let cap_sys_ptrace = 19;
+                if nix::libc::prctl(nix::libc::PR_CAPBSET_DROP, cap_sys_ptrace, 0, 0, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    };
+    let mut service = Service::start_with(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[("GRACEFUL_USER", USER)],
+        without_ptrace,
+    );
+    let master = service.pid();
+    let status = std::fs::read_to_string(format!("/proc/{master}/status")).unwrap();
+    let effective = u64::from_str_radix(field(&status, "CapEff:"), 16).unwrap();
+    assert_eq!(effective & (1 << 19), 0, "the master has CAP_SYS_PTRACE");
+    let addr = service.addr(T);
+    service.ready_worker(1, T);
+    service.signal(Signal::SIGHUP);
+    let second = service.ready_worker(2, T);
+    let line = service.wait_line("instead of worker 2's", T);
+    assert!(
+        line.contains(&format!("cannot open /proc/{second}/exe: ")),
+        "{line}"
+    );
+    let line = service.wait_line("master upgraded in place", T);
+    assert!(line.contains(&format!("(pid {master} kept)")), "{line}");
+    let answer = curl(&["--max-time", "10", &format!("http://{addr}/pid")]);
+    assert_eq!(answer, format!("{second}\n"));
+    service.signal(Signal::SIGTERM);
+    assert_eq!(
+        service.wait_exit(T).code(),
+        Some(0),
+        "{}",
+        service.log_text()
+    );
+}

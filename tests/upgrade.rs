@@ -329,11 +329,72 @@ fn the_check_role_refuses_a_state_it_cannot_read() {
     assert!(err.contains("GRACEFUL_MASTER_STATE"), "{err}");
 }
 
-/// The executable is deleted while the new worker starts (it was exec'd
-/// already): the master cannot re-execute, says so, and keeps serving with
-/// the new worker; a stop still works.
+/// A broken build (`exit 3`) is written to the path while the new worker,
+/// started from the build before it, is still starting: the master
+/// becomes the worker's build, the very file the worker runs, not what the
+/// path holds by then. The next reload tries the broken build and rolls
+/// it back.
 #[test]
-fn a_deleted_executable_keeps_the_old_master_serving() {
+fn a_build_written_while_the_new_worker_starts_waits_for_the_next_reload() {
+    let dir = temp_dir("upgrade-worker-build");
+    let app = dir.join("app");
+    copy_executable(&testapp(), &app);
+    let flag = dir.join("slow");
+    let mut service = Service::start(
+        &app,
+        &["127.0.0.1:0"],
+        &[("TESTAPP_FAIL_IF_EXISTS", flag.to_str().unwrap())],
+    );
+    let master = service.pid();
+    let addr = service.addr(T);
+    service.ready_worker(1, T);
+    std::fs::write(&flag, "slow:1000").unwrap();
+    service.signal(Signal::SIGHUP);
+    // Started (its exec is done), not ready for a second yet.
+    service.wait_line("worker 2 (pid", T);
+    let staged = dir.join("app.new");
+    write_executable("#!/bin/sh\nexit 3\n", &staged);
+    std::fs::rename(&staged, &app).unwrap();
+    let second = service.ready_worker(2, T);
+    let line = service.wait_line(UPGRADED, T);
+    assert!(line.contains(&format!("(pid {master} kept)")), "{line}");
+    assert_eq!(
+        same_executable(master, second),
+        Ok(true),
+        "the master runs another file than worker 2"
+    );
+    assert_eq!(get(&addr, "/pid").unwrap().1, format!("{second}\n"));
+    std::fs::remove_file(&flag).unwrap();
+    service.signal(Signal::SIGHUP);
+    let failed = service.wait_line("reload failed", T);
+    assert!(failed.contains("exited with status 3"), "{failed}");
+    assert_eq!(get(&addr, "/pid").unwrap().1, format!("{second}\n"));
+    service.signal(Signal::SIGTERM);
+    assert_eq!(
+        service.wait_exit(T).code(),
+        Some(0),
+        "{}",
+        service.log_text()
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Whether processes `a` and `b` run the same executable file.
+fn same_executable(a: i32, b: i32) -> Result<bool, String> {
+    use std::os::unix::fs::MetadataExt;
+    let file = |pid: i32| {
+        std::fs::metadata(format!("/proc/{pid}/exe"))
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(|e| format!("/proc/{pid}/exe: {e}"))
+    };
+    Ok(file(a)? == file(b)?)
+}
+
+/// The executable is deleted while the new worker starts (it was exec'd
+/// already): the master still becomes that worker's build, from the file
+/// the worker runs, and a stop still works.
+#[test]
+fn a_deleted_executable_is_still_the_build_the_master_becomes() {
     let dir = temp_dir("upgrade-deleted");
     let app = dir.join("app");
     copy_executable(&testapp(), &app);
@@ -351,10 +412,15 @@ fn a_deleted_executable_keeps_the_old_master_serving() {
     service.wait_line("worker 2 (pid", T);
     std::fs::remove_file(&app).unwrap();
     let second = service.ready_worker(2, T);
-    let line = service.wait_line("master kept at", T);
-    assert!(line.contains(&format!("(pid {master})")), "{line}");
-    assert!(line.contains("No such file or directory"), "{line}");
-    assert!(line.contains("worker 2 serves"), "{line}");
+    let line = service.wait_line(UPGRADED, T);
+    assert!(line.contains(&format!("(pid {master} kept)")), "{line}");
+    assert_eq!(same_executable(master, second), Ok(true));
+    let image = std::fs::read_link(format!("/proc/{master}/exe")).unwrap();
+    assert!(
+        image.to_string_lossy().ends_with(" (deleted)"),
+        "{}",
+        image.display()
+    );
     service.wait_line("after draining", T);
     assert_eq!(get(&addr, "/pid").unwrap().1, format!("{second}\n"));
     service.signal(Signal::SIGTERM);

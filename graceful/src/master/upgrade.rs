@@ -1,9 +1,9 @@
 //! The master's upgrade in place, the parts that touch the OS: blocking the
-//! signals across the exec, the state pipe, opening the new executable
-//! once, asking that file to read the state (its check role) before the
-//! master commits to it, and the exec of that same file. What the state
-//! holds is `state.rs`; when to upgrade is the core's decision; the loop in
-//! the parent module puts it together.
+//! signals across the exec, the state pipe, opening the new worker's
+//! executable once, asking that file to read the state (its check role)
+//! before the master commits to it, and the exec of that same file. What
+//! the state holds is `state.rs`; when to upgrade is the core's decision;
+//! the loop in the parent module puts it together.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io::{Read, Write};
@@ -101,7 +101,8 @@ pub(super) fn state_pipe(bytes: &[u8]) -> std::io::Result<OwnedFd> {
 /// file and the exec executes it, so a build written to the path in
 /// between is not run unchecked (it waits for the next reload). Where the
 /// exec cannot take a descriptor, [`exec`] checks that the path still
-/// leads to this file.
+/// leads to this file. On Linux the master opens its new worker's file
+/// instead ([`open_run_by`]), and this path only where it cannot.
 pub(super) fn open(executable: &Executable) -> Result<OwnedFd, String> {
     use nix::fcntl::OFlag;
     // O_PATH: execute permission is enough, as for execve.
@@ -111,6 +112,25 @@ pub(super) fn open(executable: &Executable) -> Result<OwnedFd, String> {
     let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
     nix::fcntl::open(executable.path(), flags, nix::sys::stat::Mode::empty())
         .map_err(|e| format!("cannot open {}: {}", executable.path().display(), e.desc()))
+}
+
+/// The executable worker `pid` runs, opened (`/proc/PID/exe`): the very
+/// file it was started from, even if a newer build has been written to the
+/// path since, or the file deleted, so that the master becomes the build
+/// that has just proved itself ready, not whatever the path holds by then.
+/// Fails where the worker's executable cannot be read: a worker that
+/// changed its user, for a master without `CAP_SYS_PTRACE` (root in a
+/// container, by default).
+#[cfg(target_os = "linux")]
+pub(super) fn open_run_by(pid: u32) -> Result<OwnedFd, String> {
+    use nix::fcntl::OFlag;
+    let link = format!("/proc/{pid}/exe");
+    nix::fcntl::open(
+        link.as_str(),
+        OFlag::O_PATH | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open {link}: {}", e.desc()))
 }
 
 /// The path that runs `file` in a child, which inherits it: the descriptor
