@@ -142,7 +142,7 @@ type BoxFuture<B> = Pin<Box<dyn Future<Output = Result<Response<B>, BoxError>> +
 /// so a request costs no box and no dynamic call.
 trait ServeHttp: Send + Sync {
     /// Serves one connection on a task of its own, whose future is the
-    /// connection's, boxed: the task then holds a pointer, where the 2.4 KB
+    /// connection's, boxed: the task then holds a pointer, where the 2.2 KB
     /// future itself would be copied into the task and again at each of its
     /// stage changes (measured: more CPU time per connection unboxed).
     fn spawn(
