@@ -337,21 +337,8 @@ fn the_check_role_refuses_a_state_it_cannot_read() {
 #[test]
 fn a_build_written_while_the_new_worker_starts_waits_for_the_next_reload() {
     let dir = temp_dir("upgrade-worker-build");
-    let app = dir.join("app");
-    copy_executable(&testapp(), &app);
-    let flag = dir.join("slow");
-    let mut service = Service::start(
-        &app,
-        &["127.0.0.1:0"],
-        &[("TESTAPP_FAIL_IF_EXISTS", flag.to_str().unwrap())],
-    );
-    let master = service.pid();
-    let addr = service.addr(T);
-    service.ready_worker(1, T);
-    std::fs::write(&flag, "slow:1000").unwrap();
-    service.signal(Signal::SIGHUP);
-    // Started (its exec is done), not ready for a second yet.
-    service.wait_line("worker 2 (pid", T);
+    let (mut service, app) = reloading_with_a_slow_worker(&dir);
+    let (master, addr) = (service.pid(), service.addr(T));
     let staged = dir.join("app.new");
     write_executable("#!/bin/sh\nexit 3\n", &staged);
     std::fs::rename(&staged, &app).unwrap();
@@ -364,7 +351,7 @@ fn a_build_written_while_the_new_worker_starts_waits_for_the_next_reload() {
         "the master runs another file than worker 2"
     );
     assert_eq!(get(&addr, "/pid").unwrap().1, format!("{second}\n"));
-    std::fs::remove_file(&flag).unwrap();
+    std::fs::remove_file(dir.join("slow")).unwrap();
     service.signal(Signal::SIGHUP);
     let failed = service.wait_line("reload failed", T);
     assert!(failed.contains("exited with status 3"), "{failed}");
@@ -377,6 +364,26 @@ fn a_build_written_while_the_new_worker_starts_waits_for_the_next_reload() {
         service.log_text()
     );
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A copy of testapp at `dir`/app, serving, then reloaded once: returns
+/// once worker 2 has started (its exec done), which holds back its
+/// readiness for a second (`dir`/slow, removed to start the next one at
+/// once), and the copy's path.
+fn reloading_with_a_slow_worker(dir: &std::path::Path) -> (Service, std::path::PathBuf) {
+    let app = dir.join("app");
+    copy_executable(&testapp(), &app);
+    let flag = dir.join("slow");
+    let mut service = Service::start(
+        &app,
+        &["127.0.0.1:0"],
+        &[("TESTAPP_FAIL_IF_EXISTS", flag.to_str().unwrap())],
+    );
+    service.ready_worker(1, T);
+    std::fs::write(&flag, "slow:1000").unwrap();
+    service.signal(Signal::SIGHUP);
+    service.wait_line("worker 2 (pid", T);
+    (service, app)
 }
 
 /// Whether processes `a` and `b` run the same executable file.
@@ -396,20 +403,8 @@ fn same_executable(a: i32, b: i32) -> Result<bool, String> {
 #[test]
 fn a_deleted_executable_is_still_the_build_the_master_becomes() {
     let dir = temp_dir("upgrade-deleted");
-    let app = dir.join("app");
-    copy_executable(&testapp(), &app);
-    let flag = dir.join("fail");
-    let mut service = Service::start(
-        &app,
-        &["127.0.0.1:0"],
-        &[("TESTAPP_FAIL_IF_EXISTS", flag.to_str().unwrap())],
-    );
-    let master = service.pid();
-    let addr = service.addr(T);
-    service.ready_worker(1, T);
-    std::fs::write(&flag, "slow:1000").unwrap();
-    service.signal(Signal::SIGHUP);
-    service.wait_line("worker 2 (pid", T);
+    let (mut service, app) = reloading_with_a_slow_worker(&dir);
+    let (master, addr) = (service.pid(), service.addr(T));
     std::fs::remove_file(&app).unwrap();
     let second = service.ready_worker(2, T);
     let line = service.wait_line(UPGRADED, T);
