@@ -245,7 +245,7 @@ fn a_build_written_while_the_master_checks_the_last_one_is_not_what_it_executes(
     let app = dir.join("app");
     copy_executable(&testapp(), &app);
     let started = dir.join("check-started");
-    let mut service = Service::start(
+    let service = Service::start(
         &app,
         &["127.0.0.1:0"],
         &[
@@ -273,19 +273,7 @@ fn a_build_written_while_the_master_checks_the_last_one_is_not_what_it_executes(
     // not after the descriptor it was executed from.
     let comm = std::fs::read_to_string(format!("/proc/{master}/comm")).unwrap();
     assert_eq!(comm, "app\n");
-    // The next reload runs the broken build, and rolls it back.
-    service.signal(Signal::SIGHUP);
-    let failed = service.wait_line("reload failed", T);
-    assert!(failed.contains("exited with status 3"), "{failed}");
-    assert_eq!(get(&addr, "/pid").unwrap().1, format!("{second}\n"));
-    service.signal(Signal::SIGTERM);
-    assert_eq!(
-        service.wait_exit(T).code(),
-        Some(0),
-        "{}",
-        service.log_text()
-    );
-    std::fs::remove_dir_all(dir).unwrap();
+    broken_build_rolls_back(service, &addr, second, &dir);
 }
 
 /// The check role reads the state from the pipe it is given and refuses,
@@ -337,7 +325,7 @@ fn the_check_role_refuses_a_state_it_cannot_read() {
 #[test]
 fn a_build_written_while_the_new_worker_starts_waits_for_the_next_reload() {
     let dir = temp_dir("upgrade-worker-build");
-    let (mut service, app) = reloading_with_a_slow_worker(&dir);
+    let (service, app) = reloading_with_a_slow_worker(&dir);
     let (master, addr) = (service.pid(), service.addr(T));
     let staged = dir.join("app.new");
     write_executable("#!/bin/sh\nexit 3\n", &staged);
@@ -352,10 +340,17 @@ fn a_build_written_while_the_new_worker_starts_waits_for_the_next_reload() {
     );
     assert_eq!(get(&addr, "/pid").unwrap().1, format!("{second}\n"));
     std::fs::remove_file(dir.join("slow")).unwrap();
+    broken_build_rolls_back(service, &addr, second, &dir);
+}
+
+/// The next reload runs the broken build (`exit 3`) now at the path, and
+/// rolls it back: worker `second` still serves at `addr`. Then a stop ends
+/// the service with status 0, and `dir` is removed.
+fn broken_build_rolls_back(mut service: Service, addr: &str, second: i32, dir: &std::path::Path) {
     service.signal(Signal::SIGHUP);
     let failed = service.wait_line("reload failed", T);
     assert!(failed.contains("exited with status 3"), "{failed}");
-    assert_eq!(get(&addr, "/pid").unwrap().1, format!("{second}\n"));
+    assert_eq!(get(addr, "/pid").unwrap().1, format!("{second}\n"));
     service.signal(Signal::SIGTERM);
     assert_eq!(
         service.wait_exit(T).code(),
@@ -374,7 +369,7 @@ fn reloading_with_a_slow_worker(dir: &std::path::Path) -> (Service, std::path::P
     let app = dir.join("app");
     copy_executable(&testapp(), &app);
     let flag = dir.join("slow");
-    let mut service = Service::start(
+    let service = Service::start(
         &app,
         &["127.0.0.1:0"],
         &[("TESTAPP_FAIL_IF_EXISTS", flag.to_str().unwrap())],
