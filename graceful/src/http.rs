@@ -353,20 +353,16 @@ mod tests {
         written: Vec<u8>,
         flushed: bool,
         shut: bool,
-        unread: Vec<u8>,
+        unread: &'static [u8],
     }
 
     impl AsyncRead for Recorder {
         fn poll_read(
             self: Pin<&mut Self>,
-            _: &mut Context<'_>,
+            cx: &mut Context<'_>,
             buf: &mut ReadBuf<'_>,
         ) -> Poll<std::io::Result<()>> {
-            let this = self.get_mut();
-            let n = this.unread.len().min(buf.remaining());
-            buf.put_slice(&this.unread[..n]);
-            this.unread.drain(..n);
-            Poll::Ready(Ok(()))
+            Pin::new(&mut self.get_mut().unread).poll_read(cx, buf)
         }
     }
 
@@ -406,7 +402,7 @@ mod tests {
             for vectored in [false, true] {
                 let socket = Recorder {
                     vectored,
-                    unread: b"ghij".to_vec(),
+                    unread: b"ghij",
                     ..Recorder::default()
                 };
                 let mut io = Prefixed {
