@@ -24,6 +24,22 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub(crate) trait SendableBody: Body<Error: Into<BoxError>> + Send + 'static {}
 impl<B: Body<Error: Into<BoxError>> + Send + 'static> SendableBody for B {}
 
+/// A service hyper can serve a connection with, on either protocol.
+pub(crate) trait ConnectionService:
+    HttpService<Incoming, Future: Send + 'static, ResBody: SendableBody<Data: Send>> + Send + 'static
+{
+}
+impl<S> ConnectionService for S where
+    S: HttpService<Incoming, Future: Send + 'static, ResBody: SendableBody<Data: Send>>
+        + Send
+        + 'static
+{
+}
+
+/// A socket a connection can be served on.
+pub(crate) trait ConnectionIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ConnectionIo for T {}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What an HTTP/2 client with prior knowledge sends first (RFC 9113, 3.4).
@@ -169,14 +185,7 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<'a, T, S> HttpConn<'a, T, S>
-where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: HttpService<Incoming> + Send + 'static,
-    S::Future: Send + 'static,
-    S::ResBody: SendableBody,
-    <S::ResBody as Body>::Data: Send,
-{
+impl<'a, T: ConnectionIo, S: ConnectionService> HttpConn<'a, T, S> {
     pub(crate) fn new(builders: &'a Builders, io: T, service: S) -> Self {
         HttpConn {
             builders,
@@ -201,14 +210,7 @@ where
     }
 }
 
-impl<T, S> Future for HttpConn<'_, T, S>
-where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: HttpService<Incoming> + Send + 'static,
-    S::Future: Send + 'static,
-    S::ResBody: SendableBody,
-    <S::ResBody as Body>::Data: Send,
-{
+impl<T: ConnectionIo, S: ConnectionService> Future for HttpConn<'_, T, S> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
