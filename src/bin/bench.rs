@@ -73,6 +73,7 @@ async fn hello(req: Request<Incoming>) -> Result<Response<String>, Infallible> {
 /// The baseline: hyper-util's auto server on a multi-thread runtime, the same
 /// handler, no graceful.
 fn plain(addr: &str) {
+    exit_on_sigterm();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -97,6 +98,21 @@ fn plain(addr: &str) {
                     .await;
             });
         }
+    });
+}
+
+/// SIGTERM ends the plain server with `exit(0)`, from a thread of its own
+/// that waits for it (blocked in every other thread, which inherit the
+/// mask), so that a build instrumented for profile-guided optimization
+/// writes its profile, as graceful's processes do at their stop
+/// (`scripts/pgo`), and the serving path is not touched.
+fn exit_on_sigterm() {
+    let mut term = nix::sys::signal::SigSet::empty();
+    term.add(Signal::SIGTERM);
+    term.thread_block().expect("block SIGTERM");
+    std::thread::spawn(move || {
+        let _ = term.wait();
+        std::process::exit(0)
     });
 }
 
