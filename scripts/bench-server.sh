@@ -3,6 +3,10 @@
 # `target/release/bench --plain|--graceful` server are found and run, so
 # that the two tools measure the same servers under the same loads.
 
+# The benchmark whose servers are measured: the release build, or another
+# build of it named by BENCH (scripts/pgo's: BENCH=target/pgo/use/release/bench).
+bench=${BENCH:-target/release/bench}
+
 # The h2load command the clients run; a caller may put a prefix before it
 # (scripts/profile pins it: taskset -c 1 h2load).
 h2load=(h2load)
