@@ -660,6 +660,7 @@ fn paired(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Saturati
     println!("| client | plain, median req/s | share of CPU 0 (or of the cap) run, plain / graceful, median (graceful's / plain's, median) | graceful / plain req/s, each round | median (95 % CI) | A/A plain / plain, median (95 % CI) | CPU time per request, graceful / plain, median (95 % CI) | A/A, CPU time per request, median (95 % CI) |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut unsaturated = Vec::new();
+    let mut by_slot = Vec::new();
     for &client in clients {
         // Each server's cap, if the client needs one: half the cap a server
         // has alone.
@@ -722,7 +723,7 @@ fn paired(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Saturati
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut pairs_saturated = 0;
         for round in 0..rounds {
-            let plain_slot = (round / 2) % 2;
+            let plain_slot = plain_slot(round);
             let order = if round % 2 == 0 {
                 [true, false]
             } else {
@@ -764,6 +765,25 @@ fn paired(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Saturati
         if pairs_saturated < 2 * rounds {
             unsaturated.push((client.paired_name(), 2 * rounds - pairs_saturated));
         }
+        let (first, second) = split_by_slot(&ratios);
+        by_slot.push(format!(
+            "{}: graceful / plain, median, with plain started first {:.3}, second {:.3}; each round with the round two later, the slots swapped (geometric mean), median (95 % CI): {}, A/A {}; CPU time per request the same way: {}, A/A {}",
+            client.paired_name(),
+            median(first),
+            median(second),
+            median_cell(&slot_balanced(&ratios)),
+            median_cell(&slot_balanced(&controls)),
+            median_cell(&slot_balanced(&costs)),
+            median_cell(&slot_balanced(&control_costs)),
+        ));
+    }
+    // Which server starts first (its client too, its cap the first) can
+    // favour it by several percent, alike for plain and graceful; the
+    // medians above, of rounds balanced between the two orders, then fall
+    // between two groups, and their intervals widen.
+    println!("\nBy the order in the pair (the plain server started first, or second, two rounds of each in turn):\n");
+    for line in by_slot {
+        println!("- {line}");
     }
     for (name, pairs) in unsaturated {
         println!(
@@ -772,6 +792,38 @@ fn paired(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Saturati
             SATURATED * 100.0
         );
     }
+}
+
+/// The slot of the plain server in `paired`'s round `round` (0: it and its
+/// client start first, and it has the first cap), changed every two rounds
+/// while the order of the two pairs changes every round.
+fn plain_slot(round: usize) -> usize {
+    (round / 2) % 2
+}
+
+/// Rounds' values split by [`plain_slot`]: those with the plain server
+/// first, then those with it second.
+fn split_by_slot(values: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    for (round, &value) in values.iter().enumerate() {
+        if plain_slot(round) == 0 {
+            first.push(value);
+        } else {
+            second.push(value);
+        }
+    }
+    (first, second)
+}
+
+/// Each round's ratio with the ratio of the round two later, whose plain
+/// server has the other slot: their geometric mean, in which a factor that
+/// favours one slot over the other cancels. A round with the plain server
+/// second, or without such a partner, starts none.
+fn slot_balanced(ratios: &[f64]) -> Vec<f64> {
+    (0..ratios.len())
+        .filter(|&round| plain_slot(round) == 0 && round + 2 < ratios.len())
+        .map(|round| (ratios[round] * ratios[round + 2]).sqrt())
+        .collect()
 }
 
 /// Whether a pair of servers was saturated: uncapped, the two together
@@ -1449,6 +1501,36 @@ mod tests {
         // The bound itself counts.
         assert!(pair_saturated(SATURATED, 0.0, false));
         assert!(pair_saturated(1.0, SATURATED, true));
+    }
+
+    /// The plain server's slot changes every two rounds; split by it, and
+    /// a factor that favours one slot cancels in the balanced ratios.
+    #[test]
+    fn a_slot_that_favours_its_server_cancels_in_the_balanced_ratios() {
+        let slots: Vec<usize> = (0..8).map(plain_slot).collect();
+        assert_eq!(slots, [0, 0, 1, 1, 0, 0, 1, 1]);
+        // graceful / plain is 0.97, and the server started first runs 6 %
+        // faster: graceful gains when plain is second.
+        let ratios: Vec<f64> = (0..8)
+            .map(|round| match plain_slot(round) {
+                0 => 0.97 / 1.06,
+                _ => 0.97 * 1.06,
+            })
+            .collect();
+        let (first, second) = split_by_slot(&ratios);
+        assert_eq!(first, [0.97 / 1.06; 4]);
+        assert_eq!(second, [0.97 * 1.06; 4]);
+        let balanced = slot_balanced(&ratios);
+        assert_eq!(balanced.len(), 4);
+        for value in balanced {
+            assert!((value - 0.97).abs() < 1e-12, "{value}");
+        }
+        // Each round is taken with the round two later, not its neighbour.
+        let distinct = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+        assert_eq!(slot_balanced(&distinct), [2.0, 4.0, 32.0, 64.0]);
+        // A round whose partner is missing is left out: 7 rounds give 3.
+        assert_eq!(slot_balanced(&distinct[..7]), [2.0, 4.0, 32.0]);
+        assert_eq!(slot_balanced(&distinct[..2]), Vec::<f64>::new());
     }
 
     /// An even count's median is the mean of its two middle values, not
