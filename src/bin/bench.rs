@@ -28,9 +28,12 @@
 //!   but plain and graceful served at the same time, both on CPU 0, each
 //!   with its own client on CPU 1, so that the machine's changes of speed
 //!   fall on both alike; with a plain beside plain control, and each
-//!   server's run time per request (`schedstat`). A note under the table
-//!   names each client whose pairs left CPU 0 (or a cap) idle more than
-//!   5 % of the time, whose rates the clients set. See [`paired`].
+//!   server's run time per request (`schedstat`). Under the table, each
+//!   client's ratios by the order in the pair, and each round taken with
+//!   the round two later, in the other order, so that an advantage of the
+//!   server started first cancels; and a note naming each client whose
+//!   pairs left CPU 0 (or a cap) idle more than 5 % of the time, whose
+//!   rates the clients set. See [`paired`].
 //! - `bench --pinned [ROUNDS] [SECONDS]`: throughput with the servers on CPU 0
 //!   and the load generator on CPU 1 (`taskset`, `sched_setaffinity`), so
 //!   that a few percent can be told from noise; the ratio's median and
