@@ -639,20 +639,8 @@ impl Master {
         let bytes = state.encode();
         let carried: Vec<RawFd> = state.descriptors().into_iter().map(|(fd, _)| fd).collect();
         let path = self.executable.path().display().to_string();
-        // Opened once: what is checked is what is executed. On Linux, the
-        // file worker N runs: a build written to the path since it started
-        // waits for the next reload.
-        #[cfg(target_os = "linux")]
-        let file = match self.children.get(&generation).map(|c| c.pid) {
-            Some(pid) => upgrade::open_run_by(pid).or_else(|why| {
-                log!("{why}; the master upgrades into the file at {path} instead of worker {generation}'s");
-                upgrade::open(&self.executable)
-            }),
-            None => upgrade::open(&self.executable),
-        };
-        #[cfg(not(target_os = "linux"))]
-        let file = upgrade::open(&self.executable);
-        let why = match file {
+        let worker = self.children.get(&generation).map(|c| c.pid);
+        let why = match upgrade::open_build_of(&self.executable, generation, worker) {
             Err(why) => why,
             Ok(file) => match upgrade::check(&self.executable, &file, &bytes) {
                 Err(why) => format!(

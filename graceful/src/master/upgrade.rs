@@ -103,7 +103,7 @@ pub(super) fn state_pipe(bytes: &[u8]) -> std::io::Result<OwnedFd> {
 /// exec cannot take a descriptor, [`exec`] checks that the path still
 /// leads to this file. On Linux the master opens its new worker's file
 /// instead ([`open_run_by`]), and this path only where it cannot.
-pub(super) fn open(executable: &Executable) -> Result<OwnedFd, String> {
+fn open(executable: &Executable) -> Result<OwnedFd, String> {
     use nix::fcntl::OFlag;
     // O_PATH: execute permission is enough, as for execve.
     #[cfg(target_os = "linux")]
@@ -122,7 +122,7 @@ pub(super) fn open(executable: &Executable) -> Result<OwnedFd, String> {
 /// changed its user, for a master without `CAP_SYS_PTRACE` (root in a
 /// container, by default).
 #[cfg(target_os = "linux")]
-pub(super) fn open_run_by(pid: u32) -> Result<OwnedFd, String> {
+fn open_run_by(pid: u32) -> Result<OwnedFd, String> {
     use nix::fcntl::OFlag;
     let link = format!("/proc/{pid}/exe");
     nix::fcntl::open(
@@ -131,6 +131,32 @@ pub(super) fn open_run_by(pid: u32) -> Result<OwnedFd, String> {
         nix::sys::stat::Mode::empty(),
     )
     .map_err(|e| format!("cannot open {link}: {}", e.desc()))
+}
+
+/// The build worker `generation` (process `worker`, while the master knows
+/// it) runs, opened once, so that what is checked is what is executed: on
+/// Linux the very file the worker runs ([`open_run_by`]), so that a build
+/// written to the path since it started waits for the next reload; where
+/// that cannot be opened, the master says so and opens the path
+/// ([`open`]), as it does on other systems.
+pub(super) fn open_build_of(
+    executable: &Executable,
+    generation: u64,
+    worker: Option<u32>,
+) -> Result<OwnedFd, String> {
+    #[cfg(target_os = "linux")]
+    if let Some(pid) = worker {
+        match open_run_by(pid) {
+            Ok(file) => return Ok(file),
+            Err(why) => crate::log::log!(
+                "{why}; the master upgrades into the file at {} instead of worker {generation}'s",
+                executable.path().display()
+            ),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (generation, worker);
+    open(executable)
 }
 
 /// The path that runs `file` in a child, which inherits it: the descriptor
