@@ -182,6 +182,9 @@ fn a_reload_command_waiting_across_the_upgrade_gets_its_answer() {
     let (code, out, err) = graceful_command(&["reload", socket]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with("reloaded: generation 2 (pid "), "{out}");
+    // The log is read by a thread of its own: the line may come after the
+    // answer.
+    service.wait_line(UPGRADED, T);
     assert_eq!(service.count_lines(UPGRADED), 1, "{}", service.log_text());
 
     let (code, out, err) = graceful_command(&["status", "--json", socket]);
