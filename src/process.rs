@@ -150,6 +150,14 @@ impl Service {
         }
     }
 
+    /// Sends SIGTERM and waits up to `timeout` for the service to exit
+    /// with status 0; fails with its log otherwise.
+    pub fn stop_cleanly(&mut self, timeout: Duration) {
+        self.signal(Signal::SIGTERM);
+        let status = self.wait_exit(timeout);
+        assert_eq!(status.code(), Some(0), "{}", self.log_text());
+    }
+
     pub fn wait_line(&self, needle: &str, timeout: Duration) -> String {
         self.wait_line_n(needle, 0, timeout)
     }

@@ -35,8 +35,7 @@ fn nothing_a_worker_started_outlives_the_service() {
     let addr = service.addr(T);
     service.ready_worker(1, T);
     let child: i32 = get(&addr, "/child").unwrap().1.trim().parse().unwrap();
-    service.signal(Signal::SIGTERM);
-    assert_eq!(service.wait_exit(T).code(), Some(0));
+    service.stop_cleanly(T);
     assert!(
         wait_gone(child, Duration::from_secs(5)),
         "process {child} outlived the service"
@@ -61,8 +60,7 @@ fn a_stray_role_marker_is_ignored_and_reloads_and_stops_work() {
     service.wait_line("reload finished", T);
     assert_eq!(get(&addr, "/").unwrap().0, 200);
     let began = std::time::Instant::now();
-    service.signal(Signal::SIGTERM);
-    assert_eq!(service.wait_exit(T).code(), Some(0));
+    service.stop_cleanly(T);
     assert!(
         began.elapsed() < Duration::from_secs(2),
         "took {:?}",

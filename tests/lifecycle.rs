@@ -317,8 +317,7 @@ fn several_listeners_in_one_process() {
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o660, "unix_mode is applied");
     // Stopped for good: the socket file is removed.
-    service.signal(Signal::SIGTERM);
-    assert_eq!(service.wait_exit(T).code(), Some(0));
+    service.stop_cleanly(T);
     assert!(!sock.exists(), "the socket file is left behind");
     drop(service);
     std::fs::remove_dir_all(dir).unwrap();

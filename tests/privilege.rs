@@ -410,11 +410,5 @@ fn a_master_that_cannot_open_its_workers_executable_upgrades_from_the_path() {
     assert!(line.contains(&format!("(pid {master} kept)")), "{line}");
     let answer = curl(&["--max-time", "10", &format!("http://{addr}/pid")]);
     assert_eq!(answer, format!("{second}\n"));
-    service.signal(Signal::SIGTERM);
-    assert_eq!(
-        service.wait_exit(T).code(),
-        Some(0),
-        "{}",
-        service.log_text()
-    );
+    service.stop_cleanly(T);
 }

@@ -92,8 +92,7 @@ fn named_socket_by_systemd_name() {
     let first = pid_of(&addr);
     service.wait_line(&format!("socket activation: {addr} as \"web\""), T);
     reloads_keep_the_activated_socket(&service, &addr, first);
-    service.signal(Signal::SIGTERM);
-    assert_eq!(service.wait_exit(T).code(), Some(0));
+    service.stop_cleanly(T);
 }
 
 #[test]

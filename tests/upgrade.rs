@@ -213,13 +213,7 @@ fn a_sighup_and_a_sigterm_sent_during_the_exec_window_are_both_honoured() {
     service.ready_worker(2, T);
     service.wait_line("reload finished", T);
     service.signal(Signal::SIGHUP);
-    service.signal(Signal::SIGTERM);
-    assert_eq!(
-        service.wait_exit(T).code(),
-        Some(0),
-        "{}",
-        service.log_text()
-    );
+    service.stop_cleanly(T);
     let lines = service.lines();
     let at = |needle: &str| {
         lines
@@ -354,13 +348,7 @@ fn broken_build_rolls_back(mut service: Service, addr: &str, second: i32, dir: &
     let failed = service.wait_line("reload failed", T);
     assert!(failed.contains("exited with status 3"), "{failed}");
     assert_eq!(get(addr, "/pid").unwrap().1, format!("{second}\n"));
-    service.signal(Signal::SIGTERM);
-    assert_eq!(
-        service.wait_exit(T).code(),
-        Some(0),
-        "{}",
-        service.log_text()
-    );
+    service.stop_cleanly(T);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -416,12 +404,6 @@ fn a_deleted_executable_is_still_the_build_the_master_becomes() {
     );
     service.wait_line("after draining", T);
     assert_eq!(get(&addr, "/pid").unwrap().1, format!("{second}\n"));
-    service.signal(Signal::SIGTERM);
-    assert_eq!(
-        service.wait_exit(T).code(),
-        Some(0),
-        "{}",
-        service.log_text()
-    );
+    service.stop_cleanly(T);
     std::fs::remove_dir_all(dir).unwrap();
 }
