@@ -366,6 +366,10 @@ fn a_udp_port_below_1024_is_served_by_an_unprivileged_worker() {
     assert_eq!(&buf[..n], format!("{worker} hello").as_bytes());
 }
 
+/// The capability's number (`linux/capability.h`): the bit of
+/// `/proc/PID/status`'s `CapEff` and the argument of `PR_CAPBSET_DROP`.
+const CAP_SYS_PTRACE: u64 = 19;
+
 /// A master without `CAP_SYS_PTRACE` (root in a container, by default)
 /// cannot open the executable of a worker that serves as another user
 /// (`/proc/PID/exe`): it says so, and upgrades into the file at the path
@@ -379,8 +383,7 @@ fn a_master_that_cannot_open_its_workers_executable_upgrades_from_the_path() {
             command.pre_exec(|| {
                 // Out of the bounding set, so the exec gives root no
                 // CAP_SYS_PTRACE.
-                let cap_sys_ptrace = 19;
-                if nix::libc::prctl(nix::libc::PR_CAPBSET_DROP, cap_sys_ptrace, 0, 0, 0) == -1 {
+                if nix::libc::prctl(nix::libc::PR_CAPBSET_DROP, CAP_SYS_PTRACE, 0, 0, 0) == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -396,7 +399,11 @@ fn a_master_that_cannot_open_its_workers_executable_upgrades_from_the_path() {
     let master = service.pid();
     let status = std::fs::read_to_string(format!("/proc/{master}/status")).unwrap();
     let effective = u64::from_str_radix(field(&status, "CapEff:"), 16).unwrap();
-    assert_eq!(effective & (1 << 19), 0, "the master has CAP_SYS_PTRACE");
+    assert_eq!(
+        effective & (1 << CAP_SYS_PTRACE),
+        0,
+        "the master has CAP_SYS_PTRACE"
+    );
     let addr = service.addr(T);
     service.ready_worker(1, T);
     service.signal(Signal::SIGHUP);
