@@ -131,9 +131,7 @@ pub(crate) fn add_lost_lines(lines: u64) {
 
 /// Writes one line, whole or not at all, without blocking.
 fn write_line(level: Level, text: String) {
-    let mut text = prefix(level) + &text;
-    cut(&mut text, LONGEST - 1);
-    text.push('\n');
+    let text = whole_line(&prefix(level), &text);
     let lost = LOST.load(Ordering::Relaxed);
     if lost > 0 {
         let note = format!(
@@ -150,6 +148,15 @@ fn write_line(level: Level, text: String) {
     if !write(text.as_bytes()) {
         LOST.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// The line written for `text` after `prefix`: with its newline, at most
+/// [`LONGEST`] bytes, so that one `write` to a pipe takes it whole.
+fn whole_line(prefix: &str, text: &str) -> String {
+    let mut line = format!("{prefix}{text}");
+    cut(&mut line, LONGEST - 1);
+    line.push('\n');
+    line
 }
 
 /// Cuts `text` to at most `max` bytes, at a character boundary.
@@ -410,6 +417,20 @@ mod tests {
         let mut short = "ok".to_string();
         cut(&mut short, 4095);
         assert_eq!(short, "ok");
+    }
+
+    #[test]
+    fn a_line_with_its_prefix_and_newline_fits_one_pipe_write() {
+        let long = whole_line("<3>", &"x".repeat(10_000));
+        assert_eq!(long.len(), LONGEST);
+        assert!(
+            long.starts_with("<3>xx") && long.ends_with("x\n"),
+            "{long:?}"
+        );
+        assert_eq!(whole_line("<6>", "ready"), "<6>ready\n");
+        assert_eq!(whole_line("", &"y".repeat(LONGEST - 1)).len(), LONGEST);
+        let cut_short = whole_line("", &"é".repeat(LONGEST));
+        assert_eq!(cut_short.len(), LONGEST - 1, "a character is not split");
     }
 
     #[test]
