@@ -818,6 +818,50 @@ mod tests {
     }
 
     #[test]
+    fn a_listener_in_use_outlives_a_collection_and_names_are_sorted() {
+        let mut table = Listeners::default();
+        table.acquire(2, &request("127.0.0.1:0")).unwrap();
+        table.acquire(2, &request("[::1]:0")).ok();
+        table.acquire(1, &request("localhost:0")).unwrap();
+        // Nothing kept, but each has a user: none is closed.
+        let before = table.names();
+        table.collect();
+        assert_eq!(table.names(), before);
+        let mut sorted = before.clone();
+        sorted.sort();
+        assert_eq!(before, sorted);
+        assert!(before.len() >= 2, "{before:?}");
+        table.release(1);
+        table.release(2);
+        table.collect();
+        assert_eq!(table.names(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_activated_socket_imports_as_activated_and_stdio_is_refused() {
+        use std::os::fd::IntoRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = Local::of(listener.as_fd()).unwrap();
+        let value = format!("{},a,0,0,{},", listener.into_raw_fd(), hex("systemd:web"));
+        let taken = Listeners::import(&value, -1).unwrap();
+        let held = &taken.map["systemd:web"];
+        assert_eq!(held.activated.as_ref(), Some(&local));
+        assert_eq!(taken.export().0.split(',').nth(1), Some("a"));
+        // Standard input, output and error are never a predecessor's
+        // listeners: refused as malformed before they are looked at.
+        for fd in 0..3 {
+            let entry = format!("{fd},t,0,0,{},", hex(":1"));
+            assert!(
+                matches!(
+                    Listeners::import(&entry, -1),
+                    Err(ImportError::Malformed(_))
+                ),
+                "descriptor {fd} was not refused as malformed"
+            );
+        }
+    }
+
+    #[test]
     fn a_malformed_or_closed_entry_is_an_error() {
         assert!(Listeners::import("garbage", -1)
             .unwrap_err()
