@@ -792,6 +792,14 @@ fn log_failure(method: &Method, path: Option<&PathAndQuery>, failure: Failure) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_panic_is_named_by_its_message_of_either_string_type_or_as_without_one() {
+        let message = |payload: Box<dyn Any + Send>| panic_message(&*payload);
+        assert_eq!(message(Box::new("told to")), "told to");
+        assert_eq!(message(Box::new(format!("told {}", 2))), "told 2");
+        assert_eq!(message(Box::new(42_u32)), "a panic without a message");
+    }
+
     /// Every frame of a body, polled to its end, and its size hint first.
     fn drain(mut body: ResponseBody) -> (Option<u64>, bool, Vec<Bytes>) {
         let hint = body.size_hint().exact();
