@@ -638,13 +638,13 @@ impl Master {
         let state = self.to_state(&clock, pending.clone());
         let bytes = state.encode();
         let carried: Vec<RawFd> = state.descriptors().into_iter().map(|(fd, _)| fd).collect();
-        let path = self.executable.path().display().to_string();
         let worker = self.children.get(&generation).map(|c| c.pid);
         let why = match upgrade::open_build_of(&self.executable, generation, worker) {
             Err(why) => why,
             Ok(file) => match upgrade::check(&self.executable, &file, &bytes) {
                 Err(why) => format!(
-                    "worker {generation}'s build at {path} cannot take over its state: {why}"
+                    "worker {generation}'s build at {} cannot take over its state: {why}",
+                    self.executable.path().display()
                 ),
                 Ok(()) => match upgrade::state_pipe(&bytes) {
                     Err(e) => format!("cannot pass on its state: {e}"),
