@@ -86,17 +86,7 @@ pub fn run_bounded(command: &mut std::process::Command) -> (i32, String, String)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start the command");
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            break child.wait().unwrap();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
+    let status = wait_bounded(&mut child);
     let mut out = String::new();
     let mut err = String::new();
     child
@@ -112,6 +102,22 @@ pub fn run_bounded(command: &mut std::process::Command) -> (i32, String, String)
         .read_to_string(&mut err)
         .unwrap();
     (status.code().unwrap_or(-1), out, err)
+}
+
+/// Waits for `child` to end, killed by its PID if it takes longer than
+/// [`TIMEOUT`]: its exit status.
+pub fn wait_bounded(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// Copies the executable `from` to `to` (mode 755) with `cp`, in a process

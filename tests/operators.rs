@@ -265,6 +265,109 @@ fn the_reload_command_fails_clearly_when_it_cannot_ask() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Where the `graceful` command's output goes in the test below.
+enum Sink {
+    /// A pipe whose reader has gone, as `graceful status | head -1` leaves.
+    ClosedPipe,
+    /// A full disk: every write fails with ENOSPC.
+    DevFull,
+    /// A pipe the test reads.
+    Piped,
+}
+
+impl Sink {
+    fn stdio(&self) -> std::process::Stdio {
+        match self {
+            Sink::ClosedPipe => {
+                let (reader, writer) = nix::unistd::pipe().unwrap();
+                drop(reader);
+                writer.into()
+            }
+            Sink::DevFull => std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap()
+                .into(),
+            Sink::Piped => std::process::Stdio::piped(),
+        }
+    }
+}
+
+/// Runs `graceful ARGS` with its standard output into `out` and its
+/// standard error piped: its exit code and standard error.
+fn ctl_into(args: &[&str], out: Sink, err: Sink) -> (i32, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(graceful_dev::built("ctl"))
+        .args(args)
+        .stdout(out.stdio())
+        .stderr(err.stdio())
+        .spawn()
+        .unwrap();
+    let status = graceful_dev::wait_bounded(&mut child);
+    let mut text = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        stderr.read_to_string(&mut text).unwrap();
+    }
+    (status.code().unwrap_or(-1), text)
+}
+
+/// `graceful status | head -1`, a full disk, a closed standard error: the
+/// command never panics (Rust's `println!` does on a failed write), and a
+/// deploy script still reads a reload's outcome from the exit status.
+#[test]
+fn an_answer_that_cannot_be_written_leaves_the_outcome_in_the_exit_status() {
+    let app = Deployed::new("unwritable");
+    let service = app.start(&[]);
+    let addr = service.addr(T);
+    let first = service.ready_worker(1, T);
+    let socket = app.socket.as_str();
+
+    // The reader has gone: it had what it wanted, so nothing is said.
+    for args in [
+        &["status", socket][..],
+        &["status", "--json", socket],
+        &["metrics", socket],
+        &["--help"],
+    ] {
+        let (code, err) = ctl_into(args, Sink::ClosedPipe, Sink::Piped);
+        assert_eq!((code, err.as_str()), (0, ""), "{args:?}");
+    }
+    // A full disk: the text the command is for was not written.
+    let (code, err) = ctl_into(&["status", socket], Sink::DevFull, Sink::Piped);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(
+        err,
+        "graceful: cannot write the answer to standard output: No space left on device (os error 28)\n"
+    );
+
+    // A reload whose answer cannot be written still happened, and says so
+    // by its exit status.
+    let (code, err) = ctl_into(&["reload", socket], Sink::DevFull, Sink::Piped);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(wait_gone(first, T));
+    let second = pid_of(&addr);
+    assert_ne!(second, first);
+    let (code, err) = ctl_into(&["reload", "--json", socket], Sink::ClosedPipe, Sink::Piped);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert!(wait_gone(second, T));
+
+    // A failed reload whose message cannot be written is still exit 1, and
+    // the worker before it still serves.
+    let serving = pid_of(&addr);
+    std::fs::write(&app.flag, "error").unwrap();
+    for (out, err) in [
+        (Sink::Piped, Sink::DevFull),
+        (Sink::Piped, Sink::ClosedPipe),
+        (Sink::DevFull, Sink::DevFull),
+    ] {
+        assert_eq!(ctl_into(&["reload", socket], out, err).0, 1);
+    }
+    let (code, _) = ctl_into(&["reload", "--json", socket], Sink::DevFull, Sink::DevFull);
+    assert_eq!(code, 1);
+    assert_eq!(pid_of(&addr), serving);
+}
+
 /// Runs the `graceful` command as the unprivileged user `nobody`.
 fn as_nobody(ctl: &Path, args: &[&str]) -> (i32, String, String) {
     run_bounded(

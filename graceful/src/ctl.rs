@@ -434,7 +434,8 @@ Asks a graceful service's master, through its control socket, to reload
 Prometheus text format. SOCKET defaults to $GRACEFUL_CONTROL_SOCKET.
 
 exit status: 0 done; 1 the reload failed and was rolled back (the old
-worker still serves); 2 the service could not be asked, or bad usage.";
+worker still serves); 2 the service could not be asked, or bad usage. A
+reload's exit status is its outcome even when its answer cannot be written.";
 
 /// The `graceful` command: `graceful reload [--json] [SOCKET]` or `graceful
 /// status [--json] [SOCKET]`, with the socket defaulting to
@@ -442,22 +443,100 @@ worker still serves); 2 the service could not be asked, or bad usage.";
 /// call it from a binary of your own to ship the command with a service.
 ///
 /// Exit status: 0 when done, 1 when the reload failed and was rolled back,
-/// 2 when the service could not be asked or the usage is wrong.
+/// 2 when the service could not be asked or the usage is wrong. A reload's
+/// exit status is its outcome even when its answer cannot be written.
 pub fn main() -> std::process::ExitCode {
-    use std::process::ExitCode;
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let env = std::env::var_os(crate::config::ENV_CONTROL_SOCKET);
+    let said = run(&args, env.map(PathBuf::from));
+    let code = said.deliver(&mut std::io::stdout().lock(), &mut std::io::stderr().lock());
+    std::process::ExitCode::from(code)
+}
+
+/// What the command has to say: its answer for standard output, a message
+/// for standard error, and its exit status.
+#[derive(Debug, PartialEq, Eq)]
+struct Said {
+    out: String,
+    err: String,
+    code: u8,
+    /// The exit status is a reload's outcome, which stands whether or not
+    /// the answer is written; otherwise the answer is the command's whole
+    /// point, and one that cannot be written is a failure.
+    outcome: bool,
+}
+
+impl Said {
+    fn answer(out: String) -> Said {
+        Said {
+            out,
+            err: String::new(),
+            code: 0,
+            outcome: false,
+        }
+    }
+
+    fn failure(code: u8, err: String) -> Said {
+        Said {
+            out: String::new(),
+            err,
+            code,
+            outcome: false,
+        }
+    }
+
+    /// Writes what was said and returns the exit status. Neither stream may
+    /// make the command panic (as `println!` does on a write error): a
+    /// reader that went away (`graceful status | head -1`) had what it
+    /// wanted, and any other failure to write the answer (a full disk) is
+    /// said on standard error, and is exit status 2 unless the status is a
+    /// reload's outcome. A message that cannot be written to standard error
+    /// is lost, and the exit status still tells.
+    fn deliver(self, out: &mut impl Write, err: &mut impl Write) -> u8 {
+        if !self.err.is_empty() {
+            let _ = err
+                .write_all(self.err.as_bytes())
+                .and_then(|()| err.flush());
+        }
+        if self.out.is_empty() {
+            return self.code;
+        }
+        match out
+            .write_all(self.out.as_bytes())
+            .and_then(|()| out.flush())
+        {
+            Ok(()) => self.code,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => self.code,
+            Err(e) => {
+                let _ = writeln!(
+                    err,
+                    "graceful: cannot write the answer to standard output: {e}"
+                )
+                .and_then(|()| err.flush());
+                if self.outcome {
+                    self.code
+                } else {
+                    2
+                }
+            }
+        }
+    }
+}
+
+/// The command with its arguments (`args`, without the program's name)
+/// and `GRACEFUL_CONTROL_SOCKET`'s value (`env`), run: what it has to say.
+fn run(args: &[String], env: Option<PathBuf>) -> Said {
     let mut json = false;
     let mut words = Vec::new();
-    for arg in &args {
+    for arg in args {
         match arg.as_str() {
             "--json" => json = true,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
+            "-h" | "--help" => return Said::answer(format!("{USAGE}\n")),
             other if other.starts_with('-') => {
-                eprintln!("graceful: unknown option {other:?}\n\n{USAGE}");
-                return ExitCode::from(2);
+                return Said::failure(
+                    2,
+                    format!("graceful: unknown option {other:?}\n\n{USAGE}\n"),
+                )
             }
             other => words.push(other),
         }
@@ -465,81 +544,69 @@ pub fn main() -> std::process::ExitCode {
     let (command, socket) = match words.as_slice() {
         [command] => (*command, None),
         [command, socket] => (*command, Some(PathBuf::from(socket))),
-        _ => {
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
+        _ => return Said::failure(2, format!("{USAGE}\n")),
     };
     if command == "metrics" && json {
-        eprintln!(
-            "graceful: graceful metrics has no --json: the metrics are Prometheus text\n\n{USAGE}"
+        return Said::failure(
+            2,
+            format!(
+                "graceful: graceful metrics has no --json: the metrics are Prometheus text\n\n{USAGE}\n"
+            ),
         );
-        return ExitCode::from(2);
     }
-    let socket = match socket.or_else(|| {
-        std::env::var_os(crate::config::ENV_CONTROL_SOCKET)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    }) {
-        Some(socket) => socket,
-        None => {
-            eprintln!(
-                "graceful: no control socket: give its path, or set {}",
+    let Some(socket) = socket.or(env.filter(|v| !v.as_os_str().is_empty())) else {
+        return Said::failure(
+            2,
+            format!(
+                "graceful: no control socket: give its path, or set {}\n",
                 crate::config::ENV_CONTROL_SOCKET
-            );
-            return ExitCode::from(2);
-        }
+            ),
+        );
     };
-    match (command, json) {
-        ("reload", json) => match reload(&socket) {
-            Ok(reloaded) if json => {
-                let value = serde_json::json!({
-                    "ok": true,
-                    "generation": reloaded.generation,
-                    "pid": reloaded.pid,
-                    "message": reloaded.message,
-                });
-                println!("{value}");
-                ExitCode::SUCCESS
-            }
-            Ok(reloaded) => {
-                println!("reloaded: {}", reloaded.message);
-                ExitCode::SUCCESS
-            }
-            Err(Error::ReloadFailed { reason }) if json => {
-                println!("{}", serde_json::json!({ "ok": false, "reason": reason }));
-                ExitCode::from(1)
-            }
-            Err(e @ Error::ReloadFailed { .. }) => {
-                eprintln!("graceful: {e}");
-                ExitCode::from(1)
-            }
-            Err(e) => {
-                eprintln!("graceful: {e}");
-                ExitCode::from(2)
-            }
+    match command {
+        "reload" => Said {
+            outcome: true,
+            ..reload_said(reload(&socket), json)
         },
-        ("metrics", _) => printed(metrics(&socket)),
-        ("status", json) => printed(status(&socket, json)),
-        _ => {
-            eprintln!("graceful: unknown command {command:?}\n\n{USAGE}");
-            ExitCode::from(2)
-        }
+        "metrics" => printed(metrics(&socket)),
+        "status" => printed(status(&socket, json)),
+        _ => Said::failure(
+            2,
+            format!("graceful: unknown command {command:?}\n\n{USAGE}\n"),
+        ),
     }
 }
 
-/// The text asked for, printed (exit 0), or why it could not be had
-/// (exit 2).
-fn printed(text: Result<String, Error>) -> std::process::ExitCode {
+/// A reload's outcome, for a person or as one line of JSON.
+fn reload_said(outcome: Result<Reloaded, Error>, json: bool) -> Said {
+    match outcome {
+        Ok(reloaded) if json => {
+            let value = serde_json::json!({
+                "ok": true,
+                "generation": reloaded.generation,
+                "pid": reloaded.pid,
+                "message": reloaded.message,
+            });
+            Said::answer(format!("{value}\n"))
+        }
+        Ok(reloaded) => Said::answer(format!("reloaded: {}\n", reloaded.message)),
+        Err(Error::ReloadFailed { reason }) if json => Said {
+            code: 1,
+            ..Said::answer(format!(
+                "{}\n",
+                serde_json::json!({ "ok": false, "reason": reason })
+            ))
+        },
+        Err(e @ Error::ReloadFailed { .. }) => Said::failure(1, format!("graceful: {e}\n")),
+        Err(e) => Said::failure(2, format!("graceful: {e}\n")),
+    }
+}
+
+/// The text asked for (exit 0), or why it could not be had (exit 2).
+fn printed(text: Result<String, Error>) -> Said {
     match text {
-        Ok(text) => {
-            print!("{text}");
-            std::process::ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("graceful: {e}");
-            std::process::ExitCode::from(2)
-        }
+        Ok(text) => Said::answer(text),
+        Err(e) => Said::failure(2, format!("graceful: {e}\n")),
     }
 }
 
@@ -714,5 +781,135 @@ mod tests {
         assert_eq!(value["last_reload"]["ok"], true);
         assert_eq!(value["last_reload"]["generation"], 3);
         assert_eq!(value["reload_queued"], true);
+    }
+
+    /// A stream that takes nothing: every write fails with `kind`.
+    struct Refusing(std::io::ErrorKind);
+
+    impl Write for Refusing {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(self.0.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn delivered(said: Said, out: &mut impl Write) -> (u8, String) {
+        let mut err = Vec::new();
+        let code = said.deliver(out, &mut err);
+        (code, String::from_utf8(err).unwrap())
+    }
+
+    #[test]
+    fn an_answer_is_written_whole_to_its_stream_with_its_exit_status() {
+        let said = Said {
+            out: "{\"ok\":false}\n".into(),
+            err: "graceful: reload failed\n".into(),
+            code: 1,
+            outcome: true,
+        };
+        let mut out = Vec::new();
+        let (code, err) = delivered(said, &mut out);
+        assert_eq!(code, 1);
+        assert_eq!(out, b"{\"ok\":false}\n");
+        assert_eq!(err, "graceful: reload failed\n");
+    }
+
+    #[test]
+    fn an_answer_that_cannot_be_written_fails_the_command_unless_its_status_is_an_outcome() {
+        use std::io::ErrorKind::{BrokenPipe, StorageFull};
+        let status = || Said::answer("serving: generation 2\n".into());
+        let reloaded = || Said {
+            outcome: true,
+            ..Said::answer("reloaded: generation 2\n".into())
+        };
+        let failed = || Said {
+            code: 1,
+            ..reloaded()
+        };
+        // A reader that went away, as `| head -1` leaves: nothing to say.
+        for said in [status(), reloaded(), failed()] {
+            let code = said.code;
+            assert_eq!(
+                delivered(said, &mut Refusing(BrokenPipe)),
+                (code, String::new())
+            );
+        }
+        // A full disk: said, and the status stands only for a reload.
+        let (code, err) = delivered(status(), &mut Refusing(StorageFull));
+        assert_eq!(code, 2);
+        assert!(
+            err.starts_with("graceful: cannot write the answer to standard output: "),
+            "{err}"
+        );
+        assert_eq!(delivered(reloaded(), &mut Refusing(StorageFull)).0, 0);
+        assert_eq!(delivered(failed(), &mut Refusing(StorageFull)).0, 1);
+        // Nothing to write cannot fail.
+        let quiet = Said::failure(2, "graceful: no control socket\n".into());
+        assert_eq!(delivered(quiet, &mut Refusing(StorageFull)).0, 2);
+    }
+
+    #[test]
+    fn a_message_that_cannot_be_written_leaves_the_exit_status() {
+        use std::io::ErrorKind::StorageFull;
+        let said = Said::failure(1, "graceful: reload failed\n".into());
+        let code = said.deliver(&mut Vec::new(), &mut Refusing(StorageFull));
+        assert_eq!(code, 1);
+        let said = Said::answer("metrics\n".into());
+        let code = said.deliver(&mut Refusing(StorageFull), &mut Refusing(StorageFull));
+        assert_eq!(code, 2);
+    }
+
+    #[test]
+    fn usage_mistakes_and_a_missing_socket_are_exit_2_with_their_reason() {
+        let run = |args: &[&str], env: Option<&str>| {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            run(&args, env.map(PathBuf::from))
+        };
+        let help = run(&["--help"], None);
+        assert_eq!(
+            (help.code, help.out.as_str()),
+            (0, format!("{USAGE}\n").as_str())
+        );
+        let cases: [(&[&str], Option<&str>, &str); 6] = [
+            (
+                &["--force", "reload"],
+                None,
+                "graceful: unknown option \"--force\"",
+            ),
+            (&[], None, "usage: graceful reload"),
+            (&["reload", "a", "b"], None, "usage: graceful reload"),
+            (
+                &["metrics", "--json"],
+                None,
+                "graceful: graceful metrics has no --json",
+            ),
+            (
+                &["reload"],
+                Some(""),
+                "graceful: no control socket: give its path, or set GRACEFUL_CONTROL_SOCKET",
+            ),
+            (
+                &["restart", "/nonexistent/s"],
+                None,
+                "graceful: unknown command \"restart\"",
+            ),
+        ];
+        for (args, env, reason) in cases {
+            let said = run(args, env);
+            assert_eq!(said.code, 2, "{args:?}");
+            assert!(said.out.is_empty(), "{args:?}");
+            assert!(said.err.starts_with(reason), "{args:?}: {}", said.err);
+            assert!(said.err.ends_with('\n'), "{args:?}");
+        }
+        // The socket from the environment, when none is given.
+        let asked = run(&["status"], Some("/nonexistent/graceful.sock"));
+        assert_eq!(asked.code, 2);
+        assert!(
+            asked.err.contains("/nonexistent/graceful.sock"),
+            "{}",
+            asked.err
+        );
     }
 }
