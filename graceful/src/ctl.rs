@@ -564,10 +564,7 @@ fn run(args: &[String], env: Option<PathBuf>) -> Said {
         );
     };
     match command {
-        "reload" => Said {
-            outcome: true,
-            ..reload_said(reload(&socket), json)
-        },
+        "reload" => reload_said(reload(&socket), json),
         "metrics" => printed(metrics(&socket)),
         "status" => printed(status(&socket, json)),
         _ => Said::failure(
@@ -577,9 +574,10 @@ fn run(args: &[String], env: Option<PathBuf>) -> Said {
     }
 }
 
-/// A reload's outcome, for a person or as one line of JSON.
+/// A reload's outcome, for a person or as one line of JSON, and as the exit
+/// status.
 fn reload_said(outcome: Result<Reloaded, Error>, json: bool) -> Said {
-    match outcome {
+    let said = match outcome {
         Ok(reloaded) if json => {
             let value = serde_json::json!({
                 "ok": true,
@@ -599,6 +597,10 @@ fn reload_said(outcome: Result<Reloaded, Error>, json: bool) -> Said {
         },
         Err(e @ Error::ReloadFailed { .. }) => Said::failure(1, format!("graceful: {e}\n")),
         Err(e) => Said::failure(2, format!("graceful: {e}\n")),
+    };
+    Said {
+        outcome: true,
+        ..said
     }
 }
 
@@ -911,5 +913,68 @@ mod tests {
             "{}",
             asked.err
         );
+    }
+
+    #[test]
+    fn a_reload_is_said_for_a_person_or_as_json_and_its_status_is_the_outcome() {
+        let reloaded = || {
+            Ok(Reloaded {
+                generation: 4,
+                pid: 31207,
+                message: "generation 4 (pid 31207) is serving".into(),
+            })
+        };
+        let failed = || {
+            Err(Error::ReloadFailed {
+                reason: "reload failed: worker 5 (pid 9) exited".into(),
+            })
+        };
+        let said = reload_said(reloaded(), false);
+        assert_eq!(
+            said,
+            Said {
+                out: "reloaded: generation 4 (pid 31207) is serving\n".into(),
+                err: String::new(),
+                code: 0,
+                outcome: true,
+            }
+        );
+        let said = reload_said(reloaded(), true);
+        assert_eq!((said.code, said.outcome, said.err.as_str()), (0, true, ""));
+        let value: serde_json::Value = serde_json::from_str(&said.out).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "ok": true,
+                "generation": 4,
+                "pid": 31207,
+                "message": "generation 4 (pid 31207) is serving",
+            })
+        );
+        let said = reload_said(failed(), false);
+        assert_eq!(
+            said,
+            Said {
+                out: String::new(),
+                err: "graceful: reload failed: worker 5 (pid 9) exited\n".into(),
+                code: 1,
+                outcome: true,
+            }
+        );
+        let said = reload_said(failed(), true);
+        assert_eq!((said.code, said.outcome, said.err.as_str()), (1, true, ""));
+        assert_eq!(
+            said.out,
+            "{\"ok\":false,\"reason\":\"reload failed: worker 5 (pid 9) exited\"}\n"
+        );
+        for json in [false, true] {
+            let unasked = Error::Control {
+                socket: "/run/app.sock".into(),
+                reason: "no such socket".into(),
+            };
+            let said = reload_said(Err(unasked), json);
+            assert_eq!((said.code, said.out.as_str()), (2, ""), "{json}");
+            assert!(said.err.contains("/run/app.sock"), "{}", said.err);
+        }
     }
 }

@@ -9,6 +9,11 @@ fn main() -> std::process::ExitCode {
 
 #[cfg(not(unix))]
 fn main() -> std::process::ExitCode {
-    eprintln!("graceful: the control socket needs a Unix system");
+    use std::io::Write;
+    // Not `eprintln!`, which panics when standard error cannot be written.
+    let _ = writeln!(
+        std::io::stderr(),
+        "graceful: the control socket needs a Unix system"
+    );
     std::process::ExitCode::from(2)
 }
