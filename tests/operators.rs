@@ -243,6 +243,12 @@ fn the_reload_command_fails_clearly_when_it_cannot_ask() {
     let (code, _, err) = graceful_command(&["status", stale.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("the service is not running"), "{err}");
+    // The PID file given by mistake: not a service down.
+    let pid_file = dir.join("app.pid");
+    std::fs::write(&pid_file, "123\n").unwrap();
+    let (code, _, err) = graceful_command(&["reload", pid_file.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a socket but a regular file"), "{err}");
     // No socket named, and none in the environment.
     let (code, _, err) = run_bounded(
         std::process::Command::new(graceful_dev::built("ctl"))

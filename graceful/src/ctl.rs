@@ -27,6 +27,7 @@
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -260,15 +261,36 @@ fn connect(socket: &Path) -> Result<UnixStream, Error> {
             std::io::ErrorKind::NotFound => {
                 "no such socket: is the service running, with this control_socket?".into()
             }
-            std::io::ErrorKind::ConnectionRefused => {
-                "nothing answers on it: the service is not running".into()
-            }
+            // Refused too for a file that is not a socket, such as the PID
+            // file given by mistake: not to be told as a service down.
+            std::io::ErrorKind::ConnectionRefused => match std::fs::metadata(socket) {
+                Ok(meta) if !meta.file_type().is_socket() => format!(
+                    "not a socket but {}: give the path of the service's control socket",
+                    what_file(meta.file_type())
+                ),
+                _ => "nothing answers on it: the service is not running".into(),
+            },
             std::io::ErrorKind::PermissionDenied => {
                 "permission denied: run this as the service's user or root".into()
             }
             _ => format!("cannot connect: {e}"),
         })
     })
+}
+
+/// What kind of file a file that is not a socket is, for an error message.
+fn what_file(kind: std::fs::FileType) -> &'static str {
+    if kind.is_file() {
+        "a regular file"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else {
+        "another kind of file"
+    }
 }
 
 /// What the master answered.
@@ -976,5 +998,34 @@ mod tests {
             assert_eq!((said.code, said.out.as_str()), (2, ""), "{json}");
             assert!(said.err.contains("/run/app.sock"), "{}", said.err);
         }
+    }
+
+    #[test]
+    fn a_path_that_is_not_a_socket_is_named_as_such_and_not_as_a_service_down() {
+        let dir = std::env::temp_dir().join(format!("graceful-ctl-kinds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("dir")).unwrap();
+        std::fs::write(dir.join("app.pid"), "123\n").unwrap();
+        let stale = dir.join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        let reason = |path: &Path| match connect(path) {
+            Err(Error::Control { socket, reason }) => {
+                assert_eq!(socket, path);
+                reason
+            }
+            other => panic!("{path:?}: {other:?}"),
+        };
+        assert_eq!(
+            reason(&dir.join("app.pid")),
+            "not a socket but a regular file: give the path of the service's control socket"
+        );
+        assert!(reason(&dir.join("dir")).starts_with("not a socket but a directory: "));
+        assert!(reason(Path::new("/dev/null")).starts_with("not a socket but a device: "));
+        assert_eq!(
+            reason(&stale),
+            "nothing answers on it: the service is not running"
+        );
+        assert!(reason(&dir.join("missing")).starts_with("no such socket"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
