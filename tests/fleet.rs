@@ -150,6 +150,28 @@ fn a_malformed_shutdown_delay_stops_the_start_naming_it() {
     );
 }
 
+/// A delay past what an `Instant` can add made the master panic at the
+/// stop ("overflow when adding duration to instant"), after serving
+/// normally until then; now the start is refused, naming the variable.
+#[test]
+fn a_shutdown_delay_longer_than_a_year_stops_the_start_naming_it() {
+    let mut service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[("GRACEFUL_SHUTDOWN_DELAY", "500000000000y")],
+    );
+    assert_eq!(service.wait_exit(T).code(), Some(1));
+    let log = service.log_text();
+    assert!(
+        log.contains(
+            "invalid option shutdown_delay: GRACEFUL_SHUTDOWN_DELAY=\"500000000000y\" is longer \
+             than a year (365 days), the longest a duration option may be"
+        ),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+}
+
 /// The value after `key` on the first line of `text` that has it.
 fn value_after<'a>(text: &'a str, key: &str) -> &'a str {
     text.lines()

@@ -517,8 +517,20 @@ fn parse_duration_ms(text: &str) -> Result<u64, String> {
             .and_then(|v| total.checked_add(v))
             .ok_or_else(|| "the duration is too long".to_string())?;
     }
+    // graceful's own bound on every duration option (config.rs,
+    // MAX_DURATION), told here where the mistake is written.
+    if total > MAX_DURATION_MS {
+        return Err(
+            "it is longer than a year (365 days, 8760h), the longest a duration \
+             option may be"
+                .into(),
+        );
+    }
     Ok(total)
 }
+
+/// A year in milliseconds: the longest a duration option may be.
+const MAX_DURATION_MS: u64 = 365 * 24 * 3_600_000;
 
 #[cfg(test)]
 mod tests {
@@ -539,6 +551,12 @@ mod tests {
         assert!(parse_duration_ms("s").is_err());
         assert!(parse_duration_ms("99999999999999999999s").is_err());
         assert!(parse_duration_ms("99999999999999999s").is_err());
+        assert_eq!(parse_duration_ms("8760h"), Ok(31_536_000_000));
+        for long in ["8760h1ms", "8761h", "1000000h"] {
+            assert!(parse_duration_ms(long)
+                .unwrap_err()
+                .contains("longer than a year (365 days, 8760h)"));
+        }
     }
 
     #[test]

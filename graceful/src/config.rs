@@ -33,6 +33,11 @@ pub enum Mode {
 pub(crate) const ENV_CONTROL_SOCKET: &str = "GRACEFUL_CONTROL_SOCKET";
 /// The shortest `watchdog` period: a check must have time to be answered.
 pub(crate) const MIN_WATCHDOG: Duration = Duration::from_millis(100);
+/// The longest any duration option may be. Longer is taken for a mistake
+/// (`"300y"` for `"300s"`), and keeps every deadline computed from an option
+/// representable: `Instant + Duration` panics past its range, which
+/// `Duration::MAX` or `"500000000000y"` would reach at a stop.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// The environment variable that overrides `watch` set in code.
 pub(crate) const ENV_WATCH: &str = "GRACEFUL_WATCH";
@@ -239,6 +244,19 @@ impl Options {
                 &format!("a worker needs at least {MIN_WATCHDOG:?} to answer a check"),
             ));
         }
+        for (option, value) in [
+            ("stop_timeout", self.stop_timeout),
+            ("ready_timeout", self.ready_timeout),
+            ("idle_grace", self.idle_grace),
+            ("header_timeout", self.header_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("watchdog", self.watchdog.unwrap_or_default()),
+            ("shutdown_delay", self.shutdown_delay),
+        ] {
+            if value > MAX_DURATION {
+                return Err(invalid(option, &format!("{value:?} {TOO_LONG}")));
+            }
+        }
         if self.stop_signals.is_empty() {
             return Err(Error::NoStopSignal);
         }
@@ -319,9 +337,16 @@ fn duration_value(
             "has no unit; write it like \"5s\" or \"500ms\"".into(),
         ));
     }
-    humantime::parse_duration(text)
-        .map_err(|e| invalid(format!("is not a duration like \"5s\" or \"500ms\": {e}")))
+    let duration = humantime::parse_duration(text)
+        .map_err(|e| invalid(format!("is not a duration like \"5s\" or \"500ms\": {e}")))?;
+    if duration > MAX_DURATION {
+        return Err(invalid(TOO_LONG.into()));
+    }
+    Ok(duration)
 }
+
+/// Why a duration above [`MAX_DURATION`] is refused.
+const TOO_LONG: &str = "is longer than a year (365 days), the longest a duration option may be";
 
 /// A user or group option: `var` in the environment overrides the value set
 /// in code, and an empty value turns it off. An empty name set in code, or a
@@ -612,6 +637,16 @@ pub(crate) mod tests {
             "invalid option shutdown_delay: GRACEFUL_SHUTDOWN_DELAY=\"5\" has no unit; write it \
              like \"5s\" or \"500ms\""
         );
+        assert_eq!(value(Some("365days")).unwrap(), MAX_DURATION);
+        for long in ["365days 1ns", "500000000000y", "18446744073709551615s"] {
+            assert_eq!(
+                value(Some(long)).unwrap_err().to_string(),
+                format!(
+                    "invalid option shutdown_delay: GRACEFUL_SHUTDOWN_DELAY={long:?} is longer \
+                     than a year (365 days), the longest a duration option may be"
+                )
+            );
+        }
         for bad in ["", "soon", "5 parsecs", "-1s"] {
             let err = value(Some(bad)).unwrap_err().to_string();
             assert!(
@@ -621,6 +656,55 @@ pub(crate) mod tests {
                 )),
                 "{bad:?}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn a_watchdog_period_is_at_least_its_minimum() {
+        let every = |period| {
+            Options {
+                watchdog: Some(period),
+                ..Options::default()
+            }
+            .validate()
+        };
+        assert_eq!(every(MIN_WATCHDOG).unwrap().watchdog, Some(MIN_WATCHDOG));
+        for short in [MIN_WATCHDOG - Duration::from_nanos(1), Duration::ZERO] {
+            assert_eq!(
+                every(short).unwrap_err().to_string(),
+                "invalid option watchdog: a worker needs at least 100ms to answer a check"
+            );
+        }
+    }
+
+    #[test]
+    fn every_duration_option_may_be_up_to_a_year_and_no_longer() {
+        type Set = fn(&mut Options, Duration);
+        let options: [(&str, Set); 7] = [
+            ("stop_timeout", |o, d| o.stop_timeout = d),
+            ("ready_timeout", |o, d| o.ready_timeout = d),
+            ("idle_grace", |o, d| o.idle_grace = d),
+            ("header_timeout", |o, d| o.header_timeout = d),
+            ("idle_timeout", |o, d| o.idle_timeout = d),
+            ("watchdog", |o, d| o.watchdog = Some(d)),
+            ("shutdown_delay", |o, d| o.shutdown_delay = d),
+        ];
+        for (name, set) in options {
+            let with = |value| {
+                let mut options = Options::default();
+                set(&mut options, value);
+                options.validate()
+            };
+            assert!(with(MAX_DURATION).is_ok(), "{name}");
+            for long in [MAX_DURATION + Duration::from_nanos(1), Duration::MAX] {
+                assert_eq!(
+                    with(long).unwrap_err().to_string(),
+                    format!(
+                        "invalid option {name}: {long:?} is longer than a year (365 days), the \
+                         longest a duration option may be"
+                    )
+                );
+            }
         }
     }
 
