@@ -248,6 +248,64 @@ fn bad_mode_and_unwritable_pid_file_are_named_errors() {
     }
 }
 
+/// A full disk at a reload: the PID file cannot name the successor. It was
+/// left naming the process that drains and exits, whose PID the next
+/// process to start may get, so that `kill -HUP $(cat app.pid)` would reach
+/// a stranger; now it is removed, and the log says why. The disk is a
+/// 64 KiB tmpfs in a mount namespace of the service's own (`unshare -m`),
+/// filled by the test through `/proc/PID/root`.
+#[test]
+fn a_pid_file_that_cannot_follow_a_reload_on_a_full_disk_is_removed_not_left_stale() {
+    let dir = temp_dir("single-full-disk");
+    let disk = dir.join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    let pid_path = disk.join("app.pid");
+    let script = format!(
+        "mount -t tmpfs -o size=64k graceful-test {disk} && exec {app} 127.0.0.1:0",
+        disk = disk.display(),
+        app = testapp().display()
+    );
+    let service = Service::start(
+        &graceful_dev::tool("unshare"),
+        &["--mount", "--propagation", "private", "sh", "-c", &script],
+        &[
+            ("GRACEFUL_MODE", "single"),
+            ("TESTAPP_PID_FILE", pid_path.to_str().unwrap()),
+        ],
+    );
+    let addr = service.addr(T);
+    let first = service.ready("process", 1, T);
+    assert_eq!(first, service.pid(), "unshare and sh exec the service");
+    // The service's view of the disk, from outside its namespace.
+    let seen = |pid: i32| {
+        let relative = pid_path.strip_prefix("/").unwrap();
+        PathBuf::from(format!("/proc/{pid}/root")).join(relative)
+    };
+    assert_eq!(pid_file(&seen(first)), first);
+    assert!(!pid_path.exists(), "the tmpfs is the service's own");
+    // Filled up: a write fails with ENOSPC, as on a full disk.
+    let filler = seen(first).with_file_name("filler");
+    let filled = std::fs::write(&filler, vec![0u8; 128 * 1024]).unwrap_err();
+    assert_eq!(filled.raw_os_error(), Some(nix::libc::ENOSPC), "{filled}");
+
+    signal(first, Signal::SIGHUP);
+    let second = service.ready("process", 2, T);
+    let line = service.wait_line("cannot write the PID file", T);
+    assert!(line.contains("No space left on device"), "{line}");
+    assert!(!seen(second).exists(), "the PID file still names {first}");
+    assert!(
+        line.contains(&format!(
+            "removed it rather than leave it naming pid {first}, which is leaving (pid \
+             {second} serves)"
+        )),
+        "{line}"
+    );
+    assert!(wait_gone(first, T));
+    assert!(!seen(second).exists());
+    assert_eq!(pid_of(&addr), second);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn as_pid_1_a_reload_is_refused_and_the_process_keeps_serving() {
     let service =

@@ -399,7 +399,16 @@ async fn reloads(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<Stri
                 tell(waiting.into_iter().chain(take_waiters()), &reloaded);
                 if let Some(path) = &shared.config.pid_file {
                     if let Err(e) = pidfile::write(path, pid) {
-                        log!("{e}");
+                        // Left, the file would name this process, which
+                        // drains and exits: `kill -HUP $(cat app.pid)`
+                        // could then reach whatever process gets its PID
+                        // next. Removing works on a full disk.
+                        pidfile::remove(path, std::process::id());
+                        log!(
+                            "{e}; removed it rather than leave it naming pid {}, which is \
+                             leaving (pid {pid} serves)",
+                            std::process::id()
+                        );
                     }
                 }
                 shared.handed_over.store(true, Ordering::SeqCst);
