@@ -80,44 +80,39 @@ pub fn graceful_command(args: &[&str]) -> (i32, String, String) {
 /// Runs `command` to its end, killed by its PID if it takes longer than
 /// [`TIMEOUT`]: its exit code (-1 if killed), stdout and stderr.
 pub fn run_bounded(command: &mut std::process::Command) -> (i32, String, String) {
-    use std::io::Read;
-    let mut child = command
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the command");
-    let status = wait_bounded(&mut child);
-    let mut out = String::new();
-    let mut err = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (status.code().unwrap_or(-1), out, err)
+    run_bounded_into(
+        command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    )
 }
 
-/// Waits for `child` to end, killed by its PID if it takes longer than
-/// [`TIMEOUT`]: its exit status.
-pub fn wait_bounded(child: &mut std::process::Child) -> std::process::ExitStatus {
+/// Runs `command` as [`run_bounded`] does, its standard output and error
+/// left where `command` sends them: what was piped is read, and the other
+/// is returned empty.
+pub fn run_bounded_into(command: &mut std::process::Command) -> (i32, String, String) {
+    use std::io::Read;
+    let mut child = command.spawn().expect("start the command");
     let deadline = std::time::Instant::now() + TIMEOUT;
-    loop {
+    let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
-            return status;
+            break status;
         }
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
-            return child.wait().unwrap();
+            break child.wait().unwrap();
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        stdout.read_to_string(&mut out).unwrap();
     }
+    if let Some(mut stderr) = child.stderr.take() {
+        stderr.read_to_string(&mut err).unwrap();
+    }
+    (status.code().unwrap_or(-1), out, err)
 }
 
 /// Copies the executable `from` to `to` (mode 755) with `cp`, in a process

@@ -132,15 +132,21 @@ fn a_second_stop_signal_skips_the_rest_of_the_delay() {
     );
 }
 
-#[test]
-fn a_malformed_shutdown_delay_stops_the_start_naming_it() {
+/// testapp started with `GRACEFUL_SHUTDOWN_DELAY=delay`, which it must
+/// refuse (exit 1): its log.
+fn refused_with_shutdown_delay(delay: &str) -> String {
     let mut service = Service::start(
         &testapp(),
         &["127.0.0.1:0"],
-        &[("GRACEFUL_SHUTDOWN_DELAY", "5")],
+        &[("GRACEFUL_SHUTDOWN_DELAY", delay)],
     );
     assert_eq!(service.wait_exit(T).code(), Some(1));
-    let log = service.log_text();
+    service.log_text()
+}
+
+#[test]
+fn a_malformed_shutdown_delay_stops_the_start_naming_it() {
+    let log = refused_with_shutdown_delay("5");
     assert!(
         log.contains(
             "invalid option shutdown_delay: GRACEFUL_SHUTDOWN_DELAY=\"5\" has no unit; write it \
@@ -155,13 +161,7 @@ fn a_malformed_shutdown_delay_stops_the_start_naming_it() {
 /// normally until then; now the start is refused, naming the variable.
 #[test]
 fn a_shutdown_delay_longer_than_a_year_stops_the_start_naming_it() {
-    let mut service = Service::start(
-        &testapp(),
-        &["127.0.0.1:0"],
-        &[("GRACEFUL_SHUTDOWN_DELAY", "500000000000y")],
-    );
-    assert_eq!(service.wait_exit(T).code(), Some(1));
-    let log = service.log_text();
+    let log = refused_with_shutdown_delay("500000000000y");
     assert!(
         log.contains(
             "invalid option shutdown_delay: GRACEFUL_SHUTDOWN_DELAY=\"500000000000y\" is longer \

@@ -300,21 +300,16 @@ impl Sink {
 }
 
 /// Runs `graceful ARGS` with its standard output into `out` and its
-/// standard error piped: its exit code and standard error.
+/// standard error into `err`: its exit code and standard error (empty
+/// unless piped).
 fn ctl_into(args: &[&str], out: Sink, err: Sink) -> (i32, String) {
-    use std::io::Read;
-    let mut child = std::process::Command::new(graceful_dev::built("ctl"))
-        .args(args)
-        .stdout(out.stdio())
-        .stderr(err.stdio())
-        .spawn()
-        .unwrap();
-    let status = graceful_dev::wait_bounded(&mut child);
-    let mut text = String::new();
-    if let Some(mut stderr) = child.stderr.take() {
-        stderr.read_to_string(&mut text).unwrap();
-    }
-    (status.code().unwrap_or(-1), text)
+    let (code, _, text) = graceful_dev::run_bounded_into(
+        std::process::Command::new(graceful_dev::built("ctl"))
+            .args(args)
+            .stdout(out.stdio())
+            .stderr(err.stdio()),
+    );
+    (code, text)
 }
 
 /// `graceful status | head -1`, a full disk, a closed standard error: the
