@@ -627,3 +627,23 @@ fn control_socket_and_watchdog_are_refused_in_single_mode() {
     service.wait_line("invalid option control_socket: it needs master mode", T);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_control_socket_path_too_long_for_a_socket_address_is_told_with_its_length_and_the_limit() {
+    let app = Deployed::new("long-path");
+    let dir = app.dir.to_str().unwrap();
+    // 120 bytes: more than the 107 a Unix socket's address holds on Linux.
+    let long = format!("{dir}/{}", "s".repeat(119 - dir.len()));
+    assert_eq!(long.len(), 120);
+    let limit = "the socket path is 120 bytes long; a Unix socket's address holds at most 107";
+    let mut service = app.start(&[("GRACEFUL_CONTROL_SOCKET", &long)]);
+    assert_eq!(service.wait_exit(T).code(), Some(1));
+    let line = service.wait_line(&format!("control socket {long:?}"), T);
+    assert!(line.contains(limit), "{line}");
+    for command in ["reload", "status"] {
+        let (code, _, err) = graceful_command(&[command, &long]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(&format!("control socket {long:?}")), "{err}");
+        assert!(err.contains(limit), "{err}");
+    }
+}

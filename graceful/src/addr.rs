@@ -11,9 +11,7 @@
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
-#[cfg(unix)]
-use std::path::Path;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
@@ -24,6 +22,19 @@ use crate::Error;
 const UNIX_PATH_MAX: usize = 107;
 #[cfg(not(target_os = "linux"))]
 const UNIX_PATH_MAX: usize = 103;
+
+/// Why `path` cannot be a Unix socket's address, if it is too long: the
+/// standard library's error ("path must be shorter than SUN_LEN") names
+/// neither the length nor the limit.
+pub(crate) fn unix_path_too_long(path: &Path) -> Option<String> {
+    let len = path.as_os_str().len();
+    (len > UNIX_PATH_MAX).then(|| {
+        format!(
+            "the socket path is {len} bytes long; a Unix socket's address holds at most \
+             {UNIX_PATH_MAX}: choose a shorter path"
+        )
+    })
+}
 
 /// Backlog of every listening socket: connections made while no worker
 /// accepts (during a restart) wait here instead of being refused.
@@ -39,6 +50,9 @@ pub(crate) enum BindError {
     NoAddress { host: String },
     #[error("bind {addr}: {}", describe(source))]
     Bind { addr: String, source: io::Error },
+    #[cfg(unix)]
+    #[error("bind {}: {reason}", path.display())]
+    TooLong { path: PathBuf, reason: String },
     #[cfg(unix)]
     #[error("{} exists and is not a socket; refusing to remove it", path.display())]
     NotASocket { path: PathBuf },
@@ -153,11 +167,8 @@ impl ListenAddr {
                     "`{prefix}` needs a path, as in \"{prefix}/run/app.sock\""
                 )));
             }
-            if path.len() > UNIX_PATH_MAX {
-                return Err(invalid(format!(
-                    "the socket path is {} bytes long; the limit is {UNIX_PATH_MAX}",
-                    path.len()
-                )));
+            if let Some(reason) = unix_path_too_long(Path::new(path)) {
+                return Err(invalid(reason));
             }
             if path.contains('\0') {
                 return Err(invalid("the socket path contains a NUL byte".into()));
@@ -442,6 +453,12 @@ fn bind_unix(path: &Path, kind: Type) -> Result<(Socket, String), BindError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(path_error("inspect", e)),
     }
+    if let Some(reason) = unix_path_too_long(path) {
+        return Err(BindError::TooLong {
+            path: path.to_path_buf(),
+            reason,
+        });
+    }
     let bind_error = |source| BindError::Bind {
         addr: path.display().to_string(),
         source,
@@ -538,7 +555,8 @@ mod tests {
         assert!(reason("udp:[zz]:53").contains("not an IPv6"));
         assert!(reason("udp::99999").contains("out of range"));
         assert!(reason("unixgram:").contains("`unixgram:` needs a path"));
-        assert!(reason(&format!("unixgram:/{}", "a".repeat(200))).contains("limit"));
+        assert!(reason(&format!("unixgram:/{}", "a".repeat(200)))
+            .contains("201 bytes long; a Unix socket's address holds at most"));
     }
 
     #[test]
@@ -563,7 +581,8 @@ mod tests {
             ListenAddr::parse("systemd:web").unwrap(),
             ListenAddr::Systemd("web".into())
         );
-        assert!(reason(&format!("unix:/{}", "a".repeat(200))).contains("limit"));
+        assert!(reason(&format!("unix:/{}", "a".repeat(200)))
+            .contains("201 bytes long; a Unix socket's address holds at most"));
     }
 
     #[test]
@@ -592,7 +611,12 @@ mod tests {
         let longest = format!("unix:/{}", "a".repeat(UNIX_PATH_MAX - 1));
         assert!(ListenAddr::parse(&longest).is_ok());
         let longer = format!("unix:/{}", "a".repeat(UNIX_PATH_MAX));
-        assert!(ListenAddr::parse(&longer).is_err());
+        let err = ListenAddr::parse(&longer).unwrap_err().to_string();
+        let limit = format!(
+            "the socket path is {} bytes long; a Unix socket's address holds at most {UNIX_PATH_MAX}",
+            UNIX_PATH_MAX + 1
+        );
+        assert!(err.contains(&limit), "{err}");
         assert_eq!(ListenAddr::parse(":65535").unwrap(), tcp(None, 65535));
         // Each character that cannot be in a host, alone.
         for bad in ["[a:80", "a]:80", "a:b:80"] {

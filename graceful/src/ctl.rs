@@ -256,6 +256,9 @@ fn connect(socket: &Path) -> Result<UnixStream, Error> {
         socket: socket.to_path_buf(),
         reason,
     };
+    if let Some(reason) = crate::addr::unix_path_too_long(socket) {
+        return Err(error(reason));
+    }
     UnixStream::connect(socket).map_err(|e| {
         error(match e.kind() {
             std::io::ErrorKind::NotFound => {
