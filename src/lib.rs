@@ -89,11 +89,15 @@ pub fn run_bounded(command: &mut std::process::Command) -> (i32, String, String)
 
 /// Runs `command` as [`run_bounded`] does, its standard output and error
 /// left where `command` sends them: what was piped is read, and the other
-/// is returned empty.
+/// is returned empty. The pipes are read while the command runs, so that
+/// an output larger than a pipe holds (64 KiB) cannot stall it, and only
+/// until the deadline, so that a process it left behind holding a pipe
+/// open cannot stall the test.
 pub fn run_bounded_into(command: &mut std::process::Command) -> (i32, String, String) {
-    use std::io::Read;
     let mut child = command.spawn().expect("start the command");
     let deadline = std::time::Instant::now() + TIMEOUT;
+    let out = child.stdout.take().map(read_to_end_in_thread);
+    let err = child.stderr.take().map(read_to_end_in_thread);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
@@ -104,15 +108,37 @@ pub fn run_bounded_into(command: &mut std::process::Command) -> (i32, String, St
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     };
-    let mut out = String::new();
-    let mut err = String::new();
-    if let Some(mut stdout) = child.stdout.take() {
-        stdout.read_to_string(&mut out).unwrap();
-    }
-    if let Some(mut stderr) = child.stderr.take() {
-        stderr.read_to_string(&mut err).unwrap();
-    }
+    let read = |output: Option<std::sync::mpsc::Receiver<String>>, name: &str| {
+        let Some(output) = output else {
+            return String::new();
+        };
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        output
+            .recv_timeout(left.max(Duration::from_secs(1)))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{name} of {command:?} still open {}s after its start: a process it left \
+                 behind holds it",
+                    TIMEOUT.as_secs()
+                )
+            })
+    };
+    let out = read(out, "the standard output");
+    let err = read(err, "the standard error");
     (status.code().unwrap_or(-1), out, err)
+}
+
+/// Reads `pipe` to its end on a thread of its own: its text, when it ends.
+fn read_to_end_in_thread(
+    mut pipe: impl std::io::Read + Send + 'static,
+) -> std::sync::mpsc::Receiver<String> {
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        let _ = send.send(String::from_utf8_lossy(&bytes).into_owned());
+    });
+    receive
 }
 
 /// Copies the executable `from` to `to` (mode 755) with `cp`, in a process
@@ -166,4 +192,20 @@ pub fn built(name: &str) -> std::path::PathBuf {
         return example;
     }
     profile.join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_whose_output_is_larger_than_a_pipe_holds_runs_to_its_end() {
+        let started = std::time::Instant::now();
+        let (code, out, err) = run_bounded(std::process::Command::new("sh").arg("-c").arg(
+            "head -c 300000 /dev/zero | tr '\\0' a; head -c 200000 /dev/zero | tr '\\0' b >&2",
+        ));
+        assert_eq!((code, out.len(), err.len()), (0, 300_000, 200_000));
+        assert!(out.bytes().all(|b| b == b'a') && err.bytes().all(|b| b == b'b'));
+        assert!(started.elapsed() < TIMEOUT, "{:?}", started.elapsed());
+    }
 }
