@@ -579,12 +579,14 @@ fn reload_and_wait_resolves_to_the_outcome_in_master_mode() {
 fn reload_and_wait_resolves_to_the_outcome_in_single_mode() {
     let dir = temp_dir("operators-single");
     let flag = dir.join("fail");
+    let pid_file = dir.join("app.pid");
     let service = Service::start(
         &testapp(),
         &["127.0.0.1:0"],
         &[
             ("GRACEFUL_MODE", "single"),
             ("TESTAPP_FAIL_IF_EXISTS", flag.to_str().unwrap()),
+            ("TESTAPP_PID_FILE", pid_file.to_str().unwrap()),
         ],
     );
     let addr = service.addr(T);
@@ -604,6 +606,13 @@ fn reload_and_wait_resolves_to_the_outcome_in_single_mode() {
         .unwrap()
         .parse()
         .unwrap();
+    // The PID file names the successor by the time the reload is told done:
+    // a deploy script that waited for the outcome and reads it next signals
+    // the process that serves, not the one leaving.
+    assert!(
+        body.ends_with(&format!("; the PID file says \"{successor}\\n\"\n")),
+        "{body}"
+    );
     // The process that asked is told first, and drains next: until it has
     // stopped accepting it may still take a connection.
     assert!(wait_gone(service.pid(), T), "the first process drained");

@@ -394,9 +394,8 @@ async fn reloads(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<Stri
                     pid,
                     took: started.elapsed(),
                 };
-                // Those who asked meanwhile are covered too: their request
-                // is passed on to the successor below.
-                tell(waiting.into_iter().chain(take_waiters()), &reloaded);
+                // The PID file first: whoever is told the reload is done
+                // may read it next, and must find the successor there.
                 if let Some(path) = &shared.config.pid_file {
                     if let Err(e) = pidfile::write(path, pid) {
                         // Left, the file would name this process, which
@@ -411,6 +410,9 @@ async fn reloads(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<Stri
                         );
                     }
                 }
+                // Those who asked meanwhile are covered too: their request
+                // is passed on to the successor below.
+                tell(waiting.into_iter().chain(take_waiters()), &reloaded);
                 shared.handed_over.store(true, Ordering::SeqCst);
                 drain::global().start(None);
                 if queued {

@@ -31,6 +31,8 @@
 //! Routes: `/` (version and worker pid), `/slow?ms=N` (answers after N ms),
 //! `/pid` (worker pid only), `/until-drain` (answers its worker's pid once
 //! that worker drains), `/reload` (calls `graceful::reload()`),
+//! `/reload-and-wait` (calls `graceful::reload_and_wait()`; answers the
+//! outcome, and what `TESTAPP_PID_FILE` says once it is known),
 //! `/child` (starts a process that runs for a minute; answers its PID),
 //! `/orphan` (starts a process that outlives its parent; answers its PID),
 //! `/panic` (the handler panics), `/error` (the handler returns `Err`), `/abort` (the worker aborts), `/stream`
@@ -195,9 +197,17 @@ async fn handle_text(req: Request<Incoming>) -> Result<Response<String>, Infalli
             Err(e) => Ok(Response::new(format!("reload failed: {e}\n"))),
         },
         "/reload-and-wait" => match graceful::reload_and_wait().await {
+            // With a PID file, what it says the moment the reload is told
+            // done, as a deploy script that waited would read it.
             Ok(done) => Ok(Response::new(format!(
-                "reloaded generation {} pid {}: {}\n",
-                done.generation, done.pid, done.message
+                "reloaded generation {} pid {}: {}{}\n",
+                done.generation,
+                done.pid,
+                done.message,
+                std::env::var_os("TESTAPP_PID_FILE").map_or(String::new(), |path| format!(
+                    "; the PID file says {:?}",
+                    std::fs::read_to_string(path).unwrap_or_else(|e| e.to_string())
+                ))
             ))),
             Err(e) => Ok(Response::new(format!("not reloaded: {e}\n"))),
         },
