@@ -652,3 +652,51 @@ fn a_stalled_stderr_blocks_neither_requests_nor_signals() {
     assert_eq!(status.code(), Some(0));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_worker_out_of_file_descriptors_backs_off_and_a_reload_serves_the_client_it_could_not_accept() {
+    let mut service = Service::start(&testapp(), &["127.0.0.1:0"], &[]);
+    let addr = service.addr(T);
+    let first = service.ready_worker(1, T);
+    // As a handler that leaks descriptors leaves it: every one the worker
+    // could open is open. Standard input, output and error fill a limit of
+    // 3, so the next accept fails with EMFILE.
+    let (code, out, err) = graceful_dev::run_bounded(
+        std::process::Command::new(graceful_dev::tool("prlimit"))
+            .arg(format!("--pid={first}"))
+            .arg("--nofile=3:3"),
+    );
+    assert_eq!(code, 0, "prlimit: {out}{err}");
+    let mut client = TcpStream::connect(&addr).unwrap();
+    client.set_read_timeout(Some(T)).unwrap();
+    client
+        .write_all(b"GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    service.wait_line("accept failed: Too many open files", T);
+    // It waits between tries rather than spinning on a listener that stays
+    // readable: a spinning worker runs for the whole second.
+    let before = graceful_dev::procfs::run_time(first);
+    let began = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let ran = graceful_dev::procfs::run_time(first) - before;
+    assert!(
+        ran < Duration::from_millis(200),
+        "the worker ran {ran:?} in {:?} of failing accepts",
+        began.elapsed()
+    );
+    assert_eq!(
+        service.count_lines("accept failed"),
+        1,
+        "{}",
+        service.log_text()
+    );
+    // The client waited in the listener's backlog; the next worker serves it.
+    service.signal(Signal::SIGHUP);
+    let second = service.ready_worker(2, T);
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(&format!("{second}\n")), "{answer}");
+    assert!(wait_gone(first, T), "the first worker drained and exited");
+    service.stop_cleanly(T);
+}
