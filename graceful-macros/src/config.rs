@@ -534,7 +534,367 @@ const MAX_DURATION_MS: u64 = 365 * 24 * 3_600_000;
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration_ms;
+    use super::{parse_duration_ms, Config};
+    use crate::args::RawArgs;
+
+    /// The arguments `args` (as written inside `#[graceful::main(...)]`)
+    /// validated.
+    fn config(args: &str) -> syn::Result<Config> {
+        Config::from_args(syn::parse_str::<RawArgs>(args).expect("the arguments parse"))
+    }
+
+    /// Each error `args` gives: its message, and the text of `args` its span
+    /// covers, which must be the offending token.
+    fn errors(args: &str) -> Vec<(String, String)> {
+        let Err(all) = config(args) else {
+            panic!("`{args}` was accepted");
+        };
+        all.into_iter()
+            .map(|e| {
+                let (start, end) = (e.span().start(), e.span().end());
+                assert_eq!((start.line, end.line), (1, 1), "{e}");
+                (e.to_string(), args[start.column..end.column].to_string())
+            })
+            .collect()
+    }
+
+    /// The one error `args` gives, which must name `message` and point at
+    /// `token`.
+    #[track_caller]
+    fn error(args: &str, message: &str, token: &str) {
+        let errors = errors(args);
+        assert_eq!(errors.len(), 1, "`{args}`: {errors:?}");
+        let (said, at) = &errors[0];
+        assert!(said.contains(message), "`{args}`: {said}");
+        assert_eq!(at, token, "`{args}`: {said}");
+    }
+
+    #[test]
+    fn every_option_is_read_into_its_value() {
+        let c = config(
+            r#"stop_timeout = "20s", ready_timeout = "1m30s", idle_grace = "0s",
+               reload = [SIGHUP, SIGUSR1], stop = [SIGTERM], worker_threads = 4,
+               mode = "master", pid_file = "/run/app.pid", header_timeout = "5s",
+               idle_timeout = "90s", max_connections = 10000, max_header_size = 8192,
+               max_draining = 1, watch = true, control_socket = "/run/app.sock",
+               watchdog = "100ms", upgrade_master = false, user = "www-data",
+               group = "0", shutdown_delay = "0s", watch_paths = ["/etc/app", "/etc/tls"]"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.stop_timeout, Some(20_000));
+        assert_eq!(c.ready_timeout, Some(90_000));
+        assert_eq!(c.idle_grace, Some(0));
+        let names = |list: &Option<Vec<super::SignalArg>>| {
+            list.as_ref()
+                .map(|l| l.iter().map(|s| s.name.clone()).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            names(&c.reload),
+            Some(vec!["SIGHUP".into(), "SIGUSR1".into()])
+        );
+        assert_eq!(names(&c.stop), Some(vec!["SIGTERM".into()]));
+        assert_eq!(c.worker_threads, Some(4));
+        assert_eq!(c.mode.as_deref(), Some("master"));
+        assert_eq!(
+            c.pid_file.map(|l| l.value()).as_deref(),
+            Some("/run/app.pid")
+        );
+        assert_eq!(c.header_timeout, Some(5_000));
+        assert_eq!(c.idle_timeout, Some(90_000));
+        assert_eq!(c.max_connections, Some(10_000));
+        assert_eq!(c.max_header_size, Some(8192));
+        assert_eq!(c.max_draining, Some(1));
+        assert_eq!(c.watch, Some(true));
+        assert_eq!(
+            c.control_socket.map(|l| l.value()).as_deref(),
+            Some("/run/app.sock")
+        );
+        assert_eq!(c.watchdog, Some(100));
+        assert_eq!(c.upgrade_master, Some(false));
+        assert_eq!(c.user.map(|l| l.value()).as_deref(), Some("www-data"));
+        assert_eq!(c.group.map(|l| l.value()).as_deref(), Some("0"));
+        assert_eq!(c.shutdown_delay, Some(0));
+        let paths = c.watch_paths.unwrap();
+        let paths: Vec<String> = paths.iter().map(syn::LitStr::value).collect();
+        assert_eq!(paths, ["/etc/app", "/etc/tls"]);
+        // Nothing set: every option is the runtime's default.
+        let c = config("").unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.stop_timeout.is_none() && c.reload.is_none() && c.mode.is_none());
+    }
+
+    #[test]
+    fn an_unknown_or_repeated_option_is_named() {
+        error(
+            r#"stop_timout = "20s""#,
+            "unknown option `stop_timout`; expected one of `stop_timeout`, `ready_timeout`",
+            "stop_timout",
+        );
+        error(
+            r#"stop_timeout = "1s", stop_timeout = "2s""#,
+            "`stop_timeout` is set twice; remove one of them",
+            "stop_timeout",
+        );
+        // The second is the one pointed at.
+        error(
+            "watch = true, watch = false",
+            "`watch` is set twice",
+            "watch",
+        );
+        let Err(twice) = config("watch = true, watch = false") else {
+            unreachable!()
+        };
+        assert_eq!(twice.span().start().column, 14);
+    }
+
+    #[test]
+    fn durations_are_strings_with_units_and_zero_only_where_it_means_none() {
+        for key in [
+            "stop_timeout",
+            "ready_timeout",
+            "idle_grace",
+            "header_timeout",
+            "idle_timeout",
+            "watchdog",
+            "shutdown_delay",
+        ] {
+            error(
+                &format!("{key} = 20"),
+                &format!(
+                    "`{key}` takes a duration like \"20s\", \"500ms\" or \"1m30s\", not an integer"
+                ),
+                "20",
+            );
+            error(
+                &format!(r#"{key} = "20""#),
+                "`20` has no unit; add h, m, s or ms",
+                r#""20""#,
+            );
+        }
+        for key in ["stop_timeout", "idle_grace", "shutdown_delay"] {
+            assert!(config(&format!(r#"{key} = "0s""#)).is_ok(), "{key}");
+        }
+        for key in [
+            "ready_timeout",
+            "header_timeout",
+            "idle_timeout",
+            "watchdog",
+        ] {
+            error(
+                &format!(r#"{key} = "0ms""#),
+                &format!("`{key}` must be longer than zero"),
+                r#""0ms""#,
+            );
+        }
+    }
+
+    #[test]
+    fn the_watchdog_is_at_least_100ms() {
+        error(
+            r#"watchdog = "99ms""#,
+            "`watchdog` must be at least 100ms: a worker needs time to answer a check",
+            r#""99ms""#,
+        );
+        assert_eq!(config(r#"watchdog = "100ms""#).unwrap().watchdog, Some(100));
+    }
+
+    #[test]
+    fn signal_lists_name_catchable_signals_once_each() {
+        error(
+            r#"reload = "SIGHUP""#,
+            "`reload` takes a list of signals like `[SIGHUP, SIGUSR1]`, not a string",
+            r#""SIGHUP""#,
+        );
+        // No reload signal is allowed (reloads then come from code or the
+        // control socket); no stop signal is not.
+        assert_eq!(config("reload = []").unwrap().reload.unwrap().len(), 0);
+        error(
+            "stop = []",
+            "`stop` needs at least one signal, or the service cannot be stopped",
+            "[]",
+        );
+        error(
+            "reload = [SIGHUP, SIGKILL]",
+            "`SIGKILL` cannot be caught or handled by any process",
+            "SIGKILL",
+        );
+        error(
+            "reload = [hup]",
+            "unknown signal `hup`; write `SIGHUP`",
+            "hup",
+        );
+        error(
+            "reload = [SIGUSR1, SIGUSR1]",
+            "`SIGUSR1` is listed twice in `reload`",
+            "SIGUSR1",
+        );
+        let Err(twice) = config("reload = [SIGUSR1, SIGUSR1]") else {
+            unreachable!()
+        };
+        assert_eq!(twice.span().start().column, 19, "the second one");
+    }
+
+    #[test]
+    fn a_signal_either_reloads_or_stops() {
+        error(
+            "reload = [SIGUSR2], stop = [SIGTERM, SIGUSR2]",
+            "`SIGUSR2` is in both `reload` and `stop`; a signal can do only one of them",
+            "SIGUSR2",
+        );
+        let Err(both) = config("reload = [SIGUSR2], stop = [SIGTERM, SIGUSR2]") else {
+            unreachable!()
+        };
+        assert_eq!(both.span().start().column, 37, "the one in `stop`");
+        // Against the other list's default when only one is given.
+        error(
+            "reload = [SIGINT]",
+            "`SIGINT` is also a default `stop` signal; set `stop = [...]` without it",
+            "SIGINT",
+        );
+        error(
+            "reload = [SIGTERM]",
+            "`SIGTERM` is also a default `stop` signal",
+            "SIGTERM",
+        );
+        error(
+            "stop = [SIGUSR1]",
+            "`SIGUSR1` is also a default `reload` signal; set `reload = [...]` without it",
+            "SIGUSR1",
+        );
+        error(
+            "stop = [SIGHUP]",
+            "`SIGHUP` is also a default `reload` signal",
+            "SIGHUP",
+        );
+        // Disjoint lists, and lists clear of the other's default, pass.
+        assert!(config("reload = [SIGHUP], stop = [SIGINT]").is_ok());
+        assert!(config("reload = [SIGUSR2]").is_ok());
+        assert!(config("stop = [SIGQUIT]").is_ok());
+        assert!(config("reload = [SIGTERM], stop = [SIGQUIT]").is_ok());
+    }
+
+    #[test]
+    fn counts_are_whole_numbers_from_their_least() {
+        for (key, unit, least) in [
+            ("worker_threads", "threads", 1),
+            ("max_connections", "connections", 1),
+            ("max_draining", "workers", 1),
+            ("max_header_size", "bytes", 8192),
+        ] {
+            error(
+                &format!("{key} = {}", least - 1),
+                &format!("`{key}` must be a whole number of {unit}, at least {least}"),
+                &(least - 1).to_string(),
+            );
+            error(
+                &format!(r#"{key} = "4""#),
+                &format!("`{key}` takes a number of {unit} like `"),
+                r#""4""#,
+            );
+            assert!(config(&format!("{key} = {least}")).is_ok(), "{key}");
+        }
+    }
+
+    #[test]
+    fn flags_modes_and_paths_take_their_kind_of_value() {
+        for key in ["watch", "upgrade_master"] {
+            error(
+                &format!(r#"{key} = "yes""#),
+                &format!("`{key}` is `true` or `false`, not a string"),
+                r#""yes""#,
+            );
+        }
+        error(
+            r#"mode = "solo""#,
+            r#"unknown mode "solo"; `mode` is "master" (the default) or "single""#,
+            r#""solo""#,
+        );
+        error(
+            "mode = 1",
+            "`mode` is \"master\" (the default) or \"single\", not an integer",
+            "1",
+        );
+        assert_eq!(
+            config(r#"mode = "single""#).unwrap().mode.as_deref(),
+            Some("single")
+        );
+        for key in ["pid_file", "control_socket"] {
+            error(
+                &format!(r#"{key} = """#),
+                &format!("`{key}` needs a path, not an empty string"),
+                r#""""#,
+            );
+            error(
+                &format!("{key} = true"),
+                &format!("`{key}` takes a path like \"/run/app.pid\", not `true` or `false`"),
+                "true",
+            );
+        }
+        assert_eq!(
+            config("watch_paths = []")
+                .unwrap()
+                .watch_paths
+                .unwrap()
+                .len(),
+            0
+        );
+        error(
+            r#"watch_paths = ["/etc/app", ""]"#,
+            "`watch_paths` needs paths, not an empty string",
+            r#""""#,
+        );
+        error(
+            r#"watch_paths = "/etc/app""#,
+            "`watch_paths` takes a list of paths like",
+            r#""/etc/app""#,
+        );
+        error(
+            "watch_paths = [SIGHUP]",
+            "`watch_paths` takes a list of paths like",
+            "[SIGHUP]",
+        );
+    }
+
+    #[test]
+    fn user_and_group_name_an_unprivileged_account_in_master_mode() {
+        for root in ["root", "0"] {
+            error(
+                &format!(r#"user = "{root}""#),
+                "`user` names an unprivileged user",
+                &format!(r#""{root}""#),
+            );
+        }
+        for (key, before) in [("user", ""), ("group", r#"user = "www-data", "#)] {
+            error(
+                &format!(r#"{before}{key} = """#),
+                &format!("`{key}` needs a name or a number, not an empty string"),
+                r#""""#,
+            );
+            error(
+                &format!("{before}{key} = 33"),
+                &format!("`{key}` takes a name or a number like \"www-data\", not an integer"),
+                "33",
+            );
+        }
+        error(
+            r#"group = "www-data""#,
+            "`group` needs `user`",
+            r#""www-data""#,
+        );
+        error(
+            r#"user = "www-data", mode = "single""#,
+            "`user` needs master mode",
+            r#""www-data""#,
+        );
+        let c = config(r#"user = "www-data", group = "root", mode = "master""#).unwrap();
+        assert_eq!(c.group.map(|l| l.value()).as_deref(), Some("root"));
+    }
+
+    #[test]
+    fn every_mistake_is_reported_at_once() {
+        let errors = errors(r#"stop_timeout = 5, mode = "solo", bogus = 1, reload = [SIGFOO]"#);
+        let at: Vec<&str> = errors.iter().map(|(_, at)| at.as_str()).collect();
+        assert_eq!(at, ["5", r#""solo""#, "bogus", "SIGFOO"], "{errors:?}");
+    }
 
     #[test]
     fn durations() {
@@ -563,6 +923,9 @@ mod tests {
     fn suggestions() {
         assert_eq!(super::edit_distance("SIGHUPP", "SIGHUP"), 1);
         assert_eq!(super::edit_distance("SIGTREM", "SIGTERM"), 2);
+        assert_eq!(super::edit_distance("XSIGHUP", "SIGHUP"), 1);
+        assert_eq!(super::edit_distance("abc", ""), 3);
+        assert_eq!(super::edit_distance("", "abc"), 3);
         assert!(super::signal_error("SIGHUPP")
             .unwrap()
             .contains("did you mean `SIGHUP`"));

@@ -172,3 +172,212 @@ fn bootstrap(func: &ItemFn, config: &Config) -> TokenStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proc_macro2::{TokenStream, TokenTree};
+    use quote::quote;
+
+    /// The messages of the `compile_error!`s in `tokens`.
+    fn compile_errors(tokens: TokenStream) -> Vec<String> {
+        let mut messages = Vec::new();
+        let mut trees = tokens.into_iter();
+        while let Some(tree) = trees.next() {
+            match tree {
+                TokenTree::Ident(name) if name == "compile_error" => {
+                    let (Some(_bang), Some(TokenTree::Group(args))) = (trees.next(), trees.next())
+                    else {
+                        panic!("`compile_error` without its arguments");
+                    };
+                    let message: syn::LitStr = syn::parse2(args.stream()).unwrap();
+                    messages.push(message.value());
+                }
+                TokenTree::Group(group) => messages.extend(compile_errors(group.stream())),
+                _ => {}
+            }
+        }
+        messages
+    }
+
+    #[test]
+    fn each_option_becomes_its_call_on_the_server_builder() {
+        let out = super::main(
+            quote!(
+                stop_timeout = "20s",
+                ready_timeout = "1m",
+                idle_grace = "0s",
+                shutdown_delay = "5s",
+                header_timeout = "10s",
+                idle_timeout = "90s",
+                watchdog = "1s",
+                reload = [SIGHUP, SIGUSR2],
+                stop = [SIGTERM],
+                worker_threads = 2,
+                max_connections = 100,
+                max_header_size = 16384,
+                max_draining = 3,
+                watch = true,
+                upgrade_master = false,
+                mode = "master",
+                pid_file = "/run/a.pid",
+                control_socket = "/run/a.sock",
+                watch_paths = ["/etc/a", "/etc/b"],
+                user = "www-data",
+                group = "web"
+            ),
+            quote!(
+                /// Serves.
+                pub async fn main() -> Result<(), String> {
+                    serve().await
+                }
+            ),
+        );
+        let expected = quote! {
+            /// Serves.
+            pub fn main() {
+                async fn __graceful_main() -> Result<(), String> { serve().await }
+                ::graceful::Server::new()
+                    .stop_timeout(::core::time::Duration::from_millis(20000u64))
+                    .ready_timeout(::core::time::Duration::from_millis(60000u64))
+                    .idle_grace(::core::time::Duration::from_millis(0u64))
+                    .shutdown_delay(::core::time::Duration::from_millis(5000u64))
+                    .header_timeout(::core::time::Duration::from_millis(10000u64))
+                    .idle_timeout(::core::time::Duration::from_millis(90000u64))
+                    .watchdog(::core::time::Duration::from_millis(1000u64))
+                    .reload_signals([::graceful::Signal::SIGHUP, ::graceful::Signal::SIGUSR2])
+                    .stop_signals([::graceful::Signal::SIGTERM])
+                    .worker_threads(2usize)
+                    .max_connections(100usize)
+                    .max_header_size(16384usize)
+                    .max_draining(3usize)
+                    .watch(true)
+                    .upgrade_master(false)
+                    .pid_file("/run/a.pid")
+                    .control_socket("/run/a.sock")
+                    .watch_paths(["/etc/a", "/etc/b"])
+                    .user("www-data")
+                    .group("web")
+                    .run_and_exit(__graceful_main)
+            }
+        };
+        assert_eq!(out.to_string(), expected.to_string());
+    }
+
+    #[test]
+    fn defaults_add_no_call() {
+        // `watch = false` and `mode = "master"` are the defaults: no call.
+        for args in [quote!(), quote!(watch = false, mode = "master")] {
+            let out = super::main(
+                args,
+                quote!(
+                    async fn main() {}
+                ),
+            );
+            let expected = quote! {
+                fn main() {
+                    async fn __graceful_main() {}
+                    ::graceful::Server::new().run_and_exit(__graceful_main)
+                }
+            };
+            assert_eq!(out.to_string(), expected.to_string());
+        }
+        let out = super::main(
+            quote!(mode = "single"),
+            quote!(
+                async fn main() {}
+            ),
+        );
+        assert!(
+            out.to_string()
+                .contains(&quote!(.mode(::graceful::Mode::Single)).to_string()),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_main_the_bootstrap_cannot_call_is_an_error_and_the_code_is_kept() {
+        // Not async: kept as written, beside the error.
+        let out = super::main(
+            quote!(),
+            quote!(
+                fn main() {}
+            ),
+        );
+        assert!(out.to_string().starts_with(
+            &quote!(
+                fn main() {}
+            )
+            .to_string()
+        ));
+        assert_eq!(
+            compile_errors(out),
+            ["`#[graceful::main]` needs an `async fn`; write `async fn main()`"]
+        );
+        // Parameters, or generics (parameters or a `where` clause alone):
+        // the body is kept in a function of its own, so that the user's
+        // code is still checked.
+        let cases = [
+            (
+                quote!(async fn main(port: u16) {}),
+                "`#[graceful::main]` takes a `main` without parameters; read arguments with `std::env::args()`",
+            ),
+            (
+                quote!(async fn main<T>() {}),
+                "`#[graceful::main]` cannot be used on a generic function",
+            ),
+            (
+                quote!(async fn main() where u8: Copy {}),
+                "`#[graceful::main]` cannot be used on a generic function",
+            ),
+        ];
+        for (item, message) in cases {
+            let out = super::main(quote!(), item.clone());
+            assert!(
+                out.to_string().contains(
+                    &quote!(#[allow(dead_code, unused_variables)] async fn __graceful_main)
+                        .to_string()
+                ),
+                "{out}"
+            );
+            assert!(!out.to_string().contains("run_and_exit"), "{out}");
+            assert_eq!(compile_errors(out), [message], "{item}");
+        }
+        // Not a function at all.
+        let out = super::main(
+            quote!(),
+            quote!(
+                struct Main;
+            ),
+        );
+        assert!(out.to_string().starts_with(
+            &quote!(
+                struct Main;
+            )
+            .to_string()
+        ));
+        assert_eq!(compile_errors(out), ["expected `fn`"]);
+    }
+
+    #[test]
+    fn mistakes_in_the_options_and_the_signature_are_reported_together() {
+        let out = super::main(
+            quote!(stop_timeout = 5),
+            quote!(
+                fn main() {}
+            ),
+        );
+        let errors = compile_errors(out);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("`stop_timeout` takes a duration"));
+        assert!(errors[1].starts_with("`#[graceful::main]` needs an `async fn`"));
+        // An option's mistake alone, on an async main: no bootstrap.
+        let out = super::main(
+            quote!(mode = "solo"),
+            quote!(
+                async fn main() {}
+            ),
+        );
+        assert!(!out.to_string().contains("run_and_exit"), "{out}");
+        assert_eq!(compile_errors(out).len(), 1);
+    }
+}
