@@ -317,3 +317,44 @@ fn a_certificate_rotated_by_a_data_swap_is_served_with_no_signal_and_no_failure(
     drop(service);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_client_that_stalls_its_handshake_is_closed_at_a_header_timeout_shorter_than_10s() {
+    use std::io::Read;
+    let dir = temp_dir("tls-stalled-handshake");
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf("server").write(&dir, "server");
+    let service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[
+            ("TESTAPP_TLS_CERT", s(&cert)),
+            ("TESTAPP_TLS_KEY", s(&key)),
+            ("TESTAPP_HEADER_TIMEOUT_MS", "1000"),
+        ],
+    );
+    let addr: SocketAddr = service.addr(T).parse().unwrap();
+    service.ready_worker(1, T);
+    // Connects and never sends its ClientHello: as a connection that sends
+    // nothing, it has the header timeout, not the 10 s handshake bound.
+    let mut silent = std::net::TcpStream::connect(addr).unwrap();
+    silent.set_read_timeout(Some(T)).unwrap();
+    let began = std::time::Instant::now();
+    let read = silent.read(&mut [0u8; 16]);
+    let took = began.elapsed();
+    assert!(
+        matches!(read, Ok(0))
+            || read
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{read:?} after {took:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+    // A client that completes its handshake is served as before.
+    let client = ca.client_config();
+    assert!(fetch(addr, &client, false, "/").is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}

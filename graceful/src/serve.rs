@@ -764,6 +764,10 @@ impl Conn<'_> {
             Some(acceptor) => {
                 let handshake = acceptor.accept(io);
                 let idle_grace = http.timers.idle_grace;
+                // A client that sends nothing is one, TLS or not: a
+                // `header_timeout` set shorter than the handshake's bound
+                // bounds the handshake too.
+                let timeout = crate::tls::HANDSHAKE_TIMEOUT.min(http.timers.header_timeout);
                 let (handler, http) = (handler.clone(), http.clone());
                 tokio::spawn(async move {
                     // A failed or slow handshake (a scanner, a client that
@@ -774,7 +778,6 @@ impl Conn<'_> {
                         drain::global().stopping().await;
                         tokio::time::sleep(idle_grace).await;
                     };
-                    let timeout = crate::tls::HANDSHAKE_TIMEOUT;
                     let stream = tokio::select! {
                         done = tokio::time::timeout(timeout, handshake) => done,
                         _ = drained => return,

@@ -104,7 +104,8 @@ impl Server {
     /// (default 30 s), and a request head to arrive once it has started.
     /// This covers the protocol sniff, the HTTP/2 preface, and a TLS
     /// connection after its handshake: a client that connects and sends
-    /// nothing is closed after it.
+    /// nothing is closed after it. A TLS handshake itself is bounded by
+    /// 10 s, or by this if it is shorter.
     pub fn header_timeout(mut self, timeout: Duration) -> Server {
         self.options.header_timeout = timeout;
         self

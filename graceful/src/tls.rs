@@ -17,8 +17,9 @@ use tokio_rustls::rustls::{self, ServerConfig};
 
 use crate::Error;
 
-/// How long a client may take to complete the TLS handshake. The connection
-/// counts in the drain while it does.
+/// How long a client may take to complete the TLS handshake, or
+/// `header_timeout` if that is shorter. The connection counts in the drain
+/// while it does.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The ALPN protocols offered when the configuration names none.
