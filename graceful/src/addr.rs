@@ -412,6 +412,14 @@ fn bind_ip(host: Option<&str>, port: u16, kind: Type) -> Result<(Socket, String)
 /// socket file of the same kind there.
 #[cfg(unix)]
 fn bind_unix(path: &Path, kind: Type) -> Result<(Socket, String), BindError> {
+    // Before anything at the path is touched: a stale socket there is not
+    // removed for a bind that cannot succeed.
+    if let Some(reason) = unix_path_too_long(path) {
+        return Err(BindError::TooLong {
+            path: path.to_path_buf(),
+            reason,
+        });
+    }
     let path_error = |what, source| BindError::Path {
         what,
         path: path.to_path_buf(),
@@ -452,12 +460,6 @@ fn bind_unix(path: &Path, kind: Type) -> Result<(Socket, String), BindError> {
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(path_error("inspect", e)),
-    }
-    if let Some(reason) = unix_path_too_long(path) {
-        return Err(BindError::TooLong {
-            path: path.to_path_buf(),
-            reason,
-        });
     }
     let bind_error = |source| BindError::Bind {
         addr: path.display().to_string(),
