@@ -292,23 +292,17 @@ impl Options {
                 max_header_size: self.max_header_size,
             },
             max_draining: self.max_draining,
-            control_socket: match std::env::var_os(ENV_CONTROL_SOCKET) {
-                None => self.control_socket,
-                Some(value) if value.is_empty() => None,
-                Some(value) => Some(PathBuf::from(value)),
-            },
+            control_socket: control_socket_value(
+                std::env::var_os(ENV_CONTROL_SOCKET),
+                self.control_socket,
+            ),
             watchdog: self.watchdog,
             watch: switch("watch", ENV_WATCH, self.watch)?,
             upgrade_master: switch("upgrade_master", ENV_UPGRADE_MASTER, self.upgrade_master)?,
             user,
             group,
             shutdown_delay,
-            watch_paths: match std::env::var_os(ENV_WATCH_PATHS) {
-                None => self.watch_paths,
-                Some(value) => std::env::split_paths(&value)
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .collect(),
-            },
+            watch_paths: watch_paths_value(std::env::var_os(ENV_WATCH_PATHS), self.watch_paths),
         })
     }
 }
@@ -398,6 +392,31 @@ fn identity_options(user: Option<&str>, group: Option<&str>) -> Result<(), Error
         });
     }
     Ok(())
+}
+
+/// The control socket: `GRACEFUL_CONTROL_SOCKET`'s value (`var`) over the
+/// path set in code; set and empty, none.
+fn control_socket_value(
+    var: Option<std::ffi::OsString>,
+    in_code: Option<PathBuf>,
+) -> Option<PathBuf> {
+    match var {
+        None => in_code,
+        Some(value) if value.is_empty() => None,
+        Some(value) => Some(PathBuf::from(value)),
+    }
+}
+
+/// The watched paths: `GRACEFUL_WATCH_PATHS`'s value (`var`, separated as
+/// `PATH` is), over the paths set in code; empty entries are skipped, and
+/// set and empty, none.
+fn watch_paths_value(var: Option<std::ffi::OsString>, in_code: Vec<PathBuf>) -> Vec<PathBuf> {
+    match var {
+        None => in_code,
+        Some(value) => std::env::split_paths(&value)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect(),
+    }
 }
 
 /// An on/off option: `var` in the environment (`1`/`true`, `0`/`false`)
@@ -558,6 +577,31 @@ pub(crate) mod tests {
         assert_eq!(
             value(Some("yes"), true).unwrap_err().to_string(),
             "invalid option upgrade_master: GRACEFUL_UPGRADE_MASTER=\"yes\" is not 1 or 0 (true or false)"
+        );
+    }
+
+    #[test]
+    fn the_control_socket_and_watched_paths_come_from_code_or_their_variable() {
+        use std::ffi::OsString;
+        let in_code = || Some(PathBuf::from("/run/app/control.sock"));
+        assert_eq!(control_socket_value(None, in_code()), in_code());
+        assert_eq!(
+            control_socket_value(Some(OsString::from("/run/other.sock")), in_code()),
+            Some(PathBuf::from("/run/other.sock"))
+        );
+        assert_eq!(control_socket_value(Some(OsString::new()), in_code()), None);
+        let in_code = || vec![PathBuf::from("/etc/app")];
+        assert_eq!(watch_paths_value(None, in_code()), in_code());
+        // Separated as PATH is, an empty entry skipped.
+        let sep = if cfg!(windows) { ';' } else { ':' };
+        let value = OsString::from(format!("/etc/tls{sep}{sep}/etc/other{sep}"));
+        assert_eq!(
+            watch_paths_value(Some(value), in_code()),
+            [PathBuf::from("/etc/tls"), PathBuf::from("/etc/other")]
+        );
+        assert_eq!(
+            watch_paths_value(Some(OsString::new()), in_code()),
+            Vec::<PathBuf>::new()
         );
     }
 

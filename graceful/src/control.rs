@@ -509,6 +509,21 @@ impl Channel {
 mod tests {
     use super::*;
 
+    #[test]
+    fn only_a_seqpacket_socket_is_taken_as_a_carried_channel() {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag};
+        use std::os::fd::IntoRawFd;
+        let pair = |kind| socketpair(AddressFamily::Unix, kind, None, SockFlag::empty()).unwrap();
+        let (channel, _peer) = pair(SockType::SeqPacket);
+        assert!(carried(channel.into_raw_fd()).is_ok());
+        let (stream, _peer) = pair(SockType::Stream);
+        let fd = stream.as_raw_fd();
+        assert_eq!(
+            carried(fd).unwrap_err(),
+            format!("descriptor {fd} is not a control channel")
+        );
+    }
+
     fn listen(addr: &str, unix_mode: Option<u32>) -> ToMaster {
         ToMaster::Listen(ListenRequest {
             addr: ListenAddr::parse(addr).unwrap(),

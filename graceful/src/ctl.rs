@@ -930,6 +930,24 @@ mod tests {
             assert!(said.err.starts_with(reason), "{args:?}: {}", said.err);
             assert!(said.err.ends_with('\n'), "{args:?}");
         }
+        // Each command, with or without --json where it has one, asks the
+        // socket it is given.
+        for args in [
+            &["reload", "/nonexistent/s"][..],
+            &["reload", "--json", "/nonexistent/s"],
+            &["status", "/nonexistent/s"],
+            &["status", "--json", "/nonexistent/s"],
+            &["metrics", "/nonexistent/s"],
+        ] {
+            let said = run(args, None);
+            assert_eq!(said.code, 2, "{args:?}");
+            assert!(
+                said.err
+                    .starts_with("graceful: control socket \"/nonexistent/s\": no such socket"),
+                "{args:?}: {}",
+                said.err
+            );
+        }
         // The socket from the environment, when none is given.
         let asked = run(&["status"], Some("/nonexistent/graceful.sock"));
         assert_eq!(asked.code, 2);

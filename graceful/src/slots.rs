@@ -131,6 +131,7 @@ mod tests {
     #[test]
     fn holds_at_most_the_cap() {
         let slots = Slots::new(2);
+        assert_eq!(slots.cap(), 2);
         let a = slots.try_take().unwrap();
         let b = slots.try_take().unwrap();
         assert!(slots.try_take().is_none());

@@ -3130,6 +3130,46 @@ mod tests {
     }
 
     #[test]
+    fn a_watchdog_the_new_version_sets_checks_one_period_after_the_resume() {
+        let mut run = Run::serving();
+        let now = run.t0 + MS * 1000;
+        let clock = Clock::writer(now);
+        let carried = run.core.export(&clock);
+        run.core = Core::resume(&config(), systemd_watchdog(), carried, &clock, now);
+        assert_eq!(run.core.next_deadline(), Some(now + Duration::from_secs(5)));
+        assert_eq!(run.at(5999, Event::Tick), []);
+        let actions = run.at(6000, Event::Tick);
+        assert!(
+            matches!(actions[..], [Action::Check { generation: 1, .. }]),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn a_carried_watchdog_check_comes_no_later_than_one_new_period_after_the_resume() {
+        let every = |ms| {
+            Some(WatchdogConfig {
+                every: MS * ms,
+                systemd: true,
+            })
+        };
+        // The check carried is due at +5000 ms; the resume is at +1000 ms.
+        for (period, due) in [(1000, 2000), (60_000, 5000)] {
+            let mut run = serving_with_watchdog();
+            assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 5000));
+            let now = run.t0 + MS * 1000;
+            let clock = Clock::writer(now);
+            let carried = run.core.export(&clock);
+            run.core = Core::resume(&config(), every(period), carried, &clock, now);
+            assert_eq!(
+                run.core.next_deadline(),
+                Some(run.t0 + MS * due),
+                "a period of {period} ms"
+            );
+        }
+    }
+
+    #[test]
     fn waiters_held_answers_and_queries_are_answered_after_a_resume() {
         let mut run = busy();
         let now = run.t0 + MS * 1050;
