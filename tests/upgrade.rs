@@ -407,3 +407,46 @@ fn a_deleted_executable_is_still_the_build_the_master_becomes() {
     service.stop_cleanly(T);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `GRACEFUL_UPGRADE_MASTER=0` keeps the master's image across a reload
+/// (the new worker serves; the master is not re-executed), and a value that
+/// is neither on nor off stops the start, naming the variable.
+#[test]
+fn graceful_upgrade_master_turns_the_upgrade_off_or_names_a_bad_value() {
+    let dir = temp_dir("upgrade-off");
+    let socket = dir.join("control.sock");
+    let socket = socket.to_str().unwrap();
+    let mut service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[
+            ("GRACEFUL_CONTROL_SOCKET", socket),
+            ("GRACEFUL_UPGRADE_MASTER", "0"),
+        ],
+    );
+    service.ready_worker(1, T);
+    let (code, out, err) = graceful_command(&["reload", socket]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("reloaded: generation 2 (pid "), "{out}");
+    // With the upgrade on, the master re-executes before it answers (see
+    // the test above), so the count would be 1 here.
+    let (code, out, err) = graceful_command(&["status", "--json", socket]);
+    assert_eq!(code, 0, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["master"]["upgrades"], 0, "{out}");
+    assert_eq!(status["serving"]["generation"], 2, "{out}");
+    service.stop_cleanly(T);
+    assert_eq!(service.count_lines(UPGRADED), 0, "{}", service.log_text());
+
+    let mut refused = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[("GRACEFUL_UPGRADE_MASTER", "yes")],
+    );
+    assert_eq!(refused.wait_exit(T).code(), Some(1));
+    refused.wait_line(
+        "invalid option upgrade_master: GRACEFUL_UPGRADE_MASTER=\"yes\" is not 1 or 0 (true or false)",
+        T,
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
