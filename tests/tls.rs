@@ -24,11 +24,14 @@ fn s(path: &Path) -> &str {
 
 /// testapp over TLS with these PEM files, on a free port.
 fn tls_testapp(cert: &Path, key: &Path) -> Service {
-    Service::start(
-        &testapp(),
-        &["127.0.0.1:0"],
-        &[("TESTAPP_TLS_CERT", s(cert)), ("TESTAPP_TLS_KEY", s(key))],
-    )
+    tls_testapp_with(cert, key, &[])
+}
+
+/// [`tls_testapp`] with more variables in its environment.
+fn tls_testapp_with(cert: &Path, key: &Path, extra: &[(&str, &str)]) -> Service {
+    let mut envs = vec![("TESTAPP_TLS_CERT", s(cert)), ("TESTAPP_TLS_KEY", s(key))];
+    envs.extend_from_slice(extra);
+    Service::start(&testapp(), &["127.0.0.1:0"], &envs)
 }
 
 #[test]
@@ -262,14 +265,10 @@ fn a_certificate_rotated_by_a_data_swap_is_served_with_no_signal_and_no_failure(
     let ca = TestCa::new();
     let first = ca.leaf("first");
     let mut volume = Volume::new(&dir, &first.cert_pem, &first.key_pem);
-    let service = Service::start(
-        &testapp(),
-        &["127.0.0.1:0"],
-        &[
-            ("TESTAPP_TLS_CERT", s(&volume.dir.join("tls.crt"))),
-            ("TESTAPP_TLS_KEY", s(&volume.dir.join("tls.key"))),
-            ("GRACEFUL_WATCH_PATHS", s(&volume.dir)),
-        ],
+    let service = tls_testapp_with(
+        &volume.dir.join("tls.crt"),
+        &volume.dir.join("tls.key"),
+        &[("GRACEFUL_WATCH_PATHS", s(&volume.dir))],
     );
     let addr: SocketAddr = service.addr(T).parse().unwrap();
     service.ready_worker(1, T);
@@ -324,15 +323,7 @@ fn a_client_that_stalls_its_handshake_is_closed_at_a_header_timeout_shorter_than
     let dir = temp_dir("tls-stalled-handshake");
     let ca = TestCa::new();
     let (cert, key) = ca.leaf("server").write(&dir, "server");
-    let service = Service::start(
-        &testapp(),
-        &["127.0.0.1:0"],
-        &[
-            ("TESTAPP_TLS_CERT", s(&cert)),
-            ("TESTAPP_TLS_KEY", s(&key)),
-            ("TESTAPP_HEADER_TIMEOUT_MS", "1000"),
-        ],
-    );
+    let service = tls_testapp_with(&cert, &key, &[("TESTAPP_HEADER_TIMEOUT_MS", "1000")]);
     let addr: SocketAddr = service.addr(T).parse().unwrap();
     service.ready_worker(1, T);
     // Connects and never sends its ClientHello: as a connection that sends
