@@ -162,37 +162,46 @@ fn a_draining_worker_survives_the_upgrade_and_is_cut_at_its_own_deadline() {
     assert!(wait_gone(first, T));
 }
 
+/// testapp with a control socket in `dir` and `extra` in its environment,
+/// reloaded once with `graceful reload`, which must report generation 2:
+/// the service and its socket's path.
+fn reloaded_by_the_command(dir: &std::path::Path, extra: (&str, &str)) -> (Service, String) {
+    let socket = dir.join("control.sock").to_str().unwrap().to_string();
+    let service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[("GRACEFUL_CONTROL_SOCKET", socket.as_str()), extra],
+    );
+    service.ready_worker(1, T);
+    let (code, out, err) = graceful_command(&["reload", &socket]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("reloaded: generation 2 (pid "), "{out}");
+    (service, socket)
+}
+
+/// `graceful status --json` of the master at `socket`.
+fn status_json(socket: &str) -> serde_json::Value {
+    let (code, out, err) = graceful_command(&["status", "--json", socket]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
 /// A `graceful reload` client whose answer is due after the exec (the new
 /// build's check takes 300 ms, during which the old worker stops accepting)
 /// is answered by the new image.
 #[test]
 fn a_reload_command_waiting_across_the_upgrade_gets_its_answer() {
     let dir = temp_dir("upgrade-client");
-    let socket = dir.join("control.sock");
-    let socket = socket.to_str().unwrap();
-    let service = Service::start(
-        &testapp(),
-        &["127.0.0.1:0"],
-        &[
-            ("GRACEFUL_CONTROL_SOCKET", socket),
-            ("TESTAPP_CHECK_DELAY_MS", "300"),
-        ],
-    );
-    service.ready_worker(1, T);
-    let (code, out, err) = graceful_command(&["reload", socket]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.starts_with("reloaded: generation 2 (pid "), "{out}");
+    let (service, socket) = reloaded_by_the_command(&dir, ("TESTAPP_CHECK_DELAY_MS", "300"));
     // The log is read by a thread of its own: the line may come after the
     // answer.
     service.wait_line(UPGRADED, T);
     assert_eq!(service.count_lines(UPGRADED), 1, "{}", service.log_text());
 
-    let (code, out, err) = graceful_command(&["status", "--json", socket]);
-    assert_eq!(code, 0, "{err}");
-    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(status["master"]["upgrades"], 1, "{out}");
-    assert_eq!(status["master_pid"], service.pid(), "{out}");
-    let (_, text, _) = graceful_command(&["status", socket]);
+    let status = status_json(&socket);
+    assert_eq!(status["master"]["upgrades"], 1, "{status}");
+    assert_eq!(status["master_pid"], service.pid(), "{status}");
+    let (_, text, _) = graceful_command(&["status", &socket]);
     assert!(text.contains("1 upgrade(s) in place"), "{text}");
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -414,27 +423,12 @@ fn a_deleted_executable_is_still_the_build_the_master_becomes() {
 #[test]
 fn graceful_upgrade_master_turns_the_upgrade_off_or_names_a_bad_value() {
     let dir = temp_dir("upgrade-off");
-    let socket = dir.join("control.sock");
-    let socket = socket.to_str().unwrap();
-    let mut service = Service::start(
-        &testapp(),
-        &["127.0.0.1:0"],
-        &[
-            ("GRACEFUL_CONTROL_SOCKET", socket),
-            ("GRACEFUL_UPGRADE_MASTER", "0"),
-        ],
-    );
-    service.ready_worker(1, T);
-    let (code, out, err) = graceful_command(&["reload", socket]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.starts_with("reloaded: generation 2 (pid "), "{out}");
+    let (mut service, socket) = reloaded_by_the_command(&dir, ("GRACEFUL_UPGRADE_MASTER", "0"));
     // With the upgrade on, the master re-executes before it answers (see
     // the test above), so the count would be 1 here.
-    let (code, out, err) = graceful_command(&["status", "--json", socket]);
-    assert_eq!(code, 0, "{err}");
-    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(status["master"]["upgrades"], 0, "{out}");
-    assert_eq!(status["serving"]["generation"], 2, "{out}");
+    let status = status_json(&socket);
+    assert_eq!(status["master"]["upgrades"], 0, "{status}");
+    assert_eq!(status["serving"]["generation"], 2, "{status}");
     service.stop_cleanly(T);
     assert_eq!(service.count_lines(UPGRADED), 0, "{}", service.log_text());
 
