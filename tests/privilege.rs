@@ -419,3 +419,73 @@ fn a_master_that_cannot_open_its_workers_executable_upgrades_from_the_path() {
     assert_eq!(answer, format!("{second}\n"));
     service.stop_cleanly(T);
 }
+
+/// `graceful reload` run as root believes a service of another user only
+/// when its control socket lies in a directory not everyone can write to:
+/// in `/tmp`, anyone could have put a socket at that path while the
+/// service was down, and answered "reloaded" to a deploy script.
+#[test]
+fn the_reload_command_believes_another_users_socket_only_in_a_directory_not_everyone_can_write() {
+    user_ids();
+    let nobody = |command: &mut std::process::Command| {
+        use std::os::unix::process::CommandExt;
+        command.uid(65534).gid(65534);
+    };
+    let serve_in = |dir: &Path| {
+        let socket = dir.join("control.sock");
+        let service = Service::start_with(
+            &testapp(),
+            &["127.0.0.1:0"],
+            &[("GRACEFUL_CONTROL_SOCKET", s(&socket))],
+            nobody,
+        );
+        service.ready_worker(1, T);
+        (service, socket)
+    };
+    let command = |args: &[&str], configure: &dyn Fn(&mut std::process::Command)| {
+        let mut command = std::process::Command::new(graceful_dev::built("ctl"));
+        command.args(args);
+        configure(&mut command);
+        run_bounded(&mut command)
+    };
+    let as_root = |_: &mut std::process::Command| {};
+
+    // A directory anyone may create files in, as /tmp.
+    let shared = temp_dir("privilege-shared-dir");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let (mut service, socket) = serve_in(&shared);
+    for verb in ["reload", "status"] {
+        let (code, out, err) = command(&[verb, s(&socket)], &as_root);
+        assert_eq!(code, 2, "{verb}: {out}{err}");
+        assert!(
+            err.contains(&format!(
+                "the process answering on it runs as uid 65534, which is neither yours (0) nor \
+                 root, and anyone may create files in {}: not trusting its answer",
+                shared.display()
+            )),
+            "{verb}: {err}"
+        );
+    }
+    // Refused before it asked: the service did not reload.
+    assert_eq!(service.count_lines("ready"), 1, "{}", service.log_text());
+    // Run as the service's own user, the command is believed.
+    let (code, out, err) = command(&["reload", s(&socket)], &nobody);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("reloaded: generation 2 (pid "), "{out}");
+    service.signal(Signal::SIGTERM);
+    assert!(service.wait_exit(T).success(), "{}", service.log_text());
+
+    // The service's own directory (systemd's RuntimeDirectory=): root
+    // believes it.
+    let own = temp_dir("privilege-own-dir");
+    nix::unistd::chown(&own, Some(65534.into()), Some(65534.into())).unwrap();
+    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (mut service, socket) = serve_in(&own);
+    let (code, out, err) = command(&["reload", s(&socket)], &as_root);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("reloaded: generation 2 (pid "), "{out}");
+    service.signal(Signal::SIGTERM);
+    assert!(service.wait_exit(T).success(), "{}", service.log_text());
+    let _ = std::fs::remove_dir_all(&shared);
+    let _ = std::fs::remove_dir_all(&own);
+}

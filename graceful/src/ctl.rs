@@ -4,7 +4,9 @@
 //!
 //! A service opts in with `control_socket = "/run/hello/graceful.sock"` (or
 //! `GRACEFUL_CONTROL_SOCKET`). Its master then owns that Unix socket, created
-//! owner-only, and answers only peers of its own user or root. Then:
+//! owner-only, and answers only peers of its own user or root. The command,
+//! in turn, believes a service of another user only if its socket lies in a
+//! directory that not everyone can write to (not `/tmp`). Then:
 //!
 //! ```text
 //! $ graceful reload /run/hello/graceful.sock
@@ -27,7 +29,7 @@
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -259,7 +261,7 @@ fn connect(socket: &Path) -> Result<UnixStream, Error> {
     if let Some(reason) = crate::addr::unix_path_too_long(socket) {
         return Err(error(reason));
     }
-    UnixStream::connect(socket).map_err(|e| {
+    let stream = UnixStream::connect(socket).map_err(|e| {
         error(match e.kind() {
             std::io::ErrorKind::NotFound => {
                 "no such socket: is the service running, with this control_socket?".into()
@@ -278,7 +280,82 @@ fn connect(socket: &Path) -> Result<UnixStream, Error> {
             }
             _ => format!("cannot connect: {e}"),
         })
-    })
+    })?;
+    let peer = peer_uid(&stream, socket).map_err(&error)?;
+    let dir = match socket.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let dir_mode = std::fs::metadata(dir)
+        .map_err(|e| error(format!("cannot read its directory {}: {e}", dir.display())))?
+        .mode();
+    let ours = nix::unistd::geteuid().as_raw();
+    trusted(peer, ours, dir_mode, dir).map_err(error)?;
+    Ok(stream)
+}
+
+/// Whether the answers of a process of user `peer` on a socket in `dir`
+/// (whose permission bits are `dir_mode`) may be believed by a client of
+/// user `ours`: a process of our own user or root, or one whose socket
+/// lies in a directory that not everyone can write to. In a directory
+/// anyone can write to, such as `/tmp`, anyone can put a socket at the
+/// path while the service is down, and tell a deploy script that the
+/// reload it asked for succeeded.
+fn trusted(peer: u32, ours: u32, dir_mode: u32, dir: &Path) -> Result<(), String> {
+    if peer == ours || peer == 0 || dir_mode & 0o002 == 0 {
+        return Ok(());
+    }
+    Err(format!(
+        "the process answering on it runs as uid {peer}, which is neither yours ({ours}) nor \
+         root, and anyone may create files in {}: not trusting its answer; put the control \
+         socket in a directory that only the service's user can write, such as /run/app/, or \
+         run this as the service's user",
+        dir.display()
+    ))
+}
+
+/// The user of the process on the other end of `stream`, connected to
+/// `socket`: from the kernel where it tells (`SO_PEERCRED`, `getpeereid`),
+/// else the socket file's owner.
+fn peer_uid(stream: &UnixStream, socket: &Path) -> Result<u32, String> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let _ = socket;
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        getsockopt(stream, PeerCredentials)
+            .map(|peer| peer.uid())
+            .map_err(|e| format!("cannot read the credentials of the process answering: {e}"))
+    }
+    #[cfg(any(
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "freebsd",
+        target_os = "openbsd",
+        target_os = "netbsd",
+        target_os = "dragonfly"
+    ))]
+    {
+        let _ = socket;
+        nix::unistd::getpeereid(stream)
+            .map(|(uid, _)| uid.as_raw())
+            .map_err(|e| format!("cannot read the credentials of the process answering: {e}"))
+    }
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "freebsd",
+        target_os = "openbsd",
+        target_os = "netbsd",
+        target_os = "dragonfly"
+    )))]
+    {
+        let _ = stream;
+        std::fs::metadata(socket)
+            .map(|meta| meta.uid())
+            .map_err(|e| format!("cannot read the socket's owner: {e}"))
+    }
 }
 
 /// What kind of file a file that is not a socket is, for an error message.
@@ -1019,6 +1096,44 @@ mod tests {
             assert_eq!((said.code, said.out.as_str()), (2, ""), "{json}");
             assert!(said.err.contains("/run/app.sock"), "{}", said.err);
         }
+    }
+
+    #[test]
+    fn a_socket_anyone_could_have_put_there_is_trusted_only_from_our_user_or_root() {
+        let tmp = Path::new("/tmp");
+        // A directory others may write to: only our user and root.
+        for peer in [1000, 0] {
+            assert_eq!(trusted(peer, 1000, 0o41777, tmp), Ok(()), "{peer}");
+        }
+        assert_eq!(trusted(0, 0, 0o40777, tmp), Ok(()));
+        let refused = trusted(65534, 0, 0o41777, tmp).unwrap_err();
+        assert_eq!(
+            refused,
+            "the process answering on it runs as uid 65534, which is neither yours (0) nor root, \
+             and anyone may create files in /tmp: not trusting its answer; put the control \
+             socket in a directory that only the service's user can write, such as /run/app/, \
+             or run this as the service's user"
+        );
+        assert!(trusted(1001, 1000, 0o40777, tmp).is_err());
+        assert!(trusted(1001, 1000, 0o40703, tmp).is_err());
+        // Writable by its owner and group only: whoever owns it put the
+        // socket there (systemd's RuntimeDirectory=, /run/app/).
+        for mode in [0o40755, 0o40775, 0o40700, 0o41775, 0o40000] {
+            assert_eq!(
+                trusted(65534, 0, mode, Path::new("/run/app")),
+                Ok(()),
+                "{mode:o}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_peers_user_is_the_kernels_word() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        assert_eq!(
+            peer_uid(&ours, Path::new("unnamed")),
+            Ok(nix::unistd::geteuid().as_raw())
+        );
     }
 
     #[test]
