@@ -334,7 +334,19 @@ fn duration_value(
     let duration = humantime::parse_duration(text)
         .map_err(|e| invalid(format!("is not a duration like \"5s\" or \"500ms\": {e}")))?;
     if duration > MAX_DURATION {
-        return Err(invalid(TOO_LONG.into()));
+        // "1y" is humantime's 365.25 days: say so, or the refusal of a
+        // year as longer than a year reads as a contradiction.
+        let calendar = text
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .any(|unit| matches!(unit, "y" | "year" | "years" | "M" | "month" | "months"));
+        return Err(invalid(if calendar {
+            format!(
+                "{TOO_LONG} (a \"y\" is 365.25 days here and an \"M\" 30.44; write it in \
+                 days, such as \"365d\")"
+            )
+        } else {
+            TOO_LONG.into()
+        }));
     }
     Ok(duration)
 }
@@ -682,7 +694,21 @@ pub(crate) mod tests {
              like \"5s\" or \"500ms\""
         );
         assert_eq!(value(Some("365days")).unwrap(), MAX_DURATION);
-        for long in ["365days 1ns", "500000000000y", "18446744073709551615s"] {
+        for year in ["1y", "1year", "12months", "11M 31d", "2years"] {
+            assert_eq!(
+                value(Some(year)).unwrap_err().to_string(),
+                format!(
+                    "invalid option shutdown_delay: GRACEFUL_SHUTDOWN_DELAY={year:?} is longer \
+                     than a year (365 days), the longest a duration option may be (a \"y\" is \
+                     365.25 days here and an \"M\" 30.44; write it in days, such as \"365d\")"
+                )
+            );
+        }
+        assert_eq!(
+            value(Some("11months")).unwrap(),
+            Duration::from_secs(11 * 2_630_016)
+        );
+        for long in ["365days 1ns", "366d", "8761h", "18446744073709551615s"] {
             assert_eq!(
                 value(Some(long)).unwrap_err().to_string(),
                 format!(
