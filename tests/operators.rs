@@ -523,6 +523,7 @@ fn the_status_shows_draining_workers_with_their_open_connections() {
             "pid": first,
             "since": during["draining"][0]["since"],
             "connections": 3,
+            "version": null,
         }])
     );
     assert_eq!(during["last_reload"]["ok"], true);
@@ -655,4 +656,76 @@ fn a_control_socket_path_too_long_for_a_socket_address_is_told_with_its_length_a
         assert!(err.contains(&format!("control socket {long:?}")), "{err}");
         assert!(err.contains(limit), "{err}");
     }
+}
+
+/// A deploy script can tell which build serves: each worker reports its
+/// `version`, and the reload's answer, the status (carried across the
+/// master's upgrade in place) and the log name it.
+#[test]
+fn the_reload_answer_the_status_and_the_log_name_the_build_that_serves() {
+    let deployed = Deployed::new("build");
+    let build = deployed.dir.join("build");
+    std::fs::write(&build, "app 1.0\n").unwrap();
+    let service = deployed.start(&[("TESTAPP_BUILD_FILE", build.to_str().unwrap())]);
+    let first = service.ready_worker(1, T);
+    let ready = service.wait_line(&format!("worker 1 (pid {first}) ready in "), T);
+    assert!(ready.ends_with(" ms and serving app 1.0"), "{ready}");
+    let status = deployed.status_json();
+    assert_eq!(status["serving"]["version"], "app 1.0", "{status}");
+
+    // The new build.
+    std::fs::write(&build, "app 2.0\n").unwrap();
+    let (code, out, err) = deployed.reload();
+    assert_eq!(code, 0, "{out}{err}");
+    let second = reported_pid(&out);
+    assert!(
+        out.starts_with(&format!(
+            "reloaded: generation 2 (pid {second}) is serving app 2.0; it was ready in "
+        )),
+        "{out}"
+    );
+    let status = deployed.status_json();
+    assert_eq!(status["serving"]["generation"], 2, "{status}");
+    assert_eq!(status["serving"]["version"], "app 2.0", "{status}");
+    // The master that answers has re-executed itself since the worker
+    // said its build.
+    assert_eq!(status["master"]["upgrades"], 1, "{status}");
+    let (code, text, err) = graceful_command(&["status", &deployed.socket]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.contains(&format!(
+            "serving:     worker 2 (pid {second}, app 2.0) since "
+        )),
+        "{text}"
+    );
+    let finished = service.wait_line("reload finished: worker 2 ", T);
+    assert!(
+        finished.contains(&format!("worker 2 (pid {second}) ready in "))
+            && finished.contains(&format!(
+                " ms and serving app 2.0; worker 1 (pid {first}) draining"
+            )),
+        "{finished}"
+    );
+}
+
+/// `#[graceful::main]` names the package's build without being told.
+#[test]
+fn the_attribute_macro_reports_the_packages_name_and_version() {
+    let dir = temp_dir("operators-macro-build");
+    let socket = dir.join("control.sock");
+    let service = Service::start(
+        &graceful_dev::built("hello"),
+        &["127.0.0.1:0"],
+        &[("GRACEFUL_CONTROL_SOCKET", socket.to_str().unwrap())],
+    );
+    service.ready_worker(1, T);
+    let (code, out, err) = graceful_command(&["status", "--json", socket.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        status["serving"]["version"],
+        format!("graceful-dev {}", env!("CARGO_PKG_VERSION")),
+        "{status}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -38,6 +38,7 @@ const KEYS: &[&str] = &[
     "group",
     "shutdown_delay",
     "watch_paths",
+    "version",
 ];
 
 /// The smallest `max_header_size` the runtime accepts (hyper's read buffer).
@@ -80,6 +81,7 @@ pub(crate) struct Config {
     pub(crate) watch_paths: Option<Vec<syn::LitStr>>,
     pub(crate) user: Option<syn::LitStr>,
     pub(crate) group: Option<syn::LitStr>,
+    pub(crate) version: Option<syn::LitStr>,
 }
 
 /// Collects errors so that every mistake is reported, not just the first.
@@ -161,6 +163,7 @@ impl Config {
                 "control_socket" => config.control_socket = path(&key, &value, &mut errors),
                 "user" => config.user = account(&key, &value, "www-data", &mut errors),
                 "group" => config.group = account(&key, &value, "www-data", &mut errors),
+                "version" => config.version = version(&value, &mut errors),
                 "watchdog" => {
                     config.watchdog = duration(&key, &value, false, &mut errors);
                     if config.watchdog.is_some_and(|ms| ms < MIN_WATCHDOG_MS) {
@@ -485,6 +488,47 @@ fn account(
     None
 }
 
+/// The longest `version`, in bytes (the runtime's `MAX_VERSION`).
+const MAX_VERSION: usize = 100;
+
+/// `version = "1.4.2"`: one line of text of at most [`MAX_VERSION`]
+/// bytes, as the runtime shows it in the status.
+fn version(value: &RawValue, errors: &mut Errors) -> Option<syn::LitStr> {
+    let RawValue::Str(lit) = value else {
+        errors.push(
+            value.span(),
+            format!(
+                "`version` takes the build's name like \"1.4.2\", not {}",
+                value.kind()
+            ),
+        );
+        return None;
+    };
+    let text = lit.value();
+    if text.trim().is_empty() {
+        errors.push(
+            lit.span(),
+            "`version` needs the build's name; leave it out to show the package's name and version",
+        );
+    } else if text.len() > MAX_VERSION {
+        errors.push(
+            lit.span(),
+            format!(
+                "`version` is {} bytes long; it is at most {MAX_VERSION}",
+                text.len()
+            ),
+        );
+    } else if text.contains(char::is_control) {
+        errors.push(
+            lit.span(),
+            "`version` is one line of text, without control characters",
+        );
+    } else {
+        return Some(lit.clone());
+    }
+    None
+}
+
 /// Parses `"20s"`, `"500ms"`, `"1m30s"`, `"4h"` into milliseconds.
 fn parse_duration_ms(text: &str) -> Result<u64, String> {
     if text.is_empty() {
@@ -583,7 +627,8 @@ mod tests {
                idle_timeout = "90s", max_connections = 10000, max_header_size = 8192,
                max_draining = 1, watch = true, control_socket = "/run/app.sock",
                watchdog = "100ms", upgrade_master = false, user = "www-data",
-               group = "0", shutdown_delay = "0s", watch_paths = ["/etc/app", "/etc/tls"]"#,
+               group = "0", shutdown_delay = "0s", watch_paths = ["/etc/app", "/etc/tls"],
+               version = "1.4.2+8c0ffee""#,
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.stop_timeout, Some(20_000));
@@ -622,9 +667,40 @@ mod tests {
         let paths = c.watch_paths.unwrap();
         let paths: Vec<String> = paths.iter().map(syn::LitStr::value).collect();
         assert_eq!(paths, ["/etc/app", "/etc/tls"]);
+        assert_eq!(
+            c.version.map(|l| l.value()).as_deref(),
+            Some("1.4.2+8c0ffee")
+        );
         // Nothing set: every option is the runtime's default.
         let c = config("").unwrap_or_else(|e| panic!("{e}"));
         assert!(c.stop_timeout.is_none() && c.reload.is_none() && c.mode.is_none());
+    }
+
+    #[test]
+    fn a_version_is_one_short_line_of_text() {
+        error(
+            "version = 1",
+            "`version` takes the build's name like \"1.4.2\", not an integer",
+            "1",
+        );
+        error(
+            r#"version = " ""#,
+            "`version` needs the build's name; leave it out",
+            r#"" ""#,
+        );
+        error(
+            r#"version = "1.0\nready""#,
+            "`version` is one line of text, without control characters",
+            r#""1.0\nready""#,
+        );
+        let long = format!(r#"version = "{}""#, "a".repeat(101));
+        error(
+            &long,
+            "`version` is 101 bytes long; it is at most 100",
+            &long[10..],
+        );
+        let longest = format!(r#"version = "{}""#, "é".repeat(50));
+        assert!(config(&longest).is_ok());
     }
 
     #[test]

@@ -163,6 +163,16 @@ fn bootstrap(func: &ItemFn, config: &Config) -> TokenStream {
     if let Some(group) = &config.group {
         builder.extend(quote! { .group(#group) });
     }
+    // The application's package, known here and not in the library.
+    match &config.version {
+        Some(version) => builder.extend(quote! { .version(#version) }),
+        None => builder.extend(quote! {
+            .__package_version(
+                ::core::option_env!("CARGO_PKG_NAME"),
+                ::core::option_env!("CARGO_PKG_VERSION"),
+            )
+        }),
+    }
 
     quote! {
         #(#attrs)*
@@ -223,7 +233,8 @@ mod tests {
                 control_socket = "/run/a.sock",
                 watch_paths = ["/etc/a", "/etc/b"],
                 user = "www-data",
-                group = "web"
+                group = "web",
+                version = "1.4.2+8c0ffee"
             ),
             quote!(
                 /// Serves.
@@ -257,6 +268,7 @@ mod tests {
                     .watch_paths(["/etc/a", "/etc/b"])
                     .user("www-data")
                     .group("web")
+                    .version("1.4.2+8c0ffee")
                     .run_and_exit(__graceful_main)
             }
         };
@@ -264,8 +276,9 @@ mod tests {
     }
 
     #[test]
-    fn defaults_add_no_call() {
+    fn defaults_add_no_call_but_the_packages_version() {
         // `watch = false` and `mode = "master"` are the defaults: no call.
+        // The version is the package's, read where the macro expands.
         for args in [quote!(), quote!(watch = false, mode = "master")] {
             let out = super::main(
                 args,
@@ -276,7 +289,12 @@ mod tests {
             let expected = quote! {
                 fn main() {
                     async fn __graceful_main() {}
-                    ::graceful::Server::new().run_and_exit(__graceful_main)
+                    ::graceful::Server::new()
+                        .__package_version(
+                            ::core::option_env!("CARGO_PKG_NAME"),
+                            ::core::option_env!("CARGO_PKG_VERSION"),
+                        )
+                        .run_and_exit(__graceful_main)
                 }
             };
             assert_eq!(out.to_string(), expected.to_string());

@@ -116,6 +116,9 @@ pub(crate) struct Config {
     pub(crate) user: Option<String>,
     /// Their group, by name or gid; `None`: the user's own.
     pub(crate) group: Option<String>,
+    /// The application's build, as its workers report it to the master
+    /// (`graceful status`, the reload's answer).
+    pub(crate) version: Option<String>,
 }
 
 /// What one connection may cost: the limits a hostile client meets.
@@ -161,6 +164,7 @@ pub(crate) struct Options {
     pub(crate) group: Option<String>,
     pub(crate) shutdown_delay: Duration,
     pub(crate) watch_paths: Vec<PathBuf>,
+    pub(crate) version: Option<String>,
 }
 
 impl Default for Options {
@@ -187,6 +191,7 @@ impl Default for Options {
             group: None,
             shutdown_delay: Duration::ZERO,
             watch_paths: Vec::new(),
+            version: None,
         }
     }
 }
@@ -270,6 +275,9 @@ impl Options {
         let user = name("user", ENV_USER, std::env::var_os(ENV_USER), self.user)?;
         let group = name("group", ENV_GROUP, std::env::var_os(ENV_GROUP), self.group)?;
         identity_options(user.as_deref(), group.as_deref())?;
+        if let Some(version) = &self.version {
+            version_value(version).map_err(|why| invalid("version", &why))?;
+        }
         let shutdown_delay = duration_value(
             "shutdown_delay",
             ENV_SHUTDOWN_DELAY,
@@ -303,8 +311,35 @@ impl Options {
             group,
             shutdown_delay,
             watch_paths: watch_paths_value(std::env::var_os(ENV_WATCH_PATHS), self.watch_paths),
+            version: self.version,
         })
     }
+}
+
+/// The longest `version`, in bytes: it shares a line of the status with the
+/// worker's generation, PID and times.
+pub(crate) const MAX_VERSION: usize = 100;
+
+/// Why `version` cannot be shown on one line of the status, if it cannot.
+fn version_value(version: &str) -> Result<(), String> {
+    if version.trim().is_empty() {
+        return Err(
+            "an empty version; name the build (\"1.4.2\"), or leave the option unset".into(),
+        );
+    }
+    if version.len() > MAX_VERSION {
+        return Err(format!(
+            "{} bytes long; a version is at most {MAX_VERSION}",
+            version.len()
+        ));
+    }
+    if let Some((at, c)) = version.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(format!(
+            "{version:?} has the control character {c:?} at byte {at}; a version is one line of \
+             text"
+        ));
+    }
+    Ok(())
 }
 
 /// A duration option: `var` in the environment (`"5s"`, `"500ms"`,
@@ -727,6 +762,58 @@ pub(crate) mod tests {
                 "{bad:?}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn a_version_is_one_short_line() {
+        let with = |version: &str| {
+            Options {
+                version: Some(version.into()),
+                ..Options::default()
+            }
+            .validate()
+            .map(|config| config.version)
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(with("hello 1.4.2"), Ok(Some("hello 1.4.2".into())));
+        let longest = "é".repeat(MAX_VERSION / 2);
+        assert_eq!(with(&longest), Ok(Some(longest.clone())));
+        assert_eq!(
+            with(&format!("{longest}x")),
+            Err("invalid option version: 101 bytes long; a version is at most 100".into())
+        );
+        assert_eq!(
+            with(" "),
+            Err(
+                "invalid option version: an empty version; name the build (\"1.4.2\"), or \
+                 leave the option unset"
+                    .into()
+            )
+        );
+        assert_eq!(
+            with("1.4\n2"),
+            Err(
+                "invalid option version: \"1.4\\n2\" has the control character '\\n' at \
+                 byte 3; a version is one line of text"
+                    .into()
+            )
+        );
+        assert_eq!(Options::default().validate().unwrap().version, None);
+        // The macro's default: the package's name and version, if both are
+        // known.
+        let package = |name, version| {
+            crate::Server::new()
+                .__package_version(name, version)
+                .options()
+                .version
+                .clone()
+        };
+        assert_eq!(
+            package(Some("hello"), Some("1.4.2")),
+            Some("hello 1.4.2".into())
+        );
+        assert_eq!(package(None, Some("1.4.2")), None);
+        assert_eq!(package(Some("hello"), None), None);
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub(crate) enum ToMaster {
     Drained { drained: u64, cut: u64 },
     /// `graceful::metrics` was asked: the master answers with `Metrics`.
     Metrics,
+    /// The application's build (`version`), sent before `Ready` to a
+    /// master that shows it (`GRACEFUL_MASTER_BUILDS`).
+    Build(String),
 }
 
 /// What a ready worker's build can take over from its master.
@@ -112,6 +115,7 @@ const STOPPED_ACCEPTING: u8 = b'N';
 const LAME_DUCK: u8 = b'K';
 const DRAINED: u8 = b'X';
 const METRICS: u8 = b'M';
+const BUILD: u8 = b'B';
 
 /// A message as it is sent.
 pub(crate) trait Encode {
@@ -196,6 +200,7 @@ impl Encode for ToMaster {
                 bytes
             }
             ToMaster::Metrics => vec![METRICS],
+            ToMaster::Build(build) => tagged(BUILD, build),
             ToMaster::Alive { check, connections } => {
                 let mut bytes = vec![ALIVE];
                 bytes.extend_from_slice(&check.to_be_bytes());
@@ -254,6 +259,16 @@ impl Decode for ToMaster {
                 no_payload(tag, rest, ToMaster::Drained { drained, cut })
             }
             METRICS => no_payload(tag, payload, ToMaster::Metrics),
+            // Shown on a line of the status and the log: one line of text.
+            BUILD => match std::str::from_utf8(payload) {
+                Ok(build) if !build.is_empty() && !build.contains(char::is_control) => {
+                    Ok(ToMaster::Build(build.to_string()))
+                }
+                _ => Err(DecodeError::Malformed {
+                    tag: 'B',
+                    why: "not one line of text".into(),
+                }),
+            },
             ALIVE => {
                 let (check, rest) = be_u64(tag, payload)?;
                 let (connections, rest) = be_u64(tag, rest)?;
@@ -277,10 +292,14 @@ impl Encode for ToWorker<BorrowedFd<'_>> {
                 bytes.extend_from_slice(&check.to_be_bytes());
                 (bytes, None)
             }
+            // The build is not sent: the worker that asked may be of an
+            // older build, whose decoder takes these three numbers and no
+            // more.
             ToWorker::Reloaded(Outcome::Reloaded {
                 generation,
                 pid,
                 took,
+                build: _,
             }) => {
                 // 1, then the generation, the PID and the milliseconds.
                 let mut bytes = vec![RELOADED, 1];
@@ -328,6 +347,7 @@ impl Decode for ToWorker<OwnedFd> {
                         generation,
                         pid: u32::from_be_bytes(*pid),
                         took: std::time::Duration::from_millis(ms),
+                        build: None,
                     };
                     no_payload(tag, rest, ToWorker::Reloaded(outcome))
                 }
@@ -570,6 +590,7 @@ mod tests {
                 cut: u64::MAX,
             },
             ToMaster::Metrics,
+            ToMaster::Build("hello 1.4.2+wé".into()),
             listen("udp::5353", None),
             listen("unixgram:/run/log.sock", Some(0o666)),
         ] {
@@ -580,6 +601,17 @@ mod tests {
             assert!(ToMaster::decode(bytes, None).is_err(), "{bytes:?}");
         }
         assert!(ToMaster::decode(b"Mx", None).is_err());
+        // A build is one line of text, not empty.
+        for bytes in [&b"B"[..], b"B1.0\nready", b"B1.0\x1b[2J", b"B\xff"] {
+            assert_eq!(
+                ToMaster::decode(bytes, None),
+                Err(DecodeError::Malformed {
+                    tag: 'B',
+                    why: "not one line of text".into()
+                }),
+                "{bytes:?}"
+            );
+        }
     }
 
     #[test]
@@ -609,6 +641,7 @@ mod tests {
                 generation: 1 << 40,
                 pid: u32::MAX,
                 took: std::time::Duration::from_millis(1234),
+                build: None,
             },
             Outcome::Failed("worker 2 (pid 9) exited with status 3: é".into()),
             Outcome::Failed(String::new()),

@@ -132,7 +132,12 @@ impl View<'_> {
     }
 
     fn worker_text(&self, w: &WorkerStatus) -> String {
-        let pid = w.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+        let pid = match (w.pid, &w.build) {
+            (Some(p), Some(build)) => format!(" (pid {p}, {build})"),
+            (Some(p), None) => format!(" (pid {p})"),
+            (None, Some(build)) => format!(" ({build})"),
+            (None, None) => String::new(),
+        };
         let connections = match w.connections {
             Some(1) => ", 1 open connection".to_string(),
             Some(n) => format!(", {n} open connections"),
@@ -201,6 +206,7 @@ impl View<'_> {
         serde_json::json!({
             "generation": w.generation,
             "pid": w.pid,
+            "version": w.build,
             "since": self.when(w.since),
             "connections": w.connections,
         })
@@ -749,18 +755,20 @@ mod tests {
             generation: 4,
             pid: 31207,
             took: Duration::from_millis(38),
+            build: Some("hello 1.4.2".into()),
         };
         let line = outcome_line(&ok);
         assert_eq!(
             line,
-            "ok 4 31207 generation 4 (pid 31207) is serving; it was ready in 38 ms\n"
+            "ok 4 31207 generation 4 (pid 31207) is serving hello 1.4.2; it was ready in 38 ms\n"
         );
         assert_eq!(
             parse_outcome(Some(line.trim_end())),
             Ok(Reloaded {
                 generation: 4,
                 pid: 31207,
-                message: "generation 4 (pid 31207) is serving; it was ready in 38 ms".into(),
+                message: "generation 4 (pid 31207) is serving hello 1.4.2; it was ready in 38 ms"
+                    .into(),
             })
         );
         let failed = Outcome::Failed("reload failed: worker 5 exited\nwith status 3".into());
@@ -791,18 +799,21 @@ mod tests {
             serving: Some(WorkerStatus {
                 generation: 3,
                 pid: Some(300),
+                build: Some("hello 1.4.2".into()),
                 since: ago(60),
                 connections: Some(1),
             }),
             starting: Some(WorkerStatus {
                 generation: 4,
                 pid: Some(400),
+                build: None,
                 since: ago(1),
                 connections: None,
             }),
             draining: vec![WorkerStatus {
                 generation: 2,
                 pid: Some(200),
+                build: Some("hello 1.4.1".into()),
                 since: ago(60),
                 connections: Some(12),
             }],
@@ -812,6 +823,7 @@ mod tests {
                     generation: 3,
                     pid: 300,
                     took: Duration::from_millis(7),
+                    build: None,
                 },
             )),
             reloads_queued: true,
@@ -836,9 +848,9 @@ mod tests {
             "state:       reloading (master mode, master pid 100)\n\
              master:      graceful 0.1.0 (state format 1), /srv/app\n\
              \x20            running since 2025-11-24T15:58:00Z, started 2025-11-24T15:00:00Z, 2 upgrade(s) in place\n\
-             serving:     worker 3 (pid 300) since 2025-11-24T15:59:00Z (1m ago), 1 open connection\n\
+             serving:     worker 3 (pid 300, hello 1.4.2) since 2025-11-24T15:59:00Z (1m ago), 1 open connection\n\
              starting:    worker 4 (pid 400) since 2025-11-24T15:59:59Z (1s ago)\n\
-             draining:    worker 2 (pid 200) since 2025-11-24T15:59:00Z (1m ago), 12 open connections\n\
+             draining:    worker 2 (pid 200, hello 1.4.1) since 2025-11-24T15:59:00Z (1m ago), 12 open connections\n\
              listeners:   127.0.0.1:8080, unix:/run/a.sock\n\
              last reload: ok at 2025-11-24T15:59:00Z (1m ago): generation 3 (pid 300) is serving; it was ready in 7 ms\n\
              queued:      one more reload runs after this one\n"
@@ -878,6 +890,8 @@ mod tests {
             "graceful 0.1.0 (state format 1), /srv/app"
         );
         assert_eq!(value["serving"]["pid"], 300);
+        assert_eq!(value["serving"]["version"], "hello 1.4.2");
+        assert_eq!(value["starting"]["version"], serde_json::Value::Null);
         assert_eq!(value["serving"]["since"], "2025-11-24T15:59:00Z");
         assert_eq!(value["starting"]["connections"], serde_json::Value::Null);
         assert_eq!(value["draining"][0]["connections"], 12);

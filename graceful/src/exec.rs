@@ -10,7 +10,9 @@ use std::process::Command;
 
 use crate::control;
 use crate::fd::set_nonblocking;
-use crate::role::{ENV_CONTROL_FD, ENV_GENERATION, ENV_MASTER_FORMAT, ENV_MASTER_METRICS};
+use crate::role::{
+    ENV_CONTROL_FD, ENV_GENERATION, ENV_MASTER_BUILDS, ENV_MASTER_FORMAT, ENV_MASTER_METRICS,
+};
 use crate::{Error, Signal};
 
 /// The program this service runs again on reload: recorded once, at start,
@@ -103,6 +105,7 @@ impl Executable {
             .env(ENV_GENERATION, generation.to_string());
         if let Some(master) = master {
             command.env(ENV_MASTER_METRICS, "1");
+            command.env(ENV_MASTER_BUILDS, "1");
             if let Some(format) = master.upgrade_format {
                 command.env(ENV_MASTER_FORMAT, format.to_string());
             }

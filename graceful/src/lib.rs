@@ -161,6 +161,7 @@ pub use tokio_rustls::rustls;
 /// | `watchdog = "10s"` | off (under systemd: a quarter of `WatchdogSec=`) | check that the serving worker's runtime answers, and replace it if not; see [`Server::watchdog`] |
 /// | `user = "www-data"` | none | workers serve as this user (name or uid) once they have their listeners; the master stays root (`GRACEFUL_USER` overrides it); see [`Server::user`] |
 /// | `group = "www-data"` | the user's | the group workers serve as, with `user` (`GRACEFUL_GROUP` overrides it); see [`Server::group`] |
+/// | `version = "1.4.2+8c0ffee"` | the package's name and version | the build each worker reports, named by `graceful reload`, `graceful status` and the "ready" log line; see [`Server::version`] |
 /// | `upgrade_master = false` | `true` | whether a reload also re-executes the master in place, so the new build's code and options apply (`GRACEFUL_UPGRADE_MASTER` overrides it); see [`Server::upgrade_master`] |
 ///
 /// Durations are written like `"500ms"`, `"20s"`, `"1m30s"` or `"4h"`.

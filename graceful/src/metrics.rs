@@ -206,6 +206,7 @@ fn local_status() -> Status {
         serving: Some(crate::status::WorkerStatus {
             generation: crate::log::generation(),
             pid: Some(std::process::id()),
+            build: None,
             since: now,
             connections: Some(crate::drain::global().active() as u64),
         }),
@@ -227,6 +228,7 @@ mod tests {
         let worker = |generation, connections| WorkerStatus {
             generation,
             pid: Some(100 + generation as u32),
+            build: None,
             since: now,
             connections,
         };

@@ -26,6 +26,9 @@ pub(crate) const ENV_MASTER_FORMAT: &str = "GRACEFUL_MASTER_FORMAT";
 /// metrics requests (`ToMaster::Drained`, `ToMaster::Metrics`): a worker
 /// sends those only to such a master.
 pub(crate) const ENV_MASTER_METRICS: &str = "GRACEFUL_MASTER_METRICS";
+/// Set by a master that shows its workers' builds: a worker sends its
+/// `version` (`ToMaster::Build`) only to such a master.
+pub(crate) const ENV_MASTER_BUILDS: &str = "GRACEFUL_MASTER_BUILDS";
 /// The read end of a pipe holding a master's state (`state.rs`): for the
 /// master image that takes over, or, with `GRACEFUL_ROLE=check`, for the
 /// new executable asked whether it can.
@@ -66,6 +69,8 @@ pub(crate) struct Parent {
     /// The master counts drains and answers metrics requests
     /// (`GRACEFUL_MASTER_METRICS`).
     pub(crate) master_metrics: bool,
+    /// The master shows builds (`GRACEFUL_MASTER_BUILDS`).
+    pub(crate) master_builds: bool,
 }
 
 impl Role {
@@ -81,6 +86,7 @@ impl Role {
         let inherited = std::env::var(ENV_INHERIT).unwrap_or_default();
         let master_upgrades = std::env::var_os(ENV_MASTER_FORMAT).is_some();
         let master_metrics = std::env::var_os(ENV_MASTER_METRICS).is_some();
+        let master_builds = std::env::var_os(ENV_MASTER_BUILDS).is_some();
         let state = std::env::var_os(ENV_MASTER_STATE);
         // Removed so that processes the app starts are not mistaken for
         // graceful's own.
@@ -91,6 +97,7 @@ impl Role {
             ENV_INHERIT,
             ENV_MASTER_FORMAT,
             ENV_MASTER_METRICS,
+            ENV_MASTER_BUILDS,
             ENV_MASTER_STATE,
         ] {
             std::env::remove_var(var);
@@ -120,6 +127,7 @@ impl Role {
                 (ENV_INHERIT, !inherited.is_empty()),
                 (ENV_MASTER_FORMAT, master_upgrades),
                 (ENV_MASTER_METRICS, master_metrics),
+                (ENV_MASTER_BUILDS, master_builds),
             ];
             for (var, present) in stray {
                 if present {
@@ -137,6 +145,7 @@ impl Role {
         let mut parent = Parent::from_markers(&control.to_string_lossy(), &generation)?;
         parent.master_upgrades = master_upgrades;
         parent.master_metrics = master_metrics;
+        parent.master_builds = master_builds;
         // A successor serves in single mode whatever its own mode says: its
         // predecessor hands over to it and exits.
         Ok(if successor {
@@ -229,6 +238,7 @@ impl Parent {
             generation,
             master_upgrades: false,
             master_metrics: false,
+            master_builds: false,
         })
     }
 }

@@ -268,6 +268,35 @@ impl Server {
         self
     }
 
+    /// The application's build, such as `"hello 1.4.2"` or a commit hash:
+    /// each worker reports it to the master, and `graceful status` shows it
+    /// beside the worker, as does the answer of `graceful reload` and the
+    /// log line of a worker that became ready. A deploy script can so tell
+    /// whether the new build serves. `#[graceful::main]` sets it to the
+    /// package's name and version (`CARGO_PKG_NAME`, `CARGO_PKG_VERSION`)
+    /// unless its `version` option says otherwise. One line of at most 100
+    /// bytes. Master mode only.
+    pub fn version(mut self, version: impl Into<String>) -> Server {
+        self.options.version = Some(version.into());
+        self
+    }
+
+    /// The options set so far, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// `#[graceful::main]`'s default `version`: the package's name and
+    /// version, where the build tool set them.
+    #[doc(hidden)]
+    pub fn __package_version(self, name: Option<&str>, version: Option<&str>) -> Server {
+        match (name, version) {
+            (Some(name), Some(version)) => self.version(format!("{name} {version}")),
+            _ => self,
+        }
+    }
+
     /// Master/worker processes (the default) or a single process; see
     /// [`Mode`]. The environment variable `GRACEFUL_MODE` overrides it.
     pub fn mode(mut self, mode: Mode) -> Server {

@@ -393,6 +393,7 @@ async fn reloads(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<Stri
                     generation: shared.generation + 1,
                     pid,
                     took: started.elapsed(),
+                    build: None,
                 };
                 // The PID file first: whoever is told the reload is done
                 // may read it next, and must find the successor there.

@@ -307,6 +307,10 @@ pub(crate) struct WorkerState {
     /// The state formats its build reads, and its graceful version.
     pub(crate) reads: Option<(u32, u32)>,
     pub(crate) version: Option<String>,
+    /// The application's build, as the worker reported it; absent in the
+    /// state of a master older than builds in the status.
+    #[serde(default)]
+    pub(crate) build: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -464,6 +468,7 @@ pub(crate) mod tests {
             failure: None,
             reads: Some(READS),
             version: Some("0.1.0".into()),
+            build: Some("app 2.0.1".into()),
         };
         MasterState {
             written_us: 1_000_000,
@@ -599,6 +604,7 @@ pub(crate) mod tests {
                         generation: 2,
                         pid: 102,
                         took: Duration::from_millis(7),
+                        build: Some("app 2.0.1".into()),
                     },
                     until: 900_000,
                 }],
@@ -608,6 +614,7 @@ pub(crate) mod tests {
                         generation: 2,
                         pid: 102,
                         took: Duration::from_millis(7),
+                        build: None,
                     },
                 )),
                 watchdog: Some((2_000_000, Some((2, 3)))),
@@ -646,6 +653,23 @@ pub(crate) mod tests {
         let older = text.replace(",\"lost_log_lines\":3", "");
         assert_ne!(older, text);
         state.lost_log_lines = 0;
+        assert_eq!(MasterState::decode(older.as_bytes()).unwrap(), state);
+    }
+
+    #[test]
+    fn a_state_from_a_master_without_builds_reads_as_none_told() {
+        let mut state = sample();
+        let text = String::from_utf8(state.encode()).unwrap();
+        let older = text.replace(",\"build\":\"app 2.0.1\"", "");
+        assert!(!older.contains("app 2.0.1"), "{older}");
+        for worker in &mut state.core.workers {
+            worker.build = None;
+        }
+        for held in &mut state.core.held {
+            if let Outcome::Reloaded { build, .. } = &mut held.outcome {
+                *build = None;
+            }
+        }
         assert_eq!(MasterState::decode(older.as_bytes()).unwrap(), state);
     }
 

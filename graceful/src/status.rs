@@ -18,11 +18,13 @@ use crate::Signal;
 #[cfg_attr(unix, derive(serde::Serialize, serde::Deserialize))]
 pub(crate) enum Outcome {
     /// Generation `generation`, process `pid`, serves; it was ready in
-    /// `took`.
+    /// `took`. `build` is the application's, where the worker said.
     Reloaded {
         generation: u64,
         pid: u32,
         took: Duration,
+        #[cfg_attr(unix, serde(default))]
+        build: Option<String>,
     },
     /// The reload did not take effect, for this reason (as the log says it).
     Failed(String),
@@ -36,10 +38,14 @@ impl Outcome {
                 generation,
                 pid,
                 took,
-            } => format!(
-                "generation {generation} (pid {pid}) is serving; it was ready in {} ms",
-                took.as_millis()
-            ),
+                build,
+            } => {
+                let build = build.as_ref().map(|b| format!(" {b}")).unwrap_or_default();
+                format!(
+                    "generation {generation} (pid {pid}) is serving{build}; it was ready in {} ms",
+                    took.as_millis()
+                )
+            }
             Outcome::Failed(reason) => reason.clone(),
         }
     }
@@ -50,6 +56,8 @@ impl Outcome {
 pub(crate) struct WorkerStatus {
     pub(crate) generation: u64,
     pub(crate) pid: Option<u32>,
+    /// The application's build, as the worker reported it.
+    pub(crate) build: Option<String>,
     /// Started, or ready for a serving worker, or told to stop for a
     /// draining one.
     pub(crate) since: Instant,
@@ -133,11 +141,13 @@ pub(crate) enum Report {
         took: Duration,
         note: String,
     },
-    /// A reload's new worker serves; the old one drains.
+    /// A reload's new worker serves (`note`: what it serves, its build);
+    /// the old one drains.
     ReloadFinished {
         name: String,
         took: Duration,
         old: String,
+        note: String,
     },
     /// Single mode: the successor `pid` serves; `old` (this process) drains.
     HandedOver { pid: u32, old: String },
@@ -208,7 +218,9 @@ impl Report {
                 { event = "ready", name = name.as_str(), took_ms = millis(*took) },
                 "{line}"
             ),
-            Report::ReloadFinished { name, took, old } => event_at!(
+            Report::ReloadFinished {
+                name, took, old, ..
+            } => event_at!(
                 level,
                 { event = "reload_finished", name = name.as_str(), took_ms = millis(*took), old = old.as_str() },
                 "{line}"
@@ -256,8 +268,13 @@ impl Report {
             Report::Ready { name, took, note } => {
                 format!("{name} ready in {} ms and serving{note}", took.as_millis())
             }
-            Report::ReloadFinished { name, took, old } => format!(
-                "reload finished: {name} ready in {} ms and serving; {old} draining",
+            Report::ReloadFinished {
+                name,
+                took,
+                old,
+                note,
+            } => format!(
+                "reload finished: {name} ready in {} ms and serving{note}; {old} draining",
                 took.as_millis()
             ),
             Report::HandedOver { pid, old } => {

@@ -151,6 +151,7 @@ where
         generation: parent.generation,
         control: Control::Raw(parent.control),
         master_upgrades: parent.master_upgrades,
+        master_builds: parent.master_builds,
         #[cfg(target_os = "linux")]
         identity: None,
     };
@@ -178,6 +179,8 @@ struct Worker {
     control: Control,
     /// The master asked which of its states this build can take over.
     master_upgrades: bool,
+    /// The master shows each worker's build (`version`).
+    master_builds: bool,
     /// The `user` and `group` this worker serves as, once it has its
     /// listeners.
     #[cfg(target_os = "linux")]
@@ -263,8 +266,17 @@ impl Adapter for Worker {
         Ok(())
     }
 
-    async fn ready(&mut self, _config: &Config, started: Instant) -> Result<(), StartError> {
+    async fn ready(&mut self, config: &Config, started: Instant) -> Result<(), StartError> {
         let channel = self.channel().map_err(StartError::Announce)?.clone();
+        // Before the ready message, so that the line and the answer that
+        // tell this worker ready can name its build.
+        if let (true, Some(version)) = (self.master_builds, &config.version) {
+            channel
+                .send(&ToMaster::Build(version.clone()))
+                .map_err(|e| {
+                    StartError::Announce(format!("cannot tell the master this worker's build: {e}"))
+                })?;
+        }
         // What this build can take over, so that the master re-executes
         // into it only if it can read the master's state.
         let readiness = self.master_upgrades.then(|| control::Readiness {

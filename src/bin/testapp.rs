@@ -22,6 +22,8 @@
 //! - `TESTAPP_HEALTH_ADDR=ADDR`: also serve `graceful::health` there (its
 //!   listener is the second the master logs). `shutdown_delay` is set with
 //!   `GRACEFUL_SHUTDOWN_DELAY`.
+//! - `TESTAPP_BUILD_FILE=PATH`: the `version` option, read from PATH at
+//!   each start, so that a test can deploy a "new build" by rewriting it.
 //! - `TESTAPP_EXTRA_THREADS=1`: `main` starts a thread of its own and a
 //!   thread of the runtime's blocking pool, both still alive when the worker
 //!   starts serving.
@@ -312,6 +314,10 @@ fn main() {
     }
     if let Some(period) = ms("TESTAPP_WATCHDOG_MS") {
         server = server.watchdog(period);
+    }
+    if let Some(path) = std::env::var_os("TESTAPP_BUILD_FILE") {
+        let build = std::fs::read_to_string(&path).expect("TESTAPP_BUILD_FILE: cannot read it");
+        server = server.version(build.trim_end());
     }
     server.run_and_exit(app)
 }

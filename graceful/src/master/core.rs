@@ -118,6 +118,8 @@ pub(crate) enum Event {
     },
     /// Generation N reports why its start failed; it exits next.
     Failed { generation: u64, reason: String },
+    /// Generation N reports the application's build (`version`).
+    Build { generation: u64, build: String },
     /// A reload is asked for by someone who waits for its outcome.
     ReloadRequested { by: Waiter },
     /// Generation N, told to stop, no longer accepts connections.
@@ -260,6 +262,8 @@ struct Worker {
     failure: Option<String>,
     /// What its build said it can take over, when it was ready.
     readiness: Option<Readiness>,
+    /// The application's build, as the worker reported it.
+    build: Option<String>,
 }
 
 impl Worker {
@@ -409,6 +413,11 @@ impl Core {
                     w.failure = Some(reason);
                 }
             }
+            Event::Build { generation, build } => {
+                if let Some(w) = self.worker(generation) {
+                    w.build = Some(build);
+                }
+            }
             Event::ReloadRequested { by } => self.request_reload(now, &by.why(), Some(by)),
             Event::StoppedAccepting { generation } => {
                 if let Some(w) = self.worker(generation) {
@@ -545,6 +554,7 @@ impl Core {
             answered: None,
             accepting: true,
             readiness: None,
+            build: None,
         });
         self.out.push(Action::Spawn { generation });
         generation
@@ -658,10 +668,17 @@ impl Core {
         worker.readiness = readiness.clone();
         let took = now.duration_since(worker.started);
         let name = worker.name();
+        // "ready in 12 ms and serving hello 1.4.2".
+        let serving = worker
+            .build
+            .as_ref()
+            .map(|build| format!(" {build}"))
+            .unwrap_or_default();
         let reloaded = Outcome::Reloaded {
             generation,
             pid: worker.pid.unwrap_or(0),
             took,
+            build: worker.build.clone(),
         };
         let (previous, streak) = match self.phase {
             Phase::Booting { .. } => (None, 0),
@@ -688,7 +705,12 @@ impl Core {
                 self.out.push(Action::Stop { generation: old });
                 let old = self.name_of(old);
                 self.counters.reloaded(took);
-                self.report(Report::ReloadFinished { name, took, old });
+                self.report(Report::ReloadFinished {
+                    name,
+                    took,
+                    old,
+                    note: serving,
+                });
                 self.cut_excess_draining();
                 self.upgrade(generation, readiness.as_ref());
             }
@@ -699,7 +721,7 @@ impl Core {
                 self.report(Report::Ready {
                     name,
                     took,
-                    note: String::new(),
+                    note: serving,
                 })
             }
         }
@@ -1102,6 +1124,7 @@ impl Core {
         let of = |w: &Worker, since: Instant| WorkerStatus {
             generation: w.generation,
             pid: w.pid,
+            build: w.build.clone(),
             since,
             connections: w
                 .answered
@@ -1275,6 +1298,7 @@ impl Core {
                 failure: w.failure.clone(),
                 reads: w.readiness.as_ref().map(|r| r.reads),
                 version: w.readiness.as_ref().map(|r| r.version.clone()),
+                build: w.build.clone(),
             })
             .collect();
         CoreState {
@@ -1380,6 +1404,7 @@ impl Core {
                     reads,
                     version: w.version.unwrap_or_default(),
                 }),
+                build: w.build,
             })
             .collect();
         let carried_watchdog = carried.watchdog;
@@ -1564,6 +1589,64 @@ mod tests {
     }
 
     #[test]
+    fn a_workers_build_is_told_where_it_serves() {
+        let mut run = Run::booting();
+        run.spawned(0, 1, 101);
+        let build = |generation, build: &str| Event::Build {
+            generation,
+            build: build.into(),
+        };
+        assert_eq!(run.at(2, build(1, "app 1.0")), []);
+        let ready = |generation| Event::Ready {
+            generation,
+            readiness: None,
+        };
+        assert_eq!(
+            run.at(7, ready(1))[0],
+            Action::Report(Report::Ready {
+                name: "worker 1 (pid 101)".into(),
+                took: 7 * MS,
+                note: " app 1.0".into(),
+            })
+        );
+        run.ask(1000, Waiter::Client(4));
+        run.spawned(1000, 2, 102);
+        run.at(1001, build(2, "app 2.0"));
+        // A build for a generation that is not there changes nothing.
+        run.at(1002, build(9, "app 9.0"));
+        let status = run.core.status(0);
+        assert_eq!(status.serving.unwrap().build.as_deref(), Some("app 1.0"));
+        assert_eq!(status.starting.unwrap().build.as_deref(), Some("app 2.0"));
+        let actions = run.at(1010, ready(2));
+        assert!(
+            actions.contains(&Action::Report(Report::ReloadFinished {
+                name: "worker 2 (pid 102)".into(),
+                took: 10 * MS,
+                old: "worker 1 (pid 101)".into(),
+                note: " app 2.0".into(),
+            })),
+            "{actions:?}"
+        );
+        // The client is answered once the old worker no longer accepts.
+        let actions = run.at(1020, Event::StoppedAccepting { generation: 1 });
+        assert!(
+            actions.contains(&Action::Answer {
+                to: Waiter::Client(4),
+                outcome: Outcome::Reloaded {
+                    generation: 2,
+                    pid: 102,
+                    took: 10 * MS,
+                    build: Some("app 2.0".into()),
+                },
+            }),
+            "{actions:?}"
+        );
+        let status = run.core.status(0);
+        assert_eq!(status.serving.unwrap().build.as_deref(), Some("app 2.0"));
+        assert_eq!(status.draining[0].build.as_deref(), Some("app 1.0"));
+    }
+
+    #[test]
     fn the_old_worker_serves_until_the_new_one_is_ready() {
         let mut run = Run::serving();
         let actions = run.at(1000, Event::Signal(Signal::SIGHUP));
@@ -1595,6 +1678,7 @@ mod tests {
                     name: "worker 2 (pid 102)".into(),
                     took: 1000 * MS,
                     old: "worker 1 (pid 101)".into(),
+                    note: String::new(),
                 }),
                 Action::KeepListeners { generation: 2 },
             ]
@@ -2357,6 +2441,7 @@ mod tests {
             generation,
             pid,
             took: MS * took_ms,
+            build: None,
         }
     }
 
@@ -2635,6 +2720,7 @@ mod tests {
             Some(WorkerStatus {
                 generation: 2,
                 pid: Some(102),
+                build: None,
                 since: at(1100),
                 connections: Some(3),
             })
@@ -2644,6 +2730,7 @@ mod tests {
             Some(WorkerStatus {
                 generation: 3,
                 pid: Some(103),
+                build: None,
                 since: at(2000),
                 connections: None,
             })
@@ -2653,6 +2740,7 @@ mod tests {
             [WorkerStatus {
                 generation: 1,
                 pid: Some(101),
+                build: None,
                 since: at(1100),
                 connections: Some(12),
             }]
@@ -2664,7 +2752,8 @@ mod tests {
                 Outcome::Reloaded {
                     generation: 2,
                     pid: 102,
-                    took: MS * 100
+                    took: MS * 100,
+                    build: None,
                 }
             ))
         );
@@ -2719,7 +2808,8 @@ mod tests {
                 Outcome::Reloaded {
                     generation: 3,
                     pid: 103,
-                    took: MS * 10
+                    took: MS * 10,
+                    build: None,
                 }
             )]
         );
@@ -3080,6 +3170,13 @@ mod tests {
         let mut run = upgrading();
         run.ask(1000, Waiter::Client(7));
         run.spawned(1000, 2, 102);
+        run.at(
+            1005,
+            Event::Build {
+                generation: 2,
+                build: "app 2.0".into(),
+            },
+        );
         run.at(1010, ready_with(2, Some(reads(state::READS))));
         run.ask(1020, Waiter::Client(8));
         run.spawned(1020, 3, 103);

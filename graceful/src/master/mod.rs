@@ -1042,6 +1042,7 @@ impl Master {
                     readiness,
                 },
                 Ok(Some(ToMaster::Failed(reason))) => Event::Failed { generation, reason },
+                Ok(Some(ToMaster::Build(build))) => Event::Build { generation, build },
                 Ok(Some(ToMaster::Reload)) => Event::ReloadRequested {
                     by: Waiter::Worker(generation),
                 },

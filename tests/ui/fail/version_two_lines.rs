@@ -1,0 +1,2 @@
+#[graceful::main(version = "1.4.2\n")]
+async fn main() {}
