@@ -46,12 +46,16 @@ fn graceful_metrics_and_the_handler_pass_promtool_and_count_what_happened() {
     let dir = temp_dir("metrics");
     let socket = dir.join("control.sock");
     let fail = dir.join("fail");
+    // A build whose label value must be escaped.
+    let build = dir.join("build");
+    std::fs::write(&build, "app \"2\" \\ 1").unwrap();
     let mut service = Service::start(
         &testapp(),
         &["127.0.0.1:0"],
         &[
             ("GRACEFUL_CONTROL_SOCKET", socket.to_str().unwrap()),
             ("TESTAPP_FAIL_IF_EXISTS", fail.to_str().unwrap()),
+            ("TESTAPP_BUILD_FILE", build.to_str().unwrap()),
         ],
     );
     let addr = service.addr(T);
@@ -102,6 +106,13 @@ fn graceful_metrics_and_the_handler_pass_promtool_and_count_what_happened() {
     assert_eq!(sample(&text, "graceful_worker_starts_total"), 3.0);
     assert_eq!(sample(&text, "graceful_worker_crashes_total"), 0.0);
     assert_eq!(sample(&text, "graceful_workers{state=\"serving\"}"), 1.0);
+    assert_eq!(
+        sample(
+            &text,
+            "graceful_worker_build_info{generation=\"2\",state=\"serving\",version=\"app \\\"2\\\" \\\\ 1\"}"
+        ),
+        1.0
+    );
     assert_eq!(sample(&text, "graceful_workers{state=\"draining\"}"), 0.0);
     assert!(
         sample(&text, "graceful_connections_drained_total") >= 1.0,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 
-use crate::status::{Status, RELOAD_BUCKETS_MS};
+use crate::status::{Status, WorkerStatus, RELOAD_BUCKETS_MS};
 
 /// The content type of the text format.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -27,6 +27,12 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 /// The metrics of a service whose serving process, or master, is `pid`,
 /// with `status`; the counters are left out where there are none (single
 /// mode).
+/// `text` as a label value of the text format: a backslash and a double
+/// quote escaped (a version has no line breaks).
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
 pub(crate) fn render(pid: u32, status: &Status) -> String {
     let mut out = String::new();
     family(
@@ -68,6 +74,30 @@ pub(crate) fn render(pid: u32, status: &Status) -> String {
                 worker.generation
             );
         }
+    }
+    let built: Vec<(&str, &WorkerStatus)> =
+        [("serving", &status.serving), ("starting", &status.starting)]
+            .into_iter()
+            .filter_map(|(state, worker)| Some((state, worker.as_ref()?)))
+            .chain(status.draining.iter().map(|worker| ("draining", worker)))
+            .filter(|(_, worker)| worker.build.is_some())
+            .collect();
+    if !built.is_empty() {
+        family(
+            &mut out,
+            "graceful_worker_build_info",
+            "gauge",
+            "The application's build each worker reported (its version option), by generation and state.",
+        );
+    }
+    for (state, worker) in built {
+        let build = worker.build.as_deref().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "graceful_worker_build_info{{generation=\"{}\",state=\"{state}\",version=\"{}\"}} 1",
+            worker.generation,
+            label_value(build)
+        );
     }
     let Some(counters) = &status.counters else {
         return out;
@@ -165,7 +195,7 @@ fn seconds(duration: Duration) -> String {
 ///
 /// In a worker it asks the master, which answers for the whole service (as
 /// `graceful metrics` does): reloads by outcome, worker starts and crashes,
-/// workers by state, open connections by generation, reload durations,
+/// workers by state, open connections and builds by generation, reload durations,
 /// connections drained and cut, and `graceful_info` with the version and
 /// the master's PID. A single-mode process answers for itself: the info,
 /// itself as the serving worker, and its open connections. `503` if the
@@ -290,7 +320,31 @@ mod tests {
         }
         // A worker that did not answer has no connection count.
         assert!(!text.contains("generation=\"5\""), "{text}");
+        // Nor any build info, when no worker said its build.
+        assert!(!text.contains("graceful_worker_build_info"), "{text}");
         assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn each_workers_build_is_an_info_sample_with_its_label_escaped() {
+        let mut status = status();
+        if let Some(serving) = &mut status.serving {
+            serving.build = Some("app \"2\" \\ 1".into());
+        }
+        status.draining[0].build = Some("app 1".into());
+        let text = render(7, &status);
+        let samples: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("graceful_worker_build_info"))
+            .collect();
+        assert_eq!(
+            samples,
+            [
+                "graceful_worker_build_info{generation=\"4\",state=\"serving\",version=\"app \\\"2\\\" \\\\ 1\"} 1",
+                "graceful_worker_build_info{generation=\"3\",state=\"draining\",version=\"app 1\"} 1",
+            ]
+        );
+        assert!(text.contains("# TYPE graceful_worker_build_info gauge\n"));
     }
 
     #[test]
