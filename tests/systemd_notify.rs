@@ -20,24 +20,29 @@ fn notify_sequence_over_start_reload_failed_reload_and_stop() {
     let notes = Notifications::bind("sequence-notify", T);
     let dir = temp_dir("sequence");
     let flag = dir.join("fail");
+    // The build each worker reports, named in its status.
+    let build = dir.join("build");
+    std::fs::write(&build, "app 1.0").unwrap();
     let mut service = Service::start(
         &testapp(),
         &["127.0.0.1:0"],
         &[
             ("NOTIFY_SOCKET", notes.address()),
             ("TESTAPP_FAIL_IF_EXISTS", flag.to_str().unwrap()),
+            ("TESTAPP_BUILD_FILE", build.to_str().unwrap()),
         ],
     );
     let w1 = service.ready_worker(1, T);
     assert_eq!(
         notes.recv(),
-        format!("READY=1\nSTATUS=serving with worker 1 (pid {w1})")
+        format!("READY=1\nSTATUS=serving app 1.0 with worker 1 (pid {w1})")
     );
     // Workers are not the main PID: they never see NOTIFY_SOCKET.
     let environ = std::fs::read(format!("/proc/{w1}/environ")).unwrap();
     assert!(!String::from_utf8_lossy(&environ).contains("NOTIFY_SOCKET"));
 
-    // Reload.
+    // Reload, into a new build.
+    std::fs::write(&build, "app 2.0").unwrap();
     let before = monotonic_usec();
     service.signal(Signal::SIGHUP);
     let reloading = notes.recv();
@@ -61,7 +66,7 @@ fn notify_sequence_over_start_reload_failed_reload_and_stop() {
     let w2 = service.ready_worker(2, T);
     assert_eq!(
         notes.recv(),
-        format!("READY=1\nSTATUS=reload finished: serving with worker 2 (pid {w2})")
+        format!("READY=1\nSTATUS=reload finished: serving app 2.0 with worker 2 (pid {w2})")
     );
     // What follows is sent by the master's new image, to the same socket,
     // from the same PID.
@@ -111,7 +116,7 @@ fn notify_sequence_over_start_reload_failed_reload_and_stop() {
     let w4 = service.ready_worker(4, T);
     assert_eq!(
         notes.recv(),
-        format!("READY=1\nSTATUS=serving with worker 4 (pid {w4})")
+        format!("READY=1\nSTATUS=serving app 2.0 with worker 4 (pid {w4})")
     );
 
     // Stop.

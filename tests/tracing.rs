@@ -17,11 +17,13 @@ fn worker_events_reach_the_applications_subscriber_with_their_fields() {
     let first = service.ready_worker(1, T);
     let fields = |generation: u64, pid: i32| format!("generation={generation} pid={pid}");
     let ready = service.wait_line(" INFO graceful: worker 1 (pid ", T);
+    // The build is the package's, named by `#[graceful::main]`.
+    let build = format!("graceful-dev {}", env!("CARGO_PKG_VERSION"));
     assert!(
         ready.contains(&format!(
-            "and serving {} event=\"ready\" took_ms=",
+            "and serving {build} {} event=\"ready\" took_ms=",
             fields(1, first)
-        )),
+        )) && ready.ends_with(&format!(" version=\"{build}\"")),
         "{ready}"
     );
     assert_eq!(get(&addr, "/panic").unwrap().0, 500);

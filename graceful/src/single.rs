@@ -263,6 +263,7 @@ impl Adapter for Single {
                 shared.report(&Report::Ready {
                     name: shared.name(),
                     took,
+                    build: None,
                     note: format!(
                         " (single-process mode); reload with {}, stop with {}",
                         SignalList(&config.reload_signals),

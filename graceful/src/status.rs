@@ -40,15 +40,20 @@ impl Outcome {
                 took,
                 build,
             } => {
-                let build = build.as_ref().map(|b| format!(" {b}")).unwrap_or_default();
                 format!(
-                    "generation {generation} (pid {pid}) is serving{build}; it was ready in {} ms",
+                    "generation {generation} (pid {pid}) is serving{}; it was ready in {} ms",
+                    spaced(build),
                     took.as_millis()
                 )
             }
             Outcome::Failed(reason) => reason.clone(),
         }
     }
+}
+
+/// `" app 1.4.2"` after "serving", or nothing for a build not told.
+fn spaced(build: &Option<String>) -> String {
+    build.as_ref().map(|b| format!(" {b}")).unwrap_or_default()
 }
 
 /// One worker in a status answer.
@@ -134,20 +139,21 @@ pub(crate) enum Report {
         why: String,
         starting: Option<String>,
     },
-    /// The first process of the service serves. `note` follows the log
-    /// line's standard text.
+    /// The first process of the service serves, of the application's
+    /// `build` where it said. `note` follows the log line's standard text.
     Ready {
         name: String,
         took: Duration,
+        build: Option<String>,
         note: String,
     },
-    /// A reload's new worker serves (`note`: what it serves, its build);
-    /// the old one drains.
+    /// A reload's new worker serves, of `build` where it said; the old one
+    /// drains.
     ReloadFinished {
         name: String,
         took: Duration,
+        build: Option<String>,
         old: String,
-        note: String,
     },
     /// Single mode: the successor `pid` serves; `old` (this process) drains.
     HandedOver { pid: u32, old: String },
@@ -213,16 +219,21 @@ impl Report {
             Report::ReloadStarted { why, .. } => {
                 event_at!(level, { event = "reload_started", why = why.as_str() }, "{line}")
             }
-            Report::Ready { name, took, .. } => event_at!(
+            Report::Ready {
+                name, took, build, ..
+            } => event_at!(
                 level,
-                { event = "ready", name = name.as_str(), took_ms = millis(*took) },
+                { event = "ready", name = name.as_str(), took_ms = millis(*took), version = build.as_deref() },
                 "{line}"
             ),
             Report::ReloadFinished {
-                name, took, old, ..
+                name,
+                took,
+                build,
+                old,
             } => event_at!(
                 level,
-                { event = "reload_finished", name = name.as_str(), took_ms = millis(*took), old = old.as_str() },
+                { event = "reload_finished", name = name.as_str(), took_ms = millis(*took), version = build.as_deref(), old = old.as_str() },
                 "{line}"
             ),
             Report::HandedOver { pid, old } => event_at!(
@@ -265,17 +276,25 @@ impl Report {
     pub(crate) fn log_line(&self) -> Option<String> {
         Some(match self {
             Report::ReloadStarted { why, .. } => format!("reload started ({why})"),
-            Report::Ready { name, took, note } => {
-                format!("{name} ready in {} ms and serving{note}", took.as_millis())
-            }
+            Report::Ready {
+                name,
+                took,
+                build,
+                note,
+            } => format!(
+                "{name} ready in {} ms and serving{}{note}",
+                took.as_millis(),
+                spaced(build)
+            ),
             Report::ReloadFinished {
                 name,
                 took,
+                build,
                 old,
-                note,
             } => format!(
-                "reload finished: {name} ready in {} ms and serving{note}; {old} draining",
-                took.as_millis()
+                "reload finished: {name} ready in {} ms and serving{}; {old} draining",
+                took.as_millis(),
+                spaced(build)
             ),
             Report::HandedOver { pid, old } => {
                 format!("reload finished: successor (pid {pid}) is serving; {old} draining")
@@ -315,10 +334,13 @@ impl Report {
                     .unwrap_or_default();
                 format!("RELOADING=1\nMONOTONIC_USEC={monotonic_usec}\nSTATUS=reloading ({why}){starting}")
             }
-            Report::Ready { name, .. } => format!("READY=1\nSTATUS=serving with {name}"),
-            Report::ReloadFinished { name, .. } => {
-                format!("READY=1\nSTATUS=reload finished: serving with {name}")
+            Report::Ready { name, build, .. } => {
+                format!("READY=1\nSTATUS=serving{} with {name}", spaced(build))
             }
+            Report::ReloadFinished { name, build, .. } => format!(
+                "READY=1\nSTATUS=reload finished: serving{} with {name}",
+                spaced(build)
+            ),
             Report::HandedOver { pid, .. } => {
                 format!("MAINPID={pid}\nREADY=1\nSTATUS=reload finished: serving with pid {pid}")
             }
@@ -369,6 +391,63 @@ mod tests {
         assert_eq!(
             report.notification(0).unwrap(),
             format!("READY=1\nSTATUS={line}")
+        );
+    }
+
+    #[test]
+    fn the_build_that_serves_is_named_in_the_log_systemd_and_the_answer() {
+        let said = |report: Report| (report.log_line().unwrap(), report.notification(0).unwrap());
+        let ready = |build: Option<&str>| Report::Ready {
+            name: "worker 1 (pid 101)".into(),
+            took: Duration::from_millis(7),
+            build: build.map(Into::into),
+            note: String::new(),
+        };
+        assert_eq!(
+            said(ready(Some("app 1.0"))),
+            (
+                "worker 1 (pid 101) ready in 7 ms and serving app 1.0".into(),
+                "READY=1\nSTATUS=serving app 1.0 with worker 1 (pid 101)".into()
+            )
+        );
+        assert_eq!(
+            said(ready(None)),
+            (
+                "worker 1 (pid 101) ready in 7 ms and serving".into(),
+                "READY=1\nSTATUS=serving with worker 1 (pid 101)".into()
+            )
+        );
+        let finished = Report::ReloadFinished {
+            name: "worker 2 (pid 102)".into(),
+            took: Duration::from_millis(9),
+            build: Some("app 2.0".into()),
+            old: "worker 1 (pid 101)".into(),
+        };
+        assert_eq!(
+            said(finished),
+            (
+                "reload finished: worker 2 (pid 102) ready in 9 ms and serving app 2.0; worker 1 \
+                 (pid 101) draining"
+                    .into(),
+                "READY=1\nSTATUS=reload finished: serving app 2.0 with worker 2 (pid 102)".into()
+            )
+        );
+        let outcome = |build: Option<&str>| {
+            Outcome::Reloaded {
+                generation: 2,
+                pid: 102,
+                took: Duration::from_millis(9),
+                build: build.map(Into::into),
+            }
+            .line()
+        };
+        assert_eq!(
+            outcome(Some("app 2.0")),
+            "generation 2 (pid 102) is serving app 2.0; it was ready in 9 ms"
+        );
+        assert_eq!(
+            outcome(None),
+            "generation 2 (pid 102) is serving; it was ready in 9 ms"
         );
     }
 

@@ -288,12 +288,15 @@ impl Adapter for Worker {
         })?;
         // The master writes the line; a subscriber gets the event.
         let took = started.elapsed();
+        let version = config.version.as_deref();
         crate::log::event!(
             tracing_only Info,
-            { event = "ready", took_ms = crate::log::millis(took) },
-            "{} ready in {} ms and serving",
+            { event = "ready", took_ms = crate::log::millis(took), version = version },
+            "{} ready in {} ms and serving{}{}",
             self.name(),
-            took.as_millis()
+            took.as_millis(),
+            if version.is_some() { " " } else { "" },
+            version.unwrap_or_default()
         );
         tokio::spawn(watch_master(channel));
         Ok(())

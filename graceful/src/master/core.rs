@@ -668,17 +668,12 @@ impl Core {
         worker.readiness = readiness.clone();
         let took = now.duration_since(worker.started);
         let name = worker.name();
-        // "ready in 12 ms and serving hello 1.4.2".
-        let serving = worker
-            .build
-            .as_ref()
-            .map(|build| format!(" {build}"))
-            .unwrap_or_default();
+        let build = worker.build.clone();
         let reloaded = Outcome::Reloaded {
             generation,
             pid: worker.pid.unwrap_or(0),
             took,
-            build: worker.build.clone(),
+            build: build.clone(),
         };
         let (previous, streak) = match self.phase {
             Phase::Booting { .. } => (None, 0),
@@ -708,8 +703,8 @@ impl Core {
                 self.report(Report::ReloadFinished {
                     name,
                     took,
+                    build,
                     old,
-                    note: serving,
                 });
                 self.cut_excess_draining();
                 self.upgrade(generation, readiness.as_ref());
@@ -721,7 +716,8 @@ impl Core {
                 self.report(Report::Ready {
                     name,
                     took,
-                    note: serving,
+                    build,
+                    note: String::new(),
                 })
             }
         }
@@ -1579,6 +1575,7 @@ mod tests {
                 Action::Report(Report::Ready {
                     name: "worker 1 (pid 101)".into(),
                     took: 7 * MS,
+                    build: None,
                     note: String::new(),
                 }),
                 Action::KeepListeners { generation: 1 },
@@ -1606,7 +1603,8 @@ mod tests {
             Action::Report(Report::Ready {
                 name: "worker 1 (pid 101)".into(),
                 took: 7 * MS,
-                note: " app 1.0".into(),
+                build: Some("app 1.0".into()),
+                note: String::new(),
             })
         );
         run.ask(1000, Waiter::Client(4));
@@ -1622,8 +1620,8 @@ mod tests {
             actions.contains(&Action::Report(Report::ReloadFinished {
                 name: "worker 2 (pid 102)".into(),
                 took: 10 * MS,
+                build: Some("app 2.0".into()),
                 old: "worker 1 (pid 101)".into(),
-                note: " app 2.0".into(),
             })),
             "{actions:?}"
         );
@@ -1677,8 +1675,8 @@ mod tests {
                 Action::Report(Report::ReloadFinished {
                     name: "worker 2 (pid 102)".into(),
                     took: 1000 * MS,
+                    build: None,
                     old: "worker 1 (pid 101)".into(),
-                    note: String::new(),
                 }),
                 Action::KeepListeners { generation: 2 },
             ]
@@ -2041,6 +2039,7 @@ mod tests {
             Action::Report(Report::Ready {
                 name: "worker 2 (pid 102)".into(),
                 took: 100 * MS,
+                build: None,
                 note: String::new(),
             })
         );
