@@ -375,6 +375,10 @@ pub(crate) fn check_state(pipe: OwnedFd) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
     match answer {
         Ok(_) => {
+            // The master compares this with the format it wrote, which is
+            // this build's own as long as it reads one format. A build that
+            // reads more than one must answer the format of the state it
+            // read, or the masters of this version refuse to upgrade into it.
             let _ = writeln!(out, "ok {FORMAT}");
             Ok(())
         }
