@@ -698,6 +698,13 @@ fn the_reload_answer_the_status_and_the_log_name_the_build_that_serves() {
         )),
         "{text}"
     );
+    // And as JSON, for a deploy script that reads it with jq.
+    std::fs::write(&build, "app 3.0\n").unwrap();
+    let (code, out, err) = graceful_command(&["reload", "--json", &deployed.socket]);
+    assert_eq!(code, 0, "{out}{err}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["generation"], 3, "{answer}");
+    assert_eq!(answer["version"], "app 3.0", "{answer}");
     let finished = service.wait_line("reload finished: worker 2 ", T);
     assert!(
         finished.contains(&format!("worker 2 (pid {second}) ready in "))

@@ -526,10 +526,22 @@ fn parse_outcome(line: Option<&str>) -> Result<Reloaded, Answer> {
         (Some(generation), Some(pid)) => Ok(Reloaded {
             generation,
             pid,
+            version: build_in(&message),
             message,
         }),
         _ => Err(malformed()),
     }
+}
+
+/// The build named in an `ok` answer's text (`generation 4 (pid 31207) is
+/// serving app 1.4.2; it was ready in 38 ms`): the line is the one way the
+/// answer says it that a master of any version sends and a command of any
+/// version reads. `None` from a master that does not name builds, or for a
+/// worker that did not say its own.
+fn build_in(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once(") is serving ")?;
+    let (build, _) = rest.rsplit_once("; it was ready in ")?;
+    Some(build.to_string())
 }
 
 const USAGE: &str = "\
@@ -691,6 +703,7 @@ fn reload_said(outcome: Result<Reloaded, Error>, json: bool) -> Said {
                 "ok": true,
                 "generation": reloaded.generation,
                 "pid": reloaded.pid,
+                "version": reloaded.version,
                 "message": reloaded.message,
             });
             Said::answer(format!("{value}\n"))
@@ -769,7 +782,25 @@ mod tests {
                 pid: 31207,
                 message: "generation 4 (pid 31207) is serving hello 1.4.2; it was ready in 38 ms"
                     .into(),
+                version: Some("hello 1.4.2".into()),
             })
+        );
+        // From a master that names no build, or a worker that said none.
+        let unnamed = Outcome::Reloaded {
+            generation: 4,
+            pid: 31207,
+            took: Duration::from_millis(38),
+            build: None,
+        };
+        let line = outcome_line(&unnamed);
+        assert_eq!(
+            parse_outcome(Some(line.trim_end())).map(|r| r.version),
+            Ok(None)
+        );
+        // A build with the answer's own words in it is read whole.
+        assert_eq!(
+            build_in("generation 4 (pid 1) is serving a) is serving b; it was ready in c; it was ready in 3 ms"),
+            Some("a) is serving b; it was ready in c".into())
         );
         let failed = Outcome::Failed("reload failed: worker 5 exited\nwith status 3".into());
         let line = outcome_line(&failed);
@@ -1055,7 +1086,8 @@ mod tests {
             Ok(Reloaded {
                 generation: 4,
                 pid: 31207,
-                message: "generation 4 (pid 31207) is serving".into(),
+                message: "generation 4 (pid 31207) is serving app 1.4.2".into(),
+                version: Some("app 1.4.2".into()),
             })
         };
         let failed = || {
@@ -1067,7 +1099,7 @@ mod tests {
         assert_eq!(
             said,
             Said {
-                out: "reloaded: generation 4 (pid 31207) is serving\n".into(),
+                out: "reloaded: generation 4 (pid 31207) is serving app 1.4.2\n".into(),
                 err: String::new(),
                 code: 0,
                 outcome: true,
@@ -1082,7 +1114,8 @@ mod tests {
                 "ok": true,
                 "generation": 4,
                 "pid": 31207,
-                "message": "generation 4 (pid 31207) is serving",
+                "version": "app 1.4.2",
+                "message": "generation 4 (pid 31207) is serving app 1.4.2",
             })
         );
         let said = reload_said(failed(), false);

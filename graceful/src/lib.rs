@@ -346,8 +346,13 @@ pub struct Reloaded {
     /// The PID of the process that now serves.
     pub pid: u32,
     /// What the master says about it, for a person: `generation 4 (pid
-    /// 31207) is serving; it was ready in 38 ms`.
+    /// 31207) is serving app 1.4.2; it was ready in 38 ms`.
     pub message: String,
+    /// The build the new worker reported (its [`Server::version`]), where
+    /// it did. Told to the `graceful` command ([`ctl::reload`]);
+    /// [`reload_and_wait`], asked from a worker whose build may be older
+    /// than the new one, is not told it.
+    pub version: Option<String>,
 }
 
 /// Asks for a reload, as [`reload`] does, and resolves to its outcome: the
@@ -389,16 +394,23 @@ fn outcome(
     answer: Result<status::Outcome, tokio::sync::oneshot::error::RecvError>,
 ) -> Result<Reloaded, Error> {
     match answer {
-        Ok(
-            outcome @ status::Outcome::Reloaded {
-                generation, pid, ..
-            },
-        ) => Ok(Reloaded {
-            generation,
-            pid,
-            message: outcome.line(),
-        }),
-        Ok(status::Outcome::Failed(reason)) => Err(Error::ReloadFailed { reason }),
+        Ok(outcome) => {
+            let message = outcome.line();
+            match outcome {
+                status::Outcome::Reloaded {
+                    generation,
+                    pid,
+                    build,
+                    ..
+                } => Ok(Reloaded {
+                    generation,
+                    pid,
+                    version: build,
+                    message,
+                }),
+                status::Outcome::Failed(reason) => Err(Error::ReloadFailed { reason }),
+            }
+        }
         Err(_) => Err(Error::ReloadFailed {
             reason: "no outcome: the master exited, or this process is stopping".into(),
         }),
