@@ -329,7 +329,7 @@ fn version_value(version: &str) -> Result<(), String> {
     }
     if version.len() > MAX_VERSION {
         return Err(format!(
-            "{} bytes long; a version is at most {MAX_VERSION}",
+            "it is {} bytes long; a version is at most {MAX_VERSION} bytes",
             version.len()
         ));
     }
@@ -780,7 +780,10 @@ pub(crate) mod tests {
         assert_eq!(with(&longest), Ok(Some(longest.clone())));
         assert_eq!(
             with(&format!("{longest}x")),
-            Err("invalid option version: 101 bytes long; a version is at most 100".into())
+            Err(
+                "invalid option version: it is 101 bytes long; a version is at most 100 bytes"
+                    .into()
+            )
         );
         assert_eq!(
             with(" "),
@@ -814,6 +817,13 @@ pub(crate) mod tests {
         );
         assert_eq!(package(None, Some("1.4.2")), None);
         assert_eq!(package(Some("hello"), None), None);
+        // A package's name and version that do not fit are cut, at a
+        // character, rather than stop a start the user configured nothing
+        // for.
+        let long = "é".repeat(60);
+        let cut = package(Some("app"), Some(&long)).unwrap();
+        assert_eq!(cut, format!("app {}", "é".repeat(48)));
+        assert!(cut.len() <= MAX_VERSION);
     }
 
     #[test]

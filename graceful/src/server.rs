@@ -291,10 +291,17 @@ impl Server {
     /// version, where the build tool set them.
     #[doc(hidden)]
     pub fn __package_version(self, name: Option<&str>, version: Option<&str>) -> Server {
-        match (name, version) {
-            (Some(name), Some(version)) => self.version(format!("{name} {version}")),
-            _ => self,
+        let (Some(name), Some(version)) = (name, version) else {
+            return self;
+        };
+        // Cut to fit, at a character: a default must not stop the start.
+        let mut text = format!("{name} {version}");
+        let mut end = text.len().min(crate::config::MAX_VERSION);
+        while !text.is_char_boundary(end) {
+            end -= 1;
         }
+        text.truncate(end);
+        self.version(text)
     }
 
     /// Master/worker processes (the default) or a single process; see
