@@ -318,7 +318,16 @@ impl Options {
 
 /// The longest `version`, in bytes: it shares a line of the status with the
 /// worker's generation, PID and times.
-pub(crate) const MAX_VERSION: usize = 100;
+const MAX_VERSION: usize = 100;
+
+/// `#[graceful::main]`'s default `version`, the package's name and version
+/// where the build tool set both: cut to fit, at a character, since a
+/// default must not stop the start.
+pub(crate) fn package_version(name: Option<&str>, version: Option<&str>) -> Option<String> {
+    let mut text = format!("{} {}", name?, version?);
+    crate::log::cut(&mut text, MAX_VERSION);
+    Some(text)
+}
 
 /// Why `version` cannot be shown on one line of the status, if it cannot.
 fn version_value(version: &str) -> Result<(), String> {
@@ -804,13 +813,7 @@ pub(crate) mod tests {
         assert_eq!(Options::default().validate().unwrap().version, None);
         // The macro's default: the package's name and version, if both are
         // known.
-        let package = |name, version| {
-            crate::Server::new()
-                .__package_version(name, version)
-                .options()
-                .version
-                .clone()
-        };
+        let package = package_version;
         assert_eq!(
             package(Some("hello"), Some("1.4.2")),
             Some("hello 1.4.2".into())

@@ -160,7 +160,7 @@ fn whole_line(prefix: &str, text: &str) -> String {
 }
 
 /// Cuts `text` to at most `max` bytes, at a character boundary.
-fn cut(text: &mut String, max: usize) {
+pub(crate) fn cut(text: &mut String, max: usize) {
     if text.len() > max {
         let mut end = max;
         while !text.is_char_boundary(end) {

@@ -281,27 +281,14 @@ impl Server {
         self
     }
 
-    /// The options set so far, for unit tests.
-    #[cfg(test)]
-    pub(crate) fn options(&self) -> &Options {
-        &self.options
-    }
-
     /// `#[graceful::main]`'s default `version`: the package's name and
     /// version, where the build tool set them.
     #[doc(hidden)]
     pub fn __package_version(self, name: Option<&str>, version: Option<&str>) -> Server {
-        let (Some(name), Some(version)) = (name, version) else {
-            return self;
-        };
-        // Cut to fit, at a character: a default must not stop the start.
-        let mut text = format!("{name} {version}");
-        let mut end = text.len().min(crate::config::MAX_VERSION);
-        while !text.is_char_boundary(end) {
-            end -= 1;
+        match crate::config::package_version(name, version) {
+            Some(version) => self.version(version),
+            None => self,
         }
-        text.truncate(end);
-        self.version(text)
     }
 
     /// Master/worker processes (the default) or a single process; see
