@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 
-use crate::status::{Status, WorkerStatus, RELOAD_BUCKETS_MS};
+use crate::status::{Status, RELOAD_BUCKETS_MS};
 
 /// The content type of the text format.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -75,14 +75,17 @@ pub(crate) fn render(pid: u32, status: &Status) -> String {
             );
         }
     }
-    let built: Vec<(&str, &WorkerStatus)> =
+    // (state, generation, build) of each worker that said its build.
+    let builds: Vec<(&str, u64, &str)> =
         [("serving", &status.serving), ("starting", &status.starting)]
             .into_iter()
             .filter_map(|(state, worker)| Some((state, worker.as_ref()?)))
             .chain(status.draining.iter().map(|worker| ("draining", worker)))
-            .filter(|(_, worker)| worker.build.is_some())
+            .filter_map(|(state, worker)| {
+                Some((state, worker.generation, worker.build.as_deref()?))
+            })
             .collect();
-    if !built.is_empty() {
+    if !builds.is_empty() {
         family(
             &mut out,
             "graceful_worker_build_info",
@@ -90,12 +93,10 @@ pub(crate) fn render(pid: u32, status: &Status) -> String {
             "The application's build each worker reported (its version option), by generation and state.",
         );
     }
-    for (state, worker) in built {
-        let build = worker.build.as_deref().unwrap_or_default();
+    for (state, generation, build) in builds {
         let _ = writeln!(
             out,
-            "graceful_worker_build_info{{generation=\"{}\",state=\"{state}\",version=\"{}\"}} 1",
-            worker.generation,
+            "graceful_worker_build_info{{generation=\"{generation}\",state=\"{state}\",version=\"{}\"}} 1",
             label_value(build)
         );
     }
