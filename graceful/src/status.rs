@@ -42,7 +42,7 @@ impl Outcome {
             } => {
                 format!(
                     "generation {generation} (pid {pid}) is serving{}; it was ready in {} ms",
-                    spaced(build),
+                    spaced(build.as_deref()),
                     took.as_millis()
                 )
             }
@@ -52,8 +52,8 @@ impl Outcome {
 }
 
 /// `" app 1.4.2"` after "serving", or nothing for a build not told.
-fn spaced(build: &Option<String>) -> String {
-    build.as_ref().map(|b| format!(" {b}")).unwrap_or_default()
+pub(crate) fn spaced(build: Option<&str>) -> String {
+    build.map(|b| format!(" {b}")).unwrap_or_default()
 }
 
 /// One worker in a status answer.
@@ -284,7 +284,7 @@ impl Report {
             } => format!(
                 "{name} ready in {} ms and serving{}{note}",
                 took.as_millis(),
-                spaced(build)
+                spaced(build.as_deref())
             ),
             Report::ReloadFinished {
                 name,
@@ -294,7 +294,7 @@ impl Report {
             } => format!(
                 "reload finished: {name} ready in {} ms and serving{}; {old} draining",
                 took.as_millis(),
-                spaced(build)
+                spaced(build.as_deref())
             ),
             Report::HandedOver { pid, old } => {
                 format!("reload finished: successor (pid {pid}) is serving; {old} draining")
@@ -335,11 +335,11 @@ impl Report {
                 format!("RELOADING=1\nMONOTONIC_USEC={monotonic_usec}\nSTATUS=reloading ({why}){starting}")
             }
             Report::Ready { name, build, .. } => {
-                format!("READY=1\nSTATUS=serving{} with {name}", spaced(build))
+                format!("READY=1\nSTATUS=serving{} with {name}", spaced(build.as_deref()))
             }
             Report::ReloadFinished { name, build, .. } => format!(
                 "READY=1\nSTATUS=reload finished: serving{} with {name}",
-                spaced(build)
+                spaced(build.as_deref())
             ),
             Report::HandedOver { pid, .. } => {
                 format!("MAINPID={pid}\nREADY=1\nSTATUS=reload finished: serving with pid {pid}")

@@ -292,11 +292,10 @@ impl Adapter for Worker {
         crate::log::event!(
             tracing_only Info,
             { event = "ready", took_ms = crate::log::millis(took), version = version },
-            "{} ready in {} ms and serving{}{}",
+            "{} ready in {} ms and serving{}",
             self.name(),
             took.as_millis(),
-            if version.is_some() { " " } else { "" },
-            version.unwrap_or_default()
+            crate::status::spaced(version)
         );
         tokio::spawn(watch_master(channel));
         Ok(())
