@@ -16,7 +16,7 @@ use graceful_dev::http::curl;
 use graceful_dev::process::Service;
 use graceful_dev::procfs::wait_gone;
 use graceful_dev::tls::TestCa;
-use graceful_dev::{run_bounded, temp_dir, testapp, TIMEOUT as T};
+use graceful_dev::{graceful_command, run_bounded, temp_dir, testapp, TIMEOUT as T};
 use nix::sys::signal::Signal;
 
 /// The unprivileged user the tests serve as.
@@ -442,20 +442,13 @@ fn the_reload_command_believes_another_users_socket_only_in_a_directory_not_ever
         service.ready_worker(1, T);
         (service, socket)
     };
-    let command = |args: &[&str], configure: &dyn Fn(&mut std::process::Command)| {
-        let mut command = std::process::Command::new(graceful_dev::built("ctl"));
-        command.args(args);
-        configure(&mut command);
-        run_bounded(&mut command)
-    };
-    let as_root = |_: &mut std::process::Command| {};
 
     // A directory anyone may create files in, as /tmp.
     let shared = temp_dir("privilege-shared-dir");
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let (mut service, socket) = serve_in(&shared);
     for verb in ["reload", "status"] {
-        let (code, out, err) = command(&[verb, s(&socket)], &as_root);
+        let (code, out, err) = graceful_command(&[verb, s(&socket)]);
         assert_eq!(code, 2, "{verb}: {out}{err}");
         assert!(
             err.contains(&format!(
@@ -469,7 +462,9 @@ fn the_reload_command_believes_another_users_socket_only_in_a_directory_not_ever
     // Refused before it asked: the service did not reload.
     assert_eq!(service.count_lines("ready"), 1, "{}", service.log_text());
     // Run as the service's own user, the command is believed.
-    let (code, out, err) = command(&["reload", s(&socket)], &nobody);
+    let mut ctl = std::process::Command::new(graceful_dev::built("ctl"));
+    nobody(ctl.args(["reload", s(&socket)]));
+    let (code, out, err) = run_bounded(&mut ctl);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with("reloaded: generation 2 (pid "), "{out}");
     service.signal(Signal::SIGTERM);
@@ -481,7 +476,7 @@ fn the_reload_command_believes_another_users_socket_only_in_a_directory_not_ever
     nix::unistd::chown(&own, Some(65534.into()), Some(65534.into())).unwrap();
     std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o755)).unwrap();
     let (mut service, socket) = serve_in(&own);
-    let (code, out, err) = command(&["reload", s(&socket)], &as_root);
+    let (code, out, err) = graceful_command(&["reload", s(&socket)]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with("reloaded: generation 2 (pid "), "{out}");
     service.signal(Signal::SIGTERM);
