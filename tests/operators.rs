@@ -713,6 +713,19 @@ fn the_reload_answer_the_status_and_the_log_name_the_build_that_serves() {
             )),
         "{finished}"
     );
+    // A worker that asks with reload_and_wait() is told the new build too.
+    let third = answer["pid"].as_u64().unwrap();
+    std::fs::write(&build, "app 4.0\n").unwrap();
+    let (status, body) = get(&service.addr(T), "/reload-and-wait").unwrap();
+    assert_eq!(status, 200);
+    let fourth = service.ready_worker(4, T);
+    assert!(
+        body.starts_with(&format!(
+            "reloaded generation 4 pid {fourth} version \"app 4.0\": generation 4 (pid \
+             {fourth}) is serving app 4.0; it was ready in "
+        )),
+        "{body} (asked of worker 3, pid {third})"
+    );
 }
 
 /// `#[graceful::main]` names the package's build without being told.

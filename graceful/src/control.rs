@@ -56,6 +56,12 @@ pub(crate) enum ToMaster {
     /// The application's build (`version`), sent before `Ready` to a
     /// master that shows it (`GRACEFUL_MASTER_BUILDS`).
     Build(String),
+    /// This worker's build reads a reload's outcome that names the new
+    /// build (`Reloaded` with one); sent before `Ready` to a master that
+    /// sends such outcomes (`GRACEFUL_MASTER_BUILDS` 2 or more). A master
+    /// answers any other worker without the build, which an older build's
+    /// decoder would refuse.
+    TakesBuilds,
 }
 
 /// What a ready worker's build can take over from its master.
@@ -116,6 +122,7 @@ const LAME_DUCK: u8 = b'K';
 const DRAINED: u8 = b'X';
 const METRICS: u8 = b'M';
 const BUILD: u8 = b'B';
+const TAKES_BUILDS: u8 = b'T';
 
 /// A message as it is sent.
 pub(crate) trait Encode {
@@ -201,6 +208,7 @@ impl Encode for ToMaster {
             }
             ToMaster::Metrics => vec![METRICS],
             ToMaster::Build(build) => tagged(BUILD, build),
+            ToMaster::TakesBuilds => vec![TAKES_BUILDS],
             ToMaster::Alive { check, connections } => {
                 let mut bytes = vec![ALIVE];
                 bytes.extend_from_slice(&check.to_be_bytes());
@@ -269,6 +277,7 @@ impl Decode for ToMaster {
                     why: "not one line of text".into(),
                 }),
             },
+            TAKES_BUILDS => no_payload(tag, payload, ToMaster::TakesBuilds),
             ALIVE => {
                 let (check, rest) = be_u64(tag, payload)?;
                 let (connections, rest) = be_u64(tag, rest)?;
@@ -292,20 +301,25 @@ impl Encode for ToWorker<BorrowedFd<'_>> {
                 bytes.extend_from_slice(&check.to_be_bytes());
                 (bytes, None)
             }
-            // The build is not sent: the worker that asked may be of an
-            // older build, whose decoder takes these three numbers and no
-            // more.
+            // With the build only where the master was told the worker
+            // reads it (`TakesBuilds`): an older build's decoder takes
+            // flag 1 and its three numbers, no more.
             ToWorker::Reloaded(Outcome::Reloaded {
                 generation,
                 pid,
                 took,
-                build: _,
+                build,
             }) => {
-                // 1, then the generation, the PID and the milliseconds.
-                let mut bytes = vec![RELOADED, 1];
+                // 1, or 2 with the build after them; then the generation,
+                // the PID and the milliseconds.
+                let flag = if build.is_some() { 2 } else { 1 };
+                let mut bytes = vec![RELOADED, flag];
                 bytes.extend_from_slice(&generation.to_be_bytes());
                 bytes.extend_from_slice(&pid.to_be_bytes());
                 bytes.extend_from_slice(&crate::log::millis(*took).to_be_bytes());
+                if let Some(build) = build {
+                    bytes.extend_from_slice(&tagged(RELOADED, build)[1..]);
+                }
                 (bytes, None)
             }
             ToWorker::Reloaded(Outcome::Failed(why)) => {
@@ -334,7 +348,7 @@ impl Decode for ToWorker<OwnedFd> {
             }
             RELOADED => match payload.split_first() {
                 Some((0, why)) => Ok(ToWorker::Reloaded(Outcome::Failed(reason(why)))),
-                Some((1, rest)) => {
+                Some((&flag @ (1 | 2), rest)) => {
                     let (generation, rest) = be_u64(tag, rest)?;
                     let Some((pid, rest)) = rest.split_first_chunk::<4>() else {
                         return Err(DecodeError::Malformed {
@@ -343,11 +357,26 @@ impl Decode for ToWorker<OwnedFd> {
                         });
                     };
                     let (ms, rest) = be_u64(tag, rest)?;
+                    // After flag 2's numbers, the build: one line of text.
+                    let (build, rest) = match (flag, std::str::from_utf8(rest)) {
+                        (1, _) => (None, rest),
+                        (_, Ok(build))
+                            if !build.is_empty() && !build.contains(char::is_control) =>
+                        {
+                            (Some(build.to_string()), &[][..])
+                        }
+                        _ => {
+                            return Err(DecodeError::Malformed {
+                                tag: 'D',
+                                why: "the build is not one line of text".into(),
+                            })
+                        }
+                    };
                     let outcome = Outcome::Reloaded {
                         generation,
                         pid: u32::from_be_bytes(*pid),
                         took: std::time::Duration::from_millis(ms),
-                        build: None,
+                        build,
                     };
                     no_payload(tag, rest, ToWorker::Reloaded(outcome))
                 }
@@ -591,6 +620,7 @@ mod tests {
             },
             ToMaster::Metrics,
             ToMaster::Build("hello 1.4.2+wé".into()),
+            ToMaster::TakesBuilds,
             listen("udp::5353", None),
             listen("unixgram:/run/log.sock", Some(0o666)),
         ] {
@@ -601,6 +631,7 @@ mod tests {
             assert!(ToMaster::decode(bytes, None).is_err(), "{bytes:?}");
         }
         assert!(ToMaster::decode(b"Mx", None).is_err());
+        assert!(ToMaster::decode(b"T\x01", None).is_err());
         // A build is one line of text, not empty.
         for bytes in [&b"B"[..], b"B1.0\nready", b"B1.0\x1b[2J", b"B\xff"] {
             assert_eq!(
@@ -643,6 +674,12 @@ mod tests {
                 took: std::time::Duration::from_millis(1234),
                 build: None,
             },
+            Outcome::Reloaded {
+                generation: 4,
+                pid: 31207,
+                took: std::time::Duration::from_millis(38),
+                build: Some("app 1.4.2+wé".into()),
+            },
             Outcome::Failed("worker 2 (pid 9) exited with status 3: é".into()),
             Outcome::Failed(String::new()),
         ] {
@@ -651,6 +688,58 @@ mod tests {
                 other => panic!("unexpected {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn an_outcome_without_a_build_is_what_older_workers_read() {
+        // Flag 1, the generation, the PID and the milliseconds, and nothing
+        // after them: an older build's decoder refuses any more.
+        let (bytes, _) = ToWorker::Reloaded(Outcome::Reloaded {
+            generation: 2,
+            pid: 7,
+            took: std::time::Duration::from_millis(3),
+            build: None,
+        })
+        .encode();
+        assert_eq!(
+            bytes,
+            [
+                &b"D\x01"[..],
+                &2u64.to_be_bytes(),
+                &7u32.to_be_bytes(),
+                &3u64.to_be_bytes()
+            ]
+            .concat()
+        );
+        // With a build: flag 2, the same numbers, then the build, which is
+        // one line of text and not empty.
+        let numbers = [
+            &2u64.to_be_bytes()[..],
+            &7u32.to_be_bytes(),
+            &3u64.to_be_bytes(),
+        ]
+        .concat();
+        let with = |flag: &[u8], build: &[u8]| [&b"D"[..], flag, &numbers, build].concat();
+        match ToWorker::<OwnedFd>::decode(&with(b"\x02", b"app 2"), None).unwrap() {
+            ToWorker::Reloaded(Outcome::Reloaded { build, .. }) => {
+                assert_eq!(build.as_deref(), Some("app 2"))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        for build in [&b""[..], b"app\n2", b"\xff"] {
+            assert_eq!(
+                ToWorker::<OwnedFd>::decode(&with(b"\x02", build), None).unwrap_err(),
+                DecodeError::Malformed {
+                    tag: 'D',
+                    why: "the build is not one line of text".into()
+                },
+                "{build:?}"
+            );
+        }
+        assert!(matches!(
+            ToWorker::<OwnedFd>::decode(&with(b"\x01", b"app 2"), None),
+            Err(DecodeError::Malformed { tag: 'D', .. })
+        ));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::control;
 use crate::fd::set_nonblocking;
 use crate::role::{
     ENV_CONTROL_FD, ENV_GENERATION, ENV_MASTER_BUILDS, ENV_MASTER_FORMAT, ENV_MASTER_METRICS,
+    MASTER_BUILDS_LEVEL,
 };
 use crate::{Error, Signal};
 
@@ -105,7 +106,7 @@ impl Executable {
             .env(ENV_GENERATION, generation.to_string());
         if let Some(master) = master {
             command.env(ENV_MASTER_METRICS, "1");
-            command.env(ENV_MASTER_BUILDS, "1");
+            command.env(ENV_MASTER_BUILDS, MASTER_BUILDS_LEVEL.to_string());
             if let Some(format) = master.upgrade_format {
                 command.env(ENV_MASTER_FORMAT, format.to_string());
             }

@@ -349,9 +349,10 @@ pub struct Reloaded {
     /// 31207) is serving app 1.4.2; it was ready in 38 ms`.
     pub message: String,
     /// The build the new worker reported (its [`Server::version`]), where
-    /// it did. Told to the `graceful` command ([`ctl::reload`]);
-    /// [`reload_and_wait`], asked from a worker whose build may be older
-    /// than the new one, is not told it.
+    /// it did. Told to the `graceful` command ([`ctl::reload`]) and to
+    /// [`reload_and_wait`] in a worker; not in single mode, nor to a worker
+    /// started by a master of a build older than this one (the first
+    /// reload after such an upgrade).
     pub version: Option<String>,
 }
 

@@ -27,8 +27,25 @@ pub(crate) const ENV_MASTER_FORMAT: &str = "GRACEFUL_MASTER_FORMAT";
 /// sends those only to such a master.
 pub(crate) const ENV_MASTER_METRICS: &str = "GRACEFUL_MASTER_METRICS";
 /// Set by a master that shows its workers' builds: a worker sends its
-/// `version` (`ToMaster::Build`) only to such a master.
+/// `version` (`ToMaster::Build`) only to such a master. Its value is a
+/// level: from 2, the master also names the new build in a reload's outcome
+/// to a worker that says it reads it (`ToMaster::TakesBuilds`).
 pub(crate) const ENV_MASTER_BUILDS: &str = "GRACEFUL_MASTER_BUILDS";
+/// The level of `GRACEFUL_MASTER_BUILDS` this build's master sets.
+pub(crate) const MASTER_BUILDS_LEVEL: u32 = 2;
+
+/// The level in `GRACEFUL_MASTER_BUILDS`: 0 where it is not set, and 1
+/// where it is set to anything but a number (the first masters that set it
+/// set "1"; a later one sets a higher number).
+fn builds_level(value: Option<&std::ffi::OsStr>) -> u32 {
+    value.map_or(0, |value| {
+        value
+            .to_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1)
+            .max(1)
+    })
+}
 /// The read end of a pipe holding a master's state (`state.rs`): for the
 /// master image that takes over, or, with `GRACEFUL_ROLE=check`, for the
 /// new executable asked whether it can.
@@ -69,8 +86,9 @@ pub(crate) struct Parent {
     /// The master counts drains and answers metrics requests
     /// (`GRACEFUL_MASTER_METRICS`).
     pub(crate) master_metrics: bool,
-    /// The master shows builds (`GRACEFUL_MASTER_BUILDS`).
-    pub(crate) master_builds: bool,
+    /// How the master shows builds: the level in `GRACEFUL_MASTER_BUILDS`,
+    /// 0 for a master that does not.
+    pub(crate) master_builds: u32,
 }
 
 impl Role {
@@ -86,7 +104,7 @@ impl Role {
         let inherited = std::env::var(ENV_INHERIT).unwrap_or_default();
         let master_upgrades = std::env::var_os(ENV_MASTER_FORMAT).is_some();
         let master_metrics = std::env::var_os(ENV_MASTER_METRICS).is_some();
-        let master_builds = std::env::var_os(ENV_MASTER_BUILDS).is_some();
+        let master_builds = builds_level(std::env::var_os(ENV_MASTER_BUILDS).as_deref());
         let state = std::env::var_os(ENV_MASTER_STATE);
         // Removed so that processes the app starts are not mistaken for
         // graceful's own.
@@ -127,7 +145,7 @@ impl Role {
                 (ENV_INHERIT, !inherited.is_empty()),
                 (ENV_MASTER_FORMAT, master_upgrades),
                 (ENV_MASTER_METRICS, master_metrics),
-                (ENV_MASTER_BUILDS, master_builds),
+                (ENV_MASTER_BUILDS, master_builds > 0),
             ];
             for (var, present) in stray {
                 if present {
@@ -238,7 +256,24 @@ impl Parent {
             generation,
             master_upgrades: false,
             master_metrics: false,
-            master_builds: false,
+            master_builds: 0,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builds_level_is_a_number_and_any_other_value_is_the_first() {
+        let level = |value: &str| builds_level(Some(std::ffi::OsStr::new(value)));
+        assert_eq!(builds_level(None), 0);
+        assert_eq!(level("1"), 1);
+        assert_eq!(level("2"), 2);
+        assert_eq!(level("17"), 17);
+        assert_eq!(level("0"), 1);
+        assert_eq!(level(""), 1);
+        assert_eq!(level("yes"), 1);
     }
 }

@@ -311,6 +311,10 @@ pub(crate) struct WorkerState {
     /// state of a master older than builds in the status.
     #[serde(default)]
     pub(crate) build: Option<String>,
+    /// Whether it reads a reload's outcome that names the new build;
+    /// absent (no) in the state of a master older than such outcomes.
+    #[serde(default)]
+    pub(crate) takes_builds: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -469,6 +473,7 @@ pub(crate) mod tests {
             reads: Some(READS),
             version: Some("0.1.0".into()),
             build: Some("app 2.0.1".into()),
+            takes_builds: true,
         };
         MasterState {
             written_us: 1_000_000,
@@ -660,10 +665,14 @@ pub(crate) mod tests {
     fn a_state_from_a_master_without_builds_reads_as_none_told() {
         let mut state = sample();
         let text = String::from_utf8(state.encode()).unwrap();
-        let older = text.replace(",\"build\":\"app 2.0.1\"", "");
+        let older = text
+            .replace(",\"build\":\"app 2.0.1\"", "")
+            .replace(",\"takes_builds\":true", "");
         assert!(!older.contains("app 2.0.1"), "{older}");
+        assert!(!older.contains("takes_builds"), "{older}");
         for worker in &mut state.core.workers {
             worker.build = None;
+            worker.takes_builds = false;
         }
         for held in &mut state.core.held {
             if let Outcome::Reloaded { build, .. } = &mut held.outcome {

@@ -179,8 +179,9 @@ struct Worker {
     control: Control,
     /// The master asked which of its states this build can take over.
     master_upgrades: bool,
-    /// The master shows each worker's build (`version`).
-    master_builds: bool,
+    /// How the master shows each worker's build (`version`): the level in
+    /// `GRACEFUL_MASTER_BUILDS`, 0 for a master that does not.
+    master_builds: u32,
     /// The `user` and `group` this worker serves as, once it has its
     /// listeners.
     #[cfg(target_os = "linux")]
@@ -270,7 +271,14 @@ impl Adapter for Worker {
         let channel = self.channel().map_err(StartError::Announce)?.clone();
         // Before the ready message, so that the line and the answer that
         // tell this worker ready can name its build.
-        if let (true, Some(version)) = (self.master_builds, &config.version) {
+        if self.master_builds >= 2 {
+            channel.send(&ToMaster::TakesBuilds).map_err(|e| {
+                StartError::Announce(format!(
+                    "cannot tell the master what this worker reads: {e}"
+                ))
+            })?;
+        }
+        if let (1.., Some(version)) = (self.master_builds, &config.version) {
             channel
                 .send(&ToMaster::Build(version.clone()))
                 .map_err(|e| {

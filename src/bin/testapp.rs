@@ -202,9 +202,11 @@ async fn handle_text(req: Request<Incoming>) -> Result<Response<String>, Infalli
             // With a PID file, what it says the moment the reload is told
             // done, as a deploy script that waited would read it.
             Ok(done) => Ok(Response::new(format!(
-                "reloaded generation {} pid {}: {}{}\n",
+                "reloaded generation {} pid {}{}: {}{}\n",
                 done.generation,
                 done.pid,
+                done.version
+                    .map_or(String::new(), |v| format!(" version {v:?}")),
                 done.message,
                 std::env::var_os("TESTAPP_PID_FILE").map_or(String::new(), |path| format!(
                     "; the PID file says {:?}",

@@ -120,6 +120,8 @@ pub(crate) enum Event {
     Failed { generation: u64, reason: String },
     /// Generation N reports the application's build (`version`).
     Build { generation: u64, build: String },
+    /// Generation N reads a reload's outcome that names the new build.
+    TakesBuilds { generation: u64 },
     /// A reload is asked for by someone who waits for its outcome.
     ReloadRequested { by: Waiter },
     /// Generation N, told to stop, no longer accepts connections.
@@ -264,6 +266,9 @@ struct Worker {
     readiness: Option<Readiness>,
     /// The application's build, as the worker reported it.
     build: Option<String>,
+    /// Whether it reads a reload's outcome that names the new build; any
+    /// other worker is told the outcome without it.
+    takes_builds: bool,
 }
 
 impl Worker {
@@ -418,6 +423,11 @@ impl Core {
                     w.build = Some(build);
                 }
             }
+            Event::TakesBuilds { generation } => {
+                if let Some(w) = self.worker(generation) {
+                    w.takes_builds = true;
+                }
+            }
             Event::ReloadRequested { by } => self.request_reload(now, &by.why(), Some(by)),
             Event::StoppedAccepting { generation } => {
                 if let Some(w) = self.worker(generation) {
@@ -555,6 +565,7 @@ impl Core {
             accepting: true,
             readiness: None,
             build: None,
+            takes_builds: false,
         });
         self.out.push(Action::Spawn { generation });
         generation
@@ -647,13 +658,21 @@ impl Core {
         self.out.extend(due.into_iter().map(Held::answer));
     }
 
-    /// Tells each of `waiters` the `outcome`.
+    /// Tells each of `waiters` the `outcome`: a worker that did not say it
+    /// reads the new build's name, without it.
     fn answer(&mut self, waiters: impl IntoIterator<Item = Waiter>, outcome: &Outcome) {
-        self.out
-            .extend(waiters.into_iter().map(|to| Action::Answer {
-                to,
-                outcome: outcome.clone(),
-            }));
+        for to in waiters {
+            let mut outcome = outcome.clone();
+            if let (Waiter::Worker(generation), Outcome::Reloaded { build, .. }) =
+                (to, &mut outcome)
+            {
+                let takes = |w: &Worker| w.generation == generation && w.takes_builds;
+                if !self.workers.iter().any(takes) {
+                    *build = None;
+                }
+            }
+            self.out.push(Action::Answer { to, outcome });
+        }
     }
 
     fn ready(&mut self, now: Instant, generation: u64, readiness: Option<Readiness>) {
@@ -1295,6 +1314,7 @@ impl Core {
                 reads: w.readiness.as_ref().map(|r| r.reads),
                 version: w.readiness.as_ref().map(|r| r.version.clone()),
                 build: w.build.clone(),
+                takes_builds: w.takes_builds,
             })
             .collect();
         CoreState {
@@ -1401,6 +1421,7 @@ impl Core {
                     version: w.version.unwrap_or_default(),
                 }),
                 build: w.build,
+                takes_builds: w.takes_builds,
             })
             .collect();
         let carried_watchdog = carried.watchdog;
@@ -1642,6 +1663,52 @@ mod tests {
         let status = run.core.status(0);
         assert_eq!(status.serving.unwrap().build.as_deref(), Some("app 2.0"));
         assert_eq!(status.draining[0].build.as_deref(), Some("app 1.0"));
+    }
+
+    #[test]
+    fn a_worker_that_asked_is_told_the_new_build_only_if_it_reads_it() {
+        let mut run = Run::serving();
+        let build = |generation, build: &str| Event::Build {
+            generation,
+            build: build.into(),
+        };
+        let ready = |generation| Event::Ready {
+            generation,
+            readiness: None,
+        };
+        let told = |actions: &[Action], waiter| {
+            answers(actions)
+                .into_iter()
+                .find(|(to, _)| *to == waiter)
+                .map(|(_, outcome)| outcome)
+        };
+        // Worker 1 did not say it reads builds (an older build): told the
+        // outcome without it, as its decoder takes it.
+        run.ask(1000, Waiter::Worker(1));
+        run.spawned(1000, 2, 102);
+        run.at(1001, build(2, "app 2.0"));
+        run.at(1002, Event::TakesBuilds { generation: 2 });
+        let actions = run.at(1010, ready(2));
+        assert_eq!(
+            told(&actions, Waiter::Worker(1)),
+            Some(reloaded(2, 102, 10)),
+            "{actions:?}"
+        );
+        // Worker 2 did: told that worker 3 serves app 3.0.
+        run.ask(2000, Waiter::Worker(2));
+        run.spawned(2000, 3, 103);
+        run.at(2001, build(3, "app 3.0"));
+        let actions = run.at(2010, ready(3));
+        assert_eq!(
+            told(&actions, Waiter::Worker(2)),
+            Some(Outcome::Reloaded {
+                generation: 3,
+                pid: 103,
+                took: 10 * MS,
+                build: Some("app 3.0".into()),
+            }),
+            "{actions:?}"
+        );
     }
 
     #[test]
@@ -3176,6 +3243,7 @@ mod tests {
                 build: "app 2.0".into(),
             },
         );
+        run.at(1006, Event::TakesBuilds { generation: 2 });
         run.at(1010, ready_with(2, Some(reads(state::READS))));
         run.ask(1020, Waiter::Client(8));
         run.spawned(1020, 3, 103);

@@ -1043,6 +1043,7 @@ impl Master {
                 },
                 Ok(Some(ToMaster::Failed(reason))) => Event::Failed { generation, reason },
                 Ok(Some(ToMaster::Build(build))) => Event::Build { generation, build },
+                Ok(Some(ToMaster::TakesBuilds)) => Event::TakesBuilds { generation },
                 Ok(Some(ToMaster::Reload)) => Event::ReloadRequested {
                     by: Waiter::Worker(generation),
                 },
