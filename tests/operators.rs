@@ -728,6 +728,51 @@ fn the_reload_answer_the_status_and_the_log_name_the_build_that_serves() {
     );
 }
 
+/// Single mode names the build too: in the log, systemd's status and
+/// `reload_and_wait()`'s answer.
+#[test]
+fn single_mode_names_the_build_that_serves() {
+    let dir = temp_dir("operators-single-build");
+    let build = dir.join("build");
+    std::fs::write(&build, "app 1.0\n").unwrap();
+    let service = Service::start(
+        &testapp(),
+        &["127.0.0.1:0"],
+        &[
+            ("GRACEFUL_MODE", "single"),
+            ("TESTAPP_BUILD_FILE", build.to_str().unwrap()),
+        ],
+    );
+    let addr = service.addr(T);
+    let first = service.ready("process", 1, T);
+    let ready = service.wait_line(&format!("process 1 (pid {first}) ready in "), T);
+    assert!(
+        ready.contains(" ms and serving app 1.0 (single-process mode)"),
+        "{ready}"
+    );
+    std::fs::write(&build, "app 2.0\n").unwrap();
+    let (status, body) = get(&addr, "/reload-and-wait").unwrap();
+    assert_eq!(status, 200);
+    let successor = service.ready("process", 2, T);
+    assert!(
+        body.starts_with(&format!(
+            "reloaded generation 2 pid {successor} version \"app 2.0\": generation 2 (pid \
+             {successor}) is serving app 2.0; it was ready in "
+        )),
+        "{body}"
+    );
+    let ready = service.wait_line(&format!("process 2 (pid {successor}) ready in "), T);
+    assert!(ready.ends_with(" ms and serving app 2.0"), "{ready}");
+    let finished = service.wait_line("reload finished: successor ", T);
+    assert!(
+        finished.ends_with(&format!(
+            "successor (pid {successor}) is serving app 2.0; process 1 (pid {first}) draining"
+        )),
+        "{finished}"
+    );
+    assert!(wait_gone(first, T));
+}
+
 /// `#[graceful::main]` names the package's build without being told.
 #[test]
 fn the_attribute_macro_reports_the_packages_name_and_version() {

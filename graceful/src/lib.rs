@@ -350,7 +350,7 @@ pub struct Reloaded {
     pub message: String,
     /// The build the new worker reported (its [`Server::version`]), where
     /// it did. Told to the `graceful` command ([`ctl::reload`]) and to
-    /// [`reload_and_wait`] in a worker; not in single mode, nor to a worker
+    /// [`reload_and_wait`], in a worker and in single mode; not to a worker
     /// started by a master of a build older than this one (the first
     /// reload after such an upgrade).
     pub version: Option<String>,

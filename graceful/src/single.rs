@@ -25,7 +25,7 @@ use crate::listeners::Listeners;
 use crate::log::log;
 use crate::notify::{self, Notifier};
 use crate::registration::{MainOutput, Registration};
-use crate::role::{Parent, ENV_INHERIT, ENV_ROLE};
+use crate::role::{Parent, ENV_INHERIT, ENV_MASTER_BUILDS, ENV_ROLE};
 use crate::serve::{self, Adapter, Listener, StartError};
 use crate::status::{Outcome, Report};
 use crate::{activation, drain, pidfile, signal, Error};
@@ -173,7 +173,12 @@ where
                     value: inherited.clone(),
                     reason: e.to_string(),
                 })?;
-            (listeners, parent.generation, Some(parent.control))
+            let tells_builds = parent.master_builds > 0;
+            (
+                listeners,
+                parent.generation,
+                Some((parent.control, tells_builds)),
+            )
         }
     };
     crate::log::set_generation(generation);
@@ -195,8 +200,9 @@ where
 
 struct Single {
     shared: Arc<Shared>,
-    /// The control socket to the predecessor, for a successor.
-    predecessor: Option<OwnedFd>,
+    /// The control socket to the predecessor, for a successor; and whether
+    /// the predecessor takes its build (`GRACEFUL_MASTER_BUILDS`).
+    predecessor: Option<(OwnedFd, bool)>,
     reloads: Option<mpsc::UnboundedReceiver<String>>,
 }
 
@@ -240,19 +246,29 @@ impl Adapter for Single {
         }
         let took = started.elapsed();
         match &self.predecessor {
-            Some(control) => {
+            Some((control, tells_builds)) => {
+                let announce = |message: &ToMaster, what: &str| {
+                    control::send(control.as_fd(), message).map_err(|e| {
+                        StartError::Announce(format!("cannot tell the predecessor {what}: {e}"))
+                    })
+                };
+                // Its build first, so that the reload's outcome names it.
+                if let (true, Some(version)) = (tells_builds, &config.version) {
+                    announce(&ToMaster::Build(version.clone()), "this process's build")?;
+                }
                 // The predecessor drains and exits now; nothing more is said.
-                control::send(control.as_fd(), &ToMaster::Ready(None)).map_err(|e| {
-                    StartError::Announce(format!(
-                        "cannot tell the predecessor this process is ready: {e}"
-                    ))
-                })?;
+                announce(&ToMaster::Ready(None), "this process is ready")?;
                 crate::log::event!(
                     Info,
-                    { event = "ready", took_ms = crate::log::millis(took) },
-                    "{} ready in {} ms and serving",
+                    {
+                        event = "ready",
+                        took_ms = crate::log::millis(took),
+                        version = config.version.as_deref()
+                    },
+                    "{} ready in {} ms and serving{}",
                     shared.name(),
-                    took.as_millis()
+                    took.as_millis(),
+                    crate::status::spaced(config.version.as_deref())
                 );
             }
             None => {
@@ -263,7 +279,7 @@ impl Adapter for Single {
                 shared.report(&Report::Ready {
                     name: shared.name(),
                     took,
-                    build: None,
+                    build: config.version.clone(),
                     note: format!(
                         " (single-process mode); reload with {}, stop with {}",
                         SignalList(&config.reload_signals),
@@ -284,7 +300,7 @@ impl Adapter for Single {
     fn fail(&self, error: StartError) -> Error {
         let reason = error.to_string();
         match &self.predecessor {
-            Some(control) => {
+            Some((control, _)) => {
                 let _ = control::send(control.as_fd(), &ToMaster::Failed(reason.clone()));
                 Error::WorkerStart { reason }
             }
@@ -385,16 +401,21 @@ async fn reloads(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<Stri
             // `_child` is held, never awaited, for the life of this task:
             // the successor is not reaped by this process, so its PID cannot
             // be reused while requests are passed on to it.
-            Ok((pid, _child)) => {
+            Ok(Handover {
+                pid,
+                build,
+                child: _child,
+            }) => {
                 shared.report(&Report::HandedOver {
                     pid,
+                    build: build.clone(),
                     old: shared.name(),
                 });
                 let reloaded = Outcome::Reloaded {
                     generation: shared.generation + 1,
                     pid,
                     took: started.elapsed(),
-                    build: None,
+                    build,
                 };
                 // The PID file first: whoever is told the reload is done
                 // may read it next, and must find the successor there.
@@ -476,7 +497,15 @@ enum NoHandover {
 
 /// Starts a successor and waits until it is ready (its PID and handle),
 /// fails, or the drain of this process starts.
-async fn successor(shared: &Shared) -> Result<(u32, tokio::process::Child), NoHandover> {
+/// A successor that is ready: its PID, the build it reported, and its
+/// handle.
+struct Handover {
+    pid: u32,
+    build: Option<String>,
+    child: tokio::process::Child,
+}
+
+async fn successor(shared: &Shared) -> Result<Handover, NoHandover> {
     let spawn_failed = |e: std::io::Error| {
         NoHandover::Failed(format!(
             "cannot start a successor from {}: {e}",
@@ -498,10 +527,13 @@ async fn successor(shared: &Shared) -> Result<(u32, tokio::process::Child), NoHa
             None,
         )
         .map_err(spawn_failed)?;
+    // Level 1: the successor says its build (`B`); nothing more is said
+    // to it in single mode.
     prepared
         .command
         .env(ENV_ROLE, "successor")
-        .env(ENV_INHERIT, inherit);
+        .env(ENV_INHERIT, inherit)
+        .env(ENV_MASTER_BUILDS, "1");
     if let Some(systemd) = &shared.systemd {
         prepared
             .command
@@ -533,7 +565,7 @@ async fn successor(shared: &Shared) -> Result<(u32, tokio::process::Child), NoHa
         }
     };
     match waited {
-        Ok(()) => Ok((pid, child)),
+        Ok(build) => Ok(Handover { pid, build, child }),
         Err(reason) => {
             // Give an exiting successor a moment to be reaped, so that its
             // exit status is part of the reason; then kill it.
@@ -552,13 +584,16 @@ async fn successor(shared: &Shared) -> Result<(u32, tokio::process::Child), NoHa
     }
 }
 
-/// Reads the successor's answer: `Ok` when it is ready, or why it is not.
-async fn answer(control: OwnedFd) -> Result<(), String> {
+/// Reads the successor's answer: `Ok` with the build it reported once it is
+/// ready, or why it is not.
+async fn answer(control: OwnedFd) -> Result<Option<String>, String> {
     let channel = Channel::new(control).map_err(|e| format!("cannot watch it: {e}"))?;
     let mut failure = None;
+    let mut build = None;
     loop {
         match channel.recv::<ToMaster>().await {
-            Ok(Some(ToMaster::Ready(_))) => return Ok(()),
+            Ok(Some(ToMaster::Ready(_))) => return Ok(build),
+            Ok(Some(ToMaster::Build(told))) => build = Some(told),
             Ok(Some(ToMaster::Failed(reason))) => failure = Some(reason),
             Ok(Some(other)) => log!("unexpected message from the successor: {other:?}"),
             Ok(None) => {

@@ -156,7 +156,11 @@ pub(crate) enum Report {
         old: String,
     },
     /// Single mode: the successor `pid` serves; `old` (this process) drains.
-    HandedOver { pid: u32, old: String },
+    HandedOver {
+        pid: u32,
+        build: Option<String>,
+        old: String,
+    },
     /// A reload was rolled back; `still` serves.
     ReloadFailed { reason: String, still: String },
     /// The first start failed: the service exits.
@@ -236,9 +240,14 @@ impl Report {
                 { event = "reload_finished", name = name.as_str(), took_ms = millis(*took), version = build.as_deref(), old = old.as_str() },
                 "{line}"
             ),
-            Report::HandedOver { pid, old } => event_at!(
+            Report::HandedOver { pid, build, old } => event_at!(
                 level,
-                { event = "reload_finished", successor_pid = *pid, old = old.as_str() },
+                {
+                    event = "reload_finished",
+                    successor_pid = *pid,
+                    version = build.as_deref(),
+                    old = old.as_str()
+                },
                 "{line}"
             ),
             Report::ReloadFailed { reason, still } => event_at!(
@@ -296,9 +305,10 @@ impl Report {
                 took.as_millis(),
                 spaced(build.as_deref())
             ),
-            Report::HandedOver { pid, old } => {
-                format!("reload finished: successor (pid {pid}) is serving; {old} draining")
-            }
+            Report::HandedOver { pid, build, old } => format!(
+                "reload finished: successor (pid {pid}) is serving{}; {old} draining",
+                spaced(build.as_deref())
+            ),
             Report::ReloadFailed { reason, still } => {
                 format!("reload failed: {reason}; still serving with {still}")
             }
@@ -341,9 +351,10 @@ impl Report {
                 "READY=1\nSTATUS=reload finished: serving{} with {name}",
                 spaced(build.as_deref())
             ),
-            Report::HandedOver { pid, .. } => {
-                format!("MAINPID={pid}\nREADY=1\nSTATUS=reload finished: serving with pid {pid}")
-            }
+            Report::HandedOver { pid, build, .. } => format!(
+                "MAINPID={pid}\nREADY=1\nSTATUS=reload finished: serving{} with pid {pid}",
+                spaced(build.as_deref())
+            ),
             Report::ReloadFailed { .. } => format!("READY=1\nSTATUS={}", self.log_line()?),
             Report::StartFailed { .. } => return None,
             Report::NoWorker { .. } => format!("STATUS={}", self.log_line()?),
@@ -430,6 +441,29 @@ mod tests {
                  (pid 101) draining"
                     .into(),
                 "READY=1\nSTATUS=reload finished: serving app 2.0 with worker 2 (pid 102)".into()
+            )
+        );
+        // Single mode: the successor that took over.
+        let handed_over = |build: Option<&str>| Report::HandedOver {
+            pid: 202,
+            build: build.map(Into::into),
+            old: "process 1 (pid 201)".into(),
+        };
+        assert_eq!(
+            said(handed_over(Some("app 2.0"))),
+            (
+                "reload finished: successor (pid 202) is serving app 2.0; process 1 (pid 201) \
+                 draining"
+                    .into(),
+                "MAINPID=202\nREADY=1\nSTATUS=reload finished: serving app 2.0 with pid 202".into()
+            )
+        );
+        assert_eq!(
+            said(handed_over(None)),
+            (
+                "reload finished: successor (pid 202) is serving; process 1 (pid 201) draining"
+                    .into(),
+                "MAINPID=202\nREADY=1\nSTATUS=reload finished: serving with pid 202".into()
             )
         );
         let outcome = |build: Option<&str>| {
