@@ -728,6 +728,28 @@ fn the_reload_answer_the_status_and_the_log_name_the_build_that_serves() {
     );
 }
 
+/// A build whose messages the master cannot read (from a newer, incompatible
+/// graceful, or not graceful at all) is rolled back, and the reason names
+/// what it sent.
+#[test]
+fn a_build_whose_messages_the_master_cannot_read_is_rolled_back_with_the_reason() {
+    let app = Deployed::new("unreadable");
+    let service = app.start(&[]);
+    let addr = service.addr(T);
+    let first = service.ready_worker(1, T);
+    app.install(
+        b"#!/bin/bash\nprintf 'Zfrom the future' >&\"$GRACEFUL_CONTROL_FD\"\nexec sleep 30\n",
+    );
+    let (code, _, err) = app.reload();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("unknown control message tag 0x5a"), "{err}");
+    assert!(
+        err.contains(&format!("still serving with worker 1 (pid {first})")),
+        "{err}"
+    );
+    assert_eq!(pid_of(&addr), first);
+}
+
 /// Single mode names the build too: in the log, systemd's status and
 /// `reload_and_wait()`'s answer.
 #[test]

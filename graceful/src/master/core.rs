@@ -142,8 +142,12 @@ pub(crate) enum Event {
         drained: u64,
         cut: u64,
     },
-    /// Generation N's control channel reached EOF or broke.
-    ControlClosed { generation: u64 },
+    /// Generation N's control channel reached EOF or broke; `unreadable`
+    /// says why, where it broke on a message the master cannot read.
+    ControlClosed {
+        generation: u64,
+        unreadable: Option<String>,
+    },
     /// A child was reaped; `how` is "exited with status 3", "was killed by
     /// SIGKILL".
     Exited { pid: u32, how: String },
@@ -445,12 +449,21 @@ impl Core {
                 check,
                 connections,
             } => self.alive(now, generation, check, connections),
-            Event::ControlClosed { generation } => {
+            Event::ControlClosed {
+                generation,
+                unreadable,
+            } => {
                 // The worker is exiting (or broke the protocol): it is reaped
                 // by waitpid. One that lingers before it was ready is killed.
                 if let Some(w) = self.worker(generation) {
                     w.connected = false;
                     w.accepting = false;
+                    if let (None, Some(why)) = (&w.failure, unreadable) {
+                        w.failure = Some(format!(
+                            "sent a control message this master cannot read ({why}): a build \
+                             of another graceful protocol, or not a graceful program"
+                        ));
+                    }
                     if let State::Starting { deadline } = &mut w.state {
                         *deadline = (*deadline).min(now + CLOSED_GRACE);
                     }
@@ -1881,7 +1894,13 @@ mod tests {
     fn a_worker_that_closes_its_channel_but_lingers_is_killed_after_a_second() {
         let mut run = Run::serving();
         run.reload(1000, 2, 102);
-        run.at(1100, Event::ControlClosed { generation: 2 });
+        run.at(
+            1100,
+            Event::ControlClosed {
+                generation: 2,
+                unreadable: None,
+            },
+        );
         assert_eq!(run.core.next_deadline(), Some(run.t0 + MS * 2100));
         assert_eq!(run.at(2100, Event::Tick)[1], Action::Kill { pid: 102 });
         let actions = run.at(2101, exited(102, 0));
@@ -1892,6 +1911,48 @@ mod tests {
             reason.ends_with("closed its control channel before it was ready and did not exit"),
             "{reason}"
         );
+    }
+
+    #[test]
+    fn a_worker_whose_message_cannot_be_read_fails_with_what_it_sent() {
+        let mut run = Run::serving();
+        run.reload(1000, 2, 102);
+        let unreadable = |generation| Event::ControlClosed {
+            generation,
+            unreadable: Some("unknown control message tag 0x5a".into()),
+        };
+        run.at(1100, unreadable(2));
+        assert_eq!(run.at(2100, Event::Tick)[1], Action::Kill { pid: 102 });
+        let killed = Event::Exited {
+            pid: 102,
+            how: "was killed by SIGKILL".into(),
+        };
+        let actions = run.at(2101, killed);
+        let Action::Report(Report::ReloadFailed { reason, .. }) = &actions[0] else {
+            panic!("{actions:?}");
+        };
+        assert_eq!(
+            reason,
+            "worker 2 (pid 102) was killed by SIGKILL before it was ready: sent a control \
+             message this master cannot read (unknown control message tag 0x5a): a build of \
+             another graceful protocol, or not a graceful program"
+        );
+        // A reason the worker gave first is the one kept.
+        let mut run = Run::serving();
+        run.reload(1000, 2, 102);
+        run.at(
+            1050,
+            Event::Failed {
+                generation: 2,
+                reason: "main panicked: boom".into(),
+            },
+        );
+        run.at(1100, unreadable(2));
+        let actions = run.at(1101, exited(102, 1));
+        let Action::Report(Report::ReloadFailed { reason, .. }) = &actions[0] else {
+            panic!("{actions:?}");
+        };
+        assert!(reason.ends_with("main panicked: boom"), "{reason}");
     }
 
     #[test]
@@ -2586,7 +2647,13 @@ mod tests {
         );
 
         let mut run = replaced_for_a_client();
-        let closed = run.at(1060, Event::ControlClosed { generation: 1 });
+        let closed = run.at(
+            1060,
+            Event::ControlClosed {
+                generation: 1,
+                unreadable: None,
+            },
+        );
         assert_eq!(
             answers(&closed),
             [(Waiter::Client(7), reloaded(2, 102, 50))]

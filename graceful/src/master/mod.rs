@@ -1061,11 +1061,22 @@ impl Master {
                     check,
                     connections,
                 },
-                Ok(None) | Err(_) => {
+                closed @ (Ok(None) | Err(_)) => {
                     if let Some(child) = self.children.get_mut(&generation) {
                         child.control = None;
                     }
-                    Event::ControlClosed { generation }
+                    // A message this master cannot read (`InvalidData`)
+                    // is the reason; EOF and other errors need none.
+                    let unreadable = match closed {
+                        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                            Some(e.to_string())
+                        }
+                        _ => None,
+                    };
+                    Event::ControlClosed {
+                        generation,
+                        unreadable,
+                    }
                 }
             };
             self.handle(event);
