@@ -318,7 +318,7 @@ impl Options {
 
 /// The longest `version`, in bytes: it shares a line of the status with the
 /// worker's generation, PID and times.
-const MAX_VERSION: usize = 100;
+pub(crate) const MAX_VERSION: usize = 100;
 
 /// `#[graceful::main]`'s default `version`, the package's name and version
 /// where the build tool set both: cut to fit, at a character, since a

@@ -267,10 +267,15 @@ impl Decode for ToMaster {
                 no_payload(tag, rest, ToMaster::Drained { drained, cut })
             }
             METRICS => no_payload(tag, payload, ToMaster::Metrics),
-            // Shown on a line of the status and the log: one line of text.
+            // Shown on a line of the status and the log: one line of text,
+            // cut to the `version` option's length, so that a worker (which
+            // may serve as a less trusted user) cannot swell every status,
+            // metrics page and log line that names it.
             BUILD => match std::str::from_utf8(payload) {
                 Ok(build) if !build.is_empty() && !build.contains(char::is_control) => {
-                    Ok(ToMaster::Build(build.to_string()))
+                    let mut build = build.to_string();
+                    crate::log::cut(&mut build, crate::config::MAX_VERSION);
+                    Ok(ToMaster::Build(build))
                 }
                 _ => Err(DecodeError::Malformed {
                     tag: 'B',
@@ -632,6 +637,12 @@ mod tests {
         }
         assert!(ToMaster::decode(b"Mx", None).is_err());
         assert!(ToMaster::decode(b"T\x01", None).is_err());
+        // A build longer than the option allows is cut, at a character.
+        let long = [&b"B"[..], "é".repeat(60).as_bytes()].concat();
+        assert_eq!(
+            ToMaster::decode(&long, None).unwrap(),
+            ToMaster::Build("é".repeat(50))
+        );
         // A build is one line of text, not empty.
         for bytes in [&b"B"[..], b"B1.0\nready", b"B1.0\x1b[2J", b"B\xff"] {
             assert_eq!(
