@@ -33,19 +33,6 @@ pub(crate) const ENV_MASTER_METRICS: &str = "GRACEFUL_MASTER_METRICS";
 pub(crate) const ENV_MASTER_BUILDS: &str = "GRACEFUL_MASTER_BUILDS";
 /// The level of `GRACEFUL_MASTER_BUILDS` this build's master sets.
 pub(crate) const MASTER_BUILDS_LEVEL: u32 = 2;
-
-/// The level in `GRACEFUL_MASTER_BUILDS`: 0 where it is not set, and 1
-/// where it is set to anything but a number (the first masters that set it
-/// set "1"; a later one sets a higher number).
-fn builds_level(value: Option<&std::ffi::OsStr>) -> u32 {
-    value.map_or(0, |value| {
-        value
-            .to_str()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1)
-            .max(1)
-    })
-}
 /// The read end of a pipe holding a master's state (`state.rs`): for the
 /// master image that takes over, or, with `GRACEFUL_ROLE=check`, for the
 /// new executable asked whether it can.
@@ -259,6 +246,19 @@ impl Parent {
             master_builds: 0,
         })
     }
+}
+
+/// The level in `GRACEFUL_MASTER_BUILDS`: 0 where it is not set, and 1
+/// where it is set to anything but a number (the first masters that set it
+/// set "1"; a later one sets a higher number).
+fn builds_level(value: Option<&std::ffi::OsStr>) -> u32 {
+    value.map_or(0, |value| {
+        value
+            .to_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1)
+            .max(1)
+    })
 }
 
 #[cfg(test)]

@@ -495,8 +495,6 @@ enum NoHandover {
     Failed(String),
 }
 
-/// Starts a successor and waits until it is ready (its PID and handle),
-/// fails, or the drain of this process starts.
 /// A successor that is ready: its PID, the build it reported, and its
 /// handle.
 struct Handover {
@@ -505,6 +503,8 @@ struct Handover {
     child: tokio::process::Child,
 }
 
+/// Starts a successor and waits until it is ready, fails, or the drain of
+/// this process starts.
 async fn successor(shared: &Shared) -> Result<Handover, NoHandover> {
     let spawn_failed = |e: std::io::Error| {
         NoHandover::Failed(format!(
