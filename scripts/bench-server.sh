@@ -7,6 +7,12 @@
 # build of it named by BENCH (scripts/pgo's: BENCH=target/pgo/use/release/bench).
 bench=${BENCH:-target/release/bench}
 
+# Checks that $1, the command-line argument named $2, is a whole number
+# above 0 without a leading zero; exits 2 naming it otherwise.
+bench_whole() {
+    case $1 in *[!0-9]* | "" | 0*) echo "$2: a whole number above 0 (no leading zero), not $1" >&2; exit 2 ;; esac
+}
+
 # The h2load command the clients run; a caller may put a prefix before it
 # (scripts/profile pins it: taskset -c 1 h2load).
 h2load=(h2load)
