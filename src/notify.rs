@@ -63,6 +63,12 @@ impl Notifications {
         &self.address
     }
 
+    /// The temporary directory of a path socket: for a test whose
+    /// `Notifications` moves to a thread that outlives it, to remove it.
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        self.dir.as_deref()
+    }
+
     /// The next message; panics if none comes within the timeout.
     pub fn recv(&self) -> String {
         self.recv_with_pid().0

@@ -793,6 +793,8 @@ fn single_mode_names_the_build_that_serves() {
         "{finished}"
     );
     assert!(wait_gone(first, T));
+    drop(service);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// `#[graceful::main]` names the package's build without being told.

@@ -231,6 +231,7 @@ fn workers_serve_as_the_user_on_every_thread_while_the_master_keeps_root() {
     service.signal(Signal::SIGTERM);
     assert_eq!(slow.join().unwrap(), format!("slow 700 done by {third}\n"));
     assert!(service.wait_exit(T).success(), "{}", service.log_text());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -342,6 +343,7 @@ fn the_files_the_master_creates_stay_roots_and_the_unprivileged_worker_serves_it
     assert!(service.wait_exit(T).success(), "{}", service.log_text());
     // The master, still root, removed what it made.
     assert!(!socket.exists() && !control.exists() && !pid_file.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -61,7 +61,9 @@ fn a_stopped_worker_is_replaced_and_watchdog_keep_alives_pause_meanwhile() {
     let addr = service.addr(T);
     let first = service.ready_worker(1, T);
     service.wait_line("the serving worker is checked every 500ms", T);
-    // Every notification, with when it came.
+    // Every notification, with when it came. The thread that receives
+    // them outlives the test, so the socket's directory is removed here.
+    let dir = notes.dir().expect("a path socket").to_path_buf();
     let (tx, received) = mpsc::channel::<(Instant, String)>();
     std::thread::spawn(move || loop {
         let note = notes.recv();
@@ -125,6 +127,8 @@ fn a_stopped_worker_is_replaced_and_watchdog_keep_alives_pause_meanwhile() {
         "WATCHDOG=1 while no worker answered: {late:?}"
     );
     assert!(resumed > replaced);
+    drop(service);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
