@@ -12,7 +12,7 @@ pub mod procfs;
 pub mod tls;
 pub mod versioned;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The bound on every wait in the tests: a process that is not ready, a
@@ -174,12 +174,78 @@ pub fn write_executable(text: &str, to: &std::path::Path) {
     assert_eq!(code, 0, "writing {}: {out}{err}", to.display());
 }
 
-/// A fresh temporary directory for one test: `graceful-test-NAME-PID`.
-pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("graceful-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A test's own temporary directory, `graceful-test-NAME-PID`, made fresh
+/// and removed when the value is dropped: at the test's end, and also when
+/// it fails, as the panic unwinds. Set `GRACEFUL_TEST_KEEP=1` to keep the
+/// directories of failed tests (their logs, sockets and builds); each one
+/// kept is named on stderr.
+///
+/// Declare it before the processes that use it (a [`process::Service`]),
+/// so that they are ended before it is removed.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path.as_os_str()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if keeps(
+            std::thread::panicking(),
+            std::env::var_os("GRACEFUL_TEST_KEEP").as_deref(),
+        ) {
+            eprintln!("kept {} (GRACEFUL_TEST_KEEP=1)", self.path.display());
+            return;
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                // Not a panic: this may run while a failed test unwinds.
+                eprintln!("could not remove {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+/// Whether a [`TempDir`] is kept: only by a failed test, and only when asked
+/// to with `GRACEFUL_TEST_KEEP=1`.
+fn keeps(failed: bool, keep: Option<&std::ffi::OsStr>) -> bool {
+    failed && keep.is_some_and(|v| v == "1")
+}
+
+/// A fresh temporary directory for one test: `graceful-test-NAME-PID`,
+/// removed when the returned guard is dropped (see [`TempDir`]).
+pub fn temp_dir(name: &str) -> TempDir {
+    let path = std::env::temp_dir().join(format!("graceful-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&path);
+    std::fs::create_dir_all(&path)
+        .unwrap_or_else(|e| panic!("creating the test directory {}: {e}", path.display()));
+    TempDir { path }
 }
 
 /// Path of a binary built next to the test binary: `examples/NAME` or `NAME`.
@@ -197,6 +263,44 @@ pub fn built(name: &str) -> std::path::PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tests_directory_is_removed_when_it_ends_and_when_it_fails() {
+        let dir = temp_dir("unit-passed");
+        std::fs::write(dir.join("file"), b"x").unwrap();
+        std::fs::create_dir(dir.join("sub")).unwrap();
+        let path = dir.to_path_buf();
+        assert!(path.is_dir());
+        drop(dir);
+        assert!(!path.exists(), "{} left", path.display());
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let failed = std::thread::spawn(move || {
+            let dir = temp_dir("unit-failed");
+            tx.send(dir.to_path_buf()).unwrap();
+            panic!("the test failed");
+        })
+        .join();
+        assert!(failed.is_err());
+        let path = rx.recv().unwrap();
+        // Unless this run keeps failed tests' directories.
+        if keeps(true, std::env::var_os("GRACEFUL_TEST_KEEP").as_deref()) {
+            assert!(path.is_dir(), "{} not kept", path.display());
+            std::fs::remove_dir_all(&path).unwrap();
+        } else {
+            assert!(!path.exists(), "{} left", path.display());
+        }
+    }
+
+    #[test]
+    fn only_a_failed_tests_directory_is_kept_and_only_when_asked() {
+        let one = Some(std::ffi::OsStr::new("1"));
+        assert!(keeps(true, one));
+        assert!(!keeps(false, one));
+        assert!(!keeps(true, None));
+        assert!(!keeps(true, Some(std::ffi::OsStr::new("0"))));
+        assert!(!keeps(true, Some(std::ffi::OsStr::new(""))));
+    }
 
     #[test]
     fn a_command_whose_output_is_larger_than_a_pipe_holds_runs_to_its_end() {

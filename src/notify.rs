@@ -3,7 +3,7 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::socket::{
@@ -14,8 +14,11 @@ pub struct Notifications {
     socket: UnixDatagram,
     /// The value for `NOTIFY_SOCKET`: a path, or `@name` for an abstract socket.
     address: String,
-    /// The temporary directory of a path socket, removed on drop.
-    dir: Option<PathBuf>,
+    /// The temporary directory of a path socket made by [`bind`], removed
+    /// when this is dropped.
+    ///
+    /// [`bind`]: Notifications::bind
+    _dir: Option<crate::TempDir>,
 }
 
 impl Notifications {
@@ -23,14 +26,19 @@ impl Notifications {
     /// each receive waits up to `timeout`.
     pub fn bind(name: &str, timeout: Duration) -> Notifications {
         let dir = crate::temp_dir(name);
+        let mut notes = Notifications::bind_in(&dir, timeout);
+        notes._dir = Some(dir);
+        notes
+    }
+
+    /// A socket at `notify.sock` in `dir`, which the caller owns: for a test
+    /// whose `Notifications` moves to a thread that outlives it, so that the
+    /// directory is still removed when the test ends.
+    pub fn bind_in(dir: &Path, timeout: Duration) -> Notifications {
         let path = dir.join("notify.sock");
-        let socket = UnixDatagram::bind(&path).unwrap();
-        Notifications::new(
-            socket,
-            path.to_str().unwrap().to_string(),
-            Some(dir),
-            timeout,
-        )
+        let socket =
+            UnixDatagram::bind(&path).unwrap_or_else(|e| panic!("binding {}: {e}", path.display()));
+        Notifications::new(socket, path.to_str().unwrap().to_string(), timeout)
     }
 
     /// An abstract socket (Linux), named after this test process.
@@ -39,34 +47,23 @@ impl Notifications {
         let name = format!("graceful-test-notify-{}", std::process::id());
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
         let socket = UnixDatagram::bind_addr(&addr).unwrap();
-        Notifications::new(socket, format!("@{name}"), None, timeout)
+        Notifications::new(socket, format!("@{name}"), timeout)
     }
 
-    fn new(
-        socket: UnixDatagram,
-        address: String,
-        dir: Option<PathBuf>,
-        timeout: Duration,
-    ) -> Notifications {
+    fn new(socket: UnixDatagram, address: String, timeout: Duration) -> Notifications {
         socket.set_read_timeout(Some(timeout)).unwrap();
         // The sender's credentials come with every datagram.
         setsockopt(&socket, sockopt::PassCred, &true).unwrap();
         Notifications {
             socket,
             address,
-            dir,
+            _dir: None,
         }
     }
 
     /// The value for `NOTIFY_SOCKET`.
     pub fn address(&self) -> &str {
         &self.address
-    }
-
-    /// The temporary directory of a path socket: for a test whose
-    /// `Notifications` moves to a thread that outlives it, to remove it.
-    pub fn dir(&self) -> Option<&std::path::Path> {
-        self.dir.as_deref()
     }
 
     /// The next message; panics if none comes within the timeout.
@@ -96,13 +93,5 @@ impl Notifications {
             .expect("the sender's credentials");
         let n = msg.bytes;
         (String::from_utf8(buf[..n].to_vec()).unwrap(), pid)
-    }
-}
-
-impl Drop for Notifications {
-    fn drop(&mut self) {
-        if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
     }
 }

@@ -283,7 +283,6 @@ fn twenty_reloads_over_unixgram_lose_no_datagram_and_the_new_worker_answers() {
     let (sent, tally) = twenty_reloads(&service, Client::start(socket));
     assert_lossless("unixgram", sent, &tally);
     drop(service);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// What a restart without graceful loses: the same client against an echo
@@ -405,7 +404,6 @@ fn a_failed_reload_leaves_the_old_worker_reading() {
     assert!(tally.lost.is_empty(), "lost {:?}", tally.lost);
     assert!(tally.duplicated.is_empty());
     assert!(tally.answered.len() as u64 >= after + 200, "sent {sent}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// One datagram and its answer, with a bounded wait.

@@ -10,33 +10,36 @@ use graceful_dev::http::{get, pid_of};
 use graceful_dev::load::{Load, Mode};
 use graceful_dev::process::Service;
 use graceful_dev::procfs::{children_of, cpu_time, is_alive, wait_gone};
-use graceful_dev::temp_dir;
 use graceful_dev::testapp;
+use graceful_dev::{temp_dir, TempDir};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use graceful_dev::TIMEOUT as T;
 
-struct Flag(PathBuf);
+/// A flag file that makes testapp fail, in a directory of the test's own
+/// (removed with it).
+struct Flag {
+    path: PathBuf,
+    _dir: TempDir,
+}
 
 impl Flag {
     fn new(name: &str) -> Flag {
-        Flag(temp_dir(&format!("faults-{name}")).join("fail"))
+        let dir = temp_dir(&format!("faults-{name}"));
+        Flag {
+            path: dir.join("fail"),
+            _dir: dir,
+        }
     }
     fn env(&self) -> (&'static str, &str) {
-        ("TESTAPP_FAIL_IF_EXISTS", self.0.to_str().unwrap())
+        ("TESTAPP_FAIL_IF_EXISTS", self.path.to_str().unwrap())
     }
     fn set(&self, mode: &str) {
-        std::fs::write(&self.0, mode).unwrap();
+        std::fs::write(&self.path, mode).unwrap();
     }
     fn clear(&self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-impl Drop for Flag {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

@@ -200,7 +200,6 @@ fn fleet(name: &str, delay: &str, roll: impl Fn(&mut Instance, &Balancer)) -> Ve
         .collect();
     drop(balancer);
     drop(instances);
-    let _ = std::fs::remove_dir_all(&dir);
     reports
 }
 
@@ -313,5 +312,4 @@ fn a_certificate_rotated_by_a_data_swap_behind_haproxy_fails_no_handshake() {
     }
     drop(balancer);
     drop(instances);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -515,7 +515,6 @@ fn started_through_path_a_switched_symlink_is_followed_at_reload() {
     let second = service.ready_worker(2, T);
     assert_eq!(exe(second), releases.join("2"));
     drop(service);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -650,7 +649,6 @@ fn a_stalled_stderr_blocks_neither_requests_nor_signals() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(0));
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]

@@ -146,7 +146,6 @@ fn graceful_metrics_and_the_handler_pass_promtool_and_count_what_happened() {
 
     service.signal(Signal::SIGTERM);
     assert!(service.wait_exit(T).success());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -9,13 +9,14 @@ use graceful_dev::http::{get, pid_of};
 use graceful_dev::process::Service;
 use graceful_dev::procfs::wait_gone;
 use graceful_dev::{
-    copy_executable, graceful_command, run_bounded, temp_dir, testapp, TIMEOUT as T,
+    copy_executable, graceful_command, run_bounded, temp_dir, testapp, TempDir, TIMEOUT as T,
 };
 
 /// A service whose executable is a copy in its own directory (so a test may
 /// replace it with a broken build), with a control socket there.
 struct Deployed {
-    dir: PathBuf,
+    /// Removed when this is dropped.
+    dir: TempDir,
     exe: PathBuf,
     socket: String,
     flag: PathBuf,
@@ -61,12 +62,6 @@ impl Deployed {
         assert_eq!(code, 0, "{out}{err}");
         assert_eq!(out.lines().count(), 1, "{out}");
         serde_json::from_str(&out).unwrap()
-    }
-}
-
-impl Drop for Deployed {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -268,7 +263,6 @@ fn the_reload_command_fails_clearly_when_it_cannot_ask() {
         err.contains("graceful metrics has no --json: the metrics are Prometheus text"),
         "{err}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Where the `graceful` command's output goes in the test below.
@@ -618,7 +612,6 @@ fn reload_and_wait_resolves_to_the_outcome_in_single_mode() {
     // stopped accepting it may still take a connection.
     assert!(wait_gone(service.pid(), T), "the first process drained");
     assert_eq!(pid_of(&addr), successor);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -635,7 +628,6 @@ fn control_socket_and_watchdog_are_refused_in_single_mode() {
     );
     assert_eq!(service.wait_exit(T).code(), Some(1));
     service.wait_line("invalid option control_socket: it needs master mode", T);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -794,7 +786,6 @@ fn single_mode_names_the_build_that_serves() {
     );
     assert!(wait_gone(first, T));
     drop(service);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// `#[graceful::main]` names the package's build without being told.
@@ -816,5 +807,4 @@ fn the_attribute_macro_reports_the_packages_name_and_version() {
         format!("graceful-dev {}", env!("CARGO_PKG_VERSION")),
         "{status}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

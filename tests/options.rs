@@ -178,5 +178,4 @@ fn every_attribute_option_takes_effect() {
     assert_eq!(service.wait_exit(T).code(), Some(0));
     assert!(!pid_file.exists(), "the PID file is removed on stop");
     drop(service);
-    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -231,7 +231,6 @@ fn workers_serve_as_the_user_on_every_thread_while_the_master_keeps_root() {
     service.signal(Signal::SIGTERM);
     assert_eq!(slow.join().unwrap(), format!("slow 700 done by {third}\n"));
     assert!(service.wait_exit(T).success(), "{}", service.log_text());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -343,7 +342,6 @@ fn the_files_the_master_creates_stay_roots_and_the_unprivileged_worker_serves_it
     assert!(service.wait_exit(T).success(), "{}", service.log_text());
     // The master, still root, removed what it made.
     assert!(!socket.exists() && !control.exists() && !pid_file.exists());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -475,7 +473,7 @@ fn the_reload_command_believes_another_users_socket_only_in_a_directory_not_ever
     // The service's own directory (systemd's RuntimeDirectory=): root
     // believes it.
     let own = temp_dir("privilege-own-dir");
-    nix::unistd::chown(&own, Some(65534.into()), Some(65534.into())).unwrap();
+    nix::unistd::chown(own.path(), Some(65534.into()), Some(65534.into())).unwrap();
     std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o755)).unwrap();
     let (mut service, socket) = serve_in(&own);
     let (code, out, err) = graceful_command(&["reload", s(&socket)]);
@@ -483,6 +481,4 @@ fn the_reload_command_believes_another_users_socket_only_in_a_directory_not_ever
     assert!(out.starts_with("reloaded: generation 2 (pid "), "{out}");
     service.signal(Signal::SIGTERM);
     assert!(service.wait_exit(T).success(), "{}", service.log_text());
-    let _ = std::fs::remove_dir_all(&shared);
-    let _ = std::fs::remove_dir_all(&own);
 }

@@ -12,8 +12,8 @@ use graceful_dev::load::{Load, Mode};
 use graceful_dev::notify::Notifications;
 use graceful_dev::process::Service;
 use graceful_dev::procfs::{children_of, fd_count, is_alive, wait_gone};
-use graceful_dev::temp_dir;
 use graceful_dev::testapp;
+use graceful_dev::{temp_dir, TempDir};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -42,7 +42,7 @@ fn single(envs: &[(&str, &str)]) -> Service {
 /// load.
 struct Flagged {
     service: Service,
-    dir: PathBuf,
+    dir: TempDir,
     flag: PathBuf,
     addr: String,
     first: i32,
@@ -115,14 +115,13 @@ fn reloads_under_load_lose_nothing_and_the_pid_file_follows() {
     service.wait_line("stopped", T);
     assert!(!pid_path.exists(), "the PID file is removed on stop");
     assert!(get(&addr, "/").is_err(), "the listener is closed");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_failed_successor_leaves_the_old_process_serving() {
     let Flagged {
         service,
-        dir,
+        dir: _dir,
         flag,
         addr,
         first,
@@ -160,7 +159,6 @@ fn a_failed_successor_leaves_the_old_process_serving() {
     report.assert_clean("load");
     signal(second, Signal::SIGTERM);
     assert!(wait_gone(second, T));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -303,7 +301,6 @@ fn a_pid_file_that_cannot_follow_a_reload_on_a_full_disk_is_removed_not_left_sta
     assert!(wait_gone(first, T));
     assert!(!seen(second).exists());
     assert_eq!(pid_of(&addr), second);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -352,7 +349,7 @@ fn the_attribute_selects_single_mode_and_graceful_mode_overrides_it() {
 fn reload_requests_during_a_reload_are_coalesced_and_passed_on() {
     let Flagged {
         service,
-        dir,
+        dir: _dir,
         flag,
         addr,
         first,
@@ -389,7 +386,6 @@ fn reload_requests_during_a_reload_are_coalesced_and_passed_on() {
     report.assert_clean("load");
     signal(third, Signal::SIGTERM);
     assert!(wait_gone(third, T));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

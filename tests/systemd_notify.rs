@@ -127,7 +127,6 @@ fn notify_sequence_over_start_reload_failed_reload_and_stop() {
     );
     assert_eq!(service.wait_exit(T).code(), Some(0));
     drop(service);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]

@@ -75,7 +75,6 @@ fn the_tls_example_speaks_http1_and_h2_to_curl_and_rustls() {
 
     // Plain HTTP on the TLS port is not answered as HTTP.
     assert!(!matches!(graceful_dev::http::get(&addr, "/"), Ok((200, _))));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -123,7 +122,6 @@ fn a_reload_serves_rotated_certificates_with_zero_failures() {
         assert!(report.ok > 0, "{}: {}", mode.name(), report.summary());
         report.assert_clean(mode.name());
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -171,7 +169,6 @@ fn a_broken_certificate_is_rolled_back_and_named() {
     }
     let report = load.stop();
     report.assert_clean("load");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -187,7 +184,6 @@ fn a_broken_certificate_at_first_start_is_an_error_naming_the_file() {
         line.contains(&format!("TLS file {cert:?}: No such file or directory")),
         "{line}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -232,7 +228,6 @@ fn a_handshake_in_progress_counts_in_the_drain_and_gets_idle_grace() {
         began.elapsed()
     );
     drop(silent);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -256,7 +251,6 @@ fn listen_and_serve_tls_is_a_drop_in_that_reloads() {
     assert!(wait_gone(first, T));
     let got = fetch(addr, &client, true, "/").unwrap();
     assert_eq!(got.body.trim(), second.to_string());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -314,7 +308,6 @@ fn a_certificate_rotated_by_a_data_swap_is_served_with_no_signal_and_no_failure(
     report.assert_clean("new connection over TLS");
     assert_eq!(service.count_lines("reload started"), 2);
     drop(service);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -347,5 +340,4 @@ fn a_client_that_stalls_its_handshake_is_closed_at_a_header_timeout_shorter_than
     // A client that completes its handshake is served as before.
     let client = ca.client_config();
     assert!(fetch(addr, &client, false, "/").is_ok());
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -152,7 +152,6 @@ fn master_lines_carry_syslog_priorities_when_stderr_is_the_journal() {
     nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
     assert!(wait_for("stopped").starts_with("<6>graceful: stopped"));
     assert!(child.0.wait().unwrap().success());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A child that is killed by its PID and reaped if the test fails first.

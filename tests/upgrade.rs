@@ -78,7 +78,6 @@ fn a_new_build_with_a_longer_stop_timeout_and_other_signals_takes_over_the_maste
         service.log_text()
     );
     assert_eq!(service.count_lines("killing"), 0, "{}", service.log_text());
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// 20 reloads under keep-alive and new-connection load: each upgrades the
@@ -203,7 +202,6 @@ fn a_reload_command_waiting_across_the_upgrade_gets_its_answer() {
     assert_eq!(status["master_pid"], service.pid(), "{status}");
     let (_, text, _) = graceful_command(&["status", &socket]);
     assert!(text.contains("1 upgrade(s) in place"), "{text}");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// SIGHUP and SIGTERM sent while the master waits to re-execute (the new
@@ -279,7 +277,7 @@ fn a_build_written_while_the_master_checks_the_last_one_is_not_what_it_executes(
     // not after the descriptor it was executed from.
     let comm = std::fs::read_to_string(format!("/proc/{master}/comm")).unwrap();
     assert_eq!(comm, "app\n");
-    broken_build_rolls_back(service, &addr, second, &dir);
+    broken_build_rolls_back(service, &addr, second);
 }
 
 /// The check role reads the state from the pipe it is given and refuses,
@@ -346,19 +344,18 @@ fn a_build_written_while_the_new_worker_starts_waits_for_the_next_reload() {
     );
     assert_eq!(get(&addr, "/pid").unwrap().1, format!("{second}\n"));
     std::fs::remove_file(dir.join("slow")).unwrap();
-    broken_build_rolls_back(service, &addr, second, &dir);
+    broken_build_rolls_back(service, &addr, second);
 }
 
 /// The next reload runs the broken build (`exit 3`) now at the path, and
 /// rolls it back: worker `second` still serves at `addr`. Then a stop ends
-/// the service with status 0, and `dir` is removed.
-fn broken_build_rolls_back(mut service: Service, addr: &str, second: i32, dir: &std::path::Path) {
+/// the service with status 0.
+fn broken_build_rolls_back(mut service: Service, addr: &str, second: i32) {
     service.signal(Signal::SIGHUP);
     let failed = service.wait_line("reload failed", T);
     assert!(failed.contains("exited with status 3"), "{failed}");
     assert_eq!(get(addr, "/pid").unwrap().1, format!("{second}\n"));
     service.stop_cleanly(T);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A copy of testapp at `dir`/app, serving, then reloaded once: returns
@@ -414,7 +411,6 @@ fn a_deleted_executable_is_still_the_build_the_master_becomes() {
     service.wait_line("after draining", T);
     assert_eq!(get(&addr, "/pid").unwrap().1, format!("{second}\n"));
     service.stop_cleanly(T);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// `GRACEFUL_UPGRADE_MASTER=0` keeps the master's image across a reload
@@ -442,5 +438,4 @@ fn graceful_upgrade_master_turns_the_upgrade_off_or_names_a_bad_value() {
         "invalid option upgrade_master: GRACEFUL_UPGRADE_MASTER=\"yes\" is not 1 or 0 (true or false)",
         T,
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -90,5 +90,4 @@ fn a_replaced_executable_is_reloaded_once_and_a_broken_build_rolled_back() {
     );
     assert_eq!(get(&addr, "/").unwrap().0, 200);
     drop(service);
-    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -48,7 +48,10 @@ fn clients_during(addr: &str, n: usize) -> Vec<std::thread::JoinHandle<(u16, Str
 
 #[test]
 fn a_stopped_worker_is_replaced_and_watchdog_keep_alives_pause_meanwhile() {
-    let notes = Notifications::bind("watchdog-sigstop", T);
+    // The thread that receives the notifications outlives the test, so
+    // the socket's directory is the test's own, removed when it ends.
+    let dir = temp_dir("watchdog-sigstop");
+    let notes = Notifications::bind_in(&dir, T);
     // WATCHDOG_USEC = 2 s: the master checks its worker every 500 ms.
     let service = Service::start(
         &testapp(),
@@ -61,9 +64,7 @@ fn a_stopped_worker_is_replaced_and_watchdog_keep_alives_pause_meanwhile() {
     let addr = service.addr(T);
     let first = service.ready_worker(1, T);
     service.wait_line("the serving worker is checked every 500ms", T);
-    // Every notification, with when it came. The thread that receives
-    // them outlives the test, so the socket's directory is removed here.
-    let dir = notes.dir().expect("a path socket").to_path_buf();
+    // Every notification, with when it came.
     let (tx, received) = mpsc::channel::<(Instant, String)>();
     std::thread::spawn(move || loop {
         let note = notes.recv();
@@ -127,8 +128,6 @@ fn a_stopped_worker_is_replaced_and_watchdog_keep_alives_pause_meanwhile() {
         "WATCHDOG=1 while no worker answered: {late:?}"
     );
     assert!(resumed > replaced);
-    drop(service);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -208,5 +207,4 @@ fn an_idle_master_with_a_control_socket_and_no_watchdog_never_wakes_up() {
     let (code, _, _) = graceful_dev::graceful_command(&["status", socket.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert!(switches(master) > before);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1163,7 +1163,7 @@ fn main() {
     idle.signal(Signal::SIGTERM);
     idle.wait_exit(T);
     let stop_ms = stop_began.elapsed().as_secs_f64() * 1000.0;
-    let _ = std::fs::remove_dir_all(&control_dir);
+    drop(control_dir);
 
     // Old worker exit after the new one is ready, idle keep-alive connections
     // only: clients that close their end when the server closes its own, as
