@@ -4,31 +4,28 @@
 //! master is restarted and nothing of it is left.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use graceful_dev::built;
 use graceful_dev::http::get;
 use graceful_dev::load::{Load, Mode};
 use graceful_dev::procfs::{children_of, wait_gone};
+use graceful_dev::{built, temp_dir, TempDir};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use graceful_dev::TIMEOUT as T;
 
 struct Supervisor {
-    dir: PathBuf,
+    /// Removed after supervisord has stopped (fields drop after `drop`).
+    dir: TempDir,
     daemon: Child,
     addr: String,
 }
 
 impl Supervisor {
     fn start(name: &str) -> Supervisor {
-        let dir =
-            std::env::temp_dir().join(format!("graceful-supervisor-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir(&format!("supervisor-{name}"));
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -110,7 +107,6 @@ impl Drop for Supervisor {
         // supervisord stops its programs on SIGTERM.
         let _ = kill(Pid::from_raw(self.daemon.id() as i32), Signal::SIGTERM);
         let _ = self.daemon.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

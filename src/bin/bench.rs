@@ -125,6 +125,35 @@ struct Options {
     clients: usize,
 }
 
+/// The commands `bench` takes, for `--help` and after a bad argument.
+const USAGE: &str = "usage:
+  bench [--reloads N] [--seconds S] [--clients C]   reloads under load (default 100, 5, 32)
+  bench --saturate [ROUNDS] [SECONDS] [h1|close|h2] saturating clients, one server at a time
+  bench --paired [ROUNDS] [SECONDS] [h1|close|h2]   saturating clients, both servers at once
+  bench --pinned [ROUNDS] [SECONDS]                 the benchmark's own client, pinned
+  bench --upgrade [N]                               N reloads with the master's upgrade on and off
+  bench --idle-connections [N]                      N idle keep-alive connections across a reload
+  bench --load ADDR [SECONDS]                       load only, on a server started by hand
+  bench --plain ADDR | --graceful [ADDR [CERT KEY]] the two servers
+Build first: cargo build --release --bins --examples";
+
+/// Says what is wrong with the command line, then the usage, and exits 2.
+fn bad_argument(message: &str) -> ! {
+    eprintln!("bench: {message}\n{USAGE}");
+    std::process::exit(2);
+}
+
+/// Argument `n`, parsed as a whole number above 0 named `name`, or
+/// `default` when it is absent.
+fn whole_arg(n: usize, name: &str, default: u64) -> u64 {
+    match std::env::args().nth(n) {
+        None => default,
+        Some(v) => v.parse().ok().filter(|&v| v > 0).unwrap_or_else(|| {
+            bad_argument(&format!("{name} is a whole number above 0, not {v:?}"))
+        }),
+    }
+}
+
 fn options() -> Options {
     let mut o = Options {
         reloads: 100,
@@ -137,15 +166,16 @@ fn options() -> Options {
         let value = || -> u64 {
             args.get(i + 1)
                 .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{} needs a number", args[i]))
+                .filter(|&v| v > 0)
+                .unwrap_or_else(|| {
+                    bad_argument(&format!("{} needs a whole number above 0", args[i]))
+                })
         };
         match args[i].as_str() {
             "--reloads" => o.reloads = value() as usize,
             "--seconds" => o.seconds = value(),
             "--clients" => o.clients = value() as usize,
-            other => {
-                panic!("unknown option {other:?}; options: --reloads N --seconds S --clients C")
-            }
+            other => bad_argument(&format!("unknown option {other:?}")),
         }
         i += 2;
     }
@@ -1038,7 +1068,10 @@ fn upgrade(me: &std::path::Path, n: usize) {
 fn main() {
     let first = std::env::args().nth(1);
     if first.as_deref() == Some("--plain") {
-        return plain(&std::env::args().nth(2).unwrap());
+        let addr = std::env::args()
+            .nth(2)
+            .unwrap_or_else(|| bad_argument("--plain needs the address to listen on"));
+        return plain(&addr);
     }
     if std::env::var_os("GRACEFUL_BENCH_SERVICE").is_some()
         || first.as_deref() == Some("--graceful")
@@ -1065,14 +1098,19 @@ fn main() {
         std::process::exit(code);
     }
 
+    if matches!(first.as_deref(), Some("--help" | "-h")) {
+        println!("{USAGE}");
+        return;
+    }
     if first.as_deref() == Some("--load") {
         // Load only, for profiling a server started by hand:
         // bench --load ADDR SECONDS
-        let addr: SocketAddr = std::env::args().nth(2).unwrap().parse().unwrap();
-        let seconds: u64 = std::env::args()
-            .nth(3)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(5);
+        let addr: SocketAddr = match std::env::args().nth(2).map(|a| a.parse()) {
+            Some(Ok(addr)) => addr,
+            Some(Err(e)) => bad_argument(&format!("--load ADDR: {e}")),
+            None => bad_argument("--load needs the server's ADDR (host:port)"),
+        };
+        let seconds = whole_arg(3, "SECONDS", 5);
         let load = Load::start(addr, Mode::KeepAlive, 32, "/");
         std::thread::sleep(Duration::from_secs(seconds));
         let r = load.stop();
@@ -1093,24 +1131,17 @@ fn main() {
         return paired(&me, rounds, seconds, &clients);
     }
     if first.as_deref() == Some("--pinned") {
-        let number = |n: usize, default: u64| {
-            std::env::args()
-                .nth(n)
-                .map_or(default, |v| v.parse().expect("a number"))
-        };
-        return pinned(&me, number(2, 5) as usize, number(3, 5));
+        return pinned(
+            &me,
+            whole_arg(2, "ROUNDS", 5) as usize,
+            whole_arg(3, "SECONDS", 5),
+        );
     }
     if first.as_deref() == Some("--upgrade") {
-        let n = std::env::args()
-            .nth(2)
-            .map_or(100, |v| v.parse().expect("a number"));
-        return upgrade(&me, n);
+        return upgrade(&me, whole_arg(2, "N", 100) as usize);
     }
     if first.as_deref() == Some("--idle-connections") {
-        let n = std::env::args()
-            .nth(2)
-            .map_or(10_000, |v| v.parse().expect("a number"));
-        return idle_connections(&me, n);
+        return idle_connections(&me, whole_arg(2, "N", 10_000) as usize);
     }
     let o = options();
     println!(
@@ -1296,8 +1327,7 @@ fn main() {
 
     // The other setups: single-process mode, and TLS with a new handshake
     // per request, each reloaded under load.
-    let dir = std::env::temp_dir().join(format!("graceful-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = graceful_dev::temp_dir("bench-reloads");
     let ca = TestCa::new();
     let (cert, key) = ca.leaf("bench").write(&dir, "server");
     struct Setup<'a> {
@@ -1389,7 +1419,7 @@ fn main() {
         }
         drop(service);
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 
     println!();
     println!("| mode | sent / ok / retried after GOAWAY, during reloads | failed | latency ms p50 / p99 / max, steady | latency ms p50 / p99 / max, within 1 s of a reload | signal → ready ms, median / max | ready → old exit ms, median / max | req/s graceful / plain = ratio |");
