@@ -34,6 +34,10 @@
 //!   server started first cancels; and a note naming each client whose
 //!   pairs left CPU 0 (or a cap) idle more than 5 % of the time, whose
 //!   rates the clients set. See [`paired`].
+//! - For both: `BENCH_PATH=/PATH` sets the path the clients ask for (default
+//!   `/`), and with it the size of each response's text, which moves
+//!   glibc's allocator between its paths (docs/throughput.md);
+//!   `GLIBC_TUNABLES`, which the servers inherit, is printed in the heading.
 //! - `bench --pinned [ROUNDS] [SECONDS]`: throughput with the servers on CPU 0
 //!   and the load generator on CPU 1 (`taskset`, `sched_setaffinity`), so
 //!   that a few percent can be told from noise; the ratio's median and
@@ -135,6 +139,8 @@ const USAGE: &str = "usage:
   bench --idle-connections [N]                      N idle keep-alive connections across a reload
   bench --load ADDR [SECONDS]                       load only, on a server started by hand
   bench --plain ADDR | --graceful [ADDR [CERT KEY]] the two servers
+BENCH_PATH=/PATH sets the path --saturate and --paired ask for (default /);
+GLIBC_TUNABLES, if set, is inherited by the servers and printed.
 Build first: cargo build --release --bins --examples";
 
 /// Says what is wrong with the command line, then the usage, and exits 2.
@@ -363,7 +369,7 @@ impl Saturating {
 
     fn run_once(self, addr: SocketAddr, seconds: u64) -> f64 {
         let taskset = graceful_dev::tool("taskset");
-        let url = format!("http://{addr}/");
+        let url = format!("http://{addr}{}", request_path());
         let duration = format!("{seconds}s");
         let mut command = std::process::Command::new(taskset);
         command.args(["-c", "1"]);
@@ -528,7 +534,9 @@ fn saturate(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Satura
     let taskset = graceful_dev::tool("taskset");
     let me = me.to_str().unwrap();
     println!(
-        "bench --saturate: servers on CPU 0, the client on CPU 1; {rounds} rounds of {seconds} s per server, five servers a round (plain, graceful, plain, plain as the A/A control, plain; graceful and the control swap every other round), each against the plain runs before and after it\n"
+        "bench --saturate: servers on CPU 0, the client on CPU 1; {rounds} rounds of {seconds} s per server, five servers a round (plain, graceful, plain, plain as the A/A control, plain; graceful and the control swap every other round), each against the plain runs before and after it; path {path}{tunables}\n",
+        path = request_path(),
+        tunables = glibc_tunables(),
     );
     println!("| client | plain, median req/s | CPU busy (of CPU 0, or of the cap), plain / graceful, median | graceful / plain req/s, each round | median (95 % CI) | A/A plain / plain, median (95 % CI) | CPU time per request, graceful / plain, median (95 % CI) |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
@@ -657,6 +665,40 @@ fn saturating_args(flag: &str) -> (usize, u64, Vec<Saturating>) {
     (arg(2, "ROUNDS", 8) as usize, arg(3, "SECONDS", 3), clients)
 }
 
+/// The path the saturating clients ask for: `BENCH_PATH`, or `/`. The
+/// handler answers with a text that holds it, so the path sets the size of
+/// each response, and with it which of the allocator's bins a request's
+/// allocations come from (docs/throughput.md: at some sizes glibc's
+/// `malloc` consolidates its fast bins on every request, in either server).
+fn request_path() -> String {
+    match std::env::var("BENCH_PATH") {
+        Err(std::env::VarError::NotPresent) => "/".to_string(),
+        Ok(path) if valid_request_path(&path) => path,
+        Ok(path) => bad_argument(&format!(
+            "BENCH_PATH is a path of 1 to 2,000 bytes that starts with / and has only letters, digits and -._~/, not {path:?}"
+        )),
+        Err(std::env::VarError::NotUnicode(path)) => {
+            bad_argument(&format!("BENCH_PATH is not UTF-8: {path:?}"))
+        }
+    }
+}
+
+/// `GLIBC_TUNABLES`, which the servers inherit, for the run's heading.
+fn glibc_tunables() -> String {
+    std::env::var("GLIBC_TUNABLES").map_or(String::new(), |t| format!("; GLIBC_TUNABLES={t}"))
+}
+
+/// Whether `path` can go into a client's URL as it is: it starts with `/`,
+/// holds only unreserved characters and `/`, and is not too long for a
+/// request line.
+fn valid_request_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path.len() <= 2000
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~/".contains(&b))
+}
+
 /// One server's side of a [`paired`] run.
 #[derive(Debug, Clone, Copy)]
 struct Side {
@@ -688,7 +730,9 @@ fn paired(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Saturati
     let taskset = graceful_dev::tool("taskset");
     let me = me.to_str().unwrap();
     println!(
-        "bench --paired: two servers at once on CPU 0, each with its own client on CPU 1; {rounds} rounds of two pairs (plain beside graceful, plain beside plain as the A/A control), {seconds} s each, fresh processes, the order alternating\n"
+        "bench --paired: two servers at once on CPU 0, each with its own client on CPU 1; {rounds} rounds of two pairs (plain beside graceful, plain beside plain as the A/A control), {seconds} s each, fresh processes, the order alternating; path {path}{tunables}\n",
+        path = request_path(),
+        tunables = glibc_tunables(),
     );
     println!("| client | plain, median req/s | share of CPU 0 (or of the cap) run, plain / graceful, median (graceful's / plain's, median) | graceful / plain req/s, each round | median (95 % CI) | A/A plain / plain, median (95 % CI) | CPU time per request, graceful / plain, median (95 % CI) | A/A, CPU time per request, median (95 % CI) |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
@@ -1476,6 +1520,30 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_path_is_taken_only_as_a_client_can_send_it() {
+        for good in [
+            "/",
+            "/aaaa",
+            "/a/b-c_d.e~f",
+            &format!("/{}", "a".repeat(1999)),
+        ] {
+            assert!(valid_request_path(good), "{good}");
+        }
+        for bad in [
+            "",
+            "a",
+            "//x y",
+            "/a?b",
+            "/a#b",
+            "/%41",
+            "/\u{e9}",
+            &format!("/{}", "a".repeat(2000)),
+        ] {
+            assert!(!valid_request_path(bad), "{bad}");
+        }
+    }
 
     /// The ranks of the median's 95 % interval are those of the binomial
     /// tables (none below 6 values, then x(1)–x(n) up to 8, x(3)–x(10) of
