@@ -208,12 +208,6 @@ impl AsRef<Path> for TempDir {
     }
 }
 
-impl AsRef<std::ffi::OsStr> for TempDir {
-    fn as_ref(&self) -> &std::ffi::OsStr {
-        self.path.as_os_str()
-    }
-}
-
 impl Drop for TempDir {
     fn drop(&mut self) {
         if keeps(

@@ -275,12 +275,9 @@ fn a_unix_path_that_is_not_a_stale_socket_is_never_removed() {
     let live = dir.join("live.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
     for (path, expected) in [
-        (&file, "exists and is not a socket; refusing to remove it"),
-        (
-            &dir.to_path_buf(),
-            "exists and is not a socket; refusing to remove it",
-        ),
-        (&live, "is in use by a running listener"),
+        (&*file, "exists and is not a socket; refusing to remove it"),
+        (&*dir, "exists and is not a socket; refusing to remove it"),
+        (&*live, "is in use by a running listener"),
     ] {
         let addr = format!("unix:{}", path.display());
         let mut service = Service::start(&testapp(), &[&addr], &[]);

@@ -785,7 +785,6 @@ fn single_mode_names_the_build_that_serves() {
         "{finished}"
     );
     assert!(wait_gone(first, T));
-    drop(service);
 }
 
 /// `#[graceful::main]` names the package's build without being told.
