@@ -149,12 +149,17 @@ fn bad_argument(message: &str) -> ! {
     std::process::exit(2);
 }
 
+/// `v` as a whole number above 0.
+fn whole(v: &str) -> Option<u64> {
+    v.parse().ok().filter(|&v| v > 0)
+}
+
 /// Argument `n`, parsed as a whole number above 0 named `name`, or
 /// `default` when it is absent.
 fn whole_arg(n: usize, name: &str, default: u64) -> u64 {
     match std::env::args().nth(n) {
         None => default,
-        Some(v) => v.parse().ok().filter(|&v| v > 0).unwrap_or_else(|| {
+        Some(v) => whole(&v).unwrap_or_else(|| {
             bad_argument(&format!("{name} is a whole number above 0, not {v:?}"))
         }),
     }
@@ -170,12 +175,9 @@ fn options() -> Options {
     let mut i = 0;
     while i < args.len() {
         let value = || -> u64 {
-            args.get(i + 1)
-                .and_then(|v| v.parse().ok())
-                .filter(|&v| v > 0)
-                .unwrap_or_else(|| {
-                    bad_argument(&format!("{} needs a whole number above 0", args[i]))
-                })
+            args.get(i + 1).and_then(|v| whole(v)).unwrap_or_else(|| {
+                bad_argument(&format!("{} needs a whole number above 0", args[i]))
+            })
         };
         match args[i].as_str() {
             "--reloads" => o.reloads = value() as usize,
@@ -640,29 +642,21 @@ fn saturate(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Satura
 /// `bench FLAG [ROUNDS] [SECONDS] [CLIENT]`: 8 rounds of 3 s of every
 /// client by default.
 fn saturating_args(flag: &str) -> (usize, u64, Vec<Saturating>) {
-    let arg = |n: usize, name: &str, default: u64| match std::env::args().nth(n) {
-        None => default,
-        Some(v) => v.parse().ok().filter(|&v| v > 0).unwrap_or_else(|| {
-            eprintln!(
-                "bench {flag} ROUNDS SECONDS [CLIENT]: {name} is a whole number above 0, not {v:?}"
-            );
-            std::process::exit(2);
-        }),
-    };
     let clients = match std::env::args().nth(4) {
         None => Saturating::ALL.to_vec(),
-        Some(key) => {
-            match Saturating::ALL.into_iter().find(|c| c.key() == key) {
-                Some(client) => vec![client],
-                None => {
-                    let keys = Saturating::ALL.map(Saturating::key);
-                    eprintln!("bench {flag} ROUNDS SECONDS [CLIENT]: CLIENT is one of {keys:?}, not {key:?}");
-                    std::process::exit(2);
-                }
+        Some(key) => match Saturating::ALL.into_iter().find(|c| c.key() == key) {
+            Some(client) => vec![client],
+            None => {
+                let keys = Saturating::ALL.map(Saturating::key);
+                bad_argument(&format!("{flag} CLIENT is one of {keys:?}, not {key:?}"))
             }
-        }
+        },
     };
-    (arg(2, "ROUNDS", 8) as usize, arg(3, "SECONDS", 3), clients)
+    (
+        whole_arg(2, &format!("{flag} ROUNDS"), 8) as usize,
+        whole_arg(3, &format!("{flag} SECONDS"), 3),
+        clients,
+    )
 }
 
 /// The path the saturating clients ask for: `BENCH_PATH`, or `/`. The
@@ -670,8 +664,10 @@ fn saturating_args(flag: &str) -> (usize, u64, Vec<Saturating>) {
 /// each response, and with it which of the allocator's bins a request's
 /// allocations come from (docs/throughput.md: at some sizes glibc's
 /// `malloc` consolidates its fast bins on every request, in either server).
-fn request_path() -> String {
-    match std::env::var("BENCH_PATH") {
+/// Read and checked once, for the run's heading and every client after it.
+fn request_path() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| match std::env::var("BENCH_PATH") {
         Err(std::env::VarError::NotPresent) => "/".to_string(),
         Ok(path) if valid_request_path(&path) => path,
         Ok(path) => bad_argument(&format!(
@@ -680,7 +676,7 @@ fn request_path() -> String {
         Err(std::env::VarError::NotUnicode(path)) => {
             bad_argument(&format!("BENCH_PATH is not UTF-8: {path:?}"))
         }
-    }
+    })
 }
 
 /// `GLIBC_TUNABLES`, which the servers inherit, for the run's heading.
@@ -1154,7 +1150,7 @@ fn main() {
             Some(Err(e)) => bad_argument(&format!("--load ADDR: {e}")),
             None => bad_argument("--load needs the server's ADDR (host:port)"),
         };
-        let seconds = whole_arg(3, "SECONDS", 5);
+        let seconds = whole_arg(3, "--load SECONDS", 5);
         let load = Load::start(addr, Mode::KeepAlive, 32, "/");
         std::thread::sleep(Duration::from_secs(seconds));
         let r = load.stop();
@@ -1177,15 +1173,15 @@ fn main() {
     if first.as_deref() == Some("--pinned") {
         return pinned(
             &me,
-            whole_arg(2, "ROUNDS", 5) as usize,
-            whole_arg(3, "SECONDS", 5),
+            whole_arg(2, "--pinned ROUNDS", 5) as usize,
+            whole_arg(3, "--pinned SECONDS", 5),
         );
     }
     if first.as_deref() == Some("--upgrade") {
-        return upgrade(&me, whole_arg(2, "N", 100) as usize);
+        return upgrade(&me, whole_arg(2, "--upgrade N", 100) as usize);
     }
     if first.as_deref() == Some("--idle-connections") {
-        return idle_connections(&me, whole_arg(2, "N", 10_000) as usize);
+        return idle_connections(&me, whole_arg(2, "--idle-connections N", 10_000) as usize);
     }
     let o = options();
     println!(
