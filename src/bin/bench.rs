@@ -840,10 +840,10 @@ fn paired(me: &std::path::Path, rounds: usize, seconds: u64, clients: &[Saturati
         }
         let (first, second) = split_by_slot(&ratios);
         by_slot.push(format!(
-            "{}: graceful / plain, median, with plain started first {:.3}, second {:.3}; each round with the round two later, the slots swapped (geometric mean), median (95 % CI): {}, A/A {}; CPU time per request the same way: {}, A/A {}",
+            "{}: graceful / plain, median, with plain started first {}, second {}; each round with the round two later, the slots swapped (geometric mean), median (95 % CI): {}, A/A {}; CPU time per request the same way: {}, A/A {}",
             client.paired_name(),
-            median(first),
-            median(second),
+            median_text(&first),
+            median_text(&second),
             median_cell(&slot_balanced(&ratios)),
             median_cell(&slot_balanced(&controls)),
             median_cell(&slot_balanced(&costs)),
@@ -916,11 +916,26 @@ fn each_round(ratios: &[f64]) -> String {
     cells.join(", ")
 }
 
-/// The median with its 95 % confidence interval, as a table cell.
+/// The median with its 95 % confidence interval, as a table cell; "none"
+/// where there are no values (too few rounds for the slots' split).
 fn median_cell(v: &[f64]) -> String {
+    if v.is_empty() {
+        return NO_ROUND.to_string();
+    }
     let (low, high) = median_interval(v);
     format!("{:.3} ({low:.3} – {high:.3})", median(v.to_vec()))
 }
+
+/// The median alone, as text; "none" where there are no values.
+fn median_text(v: &[f64]) -> String {
+    if v.is_empty() {
+        return NO_ROUND.to_string();
+    }
+    format!("{:.3}", median(v.to_vec()))
+}
+
+/// What a median of no rounds reads as, rather than a ratio of 0.
+const NO_ROUND: &str = "none (too few rounds)";
 
 /// CPU 0's busy share from which a server counts as saturated.
 const SATURATED: f64 = 0.95;
@@ -1628,6 +1643,18 @@ mod tests {
         // A round whose partner is missing is left out: 7 rounds give 3.
         assert_eq!(slot_balanced(&distinct[..7]), [2.0, 4.0, 32.0]);
         assert_eq!(slot_balanced(&distinct[..2]), Vec::<f64>::new());
+    }
+
+    /// Two rounds both have the plain server first, so the second slot
+    /// and the balanced ratios have no rounds: printed as such, not as a
+    /// ratio of 0.000.
+    #[test]
+    fn too_few_rounds_for_the_slots_split_print_none_not_zero() {
+        let (first, second) = split_by_slot(&[0.98, 1.01]);
+        assert_eq!(median_text(&first), "0.995");
+        assert_eq!(median_text(&second), NO_ROUND);
+        assert_eq!(median_cell(&slot_balanced(&[0.98, 1.01])), NO_ROUND);
+        assert_eq!(median_cell(&[0.9, 1.0, 1.1]), "1.000 (0.900 – 1.100)");
     }
 
     /// An even count's median is the mean of its two middle values, not
